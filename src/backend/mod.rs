@@ -1,0 +1,341 @@
+//! Backends: the servers that actually run requests. One [`Adapter`] per protocol
+//! (one file each) knows the URLs and the discovery format; [`Backend`] holds the
+//! HTTP client, the timeouts and the availability state shared by all of them.
+
+mod llamafarm;
+mod ollama;
+mod openai;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use reqwest::Url;
+use serde_json::Value;
+
+use crate::capability::{CapabilityId, Kind};
+use crate::config::{BackendConfig, BackendKind};
+
+/// What a request asks a backend to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Chat => "chat",
+            Op::Completions => "completions",
+            Op::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// A model or project a backend lists, turned into a capability.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Discovered {
+    pub id: CapabilityId,
+    pub model: String,
+    pub kind: Kind,
+    pub description: String,
+    pub domain: String,
+    pub topics: Vec<String>,
+}
+
+/// Why a backend call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No connection could be made (refused, unreachable, DNS).
+    #[error("backend {backend} is unreachable: {message}")]
+    Unreachable { backend: String, message: String },
+    /// The backend did not answer within its timeout.
+    #[error("backend {backend} timed out")]
+    Timeout { backend: String },
+    /// The backend answered something that is not what its protocol promises.
+    #[error("backend {backend} returned an invalid response: {message}")]
+    BadResponse { backend: String, message: String },
+    /// The backend does not offer this operation.
+    #[error("backend {backend} ({kind:?}) does not support {op}")]
+    Unsupported {
+        backend: String,
+        kind: BackendKind,
+        op: &'static str,
+    },
+}
+
+/// Protocol specifics of one kind of backend.
+pub trait Adapter: Send + Sync {
+    /// URL listed to discover models; also the health probe.
+    fn discovery_url(&self, base: &Url) -> Url;
+    /// Parses the discovery response.
+    fn parse_discovery(&self, backend: &str, body: &Value) -> Result<Vec<Discovered>, String>;
+    /// URL of an operation for a model, or `None` when unsupported.
+    fn endpoint(&self, base: &Url, op: Op, model: &str) -> Option<Url>;
+}
+
+/// Joins path segments onto a base URL, keeping the base's own path.
+pub(crate) fn join(base: &Url, path: &str) -> Url {
+    let mut url = base.clone();
+    let joined = format!(
+        "{}/{}",
+        base.path().trim_end_matches('/'),
+        path.trim_start_matches('/')
+    );
+    url.set_path(&joined);
+    url
+}
+
+/// Availability as last observed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Health {
+    pub available: bool,
+    pub last_error: Option<String>,
+    /// Seconds since the backend last answered, if ever.
+    pub last_seen_secs: Option<u64>,
+}
+
+struct State {
+    last_error: Option<String>,
+    last_seen: Option<Instant>,
+}
+
+/// One configured backend: its adapter, HTTP client and availability.
+pub struct Backend {
+    pub config: BackendConfig,
+    base: Url,
+    adapter: Box<dyn Adapter>,
+    client: reqwest::Client,
+    api_key: Option<String>,
+    available: AtomicBool,
+    state: Mutex<State>,
+}
+
+impl Backend {
+    pub fn new(config: BackendConfig) -> Result<Arc<Self>, String> {
+        let base = Url::parse(&config.url)
+            .map_err(|e| format!("backend {}: bad url {:?}: {e}", config.name, config.url))?;
+        let adapter: Box<dyn Adapter> = match config.kind {
+            BackendKind::Openai => Box::new(openai::OpenAi),
+            BackendKind::Ollama => Box::new(ollama::Ollama),
+            BackendKind::Llamafarm => Box::new(llamafarm::LlamaFarm {
+                namespace: config.namespace.clone(),
+            }),
+        };
+        let api_key = match config.api_key.as_deref() {
+            Some(k) if k.starts_with("env:") => std::env::var(&k[4..]).ok(),
+            Some(k) => Some(k.to_owned()),
+            None => None,
+        };
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.timeout)
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| format!("backend {}: http client: {e}", config.name))?;
+        Ok(Arc::new(Self {
+            base,
+            adapter,
+            client,
+            api_key,
+            // Optimistic until the first probe says otherwise.
+            available: AtomicBool::new(true),
+            state: Mutex::new(State {
+                last_error: None,
+                last_seen: None,
+            }),
+            config,
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn is_available(&self) -> bool {
+        self.available.load(Ordering::Relaxed)
+    }
+
+    pub fn health(&self) -> Health {
+        let state = self.state.lock();
+        Health {
+            available: self.is_available(),
+            last_error: state.last_error.clone(),
+            last_seen_secs: state.last_seen.map(|t| t.elapsed().as_secs()),
+        }
+    }
+
+    fn mark_up(&self) {
+        if !self.available.swap(true, Ordering::Relaxed) {
+            tracing::info!(backend = %self.config.name, "backend is available again");
+        }
+        let mut state = self.state.lock();
+        state.last_seen = Some(Instant::now());
+        state.last_error = None;
+    }
+
+    fn mark_down(&self, reason: &str) {
+        if self.available.swap(false, Ordering::Relaxed) {
+            tracing::warn!(backend = %self.config.name, reason, "backend is unavailable");
+        }
+        self.state.lock().last_error = Some(reason.to_owned());
+    }
+
+    fn classify(&self, e: reqwest::Error) -> Error {
+        let backend = self.config.name.clone();
+        if e.is_timeout() {
+            Error::Timeout { backend }
+        } else if e.is_connect() {
+            Error::Unreachable {
+                backend,
+                message: root_cause(&e),
+            }
+        } else {
+            Error::BadResponse {
+                backend,
+                message: root_cause(&e),
+            }
+        }
+    }
+
+    fn request(&self, method: reqwest::Method, url: Url) -> reqwest::RequestBuilder {
+        let mut req = self.client.request(method, url);
+        if let Some(key) = &self.api_key {
+            req = req.bearer_auth(key);
+        }
+        req
+    }
+
+    /// Lists the backend's models; marks it available or not.
+    pub async fn discover(&self) -> Result<Vec<Discovered>, Error> {
+        let url = self.adapter.discovery_url(&self.base);
+        let result = async {
+            let resp = self
+                .request(reqwest::Method::GET, url)
+                .timeout(self.config.timeout)
+                .send()
+                .await
+                .map_err(|e| self.classify(e))?;
+            let status = resp.status();
+            let body = resp.bytes().await.map_err(|e| self.classify(e))?;
+            // Any HTTP answer means the server is up, whatever it says.
+            self.mark_up();
+            if !status.is_success() {
+                return Err(Error::BadResponse {
+                    backend: self.config.name.clone(),
+                    message: format!("listing models answered HTTP {status}"),
+                });
+            }
+            let value: Value = serde_json::from_slice(&body).map_err(|e| Error::BadResponse {
+                backend: self.config.name.clone(),
+                message: format!("listing models: {e}"),
+            })?;
+            self.adapter
+                .parse_discovery(&self.config.name, &value)
+                .map_err(|message| Error::BadResponse {
+                    backend: self.config.name.clone(),
+                    message,
+                })
+        }
+        .await;
+        if let Err(Error::Unreachable { message, .. }) = &result {
+            self.mark_down(message);
+        } else if let Err(Error::Timeout { .. }) = &result {
+            self.mark_down("timed out");
+        }
+        result
+    }
+
+    /// Sends an OpenAI-shaped request body for `model`, with the model field set to
+    /// the backend's name for it, and returns the response head (body unread).
+    pub async fn send(
+        &self,
+        op: Op,
+        model: &str,
+        mut body: serde_json::Map<String, Value>,
+    ) -> Result<reqwest::Response, Error> {
+        let url = self
+            .adapter
+            .endpoint(&self.base, op, model)
+            .ok_or(Error::Unsupported {
+                backend: self.config.name.clone(),
+                kind: self.config.kind,
+                op: op.as_str(),
+            })?;
+        body.insert("model".into(), Value::String(model.to_owned()));
+        let bytes = serde_json::to_vec(&body).map_err(|e| Error::BadResponse {
+            backend: self.config.name.clone(),
+            message: e.to_string(),
+        })?;
+        let result = self
+            .request(reqwest::Method::POST, url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(bytes)
+            .send()
+            .await;
+        match result {
+            Ok(resp) => {
+                self.mark_up();
+                Ok(resp)
+            }
+            Err(e) => {
+                let err = self.classify(e);
+                match &err {
+                    Error::Unreachable { message, .. } => self.mark_down(message),
+                    Error::Timeout { .. } => self.mark_down("timed out"),
+                    _ => {}
+                }
+                Err(err)
+            }
+        }
+    }
+}
+
+/// The innermost error message (reqwest's own top-level text hides the cause).
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// A capability kind guessed from a model's name.
+pub(crate) fn kind_from_model_name(name: &str) -> Kind {
+    let lower = name.to_ascii_lowercase();
+    if lower.contains("embed") || lower.contains("minilm") || lower.contains("bge-") {
+        Kind::embed()
+    } else {
+        Kind::chat()
+    }
+}
+
+/// Readable words from a model name, as a last-resort description.
+pub(crate) fn describe_model_name(name: &str, backend: &str) -> String {
+    let words = name.replace(['-', '_', ':', '/', '.'], " ");
+    format!("{words} model served by {backend}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_keeps_base_path() {
+        let base = Url::parse("http://h:1/prefix/").expect("url");
+        assert_eq!(join(&base, "/v1/models").as_str(), "http://h:1/prefix/v1/models");
+        let base = Url::parse("http://h:1").expect("url");
+        assert_eq!(join(&base, "api/tags").as_str(), "http://h:1/api/tags");
+    }
+
+    #[test]
+    fn kinds_from_names() {
+        assert_eq!(kind_from_model_name("nomic-embed-text"), Kind::embed());
+        assert_eq!(kind_from_model_name("llama3.2"), Kind::chat());
+    }
+}

@@ -1,0 +1,236 @@
+//! What a node can do: capability ids, kinds and records.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// `namespace/name`: lowercase-insensitive ASCII letters, digits and `-_.:`,
+/// each part 1..=128 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CapabilityId(String);
+
+/// Why a capability id or kind is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(String);
+
+fn valid_part(part: &str) -> bool {
+    !part.is_empty()
+        && part.len() <= 128
+        && part
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+impl CapabilityId {
+    /// Builds an id from its two parts, replacing characters that are not allowed.
+    pub fn sanitized(namespace: &str, name: &str) -> Result<Self, ParseError> {
+        let clean = |s: &str| -> String {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':') {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect()
+        };
+        format!("{}/{}", clean(namespace), clean(name)).parse()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.0.split_once('/').map_or("", |(ns, _)| ns)
+    }
+
+    pub fn name(&self) -> &str {
+        self.0.split_once('/').map_or(&self.0, |(_, n)| n)
+    }
+}
+
+impl FromStr for CapabilityId {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            Some((ns, name)) if valid_part(ns) && valid_part(name) => Ok(Self(s.to_owned())),
+            _ => Err(ParseError(format!(
+                "capability id {s:?} must be namespace/name (letters, digits, - _ . :)"
+            ))),
+        }
+    }
+}
+
+impl TryFrom<String> for CapabilityId {
+    type Error = ParseError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<CapabilityId> for String {
+    fn from(id: CapabilityId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for CapabilityId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A typed capability kind, `category/name`, e.g. `llm/chat`, `vision/classify`,
+/// `agent/research`, `tool/camera`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Kind(String);
+
+/// The categories a kind may start with.
+pub const KIND_CATEGORIES: &[&str] = &["llm", "vision", "audio", "ml", "agent", "tool"];
+
+impl Kind {
+    pub fn chat() -> Self {
+        Self("llm/chat".into())
+    }
+
+    pub fn embed() -> Self {
+        Self("llm/embed".into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn category(&self) -> &str {
+        self.0.split_once('/').map_or(&self.0, |(c, _)| c)
+    }
+
+    /// Whether a chat or completion request can be sent to it: language models
+    /// and agents answer text with text; `llm/embed` does not.
+    pub fn answers_text(&self) -> bool {
+        (self.category() == "llm" && self.0 != "llm/embed") || self.category() == "agent"
+    }
+}
+
+impl FromStr for Kind {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            Some((cat, name)) if KIND_CATEGORIES.contains(&cat) && valid_part(name) => {
+                Ok(Self(s.to_owned()))
+            }
+            _ => Err(ParseError(format!(
+                "kind {s:?} must be category/name with category one of {}",
+                KIND_CATEGORIES.join(", ")
+            ))),
+        }
+    }
+}
+
+impl TryFrom<String> for Kind {
+    type Error = ParseError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Kind> for String {
+    fn from(k: Kind) -> Self {
+        k.0
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a capability came from on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// A `[[capability]]` in the config.
+    Config,
+    /// Listed by a backend with `discover = true`.
+    Discovered,
+}
+
+/// A capability this node offers, with the text it is routed by.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Capability {
+    pub id: CapabilityId,
+    pub kind: Kind,
+    pub domain: String,
+    pub topics: Vec<String>,
+    pub description: String,
+    pub examples: Vec<String>,
+    /// Name of the backend that runs it.
+    pub backend: String,
+    /// Model name at the backend.
+    pub model: String,
+    pub source: Source,
+}
+
+impl Capability {
+    /// The text that stands for the capability when it has no examples, and is
+    /// blended with them when it has: description, domain and topics.
+    pub fn profile_text(&self) -> String {
+        let mut text = String::new();
+        if !self.description.is_empty() {
+            text.push_str(&self.description);
+        }
+        if !self.domain.is_empty() {
+            if !text.is_empty() {
+                text.push_str(" ");
+            }
+            text.push_str(&format!("Domain: {}.", self.domain));
+        }
+        if !self.topics.is_empty() {
+            if !text.is_empty() {
+                text.push(' ');
+            }
+            text.push_str(&format!("Topics: {}.", self.topics.join(", ")));
+        }
+        if text.is_empty() {
+            text = self.id.name().replace(['-', '_', '.', ':'], " ");
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_parse_and_reject() {
+        let id: CapabilityId = "farm/llama-expert".parse().expect("valid");
+        assert_eq!(id.namespace(), "farm");
+        assert_eq!(id.name(), "llama-expert");
+        for bad in ["", "farm", "/x", "x/", "a b/c", "a/b/c"] {
+            assert!(bad.parse::<CapabilityId>().is_err(), "{bad:?} accepted");
+        }
+        let s = CapabilityId::sanitized("ollama", "llama3.2:latest").expect("sanitized");
+        assert_eq!(s.as_str(), "ollama/llama3.2:latest");
+        let s = CapabilityId::sanitized("lm studio", "org/model").expect("sanitized");
+        assert_eq!(s.as_str(), "lm-studio/org-model");
+    }
+
+    #[test]
+    fn kinds() {
+        let k: Kind = "vision/classify".parse().expect("valid");
+        assert_eq!(k.category(), "vision");
+        assert!(!k.answers_text());
+        assert!(Kind::chat().answers_text());
+        assert!(!Kind::embed().answers_text());
+        assert!("agent/research".parse::<Kind>().expect("valid").answers_text());
+        assert!("robot/walk".parse::<Kind>().is_err());
+    }
+}

@@ -1,0 +1,242 @@
+//! The node's own capabilities: from the config and from backend discovery,
+//! embedded and published as the route [`Table`] that requests read.
+//!
+//! One task owns the capability list and the embedding cache. Probe tasks (one
+//! per backend) list models periodically and report them; the owner rebuilds the
+//! table only when something changed, embeds only texts it has not seen, builds
+//! the index off the async runtime and swaps the new table in atomically, so
+//! readers never wait.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{Backend, Discovered};
+use crate::capability::{Capability, Source};
+use crate::config::{CapabilityConfig, RoutingConfig};
+use crate::embed::Embedder;
+use crate::metrics::Metrics;
+use crate::routing::{Entry, Table, capability_vector};
+
+/// Probe reports waiting for the owner; one per backend per refresh, so small.
+const UPDATE_CAPACITY: usize = 64;
+
+/// Longest the first discovery round may hold up start-up.
+const FIRST_ROUND_LIMIT: Duration = Duration::from_secs(5);
+
+/// Shared, lock-free view of the current route table.
+#[derive(Clone)]
+pub struct Catalog {
+    table: Arc<ArcSwap<Table>>,
+}
+
+impl Catalog {
+    pub fn table(&self) -> Arc<Table> {
+        self.table.load_full()
+    }
+}
+
+struct Update {
+    backend: String,
+    found: Vec<Discovered>,
+}
+
+/// Everything the owner needs.
+pub struct Setup {
+    pub configured: Vec<CapabilityConfig>,
+    pub backends: Vec<Arc<Backend>>,
+    pub embedder: Embedder,
+    pub routing: RoutingConfig,
+    pub node_id: String,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Builds the first table (config capabilities plus one discovery round, bounded
+/// by [`FIRST_ROUND_LIMIT`]) and starts the probes and the owner task.
+pub async fn start(setup: Setup, cancel: CancellationToken) -> Result<Catalog, crate::embed::Error> {
+    let mut owner = Owner {
+        discovered: BTreeMap::new(),
+        cache: HashMap::new(),
+        setup,
+    };
+    let first = futures::future::join_all(owner.setup.backends.iter().map(|b| {
+        let b = b.clone();
+        async move {
+            let found = tokio::time::timeout(FIRST_ROUND_LIMIT, probe_once(&b)).await;
+            (b.name().to_owned(), found.ok().flatten())
+        }
+    }))
+    .await;
+    for (backend, found) in first {
+        if let Some(found) = found {
+            owner.discovered.insert(backend, found);
+        }
+    }
+    let table = owner.build().await?;
+    let catalog = Catalog {
+        table: Arc::new(ArcSwap::from_pointee(table)),
+    };
+    let (tx, rx) = mpsc::channel(UPDATE_CAPACITY);
+    for backend in &owner.setup.backends {
+        tokio::spawn(probe_loop(backend.clone(), tx.clone(), cancel.child_token()));
+    }
+    drop(tx);
+    tokio::spawn(owner.run(catalog.clone(), rx, cancel));
+    Ok(catalog)
+}
+
+/// Lists a backend's models when it discovers, or just checks it answers.
+/// `None` means nothing new is known (down, or not discovering).
+async fn probe_once(backend: &Backend) -> Option<Vec<Discovered>> {
+    match backend.discover().await {
+        Ok(found) if backend.config.discover => Some(found),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::debug!(backend = backend.name(), error = %e, "probe failed");
+            None
+        }
+    }
+}
+
+async fn probe_loop(backend: Arc<Backend>, tx: mpsc::Sender<Update>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(backend.config.refresh);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first round ran at start
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Some(found) = probe_once(&backend).await {
+            let update = Update {
+                backend: backend.name().to_owned(),
+                found,
+            };
+            if tx.send(update).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+struct Owner {
+    setup: Setup,
+    /// Last list per discovering backend (kept while a backend is down, so its
+    /// capabilities stay known and are marked unavailable, not removed).
+    discovered: BTreeMap<String, Vec<Discovered>>,
+    /// Embeddings of capability texts, pruned to what the table uses.
+    cache: HashMap<String, Vec<f32>>,
+}
+
+impl Owner {
+    async fn run(mut self, catalog: Catalog, mut rx: mpsc::Receiver<Update>, cancel: CancellationToken) {
+        loop {
+            let update = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                u = rx.recv() => match u { Some(u) => u, None => return },
+            };
+            if self.discovered.get(&update.backend) == Some(&update.found) {
+                continue;
+            }
+            tracing::info!(backend = %update.backend, models = update.found.len(), "backend's models changed");
+            self.discovered.insert(update.backend, update.found);
+            match self.build().await {
+                Ok(table) => catalog.table.store(Arc::new(table)),
+                Err(e) => tracing::warn!(error = %e, "could not rebuild the route table; keeping the old one"),
+            }
+        }
+    }
+
+    fn capabilities(&self) -> Vec<Capability> {
+        let mut out: Vec<Capability> = self
+            .setup
+            .configured
+            .iter()
+            .map(|c| Capability {
+                id: c.id.clone(),
+                kind: c.kind.clone(),
+                domain: c.domain.clone(),
+                topics: c.topics.clone(),
+                description: c.description.clone(),
+                examples: c.examples.clone(),
+                backend: c.backend.clone(),
+                model: c.model.clone().unwrap_or_else(|| c.id.name().to_owned()),
+                source: Source::Config,
+            })
+            .collect();
+        for (backend, found) in &self.discovered {
+            for d in found {
+                // A configured capability with the same id wins: it says more.
+                if out.iter().any(|c| c.id == d.id) {
+                    continue;
+                }
+                out.push(Capability {
+                    id: d.id.clone(),
+                    kind: d.kind.clone(),
+                    domain: d.domain.clone(),
+                    topics: d.topics.clone(),
+                    description: d.description.clone(),
+                    examples: Vec::new(),
+                    backend: backend.clone(),
+                    model: d.model.clone(),
+                    source: Source::Discovered,
+                });
+            }
+        }
+        out
+    }
+
+    async fn build(&mut self) -> Result<Table, crate::embed::Error> {
+        let caps = self.capabilities();
+        let mut wanted: Vec<String> = Vec::new();
+        for c in &caps {
+            wanted.push(c.profile_text());
+            wanted.extend(c.examples.iter().cloned());
+        }
+        let missing: Vec<String> = {
+            let mut seen = std::collections::HashSet::new();
+            wanted
+                .iter()
+                .filter(|t| !self.cache.contains_key(*t) && seen.insert(t.as_str()))
+                .cloned()
+                .collect()
+        };
+        if !missing.is_empty() {
+            let out = self.setup.embedder.embed(missing.clone()).await?;
+            self.cache.extend(missing.into_iter().zip(out.vectors));
+        }
+        let keep: std::collections::HashSet<&String> = wanted.iter().collect();
+        self.cache.retain(|k, _| keep.contains(k));
+
+        let weight = self.setup.routing.description_weight;
+        let entries: Vec<Entry> = caps
+            .into_iter()
+            .map(|capability| {
+                let profile = &self.cache[&capability.profile_text()];
+                let examples: Vec<Vec<f32>> = capability
+                    .examples
+                    .iter()
+                    .map(|t| self.cache[t].clone())
+                    .collect();
+                Entry {
+                    vector: capability_vector(&examples, profile, weight),
+                    node: self.setup.node_id.clone(),
+                    local: true,
+                    capability,
+                }
+            })
+            .collect();
+        self.setup.metrics.capabilities.set(entries.len() as i64);
+        let table = tokio::task::spawn_blocking(move || Table::new(entries))
+            .await
+            .map_err(|e| crate::embed::Error::Runtime(format!("index build: {e}")))?;
+        tracing::info!(capabilities = table.len(), index = table.index_name(), "route table built");
+        Ok(table)
+    }
+}

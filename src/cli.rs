@@ -1,0 +1,219 @@
+//! The command line: `atmosphere start | id | route | capabilities`.
+//! Client subcommands talk to a running node's HTTP API (`--node`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use crate::config::{Config, Overrides};
+use crate::identity;
+use crate::node::Node;
+
+#[derive(Debug, Parser)]
+#[command(name = "atmosphere", version, about = "A peer-to-peer capability mesh that routes OpenAI requests by meaning")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter (tracing syntax, e.g. `info,atmosphere=debug`); RUST_LOG when unset.
+    #[arg(long, global = true)]
+    pub log: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node.
+    Start(StartArgs),
+    /// Print this node's PeerId (creates the identity if missing).
+    Id {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Ask a running node how it would route a text.
+    Route {
+        /// The text to route.
+        text: String,
+        /// Consider every capability kind, not only those that answer chat.
+        #[arg(long)]
+        any_kind: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the capabilities a running node knows.
+    Capabilities {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// TOML config file (see examples/config/).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// HTTP API address, e.g. 127.0.0.1:8000.
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// Data directory (identity key).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The node's HTTP API.
+    #[arg(long, default_value = "http://127.0.0.1:8000", env = "ATMOSPHERE_NODE")]
+    pub node: String,
+    /// Bearer token, when the node requires one.
+    #[arg(long, env = "ATMOSPHERE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Print the raw JSON answer.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::default()),
+    }
+}
+
+/// Runs a parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Start(args) => {
+            let mut config = load_config(args.config.as_ref())?;
+            Overrides {
+                http: args.http,
+                data_dir: args.data_dir,
+            }
+            .apply(&mut config);
+            let node = Node::start(config).await?;
+            shutdown_signal().await;
+            node.shutdown().await;
+            Ok(())
+        }
+        Command::Id { config, data_dir } => {
+            let mut config = load_config(config.as_ref())?;
+            Overrides {
+                data_dir,
+                ..Default::default()
+            }
+            .apply(&mut config);
+            let keypair = identity::load_or_create(&config.data_dir())?;
+            println!("{}", identity::peer_id(&keypair));
+            Ok(())
+        }
+        Command::Route { text, any_kind, client } => {
+            let mut body = serde_json::json!({"input": text});
+            if any_kind {
+                body["need"] = "any".into();
+            }
+            let v = request(&client, reqwest::Method::POST, "/v1/route", Some(body)).await?;
+            if client.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_decision(&v);
+            }
+            Ok(())
+        }
+        Command::Capabilities { client } => {
+            let v = request(&client, reqwest::Method::GET, "/v1/mesh/capabilities", None).await?;
+            if client.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_capabilities(&v);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn request(client: &ClientArgs, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    let url = format!("{}{path}", client.node.trim_end_matches('/'));
+    let http = reqwest::Client::new();
+    let mut req = http.request(method, &url);
+    if let Some(key) = &client.api_key {
+        req = req.bearer_auth(key);
+    }
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the node at {} (is `atmosphere start` running?)", client.node))?;
+    let status = resp.status();
+    let v: Value = resp.json().await.context("the node's answer is not JSON")?;
+    if !status.is_success() {
+        let msg = v.pointer("/error/message").and_then(Value::as_str).unwrap_or("no message");
+        bail!("{status}: {msg}");
+    }
+    Ok(v)
+}
+
+fn print_decision(v: &Value) {
+    let d = &v["decision"];
+    let outcome = d["outcome"].as_str().unwrap_or("?");
+    match d["chosen"]["id"].as_str() {
+        Some(id) => println!("route: {id} ({outcome}, threshold {:.2})", d["threshold"].as_f64().unwrap_or(0.0)),
+        None => println!("route: none fits (threshold {:.2})", d["threshold"].as_f64().unwrap_or(0.0)),
+    }
+    println!("{:>3}  {:>6}  {:<32} {:<16} {:<10} note", "#", "score", "capability", "kind", "node");
+    for (i, c) in d["candidates"].as_array().into_iter().flatten().enumerate() {
+        let node = c["node"].as_str().unwrap_or("");
+        let short = if c["local"].as_bool() == Some(true) { "local" } else { &node[node.len().saturating_sub(8)..] };
+        println!(
+            "{:>3}  {:>6.3}  {:<32} {:<16} {:<10} {}",
+            i + 1,
+            c["score"].as_f64().unwrap_or(f64::NAN),
+            c["id"].as_str().unwrap_or(""),
+            c["kind"].as_str().unwrap_or(""),
+            short,
+            c["note"].as_str().unwrap_or("")
+        );
+    }
+}
+
+fn print_capabilities(v: &Value) {
+    println!("{:<32} {:<16} {:<14} {:<6} {:<9} node", "capability", "kind", "domain", "local", "available");
+    for c in v["data"].as_array().into_iter().flatten() {
+        println!(
+            "{:<32} {:<16} {:<14} {:<6} {:<9} {}",
+            c["id"].as_str().unwrap_or(""),
+            c["kind"].as_str().unwrap_or(""),
+            c["domain"].as_str().unwrap_or(""),
+            c["local"].as_bool().unwrap_or(false),
+            c["available"].as_bool().unwrap_or(false),
+            c["node"].as_str().unwrap_or("")
+        );
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,412 @@
+//! The node's configuration: a TOML file, overridden by CLI flags in one place
+//! ([`Overrides::apply`]). `Config::default()` is a working single-node setup.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::capability::{CapabilityId, Kind};
+
+/// Everything a node reads at start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Who this node is.
+    pub node: NodeConfig,
+    /// The OpenAI-compatible HTTP API.
+    pub http: HttpConfig,
+    /// The local sentence embedder.
+    pub embedder: EmbedderConfig,
+    /// How `model: "auto"` is decided.
+    pub routing: RoutingConfig,
+    /// Backends that run requests (`[[backend]]`).
+    #[serde(rename = "backend")]
+    pub backends: Vec<BackendConfig>,
+    /// Capabilities offered by this node (`[[capability]]`).
+    #[serde(rename = "capability")]
+    pub capabilities: Vec<CapabilityConfig>,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Name shown to peers and in `owned_by`; defaults to the host name.
+    pub name: String,
+    /// Where the identity key and state live (`~` is expanded).
+    pub data_dir: PathBuf,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            name: gethostname::gethostname().to_string_lossy().into_owned(),
+            data_dir: PathBuf::from("~/.local/share/atmosphere"),
+        }
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address the API listens on.
+    pub listen: SocketAddr,
+    /// Bearer tokens accepted by the API; empty means no authentication.
+    pub api_keys: Vec<String>,
+    /// Largest request body accepted, in bytes (larger: 413).
+    pub max_body_bytes: usize,
+    /// Deadline for a whole non-streaming request, and for the first byte of a
+    /// streaming one.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Cap on requests served at once; more wait in line (bounded by the OS backlog).
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            api_keys: Vec::new(),
+            max_body_bytes: 4 * 1024 * 1024,
+            request_timeout: Duration::from_secs(300),
+            max_concurrent_requests: 1024,
+        }
+    }
+}
+
+/// `[embedder]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbedderConfig {
+    /// Directory holding `model.onnx` and `tokenizer.json`.
+    pub model_dir: PathBuf,
+    /// The ONNX Runtime shared library; `ORT_DYLIB_PATH` wins when set.
+    pub runtime: PathBuf,
+    /// Intra-op threads per inference (2 is fastest on a 2-core machine).
+    pub threads: usize,
+    /// Most texts run through the model in one batch.
+    pub max_batch: usize,
+    /// Longer inputs are truncated to this many tokens (the model's limit is 512).
+    pub max_tokens: usize,
+}
+
+impl Default for EmbedderConfig {
+    fn default() -> Self {
+        Self {
+            model_dir: PathBuf::from("~/.cache/atmosphere/models/all-MiniLM-L6-v2"),
+            runtime: PathBuf::from("~/.cache/atmosphere/onnxruntime/libonnxruntime.so"),
+            threads: 2,
+            max_batch: 32,
+            max_tokens: 256,
+        }
+    }
+}
+
+/// `[routing]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Below this score no capability fits: `default` is used, or the request fails.
+    pub threshold: f32,
+    /// Capability used when nothing scores above the threshold.
+    pub default: Option<CapabilityId>,
+    /// Weight of the description against the examples in a capability's vector
+    /// (0: examples only, 1: description only; without examples the description is used).
+    pub description_weight: f32,
+    /// Candidates listed by `POST /v1/route`.
+    pub explain_candidates: usize,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            threshold: 0.35,
+            default: None,
+            description_weight: 0.2,
+            explain_candidates: 5,
+        }
+    }
+}
+
+/// The protocol a backend speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// OpenAI-compatible: vLLM, llama.cpp server, LM Studio, OpenAI.
+    Openai,
+    /// Ollama (`/api/tags`, chat through its `/v1`).
+    Ollama,
+    /// LlamaFarm (projects under `/v1/projects/{namespace}`).
+    Llamafarm,
+}
+
+/// `[[backend]]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Name capabilities refer to.
+    pub name: String,
+    /// Protocol spoken by the backend.
+    pub kind: BackendKind,
+    /// Base URL, e.g. `http://127.0.0.1:11434`.
+    pub url: String,
+    /// Turn the backend's models (or projects) into capabilities.
+    #[serde(default)]
+    pub discover: bool,
+    /// Bearer token sent to the backend; `env:NAME` reads it from the environment.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// LlamaFarm namespace to list.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// How often models are listed again (also the health probe).
+    #[serde(default = "default_refresh", with = "humantime_serde")]
+    pub refresh: Duration,
+    /// Time to connect.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for the response head, and between two streamed chunks.
+    #[serde(default = "default_backend_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+fn default_refresh() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_backend_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+/// `[[capability]]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapabilityConfig {
+    /// `namespace/name`, unique on this node.
+    pub id: CapabilityId,
+    /// What it does, e.g. `llm/chat`.
+    #[serde(default = "default_kind")]
+    pub kind: Kind,
+    /// Subject area, e.g. `camelids`.
+    #[serde(default)]
+    pub domain: String,
+    /// Keywords.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// One or two sentences on what it is good at.
+    #[serde(default)]
+    pub description: String,
+    /// Requests it should receive; the strongest routing signal.
+    #[serde(default)]
+    pub examples: Vec<String>,
+    /// Name of the `[[backend]]` that runs it.
+    pub backend: String,
+    /// Model name at the backend; defaults to the id's name part.
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+fn default_kind() -> Kind {
+    Kind::chat()
+}
+
+/// A config that cannot be used, with the reason.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// The values contradict each other.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| Error::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: references between sections and value ranges.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |m: String| Err(Error::Invalid(m));
+        let mut names = std::collections::HashSet::new();
+        for b in &self.backends {
+            if !names.insert(b.name.as_str()) {
+                return invalid(format!("backend name {:?} is used twice", b.name));
+            }
+            if reqwest::Url::parse(&b.url).is_err() {
+                return invalid(format!("backend {:?}: url {:?} is not a URL", b.name, b.url));
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for c in &self.capabilities {
+            if !ids.insert(&c.id) {
+                return invalid(format!("capability {} is defined twice", c.id));
+            }
+            if !names.contains(c.backend.as_str()) {
+                return invalid(format!(
+                    "capability {} names backend {:?}, which no [[backend]] defines",
+                    c.id, c.backend
+                ));
+            }
+        }
+        if !(-1.0..=1.0).contains(&self.routing.threshold) {
+            return invalid("routing.threshold must be between -1 and 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.routing.description_weight) {
+            return invalid("routing.description_weight must be between 0 and 1".into());
+        }
+        if self.embedder.threads == 0 || self.embedder.max_batch == 0 {
+            return invalid("embedder.threads and embedder.max_batch must be at least 1".into());
+        }
+        if !(8..=512).contains(&self.embedder.max_tokens) {
+            return invalid("embedder.max_tokens must be between 8 and 512".into());
+        }
+        if self.http.max_concurrent_requests == 0 {
+            return invalid("http.max_concurrent_requests must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The data directory with `~` expanded.
+    pub fn data_dir(&self) -> PathBuf {
+        expand_home(&self.node.data_dir)
+    }
+}
+
+/// CLI flags that override the file; `None` leaves the file's value.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub http: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Overrides {
+    /// The one place flags are applied.
+    pub fn apply(self, config: &mut Config) {
+        if let Some(http) = self.http {
+            config.http.listen = http;
+        }
+        if let Some(dir) = self.data_dir {
+            config.node.data_dir = dir;
+        }
+    }
+}
+
+/// Expands a leading `~` to `$HOME`.
+pub fn expand_home(path: &Path) -> PathBuf {
+    match (path.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => path.to_owned(),
+    }
+}
+
+/// The cache `scripts/fetch-model.sh` fills: `$ATMOSPHERE_CACHE` or `~/.cache/atmosphere`.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("ATMOSPHERE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| expand_home(Path::new("~/.cache/atmosphere")))
+}
+
+impl EmbedderConfig {
+    /// Paths with `~` expanded; defaults follow `$ATMOSPHERE_CACHE` when it is set.
+    pub fn resolved(&self) -> (PathBuf, PathBuf) {
+        let defaults = EmbedderConfig::default();
+        let cache = cache_dir();
+        let model_dir = if self.model_dir == defaults.model_dir {
+            cache.join("models/all-MiniLM-L6-v2")
+        } else {
+            expand_home(&self.model_dir)
+        };
+        let runtime = if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+            PathBuf::from(p)
+        } else if self.runtime == defaults.runtime {
+            cache.join("onnxruntime/libonnxruntime.so")
+        } else {
+            expand_home(&self.runtime)
+        };
+        (model_dir, runtime)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        Config::default().validate().expect("default config is valid");
+    }
+
+    #[test]
+    fn example_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("examples/config exists") {
+            let path = entry.expect("dir entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 2, "expected example configs in {}", dir.display());
+    }
+
+    #[test]
+    fn unknown_backend_is_rejected() {
+        let text = r#"
+            [[capability]]
+            id = "farm/x"
+            backend = "nope"
+        "#;
+        let config: Config = toml::from_str(text).expect("parses");
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let err = toml::from_str::<Config>("[http]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn overrides_win() {
+        let mut config = Config::default();
+        Overrides {
+            http: Some("127.0.0.1:9999".parse().expect("addr")),
+            data_dir: Some("/tmp/x".into()),
+        }
+        .apply(&mut config);
+        assert_eq!(config.http.listen.port(), 9999);
+        assert_eq!(config.data_dir(), PathBuf::from("/tmp/x"));
+    }
+}

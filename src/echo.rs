@@ -1,0 +1,225 @@
+//! A small, deterministic OpenAI-compatible server that says who answered: the
+//! backend used by the test suite, the benchmarks and the testnet. It speaks the
+//! OpenAI, Ollama or LlamaFarm flavour of model listing, streams replies word by
+//! word, and can be told to misbehave (garbage, errors, stalls, broken streams)
+//! so that the node's handling of bad backends can be checked for real.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+/// Which server it imitates (model listing and chat paths).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Flavour {
+    Openai,
+    Ollama,
+    Llamafarm,
+}
+
+/// How it misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// Answers correctly.
+    None,
+    /// 200 with a body that is not JSON (and non-JSON stream events).
+    Garbage,
+    /// 500 with an HTML page.
+    Error,
+    /// Waits a long time before answering.
+    Stall,
+    /// Streams two chunks, then drops the connection.
+    BreakStream,
+}
+
+/// What the server is and does.
+#[derive(Debug, Clone)]
+pub struct Echo {
+    /// Shown in every reply: `[name] ...`.
+    pub name: String,
+    pub flavour: Flavour,
+    /// Models (OpenAI, Ollama) or projects (LlamaFarm) it lists.
+    pub models: Vec<String>,
+    pub fault: Fault,
+    /// Pause between streamed chunks.
+    pub chunk_delay: Duration,
+    /// Pause for [`Fault::Stall`].
+    pub stall: Duration,
+}
+
+impl Echo {
+    pub fn new(name: &str, flavour: Flavour, models: &[&str]) -> Self {
+        Self {
+            name: name.to_owned(),
+            flavour,
+            models: models.iter().map(|m| (*m).to_owned()).collect(),
+            fault: Fault::None,
+            chunk_delay: Duration::ZERO,
+            stall: Duration::from_secs(30),
+        }
+    }
+
+    /// The server's routes.
+    pub fn router(self) -> Router {
+        let state = Arc::new(self);
+        Router::new()
+            .route("/v1/models", get(list_openai))
+            .route("/api/tags", get(list_ollama))
+            .route("/v1/projects/{ns}", get(list_llamafarm))
+            .route("/v1/chat/completions", post(chat))
+            .route("/v1/completions", post(completions))
+            .route("/v1/projects/{ns}/{name}/chat/completions", post(project_chat))
+            .with_state(state)
+    }
+
+    /// Serves on `listener` until the task is dropped.
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        axum::serve(listener, self.router()).await
+    }
+}
+
+type St = State<Arc<Echo>>;
+
+async fn list_openai(State(e): St) -> Response {
+    let data: Vec<Value> = e
+        .models
+        .iter()
+        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": e.name}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn list_ollama(State(e): St) -> Response {
+    let models: Vec<Value> = e
+        .models
+        .iter()
+        .map(|m| json!({"name": m, "model": m, "details": {"family": "echo"}}))
+        .collect();
+    axum::Json(json!({"models": models})).into_response()
+}
+
+async fn list_llamafarm(State(e): St, Path(ns): Path<String>) -> Response {
+    let projects: Vec<Value> = e
+        .models
+        .iter()
+        .map(|m| json!({"namespace": ns, "name": m, "config": {"description": format!("{m} project")}}))
+        .collect();
+    axum::Json(json!({"total": projects.len(), "projects": projects})).into_response()
+}
+
+fn last_user_text(body: &Value) -> String {
+    body["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("")
+        .to_owned()
+}
+
+async fn chat(State(e): St, body: Bytes) -> Response {
+    answer(e, body, None, true).await
+}
+
+async fn completions(State(e): St, body: Bytes) -> Response {
+    answer(e, body, None, false).await
+}
+
+async fn project_chat(State(e): St, Path((ns, name)): Path<(String, String)>, body: Bytes) -> Response {
+    answer(e, body, Some(format!("{ns}/{name}")), true).await
+}
+
+async fn answer(e: Arc<Echo>, raw: Bytes, project: Option<String>, chat: bool) -> Response {
+    match e.fault {
+        Fault::Error => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "<html>internal error</html>").into_response();
+        }
+        Fault::Stall => tokio::time::sleep(e.stall).await,
+        _ => {}
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&raw) else {
+        let err = json!({"error": {"message": "invalid JSON", "type": "invalid_request_error", "param": null, "code": null}});
+        return (StatusCode::BAD_REQUEST, axum::Json(err)).into_response();
+    };
+    let model = project.unwrap_or_else(|| body["model"].as_str().unwrap_or("").to_owned());
+    let said = if chat {
+        last_user_text(&body)
+    } else {
+        body["prompt"].as_str().unwrap_or("").to_owned()
+    };
+    let text = format!("[{}] model={} you said: {}", e.name, model, said);
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    if e.fault == Fault::Garbage && !stream {
+        return (StatusCode::OK, "this is not json").into_response();
+    }
+    if stream {
+        return stream_reply(e, model, text, chat);
+    }
+    let choice = if chat {
+        json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})
+    } else {
+        json!({"index": 0, "text": text, "finish_reason": "stop"})
+    };
+    let words = text.split_whitespace().count();
+    axum::Json(json!({
+        "id": "echo-1",
+        "object": if chat { "chat.completion" } else { "text_completion" },
+        "created": 0,
+        "model": model,
+        "choices": [choice],
+        "usage": {"prompt_tokens": 1, "completion_tokens": words, "total_tokens": words + 1},
+        // What the backend received, so tests can check pass-through.
+        "x_echo_request": body,
+    }))
+    .into_response()
+}
+
+fn stream_reply(e: Arc<Echo>, model: String, text: String, chat: bool) -> Response {
+    let words: Vec<String> = text.split_inclusive(' ').map(str::to_owned).collect();
+    let fault = e.fault;
+    let delay = e.chunk_delay;
+    let chunk = move |delta: Option<&str>, finish: Option<&str>| -> Bytes {
+        let choice = if chat {
+            json!({"index": 0, "delta": delta.map_or(json!({}), |d| json!({"content": d})), "finish_reason": finish})
+        } else {
+            json!({"index": 0, "text": delta.unwrap_or(""), "finish_reason": finish})
+        };
+        let obj = if chat { "chat.completion.chunk" } else { "text_completion" };
+        let v = json!({"id": "echo-1", "object": obj, "created": 0, "model": model, "choices": [choice]});
+        Bytes::from(format!("data: {v}\n\n"))
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::spawn(async move {
+        for (i, w) in words.iter().enumerate() {
+            if fault == Fault::BreakStream && i == 2 {
+                let _ = tx.send(Err(std::io::Error::other("broken on purpose"))).await;
+                return;
+            }
+            let bytes = if fault == Fault::Garbage {
+                Bytes::from_static(b"data: <garbage>\n\n")
+            } else {
+                chunk(Some(w), None)
+            };
+            if tx.send(Ok(bytes)).await.is_err() {
+                return;
+            }
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+        let _ = tx.send(Ok(chunk(None, Some("stop")))).await;
+        let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut r = Response::new(body);
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/event-stream"));
+    r
+}
+

@@ -1,0 +1,159 @@
+//! Read-only endpoints: models, route explanations, capabilities, health, metrics.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::proxy::{self, AUTO};
+use super::{ApiError, ApiJson, AppState};
+use crate::embed::MODEL_ID;
+use crate::routing::{Entry, Need};
+
+fn model_object(state: &AppState, e: &Entry, available: bool) -> Value {
+    json!({
+        "id": e.capability.id,
+        "object": "model",
+        "created": state.started_unix,
+        "owned_by": if e.local { state.node_name.clone() } else { e.node.clone() },
+        "atmosphere": {
+            "kind": e.capability.kind,
+            "domain": e.capability.domain,
+            "description": e.capability.description,
+            "node": e.node,
+            "local": e.local,
+            "available": available,
+        }
+    })
+}
+
+fn pseudo_model(state: &AppState, id: &str, what: &str) -> Value {
+    json!({
+        "id": id,
+        "object": "model",
+        "created": state.started_unix,
+        "owned_by": state.node_name,
+        "atmosphere": {"kind": what, "node": state.node_id, "local": true, "available": true}
+    })
+}
+
+/// `GET /v1/models`: `auto`, the node's embedder, and every known capability
+/// (one per id; the local one if several nodes offer it).
+pub async fn models(State(state): State<AppState>) -> Json<Value> {
+    let table = state.catalog.table();
+    let up = proxy::available(&state);
+    let mut seen = std::collections::HashSet::new();
+    let mut data = vec![
+        pseudo_model(&state, AUTO, "router"),
+        pseudo_model(&state, MODEL_ID, "llm/embed"),
+    ];
+    let mut entries: Vec<_> = table.entries().iter().collect();
+    entries.sort_by_key(|e| (!e.local, e.capability.id.clone()));
+    for e in entries {
+        if seen.insert(e.capability.id.clone()) {
+            data.push(model_object(&state, e, up(e)));
+        }
+    }
+    Json(json!({"object": "list", "data": data}))
+}
+
+/// `GET /v1/models/{id}` (ids contain a slash).
+pub async fn model(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    if id == AUTO {
+        return Ok(Json(pseudo_model(&state, AUTO, "router")));
+    }
+    if id == MODEL_ID {
+        return Ok(Json(pseudo_model(&state, MODEL_ID, "llm/embed")));
+    }
+    let table = state.catalog.table();
+    let parsed = id.parse().map_err(|_| ApiError::model_not_found(&id))?;
+    let entry = table.lookup(&parsed).next().ok_or_else(|| ApiError::model_not_found(&id))?;
+    let up = proxy::available(&state)(entry);
+    Ok(Json(model_object(&state, entry, up)))
+}
+
+/// `POST /v1/route`: explains what `auto` would choose, without running it.
+/// Body: `{"messages": [...]}` as for chat, or `{"input": "text"}`; optional
+/// `"need": "text" | "any"` (default `text`: only kinds that answer chat).
+pub async fn route(State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Json<Value>, ApiError> {
+    let texts: Vec<String> = if let Some(input) = body.get("input") {
+        match input {
+            Value::String(s) if !s.trim().is_empty() => vec![s.clone()],
+            _ => return Err(ApiError::invalid("input", "input must be a non-empty string.")),
+        }
+    } else if body.get("messages").is_some() {
+        let map = body.as_object().cloned().unwrap_or_default();
+        super::openai::chat_texts_for_route(&map)?
+    } else {
+        return Err(ApiError::invalid("input", "Send {\"input\": \"text\"} or {\"messages\": [...]}."));
+    };
+    let need = match body.get("need").and_then(Value::as_str) {
+        None | Some("text") => Need::Text,
+        Some("any") => Need::Any,
+        Some(_) => return Err(ApiError::invalid("need", "need must be \"text\" or \"any\".")),
+    };
+    let started = std::time::Instant::now();
+    let decision = proxy::decide(&state, texts, need).await?;
+    Ok(Json(json!({
+        "decision": decision,
+        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+    })))
+}
+
+/// `GET /v1/mesh/capabilities`: every capability in the route table.
+pub async fn capabilities(State(state): State<AppState>) -> Json<Value> {
+    let table = state.catalog.table();
+    let up = proxy::available(&state);
+    let data: Vec<Value> = table
+        .entries()
+        .iter()
+        .map(|e| {
+            let c = &e.capability;
+            json!({
+                "id": c.id,
+                "kind": c.kind,
+                "domain": c.domain,
+                "topics": c.topics,
+                "description": c.description,
+                "examples": c.examples.len(),
+                "node": e.node,
+                "local": e.local,
+                "available": up(e),
+                "source": c.source,
+                "backend": if e.local { Value::String(c.backend.clone()) } else { Value::Null },
+            })
+        })
+        .collect();
+    Json(json!({"object": "list", "index": table.index_name(), "data": data}))
+}
+
+/// `GET /health`: always answers while the node serves; details for operators.
+pub async fn health(State(state): State<AppState>) -> Json<Value> {
+    let backends: BTreeMap<&str, Value> = state
+        .backends
+        .iter()
+        .map(|(name, b)| (name.as_str(), json!(b.health())))
+        .collect();
+    Json(json!({
+        "status": "ok",
+        "node": state.node_name,
+        "peer_id": state.node_id,
+        "uptime_secs": state.started.elapsed().as_secs(),
+        "capabilities": state.catalog.table().len(),
+        "embedder": {"model": MODEL_ID, "dim": state.embedder.dim()},
+        "backends": backends,
+    }))
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut r = state.metrics.encode().into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}

@@ -1,0 +1,308 @@
+//! `POST /v1/chat/completions`, `/v1/completions` and `/v1/embeddings`.
+//!
+//! Request bodies are kept as JSON objects so that fields this node does not know
+//! (tools, `response_format`, vendor extensions) reach the backend untouched;
+//! only the fields routing needs are checked.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::{Map, Value, json};
+
+use super::proxy::{self, AUTO};
+use super::{ApiError, ApiJson, AppState};
+use crate::backend::Op;
+use crate::embed::MODEL_ID;
+use crate::routing::Need;
+
+/// User turns used to route a conversation (newest first weighs most).
+const ROUTING_TURNS: usize = 3;
+/// Characters of one turn used for routing (the embedder truncates anyway).
+const ROUTING_CHARS: usize = 4000;
+/// Inputs accepted in one embeddings request (OpenAI's own limit).
+const MAX_EMBED_INPUTS: usize = 2048;
+
+fn object(body: Value) -> Result<Map<String, Value>, ApiError> {
+    match body {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::invalid("body", "The request body must be a JSON object.")),
+    }
+}
+
+fn model_field(body: &Map<String, Value>) -> Result<String, ApiError> {
+    match body.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => Ok(m.clone()),
+        Some(Value::String(_)) | None => Err(ApiError::invalid(
+            "model",
+            "You must provide a model parameter (a capability id from GET /v1/models, or \"auto\").",
+        )),
+        Some(_) => Err(ApiError::invalid("model", "The model parameter must be a string.")),
+    }
+}
+
+fn stream_field(body: &Map<String, Value>) -> Result<bool, ApiError> {
+    match body.get("stream") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ApiError::invalid("stream", "The stream parameter must be a boolean.")),
+    }
+}
+
+/// The text of a message's content: a string, or the text parts of an array.
+fn content_text(content: &Value) -> Option<String> {
+    match content {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(parts) => {
+            let text: Vec<&str> = parts
+                .iter()
+                .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect();
+            (!text.is_empty()).then(|| text.join("\n"))
+        }
+        _ => None,
+    }
+}
+
+fn truncate(mut s: String) -> String {
+    if s.len() > ROUTING_CHARS {
+        let mut cut = ROUTING_CHARS;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+/// Checks `messages` and returns the texts to route by, oldest first.
+fn chat_texts(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    let messages = match body.get("messages") {
+        Some(Value::Array(m)) if !m.is_empty() => m,
+        Some(Value::Array(_)) => {
+            return Err(ApiError::invalid("messages", "messages must contain at least one message."));
+        }
+        Some(_) => return Err(ApiError::invalid("messages", "messages must be an array.")),
+        None => return Err(ApiError::invalid("messages", "You must provide a messages parameter.")),
+    };
+    for (i, m) in messages.iter().enumerate() {
+        let role = m.get("role").and_then(Value::as_str);
+        if role.is_none() {
+            return Err(ApiError::invalid(
+                &format!("messages[{i}].role"),
+                format!("messages[{i}] must be an object with a string role."),
+            ));
+        }
+    }
+    let texts_of = |role: Option<&str>| -> Vec<String> {
+        messages
+            .iter()
+            .filter(|m| role.is_none() || m.get("role").and_then(Value::as_str) == role)
+            .filter_map(|m| m.get("content").and_then(content_text))
+            .filter(|t| !t.trim().is_empty())
+            .collect()
+    };
+    let mut texts = texts_of(Some("user"));
+    if texts.is_empty() {
+        texts = texts_of(None);
+    }
+    let skip = texts.len().saturating_sub(ROUTING_TURNS);
+    Ok(texts.into_iter().skip(skip).map(truncate).collect())
+}
+
+/// `chat_texts` for `POST /v1/route`, which takes the same messages.
+pub fn chat_texts_for_route(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    need_text(chat_texts(body)?, "messages")
+}
+
+fn need_text(texts: Vec<String>, param: &str) -> Result<Vec<String>, ApiError> {
+    if texts.is_empty() {
+        Err(ApiError::invalid(
+            param,
+            "There is no text to route by; send a message with text content, or name a model.",
+        ))
+    } else {
+        Ok(texts)
+    }
+}
+
+pub async fn chat(State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Response, ApiError> {
+    let body = object(body)?;
+    let model = model_field(&body)?;
+    let stream = stream_field(&body)?;
+    let texts = chat_texts(&body)?;
+    let target = proxy::resolve(&state, &model, Need::Text, || need_text(texts, "messages")).await?;
+    proxy::dispatch(&state, target, Op::Chat, body, stream).await
+}
+
+fn prompt_texts(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    match body.get("prompt") {
+        Some(Value::String(s)) => Ok(vec![truncate(s.clone())]),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) && !items.is_empty() => Ok(items
+            .iter()
+            .filter_map(Value::as_str)
+            .take(ROUTING_TURNS)
+            .map(|s| truncate(s.to_owned()))
+            .collect()),
+        None => Err(ApiError::invalid("prompt", "You must provide a prompt parameter.")),
+        Some(_) => Err(ApiError::invalid(
+            "prompt",
+            "prompt must be a string or a non-empty array of strings.",
+        )),
+    }
+}
+
+pub async fn completions(State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Response, ApiError> {
+    let body = object(body)?;
+    let model = model_field(&body)?;
+    let stream = stream_field(&body)?;
+    let texts = prompt_texts(&body)?;
+    let target = proxy::resolve(&state, &model, Need::Text, || {
+        need_text(texts.into_iter().filter(|t| !t.trim().is_empty()).collect(), "prompt")
+    })
+    .await?;
+    proxy::dispatch(&state, target, Op::Completions, body, stream).await
+}
+
+/// Model names the node's own embedder answers to.
+pub fn is_own_embedder(model: &str) -> bool {
+    model == AUTO || model == MODEL_ID || model == format!("sentence-transformers/{MODEL_ID}")
+}
+
+fn embedding_inputs(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    let invalid = |m: &str| ApiError::invalid("input", m.to_owned());
+    let inputs = match body.get("input") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) if items.is_empty() => return Err(invalid("input must not be empty.")),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
+            items.iter().filter_map(Value::as_str).map(str::to_owned).collect()
+        }
+        Some(Value::Array(_)) => {
+            return Err(invalid(
+                "input must be a string or an array of strings; token arrays are not supported by this node's embedder.",
+            ));
+        }
+        None => return Err(invalid("You must provide an input parameter.")),
+        Some(_) => return Err(invalid("input must be a string or an array of strings.")),
+    };
+    if inputs.len() > MAX_EMBED_INPUTS {
+        return Err(invalid(&format!("input may hold at most {MAX_EMBED_INPUTS} strings.")));
+    }
+    if let Some(i) = inputs.iter().position(|s| s.is_empty()) {
+        return Err(ApiError::invalid(&format!("input[{i}]"), "input strings must not be empty."));
+    }
+    Ok(inputs)
+}
+
+pub async fn embeddings(State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Response, ApiError> {
+    let body = object(body)?;
+    let model = model_field(&body)?;
+    if !is_own_embedder(&model) {
+        // An `llm/embed` capability on a backend serves other embedding models.
+        let target = proxy::resolve(&state, &model, Need::Any, || Ok(Vec::new())).await?;
+        if target.entry.capability.kind.as_str() != "llm/embed" {
+            return Err(ApiError::invalid(
+                "model",
+                format!("The model `{model}` is not an embedding model."),
+            )
+            .code("wrong_capability_kind"));
+        }
+        return proxy::dispatch(&state, target, Op::Embeddings, body, false).await;
+    }
+    let inputs = embedding_inputs(&body)?;
+    let base64 = match body.get("encoding_format") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(f)) if f == "float" => false,
+        Some(Value::String(f)) if f == "base64" => true,
+        Some(_) => {
+            return Err(ApiError::invalid("encoding_format", "encoding_format must be \"float\" or \"base64\"."));
+        }
+    };
+    if let Some(d) = body.get("dimensions").filter(|d| !d.is_null()) {
+        if d.as_u64() != Some(state.embedder.dim() as u64) {
+            return Err(ApiError::invalid(
+                "dimensions",
+                format!("{MODEL_ID} produces {}-dimensional vectors; dimensions cannot be changed.", state.embedder.dim()),
+            ));
+        }
+    }
+    let out = state.embedder.embed(inputs).await?;
+    let data: Vec<Value> = out
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    let resp = json!({
+        "object": "list",
+        "data": data,
+        "model": MODEL_ID,
+        "usage": {"prompt_tokens": out.tokens, "total_tokens": out.tokens},
+    });
+    Ok((StatusCode::OK, Json(resp)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(v: Value) -> Map<String, Value> {
+        object(v).expect("object")
+    }
+
+    #[test]
+    fn chat_texts_prefers_recent_user_turns() {
+        let body = map(json!({"messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "one"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": [{"type": "text", "text": "two"}, {"type": "image_url", "image_url": {"url": "x"}}]},
+            {"role": "user", "content": "three"},
+            {"role": "user", "content": "four"}
+        ]}));
+        assert_eq!(chat_texts(&body).expect("ok"), vec!["two", "three", "four"]);
+        let only_system = map(json!({"messages": [{"role": "system", "content": "hello"}]}));
+        assert_eq!(chat_texts(&only_system).expect("ok"), vec!["hello"]);
+    }
+
+    #[test]
+    fn chat_texts_rejects_bad_messages() {
+        for (body, param) in [
+            (json!({}), "messages"),
+            (json!({"messages": []}), "messages"),
+            (json!({"messages": "hi"}), "messages"),
+            (json!({"messages": [{"content": "x"}]}), "messages[0].role"),
+        ] {
+            let err = chat_texts(&map(body)).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some(param));
+        }
+    }
+
+    #[test]
+    fn embedding_inputs_validate() {
+        assert_eq!(embedding_inputs(&map(json!({"input": "a"}))).expect("ok"), vec!["a"]);
+        assert!(embedding_inputs(&map(json!({"input": [1, 2]}))).is_err());
+        assert!(embedding_inputs(&map(json!({"input": []}))).is_err());
+        assert_eq!(
+            embedding_inputs(&map(json!({"input": ["a", ""]}))).unwrap_err().param.as_deref(),
+            Some("input[1]")
+        );
+    }
+
+    #[test]
+    fn long_text_is_cut_on_a_char_boundary() {
+        let s = "é".repeat(ROUTING_CHARS);
+        let t = truncate(s);
+        assert!(t.len() <= ROUTING_CHARS);
+    }
+}

@@ -1,0 +1,247 @@
+//! Nearest-neighbour search over unit vectors (cosine = dot product).
+//!
+//! Two implementations behind [`VectorIndex`]: [`Exact`] scans every vector
+//! (SIMD dot products; fastest for small and medium tables, and always exact) and
+//! [`Hnsw`] (instant-distance's HNSW graph, approximate, immutable after build).
+//! [`build`] picks one by size at [`HNSW_MIN_VECTORS`], the size from which the
+//! benchmark (`scripts/bench.sh`, BENCHMARKS.md) shows HNSW ahead.
+
+use instant_distance::{Builder, HnswMap, Search};
+
+/// From this many vectors on, [`build`] returns an HNSW index (see BENCHMARKS.md:
+/// exact search over 384-d vectors stays under a millisecond up to about 10k).
+pub const HNSW_MIN_VECTORS: usize = 20_000;
+
+/// A searchable, immutable set of vectors, each labelled by its position.
+pub trait VectorIndex: Send + Sync {
+    /// The `k` nearest vectors to `query`, best first, as `(position, cosine)`.
+    fn search(&self, query: &[f32], k: usize) -> Vec<(usize, f32)>;
+    /// Number of vectors.
+    fn len(&self) -> usize;
+    /// Whether there are no vectors.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Name shown in explanations and metrics.
+    fn name(&self) -> &'static str;
+}
+
+/// Builds the index that suits `vectors` in size.
+pub fn build(vectors: Vec<Vec<f32>>) -> Box<dyn VectorIndex> {
+    if vectors.len() >= HNSW_MIN_VECTORS {
+        Box::new(Hnsw::build(vectors))
+    } else {
+        Box::new(Exact::new(vectors))
+    }
+}
+
+/// Brute-force search over a contiguous matrix.
+pub struct Exact {
+    dim: usize,
+    data: Vec<f32>,
+}
+
+impl Exact {
+    pub fn new(vectors: Vec<Vec<f32>>) -> Self {
+        let dim = vectors.first().map_or(0, Vec::len);
+        let mut data = Vec::with_capacity(vectors.len() * dim);
+        for v in &vectors {
+            assert_eq!(v.len(), dim, "all vectors of an index have one width");
+            data.extend_from_slice(v);
+        }
+        Self { dim, data }
+    }
+
+    /// Cosine of `query` with every vector, in order.
+    pub fn scores(&self, query: &[f32]) -> Vec<f32> {
+        if self.dim == 0 || query.len() != self.dim {
+            return Vec::new();
+        }
+        self.data
+            .chunks_exact(self.dim)
+            .map(|row| dot(query, row))
+            .collect()
+    }
+}
+
+impl VectorIndex for Exact {
+    fn search(&self, query: &[f32], k: usize) -> Vec<(usize, f32)> {
+        top_k(self.scores(query), k)
+    }
+
+    fn len(&self) -> usize {
+        if self.dim == 0 {
+            0
+        } else {
+            self.data.len() / self.dim
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "exact"
+    }
+}
+
+/// The `k` best `(position, score)` pairs, best first.
+pub fn top_k(scores: Vec<f32>, k: usize) -> Vec<(usize, f32)> {
+    let mut pairs: Vec<(usize, f32)> = scores.into_iter().enumerate().collect();
+    let k = k.min(pairs.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let by_score = |a: &(usize, f32), b: &(usize, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if k < pairs.len() {
+        pairs.select_nth_unstable_by(k - 1, by_score);
+        pairs.truncate(k);
+    }
+    pairs.sort_unstable_by(by_score);
+    pairs
+}
+
+/// Dot product, with an AVX2+FMA path chosen at run time on x86-64.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports avx2 and fma, checked just above.
+            return unsafe { dot_avx2(a, b) };
+        }
+    }
+    dot_portable(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    // Same code as the portable version; compiled for wider registers.
+    dot_portable(a, b)
+}
+
+#[inline(always)]
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    // Sixteen independent lanes let the compiler vectorise without reassociating
+    // one float sum (which it may not do on its own).
+    let mut acc = [0f32; 16];
+    let chunks = a.len().min(b.len()) / 16;
+    for (ca, cb) in a.chunks_exact(16).zip(b.chunks_exact(16)) {
+        for i in 0..16 {
+            acc[i] = ca[i].mul_add(cb[i], acc[i]);
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for i in chunks * 16..a.len().min(b.len()) {
+        sum += a[i] * b[i];
+    }
+    sum
+}
+
+#[derive(Clone)]
+struct Point(Vec<f32>);
+
+impl instant_distance::Point for Point {
+    fn distance(&self, other: &Self) -> f32 {
+        1.0 - dot(&self.0, &other.0)
+    }
+}
+
+/// Approximate search on an HNSW graph; built once, searched many times.
+pub struct Hnsw {
+    map: HnswMap<Point, usize>,
+    len: usize,
+}
+
+impl Hnsw {
+    /// Builds the graph; slow for large sets (seconds at 10k), so callers run it
+    /// off the async runtime.
+    pub fn build(vectors: Vec<Vec<f32>>) -> Self {
+        let len = vectors.len();
+        let points: Vec<Point> = vectors.into_iter().map(Point).collect();
+        let values: Vec<usize> = (0..len).collect();
+        let map = Builder::default()
+            .ef_construction(100)
+            .ef_search(64)
+            .seed(0x41544d4f)
+            .build(points, values);
+        Self { map, len }
+    }
+}
+
+impl VectorIndex for Hnsw {
+    fn search(&self, query: &[f32], k: usize) -> Vec<(usize, f32)> {
+        let mut search = Search::default();
+        let query = Point(query.to_vec());
+        self.map
+            .search(&query, &mut search)
+            .take(k)
+            .map(|item| (*item.value, 1.0 - item.distance))
+            .collect()
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn name(&self) -> &'static str {
+        "hnsw"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn random_unit(rng: &mut impl Rng, dim: usize) -> Vec<f32> {
+        let mut v: Vec<f32> = (0..dim).map(|_| rng.r#gen::<f32>() - 0.5).collect();
+        crate::embed::normalize(&mut v);
+        v
+    }
+
+    #[test]
+    fn dot_matches_naive() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for dim in [1, 15, 16, 17, 384] {
+            let a = random_unit(&mut rng, dim);
+            let b = random_unit(&mut rng, dim);
+            let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!((dot(&a, &b) - naive).abs() < 1e-5, "dim {dim}");
+        }
+    }
+
+    #[test]
+    fn exact_finds_the_true_neighbours_in_order() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let vectors: Vec<Vec<f32>> = (0..500).map(|_| random_unit(&mut rng, 32)).collect();
+        let index = Exact::new(vectors.clone());
+        let hits = index.search(&vectors[42], 3);
+        assert_eq!(hits[0].0, 42);
+        assert!((hits[0].1 - 1.0).abs() < 1e-5);
+        assert!(hits[0].1 >= hits[1].1 && hits[1].1 >= hits[2].1);
+        assert_eq!(index.search(&vectors[0], 10_000).len(), 500);
+        assert!(index.search(&[1.0; 3], 3).is_empty(), "wrong width: no hits, no panic");
+    }
+
+    #[test]
+    fn hnsw_recall_against_exact() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let vectors: Vec<Vec<f32>> = (0..2000).map(|_| random_unit(&mut rng, 48)).collect();
+        let exact = Exact::new(vectors.clone());
+        let hnsw = Hnsw::build(vectors);
+        let mut found = 0;
+        for _ in 0..100 {
+            let q = random_unit(&mut rng, 48);
+            let truth = exact.search(&q, 1)[0].0;
+            if hnsw.search(&q, 10).iter().any(|(i, _)| *i == truth) {
+                found += 1;
+            }
+        }
+        assert!(found >= 90, "recall@10 of the true nearest: {found}/100");
+    }
+
+    #[test]
+    fn build_switches_by_size() {
+        assert_eq!(build(vec![vec![1.0, 0.0]]).name(), "exact");
+        assert!(build(Vec::new()).is_empty());
+    }
+}

@@ -1,0 +1,114 @@
+//! Prometheus metrics, served as text at `GET /metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Route template, e.g. `/v1/chat/completions` (never the raw path: bounded).
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `matched`, `default`, `no_fit` or `explicit`.
+    pub outcome: String,
+    pub capability: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendErrorLabels {
+    pub backend: String,
+    /// `unreachable`, `timeout`, `bad_response`, `status`, `stream`.
+    pub error: String,
+}
+
+/// All of the node's metrics, registered once.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_seconds: Family<RouteLabel, Histogram>,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub decision_seconds: Histogram,
+    pub embed_seconds: Histogram,
+    pub backend_errors: Family<BackendErrorLabels, Counter>,
+    pub capabilities: Gauge,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    // 50 us .. ~105 s
+    exponential_buckets(0.00005, 2.0, 22)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("atmosphere");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests served", requests.clone());
+        let request_seconds =
+            Family::<RouteLabel, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to the response head",
+            request_seconds.clone(),
+        );
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register("routing_decisions", "Routing decisions by outcome", decisions.clone());
+        let decision_seconds = Histogram::new(latency_buckets());
+        registry.register(
+            "routing_decision_duration_seconds",
+            "Time for an auto decision (embed and score)",
+            decision_seconds.clone(),
+        );
+        let embed_seconds = Histogram::new(latency_buckets());
+        registry.register(
+            "embed_duration_seconds",
+            "Time to embed one request's texts",
+            embed_seconds.clone(),
+        );
+        let backend_errors = Family::<BackendErrorLabels, Counter>::default();
+        registry.register("backend_errors", "Failed backend calls", backend_errors.clone());
+        let capabilities = Gauge::default();
+        registry.register("capabilities", "Capabilities in the route table", capabilities.clone());
+        Self {
+            registry,
+            requests,
+            request_seconds,
+            decisions,
+            decision_seconds,
+            embed_seconds,
+            backend_errors,
+            capabilities,
+        }
+    }
+}
+
+impl Metrics {
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub fn backend_error(&self, backend: &str, error: &str) {
+        self.backend_errors
+            .get_or_create(&BackendErrorLabels {
+                backend: backend.to_owned(),
+                error: error.to_owned(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,431 @@
+//! Routing by meaning: the route table (capabilities with their vectors) and the
+//! decision for a request. Synchronous and free of I/O: the caller embeds the
+//! request, hands in the query vector and reads the [`Decision`].
+//!
+//! A capability is represented by one unit vector: the normalised centroid of its
+//! example utterances blended with the embedding of its profile text
+//! (description, domain, topics). With no examples the profile alone is used.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::capability::{Capability, CapabilityId};
+use crate::config::RoutingConfig;
+use crate::embed::normalize;
+use crate::index::{self, VectorIndex};
+
+/// Score bonus that makes a local capability win a tie with a remote one.
+const LOCAL_TIE_BONUS: f32 = 1e-4;
+
+/// One routable capability with the node that offers it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub capability: Capability,
+    /// PeerId (base58) of the node offering it.
+    pub node: String,
+    /// Whether this node offers it.
+    pub local: bool,
+    /// The capability's routing vector (unit length).
+    pub vector: Vec<f32>,
+}
+
+/// All routable capabilities with a search index over their vectors. Immutable:
+/// a change builds a new table, which replaces the old one atomically.
+pub struct Table {
+    entries: Vec<Arc<Entry>>,
+    by_id: HashMap<CapabilityId, Vec<usize>>,
+    index: Box<dyn VectorIndex>,
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Self::new(Vec::new())
+    }
+}
+
+impl Table {
+    /// Builds the table and its index (HNSW for large tables: call it off the
+    /// async runtime).
+    pub fn new(entries: Vec<Entry>) -> Self {
+        let vectors = entries.iter().map(|e| e.vector.clone()).collect();
+        let index = index::build(vectors);
+        Self::with_index(entries, index)
+    }
+
+    /// Builds a table around a given index (positions must match `entries`).
+    pub fn with_index(entries: Vec<Entry>, index: Box<dyn VectorIndex>) -> Self {
+        let mut by_id: HashMap<CapabilityId, Vec<usize>> = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            by_id.entry(e.capability.id.clone()).or_default().push(i);
+        }
+        // Local entries first, so an exact id prefers this node.
+        for positions in by_id.values_mut() {
+            positions.sort_by_key(|&i| !entries[i].local);
+        }
+        Self {
+            entries: entries.into_iter().map(Arc::new).collect(),
+            by_id,
+            index,
+        }
+    }
+
+    pub fn entries(&self) -> &[Arc<Entry>] {
+        &self.entries
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn index_name(&self) -> &'static str {
+        self.index.name()
+    }
+
+    /// Entries with this id, local first.
+    pub fn lookup(&self, id: &CapabilityId) -> impl Iterator<Item = &Arc<Entry>> {
+        self.by_id
+            .get(id)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.entries[i])
+    }
+}
+
+/// Builds a capability's routing vector from its example vectors and its profile
+/// vector (all unit length).
+pub fn capability_vector(examples: &[Vec<f32>], profile: &[f32], description_weight: f32) -> Vec<f32> {
+    if examples.is_empty() {
+        return profile.to_vec();
+    }
+    let mut centroid = vec![0f32; profile.len()];
+    for e in examples {
+        for (c, x) in centroid.iter_mut().zip(e) {
+            *c += x;
+        }
+    }
+    normalize(&mut centroid);
+    let w = description_weight.clamp(0.0, 1.0);
+    let mut v: Vec<f32> = centroid
+        .iter()
+        .zip(profile)
+        .map(|(c, p)| (1.0 - w) * c + w * p)
+        .collect();
+    normalize(&mut v);
+    v
+}
+
+/// Combines the embeddings of a conversation's user turns, oldest first, into one
+/// query vector; the newest turn weighs most (each older turn half the next).
+pub fn query_vector(turns: &[Vec<f32>]) -> Vec<f32> {
+    let Some(last) = turns.last() else {
+        return Vec::new();
+    };
+    let mut q = vec![0f32; last.len()];
+    let mut weight = 1.0f32;
+    for turn in turns.iter().rev() {
+        for (a, x) in q.iter_mut().zip(turn) {
+            *a += weight * x;
+        }
+        weight *= 0.5;
+    }
+    normalize(&mut q);
+    q
+}
+
+/// What the request needs from a capability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Chat or text completion: kinds that answer text with text.
+    Text,
+    /// Any kind (explanations without an endpoint in mind).
+    Any,
+}
+
+/// One scored capability in a decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct Candidate {
+    pub id: CapabilityId,
+    pub node: String,
+    pub local: bool,
+    pub kind: String,
+    pub domain: String,
+    /// Cosine similarity of the request and the capability.
+    pub similarity: f32,
+    /// Similarity after adjustments (locality tie-break); what is ranked.
+    pub score: f32,
+    pub available: bool,
+    /// Whether the capability can serve this request (kind fits and it is available).
+    pub eligible: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<&'static str>,
+    #[serde(skip)]
+    pub entry: Option<Arc<Entry>>,
+}
+
+/// How the decision was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The best eligible capability scored at or above the threshold.
+    Matched,
+    /// Nothing reached the threshold; the configured default was used.
+    Default,
+    /// Nothing reached the threshold and there is no usable default.
+    NoFit,
+}
+
+/// The routing decision for one request, with its explanation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub outcome: Outcome,
+    /// The chosen capability (first of `candidates` when matched).
+    pub chosen: Option<Candidate>,
+    /// Best candidates first.
+    pub candidates: Vec<Candidate>,
+    pub threshold: f32,
+    pub index: &'static str,
+}
+
+/// Decides among the entries of a table.
+pub struct Router {
+    pub config: RoutingConfig,
+}
+
+impl Router {
+    pub fn new(config: RoutingConfig) -> Self {
+        Self { config }
+    }
+
+    /// Ranks the table's capabilities for `query` and picks one.
+    ///
+    /// `available(entry)` says whether the entry's backend (or node) answers now.
+    pub fn decide(
+        &self,
+        table: &Table,
+        query: &[f32],
+        need: Need,
+        available: &dyn Fn(&Entry) -> bool,
+    ) -> Decision {
+        let shown = self.config.explain_candidates.max(1);
+        let mut ranked = self.rank(table, query, need, available, shown.max(16));
+        let best = ranked.iter().position(|c| c.eligible);
+        let (outcome, chosen) = match best {
+            Some(i) if ranked[i].score >= self.config.threshold => {
+                (Outcome::Matched, Some(ranked[i].clone()))
+            }
+            _ => match self.default_candidate(table, need, available) {
+                Some(c) => (Outcome::Default, Some(c)),
+                None => (Outcome::NoFit, None),
+            },
+        };
+        ranked.truncate(shown);
+        Decision {
+            outcome,
+            chosen,
+            candidates: ranked,
+            threshold: self.config.threshold,
+            index: table.index_name(),
+        }
+    }
+
+    fn rank(
+        &self,
+        table: &Table,
+        query: &[f32],
+        need: Need,
+        available: &dyn Fn(&Entry) -> bool,
+        k: usize,
+    ) -> Vec<Candidate> {
+        if table.is_empty() || query.is_empty() {
+            return Vec::new();
+        }
+        let mut hits = table.index.search(query, k);
+        // If none of the nearest can serve the request, look at all of them.
+        let eligible_hit = hits.iter().any(|&(i, _)| {
+            let e = &table.entries[i];
+            kind_fits(e, need) && available(e)
+        });
+        if !eligible_hit && hits.len() < table.len() {
+            hits = table.index.search(query, table.len());
+        }
+        let mut out: Vec<Candidate> = hits
+            .into_iter()
+            .map(|(i, similarity)| {
+                let entry = &table.entries[i];
+                candidate(entry, similarity, need, available)
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.eligible
+                .cmp(&a.eligible)
+                .then(b.score.total_cmp(&a.score))
+                .then(a.id.cmp(&b.id))
+        });
+        out
+    }
+
+    fn default_candidate(
+        &self,
+        table: &Table,
+        need: Need,
+        available: &dyn Fn(&Entry) -> bool,
+    ) -> Option<Candidate> {
+        let id = self.config.default.as_ref()?;
+        table
+            .lookup(id)
+            .map(|e| candidate(e, f32::NAN, need, available))
+            .find(|c| c.eligible)
+    }
+}
+
+fn kind_fits(entry: &Entry, need: Need) -> bool {
+    match need {
+        Need::Text => entry.capability.kind.answers_text(),
+        Need::Any => true,
+    }
+}
+
+fn candidate(
+    entry: &Arc<Entry>,
+    similarity: f32,
+    need: Need,
+    available: &dyn Fn(&Entry) -> bool,
+) -> Candidate {
+    let fits = kind_fits(entry, need);
+    let up = available(entry);
+    let note = match (fits, up) {
+        (false, _) => Some("kind does not answer this request"),
+        (true, false) => Some("unavailable"),
+        _ => None,
+    };
+    let bonus = if entry.local { LOCAL_TIE_BONUS } else { 0.0 };
+    Candidate {
+        id: entry.capability.id.clone(),
+        node: entry.node.clone(),
+        local: entry.local,
+        kind: entry.capability.kind.to_string(),
+        domain: entry.capability.domain.clone(),
+        similarity,
+        score: similarity + bonus,
+        available: up,
+        eligible: fits && up,
+        note,
+        entry: Some(entry.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capability::{Kind, Source};
+
+    fn entry(id: &str, kind: &str, vector: Vec<f32>, local: bool) -> Entry {
+        let mut v = vector;
+        normalize(&mut v);
+        Entry {
+            capability: Capability {
+                id: id.parse().expect("id"),
+                kind: kind.parse::<Kind>().expect("kind"),
+                domain: String::new(),
+                topics: Vec::new(),
+                description: String::new(),
+                examples: Vec::new(),
+                backend: "b".into(),
+                model: "m".into(),
+                source: Source::Config,
+            },
+            node: if local { "self".into() } else { "peer".into() },
+            local,
+            vector: v,
+        }
+    }
+
+    fn router(threshold: f32, default: Option<&str>) -> Router {
+        Router::new(RoutingConfig {
+            threshold,
+            default: default.map(|d| d.parse().expect("id")),
+            ..Default::default()
+        })
+    }
+
+    fn all_up(_: &Entry) -> bool {
+        true
+    }
+
+    #[test]
+    fn best_match_wins_and_is_explained() {
+        let table = Table::new(vec![
+            entry("a/x", "llm/chat", vec![1.0, 0.0, 0.0], true),
+            entry("a/y", "llm/chat", vec![0.0, 1.0, 0.0], true),
+        ]);
+        let d = router(0.3, None).decide(&table, &[0.9, 0.1, 0.0], Need::Text, &all_up);
+        assert_eq!(d.outcome, Outcome::Matched);
+        assert_eq!(d.chosen.expect("chosen").id.as_str(), "a/x");
+        assert_eq!(d.candidates.len(), 2);
+        assert!(d.candidates[0].score > d.candidates[1].score);
+    }
+
+    #[test]
+    fn wrong_kind_and_unavailable_are_skipped() {
+        let table = Table::new(vec![
+            entry("v/cls", "vision/classify", vec![1.0, 0.0], true),
+            entry("a/down", "llm/chat", vec![0.9, 0.1], true),
+            entry("a/up", "llm/chat", vec![0.7, 0.3], true),
+        ]);
+        let up = |e: &Entry| e.capability.id.as_str() != "a/down";
+        let d = router(0.1, None).decide(&table, &[1.0, 0.0], Need::Text, &up);
+        assert_eq!(d.chosen.expect("chosen").id.as_str(), "a/up");
+        let notes: Vec<_> = d.candidates.iter().filter_map(|c| c.note).collect();
+        assert!(notes.contains(&"unavailable"));
+        assert!(notes.contains(&"kind does not answer this request"));
+    }
+
+    #[test]
+    fn below_threshold_uses_default_or_fails() {
+        let table = Table::new(vec![
+            entry("a/x", "llm/chat", vec![1.0, 0.0], true),
+            entry("a/general", "llm/chat", vec![0.0, 1.0], true),
+        ]);
+        let q = [0.3, -0.95];
+        let d = router(0.5, Some("a/general")).decide(&table, &q, Need::Text, &all_up);
+        assert_eq!(d.outcome, Outcome::Default);
+        assert_eq!(d.chosen.expect("default").id.as_str(), "a/general");
+        let d = router(0.5, None).decide(&table, &q, Need::Text, &all_up);
+        assert_eq!(d.outcome, Outcome::NoFit);
+        assert!(d.chosen.is_none());
+        assert!(!d.candidates.is_empty(), "still explains what was close");
+    }
+
+    #[test]
+    fn local_wins_a_tie() {
+        let table = Table::new(vec![
+            entry("a/x", "llm/chat", vec![1.0, 0.0], false),
+            entry("a/x2", "llm/chat", vec![1.0, 0.0], true),
+        ]);
+        let d = router(0.1, None).decide(&table, &[1.0, 0.0], Need::Text, &all_up);
+        assert!(d.chosen.expect("chosen").local);
+    }
+
+    #[test]
+    fn query_weights_newest_turn_most() {
+        let q = query_vector(&[vec![1.0, 0.0], vec![0.0, 1.0]]);
+        assert!(q[1] > q[0]);
+        assert!(query_vector(&[]).is_empty());
+    }
+
+    #[test]
+    fn capability_vector_blends() {
+        let v = capability_vector(&[vec![1.0, 0.0]], &[0.0, 1.0], 0.0);
+        assert!((v[0] - 1.0).abs() < 1e-6);
+        let v = capability_vector(&[], &[0.0, 1.0], 0.3);
+        assert_eq!(v, vec![0.0, 1.0]);
+        let v = capability_vector(&[vec![1.0, 0.0]], &[0.0, 1.0], 0.5);
+        assert!((v[0] - v[1]).abs() < 1e-6);
+    }
+}
