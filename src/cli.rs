@@ -106,7 +106,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             .apply(&mut config);
             let keypair = identity::load_or_create(&config.data_dir())?;
-            println!("{}", identity::peer_id(&keypair));
+            emit(&format!("{}\n", identity::peer_id(&keypair)))?;
             Ok(())
         }
         Command::Route { text, any_kind, client } => {
@@ -116,18 +116,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let v = request(&client, reqwest::Method::POST, "/v1/route", Some(body)).await?;
             if client.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                emit(&(serde_json::to_string_pretty(&v)? + "\n"))?;
             } else {
-                print_decision(&v);
+                emit(&print_decision(&v))?;
             }
             Ok(())
         }
         Command::Capabilities { client } => {
             let v = request(&client, reqwest::Method::GET, "/v1/mesh/capabilities", None).await?;
             if client.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                emit(&(serde_json::to_string_pretty(&v)? + "\n"))?;
             } else {
-                print_capabilities(&v);
+                emit(&print_capabilities(&v))?;
             }
             Ok(())
         }
@@ -157,18 +157,30 @@ async fn request(client: &ClientArgs, method: reqwest::Method, path: &str, body:
     Ok(v)
 }
 
-fn print_decision(v: &Value) {
+/// Writes to stdout; a reader that went away (`| head`) ends the output quietly.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+fn print_decision(v: &Value) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
     let d = &v["decision"];
     let outcome = d["outcome"].as_str().unwrap_or("?");
     match d["chosen"]["id"].as_str() {
-        Some(id) => println!("route: {id} ({outcome}, threshold {:.2})", d["threshold"].as_f64().unwrap_or(0.0)),
-        None => println!("route: none fits (threshold {:.2})", d["threshold"].as_f64().unwrap_or(0.0)),
+        Some(id) => { let _ = writeln!(s, "route: {id} ({outcome}, threshold {:.2})", d["threshold"].as_f64().unwrap_or(0.0)); }
+        None => { let _ = writeln!(s, "route: none fits (threshold {:.2})", d["threshold"].as_f64().unwrap_or(0.0)); }
     }
-    println!("{:>3}  {:>6}  {:<32} {:<16} {:<10} note", "#", "score", "capability", "kind", "node");
+    let _ = writeln!(s, "{:>3}  {:>6}  {:<32} {:<16} {:<10} note", "#", "score", "capability", "kind", "node");
     for (i, c) in d["candidates"].as_array().into_iter().flatten().enumerate() {
         let node = c["node"].as_str().unwrap_or("");
         let short = if c["local"].as_bool() == Some(true) { "local" } else { &node[node.len().saturating_sub(8)..] };
-        println!(
+        let _ = writeln!(s, 
             "{:>3}  {:>6.3}  {:<32} {:<16} {:<10} {}",
             i + 1,
             c["score"].as_f64().unwrap_or(f64::NAN),
@@ -178,12 +190,15 @@ fn print_decision(v: &Value) {
             c["note"].as_str().unwrap_or("")
         );
     }
+    s
 }
 
-fn print_capabilities(v: &Value) {
-    println!("{:<32} {:<16} {:<14} {:<6} {:<9} node", "capability", "kind", "domain", "local", "available");
+fn print_capabilities(v: &Value) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<32} {:<16} {:<14} {:<6} {:<9} node", "capability", "kind", "domain", "local", "available");
     for c in v["data"].as_array().into_iter().flatten() {
-        println!(
+        let _ = writeln!(s, 
             "{:<32} {:<16} {:<14} {:<6} {:<9} {}",
             c["id"].as_str().unwrap_or(""),
             c["kind"].as_str().unwrap_or(""),
@@ -193,6 +208,7 @@ fn print_capabilities(v: &Value) {
             c["node"].as_str().unwrap_or("")
         );
     }
+    s
 }
 
 async fn shutdown_signal() {

@@ -198,6 +198,8 @@ fn stream_reply(e: Arc<Echo>, model: String, text: String, chat: bool) -> Respon
     tokio::spawn(async move {
         for (i, w) in words.iter().enumerate() {
             if fault == Fault::BreakStream && i == 2 {
+                // Let the first chunks reach the wire before the connection dies.
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 let _ = tx.send(Err(std::io::Error::other("broken on purpose"))).await;
                 return;
             }

@@ -26,6 +26,7 @@ pub struct Node {
     /// This node's PeerId.
     pub peer_id: libp2p_identity::PeerId,
     pub catalog: Catalog,
+    app: axum::Router,
     cancel: CancellationToken,
     server: JoinHandle<()>,
 }
@@ -79,8 +80,9 @@ impl Node {
         let http_addr = listener.local_addr()?;
         let app = http::app(state);
         let stop = cancel.clone();
+        let served = app.clone();
         let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+            let serve = axum::serve(listener, served).with_graceful_shutdown(stop.cancelled_owned());
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "http server stopped");
             }
@@ -90,9 +92,15 @@ impl Node {
             http_addr,
             peer_id,
             catalog,
+            app,
             cancel,
             server,
         })
+    }
+
+    /// The HTTP API as a tower service, for in-process calls (`oneshot`).
+    pub fn app(&self) -> axum::Router {
+        self.app.clone()
     }
 
     /// Stops accepting requests, lets in-flight ones finish, stops the tasks.

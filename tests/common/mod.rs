@@ -1,0 +1,127 @@
+//! Helpers shared by the integration tests: real backends on loopback and real
+//! nodes with a temporary data dir.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use atmosphere::config::{BackendConfig, BackendKind, CapabilityConfig, Config, EmbedderConfig};
+use atmosphere::echo::Echo;
+use atmosphere::node::Node;
+
+/// Every wait in a test is bounded by this.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Starts an echo backend on a free loopback port.
+pub async fn spawn_echo(echo: Echo) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(echo.serve(listener));
+    addr
+}
+
+/// Starts an echo backend on a given address (to bring a "dead" backend back).
+pub async fn spawn_echo_at(echo: Echo, addr: SocketAddr) {
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+    tokio::spawn(echo.serve(listener));
+}
+
+/// A loopback address nobody listens on.
+pub async fn dead_addr() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    l.local_addr().expect("addr")
+}
+
+pub fn backend(name: &str, kind: BackendKind, addr: SocketAddr, discover: bool) -> BackendConfig {
+    BackendConfig {
+        name: name.into(),
+        kind,
+        url: format!("http://{addr}"),
+        discover,
+        api_key: None,
+        namespace: "default".into(),
+        refresh: Duration::from_millis(200),
+        connect_timeout: Duration::from_secs(1),
+        timeout: Duration::from_secs(5),
+    }
+}
+
+pub fn capability(id: &str, backend: &str, model: &str, description: &str, examples: &[&str]) -> CapabilityConfig {
+    CapabilityConfig {
+        id: id.parse().expect("id"),
+        kind: "llm/chat".parse().expect("kind"),
+        domain: String::new(),
+        topics: Vec::new(),
+        description: description.into(),
+        examples: examples.iter().map(|e| (*e).to_owned()).collect(),
+        backend: backend.into(),
+        model: Some(model.into()),
+    }
+}
+
+/// The farm capabilities most tests route between.
+pub fn farm_capabilities(backend: &str) -> Vec<CapabilityConfig> {
+    vec![
+        capability(
+            "farm/llama-expert",
+            backend,
+            "llama3.2",
+            "Expert on raising llamas and alpacas.",
+            &[
+                "What should I feed my alpacas in winter?",
+                "How do I care for my llama?",
+                "When should alpacas be shorn?",
+            ],
+        ),
+        capability(
+            "farm/coder",
+            backend,
+            "qwen2.5-coder",
+            "Writes and fixes code.",
+            &[
+                "Write a Rust function that reverses a string.",
+                "Why does my Python script raise a KeyError?",
+                "How do I parse JSON in Go?",
+            ],
+        ),
+    ]
+}
+
+/// A config for one node on loopback with the test embedder settings.
+pub fn config(backends: Vec<BackendConfig>, capabilities: Vec<CapabilityConfig>, data_dir: &std::path::Path) -> Config {
+    let mut c = Config::default();
+    c.node.name = "test-node".into();
+    c.node.data_dir = data_dir.to_owned();
+    c.http.listen = "127.0.0.1:0".parse().expect("addr");
+    c.embedder = EmbedderConfig {
+        threads: 1,
+        ..Default::default()
+    };
+    c.backends = backends;
+    c.capabilities = capabilities;
+    c
+}
+
+pub async fn start(config: Config) -> Node {
+    tokio::time::timeout(WAIT, Node::start(config))
+        .await
+        .expect("node starts in time")
+        .expect("node starts")
+}
+
+/// Polls `check` until it holds or [`WAIT`] passes.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
