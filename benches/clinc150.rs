@@ -20,9 +20,11 @@ use serde_json::Value;
 type Split = Vec<(String, String)>;
 
 fn load() -> (HashMap<String, Split>, HashMap<String, String>) {
-    let dir = std::env::var_os("CLINC150_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/clinc150")
-    });
+    let dir = std::env::var_os("CLINC150_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/clinc150")
+        });
     let read = |name: &str| -> Value {
         let path = dir.join(name);
         let text = std::fs::read_to_string(&path)
@@ -104,7 +106,12 @@ fn table_for(
 }
 
 fn accuracy(pred: &Scored, gold: &[String]) -> f64 {
-    let hits = pred.predictions.iter().zip(gold).filter(|((p, _), g)| p == *g).count();
+    let hits = pred
+        .predictions
+        .iter()
+        .zip(gold)
+        .filter(|((p, _), g)| p == *g)
+        .count();
     hits as f64 / gold.len() as f64
 }
 
@@ -119,7 +126,10 @@ fn threshold_for(in_scope_scores: &mut [f32], max_frr: f64) -> f32 {
 #[tokio::main]
 async fn main() {
     let (splits, domain_of) = load();
-    let threads = std::env::var("EMBED_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(2);
+    let threads = std::env::var("EMBED_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(2);
     let embedder = Embedder::load(&EmbedderConfig {
         threads,
         ..Default::default()
@@ -129,7 +139,10 @@ async fn main() {
     let mut vecs: HashMap<String, Vec<Vec<f32>>> = HashMap::new();
     for key in ["train", "val", "test", "oos_val", "oos_test"] {
         let texts: Vec<String> = splits[key].iter().map(|(t, _)| t.clone()).collect();
-        vecs.insert(key.to_owned(), embedder.embed(texts).await.expect("embed").vectors);
+        vecs.insert(
+            key.to_owned(),
+            embedder.embed(texts).await.expect("embed").vectors,
+        );
     }
     let embed_secs = started.elapsed().as_secs_f64();
 
@@ -155,13 +168,18 @@ async fn main() {
         }
         let profiles: Vec<String> = groups.iter().map(|(n, _, _)| n.replace('_', " ")).collect();
         let profile_vecs = embedder.embed(profiles).await.expect("embed").vectors;
-        let gold = |key: &str| -> Vec<String> { splits[key].iter().map(|(_, i)| label(i)).collect() };
+        let gold =
+            |key: &str| -> Vec<String> { splits[key].iter().map(|(_, i)| label(i)).collect() };
 
         // Choose the description weight on val.
         let mut best = (f64::MIN, 0.0f32);
         for w in [0.0, 0.05, 0.1, 0.2, 0.3, 0.5] {
             let table = table_for(&groups, &vecs["train"], &profile_vecs, w);
-            let router = Router::new(RoutingConfig { threshold: -1.0, explain_candidates: 1, ..Default::default() });
+            let router = Router::new(RoutingConfig {
+                threshold: -1.0,
+                explain_candidates: 1,
+                ..Default::default()
+            });
             let acc = accuracy(&route_all(&router, &table, &vecs["val"]), &gold("val"));
             if acc > best.0 {
                 best = (acc, w);
@@ -169,20 +187,35 @@ async fn main() {
         }
         let weight = best.1;
         let table = table_for(&groups, &vecs["train"], &profile_vecs, weight);
-        let router = Router::new(RoutingConfig { threshold: -1.0, explain_candidates: 1, ..Default::default() });
+        let router = Router::new(RoutingConfig {
+            threshold: -1.0,
+            explain_candidates: 1,
+            ..Default::default()
+        });
         let val = route_all(&router, &table, &vecs["val"]);
         let mut val_scores: Vec<f32> = val.predictions.iter().map(|p| p.1).collect();
         let threshold = threshold_for(&mut val_scores, 0.05);
         let oos_val = route_all(&router, &table, &vecs["oos_val"]);
-        let oos_val_recall = oos_val.predictions.iter().filter(|p| p.1 < threshold).count() as f64 / oos_val.predictions.len() as f64;
+        let oos_val_recall = oos_val
+            .predictions
+            .iter()
+            .filter(|p| p.1 < threshold)
+            .count() as f64
+            / oos_val.predictions.len() as f64;
 
         let started = Instant::now();
         let test = route_all(&router, &table, &vecs["test"]);
         let per_decision_us = started.elapsed().as_secs_f64() * 1e6 / vecs["test"].len() as f64;
         let test_acc = accuracy(&test, &gold("test"));
-        let test_frr = test.predictions.iter().filter(|p| p.1 < threshold).count() as f64 / test.predictions.len() as f64;
+        let test_frr = test.predictions.iter().filter(|p| p.1 < threshold).count() as f64
+            / test.predictions.len() as f64;
         let oos_test = route_all(&router, &table, &vecs["oos_test"]);
-        let oos_recall = oos_test.predictions.iter().filter(|p| p.1 < threshold).count() as f64 / oos_test.predictions.len() as f64;
+        let oos_recall = oos_test
+            .predictions
+            .iter()
+            .filter(|p| p.1 < threshold)
+            .count() as f64
+            / oos_test.predictions.len() as f64;
         // Intent routing judged at domain level: right domain, any intent in it.
         let domain_acc = if granularity == "intent" {
             let hits = test
@@ -209,9 +242,14 @@ async fn main() {
             us = per_decision_us,
         ));
     }
-    println!("CLINC150 routing quality (all-MiniLM-L6-v2, {threads} threads; embedding {:.0} texts took {embed_secs:.1} s)", 23_600.0);
+    println!(
+        "CLINC150 routing quality (all-MiniLM-L6-v2, {threads} threads; embedding {:.0} texts took {embed_secs:.1} s)",
+        23_600.0
+    );
     println!();
-    println!("| capabilities | description weight (val) | val accuracy | threshold (val, FRR<=5%) | test accuracy | test accuracy at domain level | test false reject | oos_test recall | oos_val recall | decision us |");
+    println!(
+        "| capabilities | description weight (val) | val accuracy | threshold (val, FRR<=5%) | test accuracy | test accuracy at domain level | test false reject | oos_test recall | oos_val recall | decision us |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for line in report {
         println!("{line}");

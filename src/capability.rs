@@ -188,7 +188,7 @@ impl Capability {
         }
         if !self.domain.is_empty() {
             if !text.is_empty() {
-                text.push_str(" ");
+                text.push(' ');
             }
             text.push_str(&format!("Domain: {}.", self.domain));
         }
@@ -230,7 +230,12 @@ mod tests {
         assert!(!k.answers_text());
         assert!(Kind::chat().answers_text());
         assert!(!Kind::embed().answers_text());
-        assert!("agent/research".parse::<Kind>().expect("valid").answers_text());
+        assert!(
+            "agent/research"
+                .parse::<Kind>()
+                .expect("valid")
+                .answers_text()
+        );
         assert!("robot/walk".parse::<Kind>().is_err());
     }
 }

@@ -57,7 +57,10 @@ pub struct Setup {
 
 /// Builds the first table (config capabilities plus one discovery round, bounded
 /// by [`FIRST_ROUND_LIMIT`]) and starts the probes and the owner task.
-pub async fn start(setup: Setup, cancel: CancellationToken) -> Result<Catalog, crate::embed::Error> {
+pub async fn start(
+    setup: Setup,
+    cancel: CancellationToken,
+) -> Result<Catalog, crate::embed::Error> {
     let mut owner = Owner {
         discovered: BTreeMap::new(),
         cache: HashMap::new(),
@@ -82,7 +85,11 @@ pub async fn start(setup: Setup, cancel: CancellationToken) -> Result<Catalog, c
     };
     let (tx, rx) = mpsc::channel(UPDATE_CAPACITY);
     for backend in &owner.setup.backends {
-        tokio::spawn(probe_loop(backend.clone(), tx.clone(), cancel.child_token()));
+        tokio::spawn(probe_loop(
+            backend.clone(),
+            tx.clone(),
+            cancel.child_token(),
+        ));
     }
     drop(tx);
     tokio::spawn(owner.run(catalog.clone(), rx, cancel));
@@ -134,7 +141,12 @@ struct Owner {
 }
 
 impl Owner {
-    async fn run(mut self, catalog: Catalog, mut rx: mpsc::Receiver<Update>, cancel: CancellationToken) {
+    async fn run(
+        mut self,
+        catalog: Catalog,
+        mut rx: mpsc::Receiver<Update>,
+        cancel: CancellationToken,
+    ) {
         loop {
             let update = tokio::select! {
                 biased;
@@ -148,7 +160,9 @@ impl Owner {
             self.discovered.insert(update.backend, update.found);
             match self.build().await {
                 Ok(table) => catalog.table.store(Arc::new(table)),
-                Err(e) => tracing::warn!(error = %e, "could not rebuild the route table; keeping the old one"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not rebuild the route table; keeping the old one")
+                }
             }
         }
     }
@@ -236,7 +250,11 @@ impl Owner {
         let table = tokio::task::spawn_blocking(move || Table::new(entries))
             .await
             .map_err(|e| crate::embed::Error::Runtime(format!("index build: {e}")))?;
-        tracing::info!(capabilities = table.len(), index = table.index_name(), "route table built");
+        tracing::info!(
+            capabilities = table.len(),
+            index = table.index_name(),
+            "route table built"
+        );
         Ok(table)
     }
 }

@@ -13,7 +13,11 @@ use crate::identity;
 use crate::node::Node;
 
 #[derive(Debug, Parser)]
-#[command(name = "atmosphere", version, about = "A peer-to-peer capability mesh that routes OpenAI requests by meaning")]
+#[command(
+    name = "atmosphere",
+    version,
+    about = "A peer-to-peer capability mesh that routes OpenAI requests by meaning"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -109,7 +113,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             emit(&format!("{}\n", identity::peer_id(&keypair)))?;
             Ok(())
         }
-        Command::Route { text, any_kind, client } => {
+        Command::Route {
+            text,
+            any_kind,
+            client,
+        } => {
             let mut body = serde_json::json!({"input": text});
             if any_kind {
                 body["need"] = "any".into();
@@ -134,7 +142,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn request(client: &ClientArgs, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+async fn request(
+    client: &ClientArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
     let url = format!("{}{path}", client.node.trim_end_matches('/'));
     let http = reqwest::Client::new();
     let mut req = http.request(method, &url);
@@ -144,14 +157,19 @@ async fn request(client: &ClientArgs, method: reqwest::Method, path: &str, body:
     if let Some(body) = body {
         req = req.json(&body);
     }
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the node at {} (is `atmosphere start` running?)", client.node))?;
+    let resp = req.send().await.with_context(|| {
+        format!(
+            "cannot reach the node at {} (is `atmosphere start` running?)",
+            client.node
+        )
+    })?;
     let status = resp.status();
     let v: Value = resp.json().await.context("the node's answer is not JSON")?;
     if !status.is_success() {
-        let msg = v.pointer("/error/message").and_then(Value::as_str).unwrap_or("no message");
+        let msg = v
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .unwrap_or("no message");
         bail!("{status}: {msg}");
     }
     Ok(v)
@@ -173,14 +191,35 @@ fn print_decision(v: &Value) -> String {
     let d = &v["decision"];
     let outcome = d["outcome"].as_str().unwrap_or("?");
     match d["chosen"]["id"].as_str() {
-        Some(id) => { let _ = writeln!(s, "route: {id} ({outcome}, threshold {:.2})", d["threshold"].as_f64().unwrap_or(0.0)); }
-        None => { let _ = writeln!(s, "route: none fits (threshold {:.2})", d["threshold"].as_f64().unwrap_or(0.0)); }
+        Some(id) => {
+            let _ = writeln!(
+                s,
+                "route: {id} ({outcome}, threshold {:.2})",
+                d["threshold"].as_f64().unwrap_or(0.0)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "route: none fits (threshold {:.2})",
+                d["threshold"].as_f64().unwrap_or(0.0)
+            );
+        }
     }
-    let _ = writeln!(s, "{:>3}  {:>6}  {:<32} {:<16} {:<10} note", "#", "score", "capability", "kind", "node");
+    let _ = writeln!(
+        s,
+        "{:>3}  {:>6}  {:<32} {:<16} {:<10} note",
+        "#", "score", "capability", "kind", "node"
+    );
     for (i, c) in d["candidates"].as_array().into_iter().flatten().enumerate() {
         let node = c["node"].as_str().unwrap_or("");
-        let short = if c["local"].as_bool() == Some(true) { "local" } else { &node[node.len().saturating_sub(8)..] };
-        let _ = writeln!(s, 
+        let short = if c["local"].as_bool() == Some(true) {
+            "local"
+        } else {
+            &node[node.len().saturating_sub(8)..]
+        };
+        let _ = writeln!(
+            s,
             "{:>3}  {:>6.3}  {:<32} {:<16} {:<10} {}",
             i + 1,
             c["score"].as_f64().unwrap_or(f64::NAN),
@@ -196,9 +235,14 @@ fn print_decision(v: &Value) -> String {
 fn print_capabilities(v: &Value) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let _ = writeln!(s, "{:<32} {:<16} {:<14} {:<6} {:<9} node", "capability", "kind", "domain", "local", "available");
+    let _ = writeln!(
+        s,
+        "{:<32} {:<16} {:<14} {:<6} {:<9} node",
+        "capability", "kind", "domain", "local", "available"
+    );
     for c in v["data"].as_array().into_iter().flatten() {
-        let _ = writeln!(s, 
+        let _ = writeln!(
+            s,
             "{:<32} {:<16} {:<14} {:<6} {:<9} {}",
             c["id"].as_str().unwrap_or(""),
             c["kind"].as_str().unwrap_or(""),

@@ -261,7 +261,10 @@ impl Config {
                 return invalid(format!("backend name {:?} is used twice", b.name));
             }
             if reqwest::Url::parse(&b.url).is_err() {
-                return invalid(format!("backend {:?}: url {:?} is not a URL", b.name, b.url));
+                return invalid(format!(
+                    "backend {:?}: url {:?} is not a URL",
+                    b.name, b.url
+                ));
             }
         }
         let mut ids = std::collections::HashSet::new();
@@ -361,7 +364,9 @@ mod tests {
 
     #[test]
     fn default_is_valid() {
-        Config::default().validate().expect("default config is valid");
+        Config::default()
+            .validate()
+            .expect("default config is valid");
     }
 
     #[test]

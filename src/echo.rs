@@ -75,7 +75,10 @@ impl Echo {
             .route("/v1/projects/{ns}", get(list_llamafarm))
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
-            .route("/v1/projects/{ns}/{name}/chat/completions", post(project_chat))
+            .route(
+                "/v1/projects/{ns}/{name}/chat/completions",
+                post(project_chat),
+            )
             .with_state(state)
     }
 
@@ -131,14 +134,22 @@ async fn completions(State(e): St, body: Bytes) -> Response {
     answer(e, body, None, false).await
 }
 
-async fn project_chat(State(e): St, Path((ns, name)): Path<(String, String)>, body: Bytes) -> Response {
+async fn project_chat(
+    State(e): St,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
     answer(e, body, Some(format!("{ns}/{name}")), true).await
 }
 
 async fn answer(e: Arc<Echo>, raw: Bytes, project: Option<String>, chat: bool) -> Response {
     match e.fault {
         Fault::Error => {
-            return (StatusCode::INTERNAL_SERVER_ERROR, "<html>internal error</html>").into_response();
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "<html>internal error</html>",
+            )
+                .into_response();
         }
         Fault::Stall => tokio::time::sleep(e.stall).await,
         _ => {}
@@ -190,7 +201,11 @@ fn stream_reply(e: Arc<Echo>, model: String, text: String, chat: bool) -> Respon
         } else {
             json!({"index": 0, "text": delta.unwrap_or(""), "finish_reason": finish})
         };
-        let obj = if chat { "chat.completion.chunk" } else { "text_completion" };
+        let obj = if chat {
+            "chat.completion.chunk"
+        } else {
+            "text_completion"
+        };
         let v = json!({"id": "echo-1", "object": obj, "created": 0, "model": model, "choices": [choice]});
         Bytes::from(format!("data: {v}\n\n"))
     };
@@ -200,7 +215,9 @@ fn stream_reply(e: Arc<Echo>, model: String, text: String, chat: bool) -> Respon
             if fault == Fault::BreakStream && i == 2 {
                 // Let the first chunks reach the wire before the connection dies.
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let _ = tx.send(Err(std::io::Error::other("broken on purpose"))).await;
+                let _ = tx
+                    .send(Err(std::io::Error::other("broken on purpose")))
+                    .await;
                 return;
             }
             let bytes = if fault == Fault::Garbage {
@@ -220,8 +237,9 @@ fn stream_reply(e: Arc<Echo>, model: String, text: String, chat: bool) -> Respon
     });
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     let mut r = Response::new(body);
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/event-stream"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
     r
 }
-

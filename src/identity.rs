@@ -19,7 +19,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The file exists but does not hold a 32-byte ed25519 secret.
-    #[error("identity key {path} is corrupt ({len} bytes, expected 32); move it away to create a new identity")]
+    #[error(
+        "identity key {path} is corrupt ({len} bytes, expected 32); move it away to create a new identity"
+    )]
     Corrupt { path: PathBuf, len: usize },
 }
 
@@ -33,8 +35,8 @@ pub fn load_or_create(data_dir: &Path) -> Result<Keypair, Error> {
     match std::fs::read(&path) {
         Ok(mut bytes) => {
             let len = bytes.len();
-            let secret = ed25519::SecretKey::try_from_bytes(&mut bytes)
-                .map_err(|_| Error::Corrupt {
+            let secret =
+                ed25519::SecretKey::try_from_bytes(&mut bytes).map_err(|_| Error::Corrupt {
                     path: path.clone(),
                     len,
                 })?;
@@ -101,6 +103,9 @@ mod tests {
         std::fs::write(dir.path().join(KEY_FILE), b"short").expect("write");
         let err = load_or_create(dir.path()).unwrap_err();
         assert!(matches!(err, Error::Corrupt { len: 5, .. }), "{err}");
-        assert_eq!(std::fs::read(dir.path().join(KEY_FILE)).expect("kept"), b"short");
+        assert_eq!(
+            std::fs::read(dir.path().join(KEY_FILE)).expect("kept"),
+            b"short"
+        );
     }
 }

@@ -70,11 +70,7 @@ impl VectorIndex for Exact {
     }
 
     fn len(&self) -> usize {
-        if self.dim == 0 {
-            0
-        } else {
-            self.data.len() / self.dim
-        }
+        self.data.len().checked_div(self.dim).unwrap_or(0)
     }
 
     fn name(&self) -> &'static str {
@@ -219,7 +215,10 @@ mod tests {
         assert!((hits[0].1 - 1.0).abs() < 1e-5);
         assert!(hits[0].1 >= hits[1].1 && hits[1].1 >= hits[2].1);
         assert_eq!(index.search(&vectors[0], 10_000).len(), 500);
-        assert!(index.search(&[1.0; 3], 3).is_empty(), "wrong width: no hits, no panic");
+        assert!(
+            index.search(&[1.0; 3], 3).is_empty(),
+            "wrong width: no hits, no panic"
+        );
     }
 
     #[test]

@@ -1,16 +1,16 @@
 //! Atmosphere: a peer-to-peer capability mesh that routes OpenAI-compatible
 //! requests by meaning.
 
+pub mod backend;
 pub mod capability;
+pub mod catalog;
+pub mod cli;
 pub mod config;
+pub mod echo;
 pub mod embed;
+pub mod http;
 pub mod identity;
 pub mod index;
-pub mod routing;
-pub mod backend;
-pub mod catalog;
 pub mod metrics;
-pub mod http;
-pub mod cli;
 pub mod node;
-pub mod echo;
+pub mod routing;

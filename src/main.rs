@@ -14,7 +14,10 @@ async fn main() {
         eprintln!("atmosphere: invalid log filter: {e}");
         std::process::exit(2);
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     if let Err(e) = cli::run(cli).await {
         eprintln!("atmosphere: {e:#}");
         std::process::exit(1);

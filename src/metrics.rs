@@ -55,15 +55,20 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("atmosphere");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("http_requests", "HTTP requests served", requests.clone());
-        let request_seconds =
-            Family::<RouteLabel, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        let request_seconds = Family::<RouteLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
         registry.register(
             "http_request_duration_seconds",
             "Time to the response head",
             request_seconds.clone(),
         );
         let decisions = Family::<DecisionLabels, Counter>::default();
-        registry.register("routing_decisions", "Routing decisions by outcome", decisions.clone());
+        registry.register(
+            "routing_decisions",
+            "Routing decisions by outcome",
+            decisions.clone(),
+        );
         let decision_seconds = Histogram::new(latency_buckets());
         registry.register(
             "routing_decision_duration_seconds",
@@ -77,9 +82,17 @@ impl Default for Metrics {
             embed_seconds.clone(),
         );
         let backend_errors = Family::<BackendErrorLabels, Counter>::default();
-        registry.register("backend_errors", "Failed backend calls", backend_errors.clone());
+        registry.register(
+            "backend_errors",
+            "Failed backend calls",
+            backend_errors.clone(),
+        );
         let capabilities = Gauge::default();
-        registry.register("capabilities", "Capabilities in the route table", capabilities.clone());
+        registry.register(
+            "capabilities",
+            "Capabilities in the route table",
+            capabilities.clone(),
+        );
         Self {
             registry,
             requests,

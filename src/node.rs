@@ -82,7 +82,8 @@ impl Node {
         let stop = cancel.clone();
         let served = app.clone();
         let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, served).with_graceful_shutdown(stop.cancelled_owned());
+            let serve =
+                axum::serve(listener, served).with_graceful_shutdown(stop.cancelled_owned());
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "http server stopped");
             }

@@ -99,7 +99,11 @@ impl Table {
 
 /// Builds a capability's routing vector from its example vectors and its profile
 /// vector (all unit length).
-pub fn capability_vector(examples: &[Vec<f32>], profile: &[f32], description_weight: f32) -> Vec<f32> {
+pub fn capability_vector(
+    examples: &[Vec<f32>],
+    profile: &[f32],
+    description_weight: f32,
+) -> Vec<f32> {
     if examples.is_empty() {
         return profile.to_vec();
     }

@@ -17,14 +17,25 @@ fn url(node: &Node, path: &str) -> String {
 }
 
 async fn post(node: &Node, path: &str, body: Value) -> reqwest::Response {
-    tokio::time::timeout(WAIT, reqwest::Client::new().post(url(node, path)).json(&body).send())
-        .await
-        .expect("answered in time")
-        .expect("node reachable")
+    tokio::time::timeout(
+        WAIT,
+        reqwest::Client::new()
+            .post(url(node, path))
+            .json(&body)
+            .send(),
+    )
+    .await
+    .expect("answered in time")
+    .expect("node reachable")
 }
 
 async fn get_json(node: &Node, path: &str) -> Value {
-    reqwest::get(url(node, path)).await.expect("get").json().await.expect("json")
+    reqwest::get(url(node, path))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json")
 }
 
 fn chat(model: &str, text: &str, stream: bool) -> Value {
@@ -39,7 +50,12 @@ async fn error_of(resp: reqwest::Response, status: u16) -> Value {
 }
 
 fn model_ids(models: &Value) -> Vec<String> {
-    models["data"].as_array().expect("data").iter().filter_map(|m| m["id"].as_str().map(str::to_owned)).collect()
+    models["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|m| m["id"].as_str().map(str::to_owned))
+        .collect()
 }
 
 fn available(models: &Value, id: &str) -> Option<bool> {
@@ -63,23 +79,41 @@ async fn discovers_openai_ollama_and_llamafarm_backends() {
     ))
     .await;
     let ids = model_ids(&get_json(&node, "/v1/models").await);
-    for id in ["vllm/qwen2.5-coder", "ollama/llama3.2", "default/llama-expert-14"] {
+    for id in [
+        "vllm/qwen2.5-coder",
+        "ollama/llama3.2",
+        "default/llama-expert-14",
+    ] {
         assert!(ids.contains(&id.to_owned()), "{id} not discovered: {ids:?}");
     }
     for (model, expect) in [
         ("vllm/qwen2.5-coder", "[vllm] model=qwen2.5-coder"),
         ("ollama/llama3.2", "[ollama] model=llama3.2:latest"),
-        ("default/llama-expert-14", "[farm] model=default/llama-expert-14"),
+        (
+            "default/llama-expert-14",
+            "[farm] model=default/llama-expert-14",
+        ),
     ] {
         let resp = post(&node, "/v1/chat/completions", chat(model, "hello", false)).await;
         assert_eq!(resp.status(), 200, "{model}");
         assert_eq!(resp.headers()["x-atmosphere-route"], model);
         let v: Value = resp.json().await.expect("json");
-        let content = v["choices"][0]["message"]["content"].as_str().expect("content");
+        let content = v["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("content");
         assert!(content.starts_with(expect), "{model}: {content}");
     }
     // LlamaFarm has no completions endpoint: a clear 400, not a guess.
-    let e = error_of(post(&node, "/v1/completions", json!({"model": "default/llama-expert-14", "prompt": "x"})).await, 400).await;
+    let e = error_of(
+        post(
+            &node,
+            "/v1/completions",
+            json!({"model": "default/llama-expert-14", "prompt": "x"}),
+        )
+        .await,
+        400,
+    )
+    .await;
     assert_eq!(e["code"], "unsupported_operation");
     node.shutdown().await;
 }
@@ -92,7 +126,13 @@ async fn down_backend_is_marked_unavailable_skipped_and_comes_back() {
     let mut caps = farm_capabilities("good");
     // The best match for llama questions lives on the dead backend.
     caps[0].backend = "flaky".into();
-    caps.push(capability("farm/animals", "good", "m", "Farm animals in general: llamas, goats, sheep.", &["How do I look after farm animals like llamas?"]));
+    caps.push(capability(
+        "farm/animals",
+        "good",
+        "m",
+        "Farm animals in general: llamas, goats, sheep.",
+        &["How do I look after farm animals like llamas?"],
+    ));
     let node = start(config(
         vec![
             backend("good", BackendKind::Openai, good, false),
@@ -103,18 +143,44 @@ async fn down_backend_is_marked_unavailable_skipped_and_comes_back() {
     ))
     .await;
     let models = get_json(&node, "/v1/models").await;
-    assert_eq!(available(&models, "farm/llama-expert"), Some(false), "kept but unavailable");
+    assert_eq!(
+        available(&models, "farm/llama-expert"),
+        Some(false),
+        "kept but unavailable"
+    );
     // auto skips it and takes the next candidate.
-    let resp = post(&node, "/v1/chat/completions", chat("auto", "What should I feed my llama?", false)).await;
+    let resp = post(
+        &node,
+        "/v1/chat/completions",
+        chat("auto", "What should I feed my llama?", false),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-atmosphere-route"], "farm/animals");
     // Naming it explicitly says clearly that its backend is down.
-    let e = error_of(post(&node, "/v1/chat/completions", chat("farm/llama-expert", "hi", false)).await, 503).await;
+    let e = error_of(
+        post(
+            &node,
+            "/v1/chat/completions",
+            chat("farm/llama-expert", "hi", false),
+        )
+        .await,
+        503,
+    )
+    .await;
     assert_eq!(e["code"], "backend_unavailable");
     // The backend comes up: the periodic probe notices, and it is routed to again.
     spawn_echo_at(Echo::new("flaky", Flavour::Openai, &["m"]), dead).await;
-    eventually("backend back", || async { available(&get_json(&node, "/v1/models").await, "farm/llama-expert") == Some(true) }).await;
-    let resp = post(&node, "/v1/chat/completions", chat("auto", "What should I feed my llama?", false)).await;
+    eventually("backend back", || async {
+        available(&get_json(&node, "/v1/models").await, "farm/llama-expert") == Some(true)
+    })
+    .await;
+    let resp = post(
+        &node,
+        "/v1/chat/completions",
+        chat("auto", "What should I feed my llama?", false),
+    )
+    .await;
     assert_eq!(resp.headers()["x-atmosphere-route"], "farm/llama-expert");
     node.shutdown().await;
 }
@@ -134,39 +200,87 @@ async fn faulty_node(fault: Fault, timeout: Duration) -> (Node, tempfile::TempDi
 #[tokio::test]
 async fn garbage_from_backend_is_a_502_and_counted() {
     let (node, _dir) = faulty_node(Fault::Garbage, Duration::from_secs(5)).await;
-    let e = error_of(post(&node, "/v1/chat/completions", chat("farm/coder", "x", false)).await, 502).await;
+    let e = error_of(
+        post(
+            &node,
+            "/v1/chat/completions",
+            chat("farm/coder", "x", false),
+        )
+        .await,
+        502,
+    )
+    .await;
     assert_eq!(e["code"], "backend_bad_response");
-    assert!(!e["message"].as_str().expect("msg").contains("this is not json"), "no raw backend output in errors");
+    assert!(
+        !e["message"]
+            .as_str()
+            .expect("msg")
+            .contains("this is not json"),
+        "no raw backend output in errors"
+    );
     // Streaming garbage: the stream ends with an error event instead.
     let resp = post(&node, "/v1/chat/completions", chat("farm/coder", "x", true)).await;
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.expect("body");
     assert!(!text.contains("<garbage>"), "{text}");
     let last = text.trim_end().rsplit("\n\n").next().expect("event");
-    let v: Value = serde_json::from_str(last.trim_start_matches("data: ")).expect("error event JSON");
+    let v: Value =
+        serde_json::from_str(last.trim_start_matches("data: ")).expect("error event JSON");
     assert_eq!(v["error"]["code"], "backend_bad_response");
-    let metrics = reqwest::get(url(&node, "/metrics")).await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains(r#"atmosphere_backend_errors_total{backend="bad",error="bad_response"} 2"#), "{metrics}");
+    let metrics = reqwest::get(url(&node, "/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .contains(r#"atmosphere_backend_errors_total{backend="bad",error="bad_response"} 2"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
 async fn backend_error_page_is_a_502() {
     let (node, _dir) = faulty_node(Fault::Error, Duration::from_secs(5)).await;
-    let e = error_of(post(&node, "/v1/chat/completions", chat("farm/coder", "x", false)).await, 502).await;
+    let e = error_of(
+        post(
+            &node,
+            "/v1/chat/completions",
+            chat("farm/coder", "x", false),
+        )
+        .await,
+        502,
+    )
+    .await;
     assert!(!e["message"].as_str().expect("msg").contains("<html>"));
 }
 
 #[tokio::test]
 async fn stalled_backend_times_out_with_504() {
     let (node, _dir) = faulty_node(Fault::Stall, Duration::from_millis(300)).await;
-    let e = error_of(post(&node, "/v1/chat/completions", chat("farm/coder", "x", false)).await, 504).await;
+    let e = error_of(
+        post(
+            &node,
+            "/v1/chat/completions",
+            chat("farm/coder", "x", false),
+        )
+        .await,
+        504,
+    )
+    .await;
     assert_eq!(e["code"], "backend_timeout");
 }
 
 #[tokio::test]
 async fn broken_stream_ends_with_an_error_event() {
     let (node, _dir) = faulty_node(Fault::BreakStream, Duration::from_secs(5)).await;
-    let resp = post(&node, "/v1/chat/completions", chat("farm/coder", "one two three four", true)).await;
+    let resp = post(
+        &node,
+        "/v1/chat/completions",
+        chat("farm/coder", "one two three four", true),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.expect("body");
     let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
@@ -182,9 +296,22 @@ async fn request_deadline_bounds_a_slow_backend() {
     echo.stall = Duration::from_secs(10);
     let addr = spawn_echo(echo).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut c = config(vec![backend("slow", BackendKind::Openai, addr, false)], farm_capabilities("slow"), dir.path());
+    let mut c = config(
+        vec![backend("slow", BackendKind::Openai, addr, false)],
+        farm_capabilities("slow"),
+        dir.path(),
+    );
     c.http.request_timeout = Duration::from_millis(300);
     let node = start(c).await;
-    let e = error_of(post(&node, "/v1/chat/completions", chat("farm/coder", "x", false)).await, 504).await;
+    let e = error_of(
+        post(
+            &node,
+            "/v1/chat/completions",
+            chat("farm/coder", "x", false),
+        )
+        .await,
+        504,
+    )
+    .await;
     assert_eq!(e["code"], "backend_timeout");
 }

@@ -34,7 +34,10 @@ async fn vectors_are_unit_length_and_meaningful() {
     }
     let related = cosine(&out.vectors[0], &out.vectors[1]);
     let unrelated = cosine(&out.vectors[0], &out.vectors[2]);
-    assert!(related > unrelated + 0.2, "related {related} unrelated {unrelated}");
+    assert!(
+        related > unrelated + 0.2,
+        "related {related} unrelated {unrelated}"
+    );
     assert!(out.tokens > 20, "tokens {}", out.tokens);
 }
 

@@ -102,7 +102,10 @@ mod tests {
         assert_eq!(found[0].topics, vec!["llamas".to_owned()]);
         let base = Url::parse("http://h:14345").expect("url");
         let url = lf.endpoint(&base, Op::Chat, &found[0].model).expect("chat");
-        assert_eq!(url.path(), "/v1/projects/default/llama-expert-14/chat/completions");
+        assert_eq!(
+            url.path(),
+            "/v1/projects/default/llama-expert-14/chat/completions"
+        );
         assert!(lf.endpoint(&base, Op::Embeddings, "x").is_none());
     }
 }

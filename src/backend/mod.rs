@@ -328,7 +328,10 @@ mod tests {
     #[test]
     fn join_keeps_base_path() {
         let base = Url::parse("http://h:1/prefix/").expect("url");
-        assert_eq!(join(&base, "/v1/models").as_str(), "http://h:1/prefix/v1/models");
+        assert_eq!(
+            join(&base, "/v1/models").as_str(),
+            "http://h:1/prefix/v1/models"
+        );
         let base = Url::parse("http://h:1").expect("url");
         assert_eq!(join(&base, "api/tags").as_str(), "http://h:1/api/tags");
     }

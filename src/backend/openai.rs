@@ -86,6 +86,10 @@ mod tests {
         assert_eq!(found.len(), 2);
         assert_eq!(found[0].id.as_str(), "vllm/qwen2.5-coder");
         assert_eq!(found[1].kind.as_str(), "llm/embed");
-        assert!(OpenAi.parse_discovery("x", &serde_json::json!([1])).is_err());
+        assert!(
+            OpenAi
+                .parse_discovery("x", &serde_json::json!([1]))
+                .is_err()
+        );
     }
 }

@@ -90,10 +90,14 @@ impl IntoResponse for ApiError {
 impl From<backend::Error> for ApiError {
     fn from(e: backend::Error) -> Self {
         let (status, code) = match &e {
-            backend::Error::Unreachable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable"),
+            backend::Error::Unreachable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable")
+            }
             backend::Error::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "backend_timeout"),
             backend::Error::BadResponse { .. } => (StatusCode::BAD_GATEWAY, "backend_bad_response"),
-            backend::Error::Unsupported { .. } => (StatusCode::BAD_REQUEST, "unsupported_operation"),
+            backend::Error::Unsupported { .. } => {
+                (StatusCode::BAD_REQUEST, "unsupported_operation")
+            }
         };
         let kind = if status == StatusCode::BAD_REQUEST {
             "invalid_request_error"
@@ -133,8 +137,12 @@ where
             .map_err(|r: BytesRejection| {
                 let status = r.status();
                 if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(status, "invalid_request_error", "The request body is too large.")
-                        .code("request_too_large")
+                    ApiError::new(
+                        status,
+                        "invalid_request_error",
+                        "The request body is too large.",
+                    )
+                    .code("request_too_large")
                 } else {
                     ApiError::new(status, "invalid_request_error", r.body_text())
                 }

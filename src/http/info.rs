@@ -61,7 +61,10 @@ pub async fn models(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// `GET /v1/models/{id}` (ids contain a slash).
-pub async fn model(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     if id == AUTO {
         return Ok(Json(pseudo_model(&state, AUTO, "router")));
     }
@@ -70,7 +73,10 @@ pub async fn model(State(state): State<AppState>, Path(id): Path<String>) -> Res
     }
     let table = state.catalog.table();
     let parsed = id.parse().map_err(|_| ApiError::model_not_found(&id))?;
-    let entry = table.lookup(&parsed).next().ok_or_else(|| ApiError::model_not_found(&id))?;
+    let entry = table
+        .lookup(&parsed)
+        .next()
+        .ok_or_else(|| ApiError::model_not_found(&id))?;
     let up = proxy::available(&state)(entry);
     Ok(Json(model_object(&state, entry, up)))
 }
@@ -78,22 +84,38 @@ pub async fn model(State(state): State<AppState>, Path(id): Path<String>) -> Res
 /// `POST /v1/route`: explains what `auto` would choose, without running it.
 /// Body: `{"messages": [...]}` as for chat, or `{"input": "text"}`; optional
 /// `"need": "text" | "any"` (default `text`: only kinds that answer chat).
-pub async fn route(State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Json<Value>, ApiError> {
+pub async fn route(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Json<Value>, ApiError> {
     let texts: Vec<String> = if let Some(input) = body.get("input") {
         match input {
             Value::String(s) if !s.trim().is_empty() => vec![s.clone()],
-            _ => return Err(ApiError::invalid("input", "input must be a non-empty string.")),
+            _ => {
+                return Err(ApiError::invalid(
+                    "input",
+                    "input must be a non-empty string.",
+                ));
+            }
         }
     } else if body.get("messages").is_some() {
         let map = body.as_object().cloned().unwrap_or_default();
         super::openai::chat_texts_for_route(&map)?
     } else {
-        return Err(ApiError::invalid("input", "Send {\"input\": \"text\"} or {\"messages\": [...]}."));
+        return Err(ApiError::invalid(
+            "input",
+            "Send {\"input\": \"text\"} or {\"messages\": [...]}.",
+        ));
     };
     let need = match body.get("need").and_then(Value::as_str) {
         None | Some("text") => Need::Text,
         Some("any") => Need::Any,
-        Some(_) => return Err(ApiError::invalid("need", "need must be \"text\" or \"any\".")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "need",
+                "need must be \"text\" or \"any\".",
+            ));
+        }
     };
     let started = std::time::Instant::now();
     let decision = proxy::decide(&state, texts, need).await?;

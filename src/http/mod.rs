@@ -115,7 +115,12 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 }
 
 /// Bearer-token check when `http.api_keys` is set.
-async fn auth(State(state): State<AppState>, headers: HeaderMap, req: Request, next: Next) -> Response {
+async fn auth(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
     if state.http.api_keys.is_empty() {
         return next.run(req).await;
     }
@@ -124,7 +129,13 @@ async fn auth(State(state): State<AppState>, headers: HeaderMap, req: Request, n
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let ok = given.is_some_and(|g| state.http.api_keys.iter().any(|k| constant_time_eq(k.as_bytes(), g.as_bytes())));
+    let ok = given.is_some_and(|g| {
+        state
+            .http
+            .api_keys
+            .iter()
+            .any(|k| constant_time_eq(k.as_bytes(), g.as_bytes()))
+    });
     if ok {
         return next.run(req).await;
     }
@@ -157,7 +168,9 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     state
         .metrics
         .request_seconds
-        .get_or_create(&RouteLabel { route: route.clone() })
+        .get_or_create(&RouteLabel {
+            route: route.clone(),
+        })
         .observe(started.elapsed().as_secs_f64());
     state
         .metrics

@@ -27,7 +27,10 @@ const MAX_EMBED_INPUTS: usize = 2048;
 fn object(body: Value) -> Result<Map<String, Value>, ApiError> {
     match body {
         Value::Object(map) => Ok(map),
-        _ => Err(ApiError::invalid("body", "The request body must be a JSON object.")),
+        _ => Err(ApiError::invalid(
+            "body",
+            "The request body must be a JSON object.",
+        )),
     }
 }
 
@@ -38,7 +41,10 @@ fn model_field(body: &Map<String, Value>) -> Result<String, ApiError> {
             "model",
             "You must provide a model parameter (a capability id from GET /v1/models, or \"auto\").",
         )),
-        Some(_) => Err(ApiError::invalid("model", "The model parameter must be a string.")),
+        Some(_) => Err(ApiError::invalid(
+            "model",
+            "The model parameter must be a string.",
+        )),
     }
 }
 
@@ -46,7 +52,10 @@ fn stream_field(body: &Map<String, Value>) -> Result<bool, ApiError> {
     match body.get("stream") {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(ApiError::invalid("stream", "The stream parameter must be a boolean.")),
+        Some(_) => Err(ApiError::invalid(
+            "stream",
+            "The stream parameter must be a boolean.",
+        )),
     }
 }
 
@@ -82,10 +91,18 @@ fn chat_texts(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
     let messages = match body.get("messages") {
         Some(Value::Array(m)) if !m.is_empty() => m,
         Some(Value::Array(_)) => {
-            return Err(ApiError::invalid("messages", "messages must contain at least one message."));
+            return Err(ApiError::invalid(
+                "messages",
+                "messages must contain at least one message.",
+            ));
         }
         Some(_) => return Err(ApiError::invalid("messages", "messages must be an array.")),
-        None => return Err(ApiError::invalid("messages", "You must provide a messages parameter.")),
+        None => {
+            return Err(ApiError::invalid(
+                "messages",
+                "You must provide a messages parameter.",
+            ));
+        }
     };
     for (i, m) in messages.iter().enumerate() {
         let role = m.get("role").and_then(Value::as_str);
@@ -128,25 +145,34 @@ fn need_text(texts: Vec<String>, param: &str) -> Result<Vec<String>, ApiError> {
     }
 }
 
-pub async fn chat(State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Response, ApiError> {
+pub async fn chat(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
     let body = object(body)?;
     let model = model_field(&body)?;
     let stream = stream_field(&body)?;
     let texts = chat_texts(&body)?;
-    let target = proxy::resolve(&state, &model, Need::Text, || need_text(texts, "messages")).await?;
+    let target =
+        proxy::resolve(&state, &model, Need::Text, || need_text(texts, "messages")).await?;
     proxy::dispatch(&state, target, Op::Chat, body, stream).await
 }
 
 fn prompt_texts(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
     match body.get("prompt") {
         Some(Value::String(s)) => Ok(vec![truncate(s.clone())]),
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) && !items.is_empty() => Ok(items
-            .iter()
-            .filter_map(Value::as_str)
-            .take(ROUTING_TURNS)
-            .map(|s| truncate(s.to_owned()))
-            .collect()),
-        None => Err(ApiError::invalid("prompt", "You must provide a prompt parameter.")),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) && !items.is_empty() => {
+            Ok(items
+                .iter()
+                .filter_map(Value::as_str)
+                .take(ROUTING_TURNS)
+                .map(|s| truncate(s.to_owned()))
+                .collect())
+        }
+        None => Err(ApiError::invalid(
+            "prompt",
+            "You must provide a prompt parameter.",
+        )),
         Some(_) => Err(ApiError::invalid(
             "prompt",
             "prompt must be a string or a non-empty array of strings.",
@@ -154,13 +180,19 @@ fn prompt_texts(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
     }
 }
 
-pub async fn completions(State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Response, ApiError> {
+pub async fn completions(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
     let body = object(body)?;
     let model = model_field(&body)?;
     let stream = stream_field(&body)?;
     let texts = prompt_texts(&body)?;
     let target = proxy::resolve(&state, &model, Need::Text, || {
-        need_text(texts.into_iter().filter(|t| !t.trim().is_empty()).collect(), "prompt")
+        need_text(
+            texts.into_iter().filter(|t| !t.trim().is_empty()).collect(),
+            "prompt",
+        )
     })
     .await?;
     proxy::dispatch(&state, target, Op::Completions, body, stream).await
@@ -175,10 +207,14 @@ fn embedding_inputs(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> 
     let invalid = |m: &str| ApiError::invalid("input", m.to_owned());
     let inputs = match body.get("input") {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) if items.is_empty() => return Err(invalid("input must not be empty.")),
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
-            items.iter().filter_map(Value::as_str).map(str::to_owned).collect()
+        Some(Value::Array(items)) if items.is_empty() => {
+            return Err(invalid("input must not be empty."));
         }
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
         Some(Value::Array(_)) => {
             return Err(invalid(
                 "input must be a string or an array of strings; token arrays are not supported by this node's embedder.",
@@ -188,15 +224,23 @@ fn embedding_inputs(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> 
         Some(_) => return Err(invalid("input must be a string or an array of strings.")),
     };
     if inputs.len() > MAX_EMBED_INPUTS {
-        return Err(invalid(&format!("input may hold at most {MAX_EMBED_INPUTS} strings.")));
+        return Err(invalid(&format!(
+            "input may hold at most {MAX_EMBED_INPUTS} strings."
+        )));
     }
     if let Some(i) = inputs.iter().position(|s| s.is_empty()) {
-        return Err(ApiError::invalid(&format!("input[{i}]"), "input strings must not be empty."));
+        return Err(ApiError::invalid(
+            &format!("input[{i}]"),
+            "input strings must not be empty.",
+        ));
     }
     Ok(inputs)
 }
 
-pub async fn embeddings(State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Response, ApiError> {
+pub async fn embeddings(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
     let body = object(body)?;
     let model = model_field(&body)?;
     if !is_own_embedder(&model) {
@@ -217,16 +261,22 @@ pub async fn embeddings(State(state): State<AppState>, ApiJson(body): ApiJson<Va
         Some(Value::String(f)) if f == "float" => false,
         Some(Value::String(f)) if f == "base64" => true,
         Some(_) => {
-            return Err(ApiError::invalid("encoding_format", "encoding_format must be \"float\" or \"base64\"."));
-        }
-    };
-    if let Some(d) = body.get("dimensions").filter(|d| !d.is_null()) {
-        if d.as_u64() != Some(state.embedder.dim() as u64) {
             return Err(ApiError::invalid(
-                "dimensions",
-                format!("{MODEL_ID} produces {}-dimensional vectors; dimensions cannot be changed.", state.embedder.dim()),
+                "encoding_format",
+                "encoding_format must be \"float\" or \"base64\".",
             ));
         }
+    };
+    if let Some(d) = body.get("dimensions").filter(|d| !d.is_null())
+        && d.as_u64() != Some(state.embedder.dim() as u64)
+    {
+        return Err(ApiError::invalid(
+            "dimensions",
+            format!(
+                "{MODEL_ID} produces {}-dimensional vectors; dimensions cannot be changed.",
+                state.embedder.dim()
+            ),
+        ));
     }
     let out = state.embedder.embed(inputs).await?;
     let data: Vec<Value> = out
@@ -290,11 +340,17 @@ mod tests {
 
     #[test]
     fn embedding_inputs_validate() {
-        assert_eq!(embedding_inputs(&map(json!({"input": "a"}))).expect("ok"), vec!["a"]);
+        assert_eq!(
+            embedding_inputs(&map(json!({"input": "a"}))).expect("ok"),
+            vec!["a"]
+        );
         assert!(embedding_inputs(&map(json!({"input": [1, 2]}))).is_err());
         assert!(embedding_inputs(&map(json!({"input": []}))).is_err());
         assert_eq!(
-            embedding_inputs(&map(json!({"input": ["a", ""]}))).unwrap_err().param.as_deref(),
+            embedding_inputs(&map(json!({"input": ["a", ""]})))
+                .unwrap_err()
+                .param
+                .as_deref(),
             Some("input[1]")
         );
     }

@@ -41,7 +41,11 @@ pub fn available(state: &AppState) -> impl Fn(&Entry) -> bool + '_ {
 }
 
 /// Embeds the texts and ranks capabilities; records the decision's metrics.
-pub async fn decide(state: &AppState, texts: Vec<String>, need: Need) -> Result<Decision, ApiError> {
+pub async fn decide(
+    state: &AppState,
+    texts: Vec<String>,
+    need: Need,
+) -> Result<Decision, ApiError> {
     let started = Instant::now();
     let embedded = state.embedder.embed(texts).await?;
     state
@@ -86,15 +90,23 @@ pub async fn resolve(
         return match decision.chosen {
             Some(c) => Ok(Target {
                 score: Some(c.score).filter(|s| s.is_finite()),
-                entry: c.entry.ok_or_else(|| ApiError::internal("route", "candidate without entry"))?,
+                entry: c
+                    .entry
+                    .ok_or_else(|| ApiError::internal("route", "candidate without entry"))?,
             }),
             None => Err(no_fit(&decision)),
         };
     }
-    let id: CapabilityId = model.parse().map_err(|_| ApiError::model_not_found(model))?;
+    let id: CapabilityId = model
+        .parse()
+        .map_err(|_| ApiError::model_not_found(model))?;
     let table = state.catalog.table();
     let mut matches = table.lookup(&id).peekable();
-    let first = matches.peek().cloned().cloned().ok_or_else(|| ApiError::model_not_found(model))?;
+    let first = matches
+        .peek()
+        .cloned()
+        .cloned()
+        .ok_or_else(|| ApiError::model_not_found(model))?;
     let fits = |e: &Entry| match need {
         Need::Text => e.capability.kind.answers_text(),
         Need::Any => true,
@@ -157,9 +169,15 @@ pub async fn dispatch(
         .backends
         .get(&entry.capability.backend)
         .cloned()
-        .ok_or_else(|| ApiError::internal("dispatch", format!("no backend {}", entry.capability.backend)))?;
+        .ok_or_else(|| {
+            ApiError::internal(
+                "dispatch",
+                format!("no backend {}", entry.capability.backend),
+            )
+        })?;
     let deadline = state.http.request_timeout;
-    let sent = tokio::time::timeout(deadline, backend.send(op, &entry.capability.model, body)).await;
+    let sent =
+        tokio::time::timeout(deadline, backend.send(op, &entry.capability.model, body)).await;
     let resp = match sent {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
@@ -185,12 +203,22 @@ pub async fn dispatch(
         let name = backend.name().to_owned();
         let relay = sse::relay(Box::pin(resp.bytes_stream()), move |end| {
             if let sse::End::Failed(code) = end {
-                metrics.backend_error(&name, if code == "backend_stream_error" { "stream" } else { "bad_response" });
+                metrics.backend_error(
+                    &name,
+                    if code == "backend_stream_error" {
+                        "stream"
+                    } else {
+                        "bad_response"
+                    },
+                );
             }
         });
         let mut r = Response::new(Body::from_stream(relay));
         let h = r.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         h.insert("x-accel-buffering", HeaderValue::from_static("no"));
         r
@@ -219,7 +247,9 @@ pub async fn dispatch(
     if let Ok(v) = HeaderValue::from_str(&entry.node) {
         h.insert("x-atmosphere-node", v);
     }
-    let score = target.score.map_or_else(|| "1.0000".to_owned(), |s| format!("{s:.4}"));
+    let score = target
+        .score
+        .map_or_else(|| "1.0000".to_owned(), |s| format!("{s:.4}"));
     if let Ok(v) = HeaderValue::from_str(&score) {
         h.insert("x-atmosphere-score", v);
     }
@@ -236,11 +266,18 @@ fn error_label(e: &backend::Error) -> &'static str {
 }
 
 async fn read_limited(mut resp: reqwest::Response) -> Result<bytes::Bytes, String> {
-    if resp.content_length().is_some_and(|n| n as usize > MAX_BACKEND_BODY) {
+    if resp
+        .content_length()
+        .is_some_and(|n| n as usize > MAX_BACKEND_BODY)
+    {
         return Err("response body too large".into());
     }
     let mut buf = bytes::BytesMut::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("reading the body: {e}"))? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("reading the body: {e}"))?
+    {
         if buf.len() + chunk.len() > MAX_BACKEND_BODY {
             return Err("response body too large".into());
         }
@@ -288,7 +325,9 @@ fn checked_body(
 fn json_response(status: StatusCode, bytes: bytes::Bytes) -> Response {
     let mut r = Response::new(Body::from(bytes));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }

@@ -78,7 +78,10 @@ impl Parser {
 fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
     // Events end at "\n\n" or "\r\n\r\n".
     let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| (p, 4));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| (p, 4));
     match (lf, crlf) {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b),
@@ -87,7 +90,8 @@ fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
 
 /// An SSE error event in OpenAI's error shape, then the end of the stream.
 pub fn error_event(message: &str, code: &str) -> Bytes {
-    let body = json!({"error": {"message": message, "type": "api_error", "param": null, "code": code}});
+    let body =
+        json!({"error": {"message": message, "type": "api_error", "param": null, "code": code}});
     Bytes::from(format!("data: {body}\n\n"))
 }
 
@@ -144,8 +148,14 @@ where
                 Some(Ok(Event::Ignored)) => continue,
                 Some(Err(refused)) => {
                     let (msg, code) = match refused {
-                        Refused::TooLarge => ("The backend sent an oversized stream event.", "backend_bad_response"),
-                        Refused::NotJson => ("The backend sent a stream event that is not JSON.", "backend_bad_response"),
+                        Refused::TooLarge => (
+                            "The backend sent an oversized stream event.",
+                            "backend_bad_response",
+                        ),
+                        Refused::NotJson => (
+                            "The backend sent a stream event that is not JSON.",
+                            "backend_bad_response",
+                        ),
                     };
                     finish(&mut st, End::Failed(code));
                     return Some((Ok(error_event(msg, code)), st));
@@ -201,7 +211,7 @@ mod tests {
             Ok(Bytes::from_static(b"data: {\"x\":1}\n\n")),
             Err("reset".into()),
         ];
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let out: Vec<_> = relay(futures::stream::iter(chunks), move |end| {
             tx.send(end).expect("send");
         })

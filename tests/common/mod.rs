@@ -15,7 +15,9 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 /// Starts an echo backend on a free loopback port.
 pub async fn spawn_echo(echo: Echo) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(echo.serve(listener));
     addr
@@ -29,7 +31,9 @@ pub async fn spawn_echo_at(echo: Echo, addr: SocketAddr) {
 
 /// A loopback address nobody listens on.
 pub async fn dead_addr() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     l.local_addr().expect("addr")
 }
 
@@ -47,7 +51,13 @@ pub fn backend(name: &str, kind: BackendKind, addr: SocketAddr, discover: bool) 
     }
 }
 
-pub fn capability(id: &str, backend: &str, model: &str, description: &str, examples: &[&str]) -> CapabilityConfig {
+pub fn capability(
+    id: &str,
+    backend: &str,
+    model: &str,
+    description: &str,
+    examples: &[&str],
+) -> CapabilityConfig {
     CapabilityConfig {
         id: id.parse().expect("id"),
         kind: "llm/chat".parse().expect("kind"),
@@ -89,7 +99,11 @@ pub fn farm_capabilities(backend: &str) -> Vec<CapabilityConfig> {
 }
 
 /// A config for one node on loopback with the test embedder settings.
-pub fn config(backends: Vec<BackendConfig>, capabilities: Vec<CapabilityConfig>, data_dir: &std::path::Path) -> Config {
+pub fn config(
+    backends: Vec<BackendConfig>,
+    capabilities: Vec<CapabilityConfig>,
+    data_dir: &std::path::Path,
+) -> Config {
     let mut c = Config::default();
     c.node.name = "test-node".into();
     c.node.data_dir = data_dir.to_owned();

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine or a warm one:
+#   1. fetches the embedding model and ONNX Runtime into the cache (if missing),
+#   2. makes a Python venv in the cache with the official `openai` package,
+#   3. runs every test with cargo-nextest (cargo test when nextest is absent).
+# Extra arguments go to the test runner (e.g. a filter).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE="${ATMOSPHERE_CACHE:-$HOME/.cache/atmosphere}"
+OPENAI_SDK_VERSION="3.54.0"
+
+scripts/fetch-model.sh
+
+VENV="$CACHE/venv"
+if ! "$VENV/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_SDK_VERSION')" 2>/dev/null; then
+  echo "test: installing openai==$OPENAI_SDK_VERSION into $VENV" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "openai==$OPENAI_SDK_VERSION"
+fi
+export ATMOSPHERE_PYTHON="$VENV/bin/python"
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --no-fail-fast "$@"
+else
+  cargo test --no-fail-fast "$@"
+fi
