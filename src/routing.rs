@@ -218,6 +218,7 @@ impl Router {
     ) -> Decision {
         let shown = self.config.explain_candidates.max(1);
         let mut ranked = self.rank(table, query, need, available, shown.max(16));
+        // `rank` returns at most `shown`, best eligible first.
         let best = ranked.iter().position(|c| c.eligible);
         let (outcome, chosen) = match best {
             Some(i) if ranked[i].score >= self.config.threshold => {
@@ -249,29 +250,40 @@ impl Router {
         if table.is_empty() || query.is_empty() {
             return Vec::new();
         }
-        let mut hits = table.index.search(query, k);
-        // If none of the nearest can serve the request, look at all of them.
-        let eligible_hit = hits.iter().any(|&(i, _)| {
+        let usable = |i: usize| {
             let e = &table.entries[i];
             kind_fits(e, need) && available(e)
-        });
-        if !eligible_hit && hits.len() < table.len() {
+        };
+        let mut hits = table.index.search(query, k);
+        // If none of the nearest can serve the request, look at all of them.
+        if !hits.iter().any(|&(i, _)| usable(i)) && hits.len() < table.len() {
             hits = table.index.search(query, table.len());
         }
-        let mut out: Vec<Candidate> = hits
+        // Rank on plain numbers; build explanations only for what is shown.
+        let mut ranked: Vec<(bool, f32, usize, f32)> = hits
             .into_iter()
-            .map(|(i, similarity)| {
-                let entry = &table.entries[i];
-                candidate(entry, similarity, need, available)
+            .map(|(i, sim)| {
+                let bonus = if table.entries[i].local {
+                    LOCAL_TIE_BONUS
+                } else {
+                    0.0
+                };
+                (usable(i), sim + bonus, i, sim)
             })
             .collect();
-        out.sort_by(|a, b| {
-            b.eligible
-                .cmp(&a.eligible)
-                .then(b.score.total_cmp(&a.score))
-                .then(a.id.cmp(&b.id))
+        ranked.sort_by(|a, b| {
+            b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)).then(
+                table.entries[a.2]
+                    .capability
+                    .id
+                    .cmp(&table.entries[b.2].capability.id),
+            )
         });
-        out
+        ranked.truncate(self.config.explain_candidates.max(1));
+        ranked
+            .into_iter()
+            .map(|(_, _, i, sim)| candidate(&table.entries[i], sim, need, available))
+            .collect()
     }
 
     fn default_candidate(
