@@ -1,0 +1,207 @@
+//! Proxy overhead and idle memory of a real node process.
+//!
+//!   cargo build --release --bins && cargo bench --bench proxy
+//!
+//! Starts `echo-backend` and `atmosphere start` as separate processes on
+//! loopback, then drives both with this file's load generator (reqwest over
+//! HTTP/1.1 keep-alive on a single-threaded tokio runtime, C concurrent clients
+//! each sending requests back to back). The same chat request goes to the backend
+//! directly and through the node (explicit model: proxying only; and `auto`:
+//! proxying plus the routing decision). Overhead = node minus direct, per
+//! percentile. Idle RSS is read from /proc after the node has settled.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("exe");
+    let release = exe.parent().and_then(|d| d.parent()).expect("target/release");
+    let path = release.join(name);
+    assert!(path.exists(), "{} missing: run `cargo build --release --bins` first", path.display());
+    path
+}
+
+fn pct(samples: &mut [Duration], p: f64) -> f64 {
+    samples.sort();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[i].as_secs_f64() * 1e3
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+async fn wait_ready(client: &reqwest::Client, url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if client.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} not ready");
+}
+
+async fn run(client: &reqwest::Client, url: &str, model: &str, clients: usize, total: usize) -> Vec<Duration> {
+    let body = serde_json::to_vec(&json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "What should I feed my alpacas in winter?"}]
+    }))
+    .expect("json");
+    let per = total / clients;
+    let tasks = (0..clients).map(|_| {
+        let client = client.clone();
+        let url = url.to_owned();
+        let body = body.clone();
+        async move {
+            let mut out = Vec::with_capacity(per);
+            for _ in 0..per {
+                let t = Instant::now();
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .expect("send");
+                assert!(r.status().is_success(), "{}", r.status());
+                r.bytes().await.expect("body");
+                out.push(t.elapsed());
+            }
+            out
+        }
+    });
+    futures::future::join_all(tasks).await.into_iter().flatten().collect()
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(bench());
+}
+
+async fn bench() {
+    let backend_port = free_port();
+    let node_port = free_port();
+    let _backend = Killed(
+        Command::new(bin("echo-backend"))
+            .args(["--listen", &format!("127.0.0.1:{backend_port}"), "--model", "llama3.2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("echo-backend"),
+    );
+    let dir = std::env::temp_dir().join(format!("atmosphere-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[node]
+name = "bench"
+data_dir = "{dir}"
+[http]
+listen = "127.0.0.1:{node_port}"
+[embedder]
+threads = 2
+[[backend]]
+name = "echo"
+kind = "openai"
+url = "http://127.0.0.1:{backend_port}"
+[[capability]]
+id = "farm/llama-expert"
+description = "Expert on raising llamas and alpacas."
+examples = ["What should I feed my alpacas in winter?", "How do I care for my llama?"]
+backend = "echo"
+model = "llama3.2"
+[[capability]]
+id = "farm/coder"
+description = "Writes and fixes code."
+examples = ["Write a Rust function that reverses a string."]
+backend = "echo"
+model = "llama3.2"
+"#,
+            dir = dir.display()
+        ),
+    )
+    .expect("config");
+    let node = Killed(
+        Command::new(bin("atmosphere"))
+            .args(["start", "--config", config.to_str().expect("utf8"), "--log", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("atmosphere"),
+    );
+    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
+    let direct = format!("http://127.0.0.1:{backend_port}/v1/chat/completions");
+    let via = format!("http://127.0.0.1:{node_port}/v1/chat/completions");
+    wait_ready(&client, &format!("http://127.0.0.1:{node_port}/health")).await;
+    wait_ready(&client, &format!("http://127.0.0.1:{backend_port}/v1/models")).await;
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = rss_kib(node.0.id());
+
+    println!("## Proxy overhead (loopback, load generator: benches/proxy.rs, reqwest HTTP/1.1 keep-alive, 1 thread)");
+    println!();
+    println!("| clients | path | requests | p50 ms | p99 ms | added p50 ms | added p99 ms |");
+    println!("|---|---|---|---|---|---|---|");
+    for clients in [1usize, 16] {
+        let total = if clients == 1 { 4000 } else { 16000 };
+        // Warm up both paths, then alternate halves to spread drift evenly.
+        run(&client, &direct, "llama3.2", clients, 400).await;
+        run(&client, &via, "farm/llama-expert", clients, 400).await;
+        let mut d = Vec::new();
+        let mut n = Vec::new();
+        for _ in 0..2 {
+            d.extend(run(&client, &direct, "llama3.2", clients, total / 2).await);
+            n.extend(run(&client, &via, "farm/llama-expert", clients, total / 2).await);
+        }
+        let (d50, d99) = (pct(&mut d, 0.5), pct(&mut d, 0.99));
+        let (n50, n99) = (pct(&mut n, 0.5), pct(&mut n, 0.99));
+        println!("| {clients} | backend direct | {} | {d50:.3} | {d99:.3} | | |", d.len());
+        println!(
+            "| {clients} | through node (explicit model) | {} | {n50:.3} | {n99:.3} | {:.3} | {:.3} |",
+            n.len(),
+            n50 - d50,
+            n99 - d99
+        );
+    }
+    let mut a = run(&client, &via, "auto", 1, 1000).await;
+    println!(
+        "| 1 | through node (`auto`: embed + route + proxy) | {} | {:.3} | {:.3} | | |",
+        a.len(),
+        pct(&mut a, 0.5),
+        pct(&mut a, 0.99)
+    );
+    let busy = rss_kib(node.0.id());
+    println!();
+    println!("## Node memory");
+    println!();
+    println!("| state | RSS MiB |");
+    println!("|---|---|");
+    println!("| idle, model loaded, 3 s after start | {:.1} |", idle as f64 / 1024.0);
+    println!("| after the load above | {:.1} |", busy as f64 / 1024.0);
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}
