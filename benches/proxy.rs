@@ -43,6 +43,18 @@ fn pct(samples: &mut [Duration], p: f64) -> f64 {
     samples[i].as_secs_f64() * 1e3
 }
 
+/// User + system CPU time of a process so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    // After ')': state, then ppid (field 4) onwards; utime and stime are fields 14, 15.
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| f.get(n - 3).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = field(14) + field(15);
+    Duration::from_secs_f64(ticks as f64 / 100.0)
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -166,6 +178,7 @@ model = "llama3.2"
     println!();
     println!("| clients | path | requests | p50 ms | p99 ms | added p50 ms | added p99 ms |");
     println!("|---|---|---|---|---|---|---|");
+    let mut cpu_per_request = Vec::new();
     for clients in [1usize, 16] {
         let total = if clients == 1 { 4000 } else { 16000 };
         // Warm up both paths, then alternate halves to spread drift evenly.
@@ -173,10 +186,14 @@ model = "llama3.2"
         run(&client, &via, "farm/llama-expert", clients, 400).await;
         let mut d = Vec::new();
         let mut n = Vec::new();
+        let mut node_cpu = Duration::ZERO;
         for _ in 0..2 {
             d.extend(run(&client, &direct, "llama3.2", clients, total / 2).await);
+            let before = cpu_time(node.0.id());
             n.extend(run(&client, &via, "farm/llama-expert", clients, total / 2).await);
+            node_cpu += cpu_time(node.0.id()) - before;
         }
+        cpu_per_request.push((clients, node_cpu.as_secs_f64() * 1e6 / n.len() as f64));
         let (d50, d99) = (pct(&mut d, 0.5), pct(&mut d, 0.99));
         let (n50, n99) = (pct(&mut n, 0.5), pct(&mut n, 0.99));
         println!("| {clients} | backend direct | {} | {d50:.3} | {d99:.3} | | |", d.len());
@@ -194,6 +211,10 @@ model = "llama3.2"
         pct(&mut a, 0.5),
         pct(&mut a, 0.99)
     );
+    println!();
+    for (clients, us) in cpu_per_request {
+        println!("Node CPU per proxied request at {clients} client(s): {us:.0} us (user + system, from /proc).");
+    }
     let busy = rss_kib(node.0.id());
     println!();
     println!("## Node memory");
