@@ -26,14 +26,25 @@ impl Drop for Killed {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("exe");
-    let release = exe.parent().and_then(|d| d.parent()).expect("target/release");
+    let release = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/release");
     let path = release.join(name);
-    assert!(path.exists(), "{} missing: run `cargo build --release --bins` first", path.display());
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo build --release --bins` first",
+        path.display()
+    );
     path
 }
 
@@ -50,7 +61,11 @@ fn cpu_time(pid: u32) -> Duration {
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     // After ')': state, then ppid (field 4) onwards; utime and stime are fields 14, 15.
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| f.get(n - 3).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    let field = |n: usize| {
+        f.get(n - 3)
+            .and_then(|x| x.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     let ticks = field(14) + field(15);
     Duration::from_secs_f64(ticks as f64 / 100.0)
 }
@@ -58,7 +73,11 @@ fn cpu_time(pid: u32) -> Duration {
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(str::to_owned)
+        })
         .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
 }
@@ -66,7 +85,12 @@ fn rss_kib(pid: u32) -> u64 {
 async fn wait_ready(client: &reqwest::Client, url: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if client.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+        if client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -74,7 +98,13 @@ async fn wait_ready(client: &reqwest::Client, url: &str) {
     panic!("{url} not ready");
 }
 
-async fn run(client: &reqwest::Client, url: &str, model: &str, clients: usize, total: usize) -> Vec<Duration> {
+async fn run(
+    client: &reqwest::Client,
+    url: &str,
+    model: &str,
+    clients: usize,
+    total: usize,
+) -> Vec<Duration> {
     let body = serde_json::to_vec(&json!({
         "model": model,
         "messages": [{"role": "user", "content": "What should I feed my alpacas in winter?"}]
@@ -103,11 +133,18 @@ async fn run(client: &reqwest::Client, url: &str, model: &str, clients: usize, t
             out
         }
     });
-    futures::future::join_all(tasks).await.into_iter().flatten().collect()
+    futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(bench());
 }
 
@@ -116,7 +153,12 @@ async fn bench() {
     let node_port = free_port();
     let _backend = Killed(
         Command::new(bin("echo-backend"))
-            .args(["--listen", &format!("127.0.0.1:{backend_port}"), "--model", "llama3.2"])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{backend_port}"),
+                "--model",
+                "llama3.2",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -159,22 +201,37 @@ model = "llama3.2"
     .expect("config");
     let node = Killed(
         Command::new(bin("atmosphere"))
-            .args(["start", "--config", config.to_str().expect("utf8"), "--log", "warn"])
+            .args([
+                "start",
+                "--config",
+                config.to_str().expect("utf8"),
+                "--log",
+                "warn",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("atmosphere"),
     );
-    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("client");
     let direct = format!("http://127.0.0.1:{backend_port}/v1/chat/completions");
     let via = format!("http://127.0.0.1:{node_port}/v1/chat/completions");
     wait_ready(&client, &format!("http://127.0.0.1:{node_port}/health")).await;
-    wait_ready(&client, &format!("http://127.0.0.1:{backend_port}/v1/models")).await;
+    wait_ready(
+        &client,
+        &format!("http://127.0.0.1:{backend_port}/v1/models"),
+    )
+    .await;
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle = rss_kib(node.0.id());
 
-    println!("## Proxy overhead (loopback, load generator: benches/proxy.rs, reqwest HTTP/1.1 keep-alive, 1 thread)");
+    println!(
+        "## Proxy overhead (loopback, load generator: benches/proxy.rs, reqwest HTTP/1.1 keep-alive, 1 thread)"
+    );
     println!();
     println!("| clients | path | requests | p50 ms | p99 ms | added p50 ms | added p99 ms |");
     println!("|---|---|---|---|---|---|---|");
@@ -196,7 +253,10 @@ model = "llama3.2"
         cpu_per_request.push((clients, node_cpu.as_secs_f64() * 1e6 / n.len() as f64));
         let (d50, d99) = (pct(&mut d, 0.5), pct(&mut d, 0.99));
         let (n50, n99) = (pct(&mut n, 0.5), pct(&mut n, 0.99));
-        println!("| {clients} | backend direct | {} | {d50:.3} | {d99:.3} | | |", d.len());
+        println!(
+            "| {clients} | backend direct | {} | {d50:.3} | {d99:.3} | | |",
+            d.len()
+        );
         println!(
             "| {clients} | through node (explicit model) | {} | {n50:.3} | {n99:.3} | {:.3} | {:.3} |",
             n.len(),
@@ -213,7 +273,9 @@ model = "llama3.2"
     );
     println!();
     for (clients, us) in cpu_per_request {
-        println!("Node CPU per proxied request at {clients} client(s): {us:.0} us (user + system, from /proc).");
+        println!(
+            "Node CPU per proxied request at {clients} client(s): {us:.0} us (user + system, from /proc)."
+        );
     }
     let busy = rss_kib(node.0.id());
     println!();
@@ -221,7 +283,10 @@ model = "llama3.2"
     println!();
     println!("| state | RSS MiB |");
     println!("|---|---|");
-    println!("| idle, model loaded, 3 s after start | {:.1} |", idle as f64 / 1024.0);
+    println!(
+        "| idle, model loaded, 3 s after start | {:.1} |",
+        idle as f64 / 1024.0
+    );
     println!("| after the load above | {:.1} |", busy as f64 / 1024.0);
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);

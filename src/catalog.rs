@@ -229,23 +229,26 @@ impl Owner {
         self.cache.retain(|k, _| keep.contains(k));
 
         let weight = self.setup.routing.description_weight;
-        let entries: Vec<Entry> = caps
-            .into_iter()
-            .map(|capability| {
-                let profile = &self.cache[&capability.profile_text()];
-                let examples: Vec<Vec<f32>> = capability
-                    .examples
-                    .iter()
-                    .map(|t| self.cache[t].clone())
-                    .collect();
-                Entry {
-                    vector: capability_vector(&examples, profile, weight),
-                    node: self.setup.node_id.clone(),
-                    local: true,
-                    capability,
-                }
-            })
-            .collect();
+        let mut entries: Vec<Entry> = Vec::with_capacity(caps.len());
+        for capability in caps {
+            // Every text was embedded above; a miss would mean the embedder
+            // returned fewer vectors than texts, so skip rather than guess.
+            let Some(profile) = self.cache.get(&capability.profile_text()) else {
+                tracing::warn!(capability = %capability.id, "no embedding for its profile; left out");
+                continue;
+            };
+            let examples: Vec<Vec<f32>> = capability
+                .examples
+                .iter()
+                .filter_map(|t| self.cache.get(t).cloned())
+                .collect();
+            entries.push(Entry {
+                vector: capability_vector(&examples, profile, weight),
+                node: self.setup.node_id.clone(),
+                local: true,
+                capability,
+            });
+        }
         self.setup.metrics.capabilities.set(entries.len() as i64);
         let table = tokio::task::spawn_blocking(move || Table::new(entries))
             .await

@@ -138,7 +138,11 @@ impl Embedder {
         let mut model = Model::new(session, tokenizer)?;
         // One probe run fixes the output width and warms the session up.
         let probe = model.run(&["probe".to_owned()])?;
-        let dim = probe.vectors[0].len();
+        let dim = probe
+            .vectors
+            .first()
+            .map(Vec::len)
+            .ok_or_else(|| Error::Output("no vector for the probe input".into()))?;
         tracing::info!(
             model = %model_dir.display(),
             dim,

@@ -48,7 +48,17 @@ impl Default for Table {
 impl Table {
     /// Builds the table and its index (HNSW for large tables: call it off the
     /// async runtime).
-    pub fn new(entries: Vec<Entry>) -> Self {
+    pub fn new(mut entries: Vec<Entry>) -> Self {
+        // One width per index: an entry with another width cannot be compared.
+        if let Some(dim) = entries.first().map(|e| e.vector.len()) {
+            entries.retain(|e| {
+                let ok = e.vector.len() == dim && dim > 0;
+                if !ok {
+                    tracing::warn!(capability = %e.capability.id, "vector width differs from the table's; left out");
+                }
+                ok
+            });
+        }
         let vectors = entries.iter().map(|e| e.vector.clone()).collect();
         let index = index::build(vectors);
         Self::with_index(entries, index)
