@@ -14,7 +14,7 @@ use std::time::Instant;
 use atmosphere::capability::{Capability, Kind, Source};
 use atmosphere::config::{EmbedderConfig, RoutingConfig};
 use atmosphere::embed::Embedder;
-use atmosphere::routing::{Entry, Need, Router, Table, capability_vector};
+use atmosphere::routing::{Entry, Need, Router, Table, capability_prototypes, capability_vector};
 use serde_json::Value;
 
 type Split = Vec<(String, String)>;
@@ -78,6 +78,7 @@ fn table_for(
     train_vecs: &[Vec<f32>],
     profile_vecs: &[Vec<f32>],
     weight: f32,
+    prototypes: usize,
 ) -> Table {
     let entries = groups
         .iter()
@@ -99,6 +100,7 @@ fn table_for(
                 node: "bench".into(),
                 local: true,
                 vector: capability_vector(&examples, profile, weight),
+                prototypes: capability_prototypes(&examples, profile, weight, prototypes),
             }
         })
         .collect();
@@ -171,22 +173,27 @@ async fn main() {
         let gold =
             |key: &str| -> Vec<String> { splits[key].iter().map(|(_, i)| label(i)).collect() };
 
-        // Choose the description weight on val.
-        let mut best = (f64::MIN, 0.0f32);
-        for w in [0.0, 0.05, 0.1, 0.2, 0.3, 0.5] {
-            let table = table_for(&groups, &vecs["train"], &profile_vecs, w);
-            let router = Router::new(RoutingConfig {
-                threshold: -1.0,
-                explain_candidates: 1,
-                ..Default::default()
-            });
-            let acc = accuracy(&route_all(&router, &table, &vecs["val"]), &gold("val"));
-            if acc > best.0 {
-                best = (acc, w);
+        // Choose the description weight and the number of prototypes on val.
+        let mut best = (f64::MIN, 0.0f32, 0usize);
+        let mut grid = Vec::new();
+        for p in [0, 2, 4, 8, 16] {
+            for w in [0.0, 0.1, 0.2, 0.3] {
+                let table = table_for(&groups, &vecs["train"], &profile_vecs, w, p);
+                let router = Router::new(RoutingConfig {
+                    threshold: -1.0,
+                    explain_candidates: 1,
+                    ..Default::default()
+                });
+                let acc = accuracy(&route_all(&router, &table, &vecs["val"]), &gold("val"));
+                grid.push(format!("p={p} w={w}: {:.2}%", acc * 100.0));
+                if acc > best.0 {
+                    best = (acc, w, p);
+                }
             }
         }
-        let weight = best.1;
-        let table = table_for(&groups, &vecs["train"], &profile_vecs, weight);
+        eprintln!("{granularity} val grid: {}", grid.join(", "));
+        let (weight, prototypes) = (best.1, best.2);
+        let table = table_for(&groups, &vecs["train"], &profile_vecs, weight, prototypes);
         let router = Router::new(RoutingConfig {
             threshold: -1.0,
             explain_candidates: 1,
@@ -229,7 +236,7 @@ async fn main() {
             None
         };
         report.push(format!(
-            "| {granularity} ({n} capabilities) | {w} | {vacc:.2}% | {t:.3} | {test_acc:.2}% | {dacc} | {frr:.2}% | {oos:.1}% | {oosv:.1}% | {us:.1} |",
+            "| {granularity} ({n} capabilities) | {w}, {prototypes} | {vacc:.2}% | {t:.3} | {test_acc:.2}% | {dacc} | {frr:.2}% | {oos:.1}% | {oosv:.1}% | {us:.1} |",
             n = groups.len(),
             w = weight,
             vacc = best.0 * 100.0,
@@ -248,7 +255,7 @@ async fn main() {
     );
     println!();
     println!(
-        "| capabilities | description weight (val) | val accuracy | threshold (val, FRR<=5%) | test accuracy | test accuracy at domain level | test false reject | oos_test recall | oos_val recall | decision us |"
+        "| capabilities | description weight, prototypes (chosen on val) | val accuracy | threshold (val, FRR<=5%) | test accuracy | test accuracy at domain level | test false reject | oos_test recall | oos_val recall | decision us |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for line in report {

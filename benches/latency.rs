@@ -69,6 +69,7 @@ fn entries(vectors: &[Vec<f32>]) -> Vec<Entry> {
             node: "bench".into(),
             local: true,
             vector: v.clone(),
+            prototypes: Vec::new(),
         })
         .collect()
 }

@@ -20,7 +20,7 @@ use crate::capability::{Capability, Source};
 use crate::config::{CapabilityConfig, RoutingConfig};
 use crate::embed::Embedder;
 use crate::metrics::Metrics;
-use crate::routing::{Entry, Table, capability_vector};
+use crate::routing::{Entry, Table, capability_prototypes, capability_vector};
 
 /// Probe reports waiting for the owner; one per backend per refresh, so small.
 const UPDATE_CAPACITY: usize = 64;
@@ -229,6 +229,7 @@ impl Owner {
         self.cache.retain(|k, _| keep.contains(k));
 
         let weight = self.setup.routing.description_weight;
+        let prototypes = self.setup.routing.prototypes;
         let mut entries: Vec<Entry> = Vec::with_capacity(caps.len());
         for capability in caps {
             // Every text was embedded above; a miss would mean the embedder
@@ -244,6 +245,7 @@ impl Owner {
                 .collect();
             entries.push(Entry {
                 vector: capability_vector(&examples, profile, weight),
+                prototypes: capability_prototypes(&examples, profile, weight, prototypes),
                 node: self.setup.node_id.clone(),
                 local: true,
                 capability,

@@ -117,6 +117,8 @@ pub struct RoutingConfig {
     /// Weight of the description against the examples in a capability's vector
     /// (0: examples only, 1: description only; without examples the description is used).
     pub description_weight: f32,
+    /// Most extra vectors (clusters of examples) per capability; 0: one vector each.
+    pub prototypes: usize,
     /// Candidates listed by `POST /v1/route`.
     pub explain_candidates: usize,
 }
@@ -127,6 +129,7 @@ impl Default for RoutingConfig {
             threshold: 0.35,
             default: None,
             description_weight: 0.2,
+            prototypes: 4,
             explain_candidates: 5,
         }
     }

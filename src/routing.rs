@@ -2,9 +2,13 @@
 //! decision for a request. Synchronous and free of I/O: the caller embeds the
 //! request, hands in the query vector and reads the [`Decision`].
 //!
-//! A capability is represented by one unit vector: the normalised centroid of its
-//! example utterances blended with the embedding of its profile text
-//! (description, domain, topics). With no examples the profile alone is used.
+//! A capability is represented by a main unit vector, the normalised centroid of
+//! its example utterances blended with the embedding of its profile text
+//! (description, domain, topics), plus up to a few prototypes: centroids of
+//! clusters of its examples, so that a capability with varied examples (a
+//! "finance desk") is close to each kind of request it gets, not only to their
+//! average. A capability scores the best similarity over its vectors. With no
+//! examples the profile alone is used.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,8 +31,10 @@ pub struct Entry {
     pub node: String,
     /// Whether this node offers it.
     pub local: bool,
-    /// The capability's routing vector (unit length).
+    /// The capability's main routing vector (unit length).
     pub vector: Vec<f32>,
+    /// Further unit vectors it is also matched by (may be empty).
+    pub prototypes: Vec<Vec<f32>>,
 }
 
 /// All routable capabilities with a search index over their vectors. Immutable:
@@ -37,6 +43,10 @@ pub struct Table {
     entries: Vec<Arc<Entry>>,
     by_id: HashMap<CapabilityId, Vec<usize>>,
     index: Box<dyn VectorIndex>,
+    /// Entry of each indexed vector.
+    owner: Vec<usize>,
+    /// Most vectors any entry has in the index.
+    max_vectors: usize,
 }
 
 impl Default for Table {
@@ -52,20 +62,40 @@ impl Table {
         // One width per index: an entry with another width cannot be compared.
         if let Some(dim) = entries.first().map(|e| e.vector.len()) {
             entries.retain(|e| {
-                let ok = e.vector.len() == dim && dim > 0;
+                let ok = dim > 0
+                    && e.vector.len() == dim
+                    && e.prototypes.iter().all(|p| p.len() == dim);
                 if !ok {
                     tracing::warn!(capability = %e.capability.id, "vector width differs from the table's; left out");
                 }
                 ok
             });
         }
-        let vectors = entries.iter().map(|e| e.vector.clone()).collect();
-        let index = index::build(vectors);
+        let index = index::build(Self::indexed_vectors(&entries));
         Self::with_index(entries, index)
     }
 
-    /// Builds a table around a given index (positions must match `entries`).
+    /// The vectors an index over `entries` must hold, in order: each entry's main
+    /// vector and then its prototypes.
+    pub fn indexed_vectors(entries: &[Entry]) -> Vec<Vec<f32>> {
+        entries
+            .iter()
+            .flat_map(|e| std::iter::once(&e.vector).chain(&e.prototypes).cloned())
+            .collect()
+    }
+
+    /// Builds a table around an index over [`Table::indexed_vectors`].
     pub fn with_index(entries: Vec<Entry>, index: Box<dyn VectorIndex>) -> Self {
+        let owner: Vec<usize> = entries
+            .iter()
+            .enumerate()
+            .flat_map(|(i, e)| std::iter::repeat_n(i, 1 + e.prototypes.len()))
+            .collect();
+        let max_vectors = entries
+            .iter()
+            .map(|e| 1 + e.prototypes.len())
+            .max()
+            .unwrap_or(1);
         let mut by_id: HashMap<CapabilityId, Vec<usize>> = HashMap::new();
         for (i, e) in entries.iter().enumerate() {
             by_id.entry(e.capability.id.clone()).or_default().push(i);
@@ -78,6 +108,8 @@ impl Table {
             entries: entries.into_iter().map(Arc::new).collect(),
             by_id,
             index,
+            owner,
+            max_vectors,
         }
     }
 
@@ -132,6 +164,85 @@ pub fn capability_vector(
         .collect();
     normalize(&mut v);
     v
+}
+
+/// Examples per prototype: fewer would make prototypes of single sentences.
+const EXAMPLES_PER_PROTOTYPE: usize = 8;
+
+/// Extra vectors for a capability with varied examples: the centroids of up to
+/// `max` clusters of its examples (spherical k-means, deterministic), each
+/// blended with the profile like the main vector. Empty when there are too few
+/// examples to cluster or `max` is 0.
+pub fn capability_prototypes(
+    examples: &[Vec<f32>],
+    profile: &[f32],
+    description_weight: f32,
+    max: usize,
+) -> Vec<Vec<f32>> {
+    let k = max.min(examples.len() / EXAMPLES_PER_PROTOTYPE);
+    if k < 2 {
+        return Vec::new();
+    }
+    let dim = profile.len();
+    // Farthest-point initialisation from the first example: deterministic.
+    let mut centres: Vec<Vec<f32>> = vec![examples[0].clone()];
+    while centres.len() < k {
+        let next = examples
+            .iter()
+            .max_by(|a, b| {
+                let da = centres
+                    .iter()
+                    .map(|c| crate::index::dot(a, c))
+                    .fold(f32::MIN, f32::max);
+                let db = centres
+                    .iter()
+                    .map(|c| crate::index::dot(b, c))
+                    .fold(f32::MIN, f32::max);
+                db.total_cmp(&da)
+            })
+            .cloned();
+        match next {
+            Some(n) => centres.push(n),
+            None => break,
+        }
+    }
+    let mut assign = vec![0usize; examples.len()];
+    for _ in 0..10 {
+        for (a, e) in assign.iter_mut().zip(examples) {
+            *a = centres
+                .iter()
+                .enumerate()
+                .max_by(|x, y| crate::index::dot(e, x.1).total_cmp(&crate::index::dot(e, y.1)))
+                .map_or(0, |(i, _)| i);
+        }
+        let mut sums = vec![vec![0f32; dim]; centres.len()];
+        for (&a, e) in assign.iter().zip(examples) {
+            for (s, x) in sums[a].iter_mut().zip(e) {
+                *s += x;
+            }
+        }
+        for (c, mut sum) in centres.iter_mut().zip(sums) {
+            if sum.iter().any(|x| *x != 0.0) {
+                normalize(&mut sum);
+                *c = sum;
+            }
+        }
+    }
+    let w = description_weight.clamp(0.0, 1.0);
+    centres
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| assign.iter().filter(|&&a| a == *i).count() >= 2)
+        .map(|(_, c)| {
+            let mut v: Vec<f32> = c
+                .iter()
+                .zip(profile)
+                .map(|(c, p)| (1.0 - w) * c + w * p)
+                .collect();
+            normalize(&mut v);
+            v
+        })
+        .collect()
 }
 
 /// Combines the embeddings of a conversation's user turns, oldest first, into one
@@ -264,10 +375,24 @@ impl Router {
             let e = &table.entries[i];
             kind_fits(e, need) && available(e)
         };
-        let mut hits = table.index.search(query, k);
+        let search = |k: usize| -> Vec<(usize, f32)> {
+            // Best similarity per entry over its vectors, best first.
+            let mut seen = vec![false; table.entries.len()];
+            let mut best: Vec<(usize, f32)> = Vec::new();
+            for (pos, sim) in table.index.search(query, k) {
+                let Some(&e) = table.owner.get(pos) else {
+                    continue;
+                };
+                if !std::mem::replace(&mut seen[e], true) {
+                    best.push((e, sim));
+                }
+            }
+            best
+        };
+        let mut hits = search(k * table.max_vectors);
         // If none of the nearest can serve the request, look at all of them.
         if !hits.iter().any(|&(i, _)| usable(i)) && hits.len() < table.len() {
-            hits = table.index.search(query, table.len());
+            hits = search(table.owner.len());
         }
         // Rank on plain numbers; build explanations only for what is shown.
         let mut ranked: Vec<(bool, f32, usize, f32)> = hits
@@ -369,6 +494,7 @@ mod tests {
             node: if local { "self".into() } else { "peer".into() },
             local,
             vector: v,
+            prototypes: Vec::new(),
         }
     }
 
@@ -443,6 +569,35 @@ mod tests {
         let q = query_vector(&[vec![1.0, 0.0], vec![0.0, 1.0]]);
         assert!(q[1] > q[0]);
         assert!(query_vector(&[]).is_empty());
+    }
+
+    #[test]
+    fn prototypes_let_a_varied_capability_match_each_kind_of_request() {
+        // Two tight clusters of examples in different directions.
+        let mut examples = Vec::new();
+        for i in 0..10 {
+            let t = i as f32 * 0.01;
+            let mut a = vec![1.0, t, 0.0];
+            let mut b = vec![0.0, t, 1.0];
+            normalize(&mut a);
+            normalize(&mut b);
+            examples.push(a);
+            examples.push(b);
+        }
+        let profile = vec![0.0, 1.0, 0.0];
+        let protos = capability_prototypes(&examples, &profile, 0.0, 4);
+        assert_eq!(protos.len(), 2);
+        let main = capability_vector(&examples, &profile, 0.0);
+        let mut broad = entry("a/broad", "llm/chat", main.clone(), true);
+        broad.prototypes = protos;
+        let narrow = entry("a/narrow", "llm/chat", vec![0.8, 0.0, 0.6], true);
+        let table = Table::new(vec![broad, narrow]);
+        // Close to one cluster of the broad capability, but the average of its
+        // examples (main vector) is further away than the narrow capability.
+        let q = [1.0, 0.0, 0.05];
+        let d = router(0.1, None).decide(&table, &q, Need::Text, &all_up);
+        assert_eq!(d.chosen.expect("chosen").id.as_str(), "a/broad");
+        assert!(capability_prototypes(&examples[..5], &profile, 0.0, 4).is_empty());
     }
 
     #[test]
