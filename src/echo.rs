@@ -37,6 +37,8 @@ pub enum Fault {
     Stall,
     /// Streams two chunks, then drops the connection.
     BreakStream,
+    /// 400 with an OpenAI-shaped error, as a backend refusing a parameter does.
+    Reject,
 }
 
 /// What the server is and does.
@@ -152,6 +154,10 @@ async fn answer(e: Arc<Echo>, raw: Bytes, project: Option<String>, chat: bool) -
                 .into_response();
         }
         Fault::Stall => tokio::time::sleep(e.stall).await,
+        Fault::Reject => {
+            let err = json!({"error": {"message": "this backend does not support tools", "type": "invalid_request_error", "param": "tools", "code": "unsupported_parameter"}});
+            return (StatusCode::BAD_REQUEST, axum::Json(err)).into_response();
+        }
         _ => {}
     }
     let Ok(body) = serde_json::from_slice::<Value>(&raw) else {

@@ -257,6 +257,23 @@ async fn backend_error_page_is_a_502() {
 }
 
 #[tokio::test]
+async fn backend_refusal_in_openai_shape_is_passed_on() {
+    let (node, _dir) = faulty_node(Fault::Reject, Duration::from_secs(5)).await;
+    let e = error_of(
+        post(
+            &node,
+            "/v1/chat/completions",
+            chat("farm/coder", "x", false),
+        )
+        .await,
+        400,
+    )
+    .await;
+    assert_eq!(e["code"], "unsupported_parameter");
+    assert_eq!(e["param"], "tools");
+}
+
+#[tokio::test]
 async fn stalled_backend_times_out_with_504() {
     let (node, _dir) = faulty_node(Fault::Stall, Duration::from_millis(300)).await;
     let e = error_of(
