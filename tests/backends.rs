@@ -49,6 +49,15 @@ async fn error_of(resp: reqwest::Response, status: u16) -> Value {
     v["error"].clone()
 }
 
+/// Sends a non-streaming chat that must fail with `status`; returns the error.
+async fn chat_error(node: &Node, model: &str, text: &str, status: u16) -> Value {
+    error_of(
+        post(node, "/v1/chat/completions", chat(model, text, false)).await,
+        status,
+    )
+    .await
+}
+
 fn model_ids(models: &Value) -> Vec<String> {
     models["data"]
         .as_array()
@@ -158,16 +167,7 @@ async fn down_backend_is_marked_unavailable_skipped_and_comes_back() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-atmosphere-route"], "farm/animals");
     // Naming it explicitly says clearly that its backend is down.
-    let e = error_of(
-        post(
-            &node,
-            "/v1/chat/completions",
-            chat("farm/llama-expert", "hi", false),
-        )
-        .await,
-        503,
-    )
-    .await;
+    let e = chat_error(&node, "farm/llama-expert", "hi", 503).await;
     assert_eq!(e["code"], "backend_unavailable");
     // The backend comes up: the periodic probe notices, and it is routed to again.
     spawn_echo_at(Echo::new("flaky", Flavour::Openai, &["m"]), dead).await;
@@ -200,16 +200,7 @@ async fn faulty_node(fault: Fault, timeout: Duration) -> (Node, tempfile::TempDi
 #[tokio::test]
 async fn garbage_from_backend_is_a_502_and_counted() {
     let (node, _dir) = faulty_node(Fault::Garbage, Duration::from_secs(5)).await;
-    let e = error_of(
-        post(
-            &node,
-            "/v1/chat/completions",
-            chat("farm/coder", "x", false),
-        )
-        .await,
-        502,
-    )
-    .await;
+    let e = chat_error(&node, "farm/coder", "x", 502).await;
     assert_eq!(e["code"], "backend_bad_response");
     assert!(
         !e["message"]
@@ -243,32 +234,14 @@ async fn garbage_from_backend_is_a_502_and_counted() {
 #[tokio::test]
 async fn backend_error_page_is_a_502() {
     let (node, _dir) = faulty_node(Fault::Error, Duration::from_secs(5)).await;
-    let e = error_of(
-        post(
-            &node,
-            "/v1/chat/completions",
-            chat("farm/coder", "x", false),
-        )
-        .await,
-        502,
-    )
-    .await;
+    let e = chat_error(&node, "farm/coder", "x", 502).await;
     assert!(!e["message"].as_str().expect("msg").contains("<html>"));
 }
 
 #[tokio::test]
 async fn backend_refusal_in_openai_shape_is_passed_on() {
     let (node, _dir) = faulty_node(Fault::Reject, Duration::from_secs(5)).await;
-    let e = error_of(
-        post(
-            &node,
-            "/v1/chat/completions",
-            chat("farm/coder", "x", false),
-        )
-        .await,
-        400,
-    )
-    .await;
+    let e = chat_error(&node, "farm/coder", "x", 400).await;
     assert_eq!(e["code"], "unsupported_parameter");
     assert_eq!(e["param"], "tools");
 }
@@ -276,16 +249,7 @@ async fn backend_refusal_in_openai_shape_is_passed_on() {
 #[tokio::test]
 async fn stalled_backend_times_out_with_504() {
     let (node, _dir) = faulty_node(Fault::Stall, Duration::from_millis(300)).await;
-    let e = error_of(
-        post(
-            &node,
-            "/v1/chat/completions",
-            chat("farm/coder", "x", false),
-        )
-        .await,
-        504,
-    )
-    .await;
+    let e = chat_error(&node, "farm/coder", "x", 504).await;
     assert_eq!(e["code"], "backend_timeout");
 }
 
@@ -320,15 +284,6 @@ async fn request_deadline_bounds_a_slow_backend() {
     );
     c.http.request_timeout = Duration::from_millis(300);
     let node = start(c).await;
-    let e = error_of(
-        post(
-            &node,
-            "/v1/chat/completions",
-            chat("farm/coder", "x", false),
-        )
-        .await,
-        504,
-    )
-    .await;
+    let e = chat_error(&node, "farm/coder", "x", 504).await;
     assert_eq!(e["code"], "backend_timeout");
 }
