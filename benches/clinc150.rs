@@ -99,6 +99,7 @@ fn table_for(
                 },
                 node: "bench".into(),
                 local: true,
+                available: true,
                 vector: capability_vector(&examples, profile, weight),
                 prototypes: capability_prototypes(&examples, profile, weight, prototypes),
             }

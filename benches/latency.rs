@@ -68,6 +68,7 @@ fn entries(vectors: &[Vec<f32>]) -> Vec<Entry> {
             },
             node: "bench".into(),
             local: true,
+            available: true,
             vector: v.clone(),
             prototypes: Vec::new(),
         })

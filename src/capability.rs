@@ -160,6 +160,8 @@ pub enum Source {
     Config,
     /// Listed by a backend with `discover = true`.
     Discovered,
+    /// Announced by another node.
+    Remote,
 }
 
 /// A capability this node offers, with the text it is routed by.

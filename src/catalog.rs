@@ -248,6 +248,7 @@ impl Owner {
                 prototypes: capability_prototypes(&examples, profile, weight, prototypes),
                 node: self.setup.node_id.clone(),
                 local: true,
+                available: true,
                 capability,
             });
         }

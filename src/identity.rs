@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use libp2p_identity::{Keypair, PeerId, ed25519};
+use libp2p::identity::{Keypair, PeerId, ed25519};
 
 /// File name of the secret key inside the data dir (32 raw bytes, mode 0600).
 pub const KEY_FILE: &str = "identity.ed25519";

@@ -13,4 +13,6 @@ pub mod identity;
 pub mod index;
 pub mod metrics;
 pub mod node;
+pub mod remote;
 pub mod routing;
+pub mod wire;

@@ -24,7 +24,7 @@ pub struct Node {
     /// Where the HTTP API listens (the real port when configured with port 0).
     pub http_addr: SocketAddr,
     /// This node's PeerId.
-    pub peer_id: libp2p_identity::PeerId,
+    pub peer_id: libp2p::identity::PeerId,
     pub catalog: Catalog,
     app: axum::Router,
     cancel: CancellationToken,

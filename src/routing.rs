@@ -31,6 +31,9 @@ pub struct Entry {
     pub node: String,
     /// Whether this node offers it.
     pub local: bool,
+    /// For a remote entry: whether its origin says it is available (local
+    /// entries are judged by their backend's state instead).
+    pub available: bool,
     /// The capability's main routing vector (unit length).
     pub vector: Vec<f32>,
     /// Further unit vectors it is also matched by (may be empty).
@@ -493,6 +496,7 @@ mod tests {
             },
             node: if local { "self".into() } else { "peer".into() },
             local,
+            available: true,
             vector: v,
             prototypes: Vec::new(),
         }

@@ -32,11 +32,12 @@ pub struct Target {
 /// Whether an entry can be used now (its backend answers).
 pub fn available(state: &AppState) -> impl Fn(&Entry) -> bool + '_ {
     move |e: &Entry| {
-        !e.local
-            || state
-                .backends
-                .get(&e.capability.backend)
-                .is_some_and(|b| b.is_available())
+        (!e.local && e.available)
+            || e.local
+                && state
+                    .backends
+                    .get(&e.capability.backend)
+                    .is_some_and(|b| b.is_available())
     }
 }
 

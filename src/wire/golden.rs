@@ -1,0 +1,227 @@
+//! Golden vectors: every wire message type, built deterministically, must
+//! encode to the bytes in `protocols/vectors/<name>.hex` and decode from them
+//! to the same value. `ATMOSPHERE_BLESS=1 cargo test wire::golden` rewrites
+//! the files (only ever for a new protocol version).
+
+use std::path::PathBuf;
+
+use libp2p::identity::{Keypair, ed25519};
+
+use super::intent::{IntentRequest, IntentResponse, Operation, StreamFrame};
+use super::route::{
+    CapabilityRecord, RouteBody, RouteUpdate, SignedRouteUpdate, VERSION, WireVector,
+};
+use super::sync::{SyncRequest, SyncResponse};
+
+/// A fixed key: ed25519 signatures are deterministic, so signed bytes are too.
+pub fn test_keypair(seed: u8) -> Keypair {
+    let secret = ed25519::SecretKey::try_from_bytes([seed; 32]).expect("32 bytes");
+    ed25519::Keypair::from(secret).into()
+}
+
+pub fn sample_update(seq: u64) -> RouteUpdate {
+    RouteUpdate {
+        version: VERSION,
+        seq,
+        ttl_secs: 30,
+        node_name: "rob-mac".into(),
+        dim: 4,
+        body: RouteBody::Full(vec![CapabilityRecord {
+            id: "farm/llama-expert".into(),
+            kind: "llm/chat".into(),
+            domain: "camelids".into(),
+            topics: vec!["llamas".into(), "alpacas".into()],
+            description: "Expert on raising llamas and alpacas.".into(),
+            vector: WireVector::quantize(&[0.5, -0.5, 0.5, 0.5]),
+            prototypes: vec![WireVector::quantize(&[0.0, 0.6, 0.8, 0.0])],
+            available: true,
+            in_flight: 3,
+        }]),
+    }
+}
+
+fn vectors_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("protocols/vectors")
+}
+
+fn check<T: PartialEq + std::fmt::Debug>(
+    name: &str,
+    value: &T,
+    encode: impl Fn(&T) -> Vec<u8>,
+    decode: impl Fn(&[u8]) -> T,
+) {
+    let path = vectors_dir().join(format!("{name}.hex"));
+    let bytes = encode(value);
+    if std::env::var_os("ATMOSPHERE_BLESS").is_some() {
+        std::fs::create_dir_all(vectors_dir()).expect("vectors dir");
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(&path, hex + "\n").expect("write vector");
+        return;
+    }
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = text.trim();
+    let golden: Vec<u8> = (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+        .collect();
+    assert_eq!(&decode(&golden), value, "{name}: decoding the golden bytes");
+    assert_eq!(
+        bytes, golden,
+        "{name}: encoding differs from the golden bytes"
+    );
+}
+
+#[test]
+fn route_update_and_signed_envelope() {
+    check(
+        "route-update",
+        &sample_update(1_700_000_000_000),
+        |v| super::codec::encode(v, super::route::MAX_SIGNED_BYTES).expect("encode"),
+        |b| super::codec::decode(b, super::route::MAX_SIGNED_BYTES).expect("decode"),
+    );
+    let signed =
+        SignedRouteUpdate::sign(&sample_update(1_700_000_000_000), &test_keypair(7)).expect("sign");
+    check(
+        "signed-route-update",
+        &signed,
+        |v| v.encode().expect("encode"),
+        |b| SignedRouteUpdate::decode(b).expect("decode"),
+    );
+    let withdraw = RouteUpdate {
+        body: RouteBody::Withdraw,
+        ..sample_update(1_700_000_000_001)
+    };
+    let signed = SignedRouteUpdate::sign(&withdraw, &test_keypair(7)).expect("sign");
+    check(
+        "signed-route-withdraw",
+        &signed,
+        |v| v.encode().expect("encode"),
+        |b| SignedRouteUpdate::decode(b).expect("decode"),
+    );
+}
+
+#[test]
+fn sync_messages() {
+    check(
+        "sync-request",
+        &SyncRequest { version: 1 },
+        |v| v.encode().expect("e"),
+        |b| SyncRequest::decode(b).expect("d"),
+    );
+    let update = SignedRouteUpdate::sign(&sample_update(5), &test_keypair(7)).expect("sign");
+    let resp = SyncResponse {
+        version: 1,
+        updates: vec![update],
+    };
+    check(
+        "sync-response",
+        &resp,
+        |v| v.encode().expect("e"),
+        |b| SyncResponse::decode(b).expect("d"),
+    );
+}
+
+#[test]
+fn intent_messages() {
+    let req = IntentRequest {
+        version: 1,
+        capability: "farm/llama-expert".into(),
+        operation: Operation::Chat,
+        body: br#"{"model":"auto","messages":[{"role":"user","content":"What do llamas eat?"}]}"#
+            .to_vec(),
+        deadline_ms: 30_000,
+        hops: 1,
+    };
+    check(
+        "intent-request",
+        &req,
+        |v| v.encode().expect("e"),
+        |b| IntentRequest::decode(b).expect("d"),
+    );
+    let resp = IntentResponse {
+        version: 1,
+        status: 200,
+        body: br#"{"object":"chat.completion"}"#.to_vec(),
+    };
+    check(
+        "intent-response",
+        &resp,
+        |v| v.encode().expect("e"),
+        |b| IntentResponse::decode(b).expect("d"),
+    );
+    for (name, frame) in [
+        ("stream-head", StreamFrame::Head { status: 200 }),
+        (
+            "stream-event",
+            StreamFrame::Event(br#"{"choices":[{"delta":{"content":"hay"}}]}"#.to_vec()),
+        ),
+        ("stream-end", StreamFrame::End),
+        (
+            "stream-failed",
+            StreamFrame::Failed {
+                code: "backend_stream_error".into(),
+                message: "The backend's stream broke off.".into(),
+            },
+        ),
+    ] {
+        check(
+            name,
+            &frame,
+            |v| v.encode().expect("e"),
+            |b| StreamFrame::decode(b).expect("d"),
+        );
+    }
+}
+
+#[test]
+fn signed_update_verifies_and_names_its_origin() {
+    let key = test_keypair(7);
+    let signed = SignedRouteUpdate::sign(&sample_update(9), &key).expect("sign");
+    let verified = signed.verify(4).expect("verifies");
+    assert_eq!(verified.origin, key.public().to_peer_id());
+    assert_eq!(verified.update, sample_update(9));
+}
+
+#[test]
+fn tampering_and_limits_are_rejected() {
+    let signed = SignedRouteUpdate::sign(&sample_update(9), &test_keypair(7)).expect("sign");
+    let mut tampered = signed.clone();
+    let last = tampered.payload.len() - 1;
+    tampered.payload[last] ^= 1;
+    assert!(
+        tampered
+            .verify(4)
+            .unwrap_err()
+            .to_string()
+            .contains("signature")
+    );
+    let mut other_key = signed.clone();
+    other_key.public_key = SignedRouteUpdate::sign(&sample_update(9), &test_keypair(8))
+        .expect("sign")
+        .public_key;
+    assert!(other_key.verify(4).is_err());
+    assert!(signed.verify(384).unwrap_err().to_string().contains("384"));
+    let mut bad = sample_update(9);
+    bad.ttl_secs = 0;
+    let s = SignedRouteUpdate::sign(&bad, &test_keypair(7)).expect("sign");
+    assert!(s.verify(4).unwrap_err().to_string().contains("ttl"));
+    let mut dup = sample_update(9);
+    if let RouteBody::Full(caps) = &mut dup.body {
+        caps.push(caps[0].clone());
+    }
+    let s = SignedRouteUpdate::sign(&dup, &test_keypair(7)).expect("sign");
+    assert!(s.verify(4).unwrap_err().to_string().contains("twice"));
+    assert!(SignedRouteUpdate::decode(b"\x01garbage").is_err());
+}
+
+#[test]
+fn quantised_vectors_keep_their_direction() {
+    let mut v: Vec<f32> = (0..384)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+        .collect();
+    crate::embed::normalize(&mut v);
+    let back = WireVector::quantize(&v).dequantize();
+    let cos: f32 = v.iter().zip(&back).map(|(a, b)| a * b).sum();
+    assert!(cos > 0.9999, "{cos}");
+    assert_eq!(WireVector::quantize(&[0.0; 3]).dequantize(), vec![0.0; 3]);
+}

@@ -1,0 +1,104 @@
+//! Forwarded requests: one request, one answer (`/atmosphere/intent/1.0.0`), or
+//! one request and a stream of frames (`/atmosphere/stream/1.0.0`).
+//! Spec: `protocols/intent.md`.
+
+use serde::{Deserialize, Serialize};
+
+use super::codec::{self, Error};
+
+pub const VERSION: u8 = 1;
+/// Largest forwarded request: the HTTP body limit (4 MiB) plus headroom.
+pub const MAX_REQUEST_BYTES: usize = 5 * 1024 * 1024;
+/// Largest answer: the proxy's own backend-body limit.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest stream frame: one SSE event (the relay's own limit) plus headroom.
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024 + 1024;
+/// Most hops a request may still travel; a node forwards only with hops > 0.
+pub const MAX_HOPS: u8 = 4;
+
+/// What the request asks the capability to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Operation {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+/// A request for a capability that the receiving node offers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IntentRequest {
+    pub version: u8,
+    /// The capability id at the receiving node.
+    pub capability: String,
+    pub operation: Operation,
+    /// The OpenAI request body, JSON, as the client sent it.
+    pub body: Vec<u8>,
+    /// Milliseconds the sender will still wait; the receiver gives up after.
+    pub deadline_ms: u32,
+    /// Further forwards allowed.
+    pub hops: u8,
+}
+
+/// The receiving node's answer: an HTTP status and the JSON body it would
+/// have sent its own client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IntentResponse {
+    pub version: u8,
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// One frame of a streamed answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StreamFrame {
+    /// First frame: the status; 200 means events follow, anything else is an
+    /// error whose JSON body follows in one `Event` before `End`.
+    Head { status: u16 },
+    /// One SSE `data:` payload (JSON), in order.
+    Event(Vec<u8>),
+    /// The answer is complete (`[DONE]`).
+    End,
+    /// The answer broke off; an OpenAI-style error code and message.
+    Failed { code: String, message: String },
+}
+
+impl IntentRequest {
+    pub fn encode(&self) -> Result<Vec<u8>, Error> {
+        codec::encode(self, MAX_REQUEST_BYTES)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        let r: Self = codec::decode(bytes, MAX_REQUEST_BYTES)?;
+        if r.version != VERSION {
+            return Err(Error::Version(r.version));
+        }
+        if r.hops > MAX_HOPS {
+            return Err(Error::Invalid(format!("hops {} over {MAX_HOPS}", r.hops)));
+        }
+        Ok(r)
+    }
+}
+
+impl IntentResponse {
+    pub fn encode(&self) -> Result<Vec<u8>, Error> {
+        codec::encode(self, MAX_RESPONSE_BYTES)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        let r: Self = codec::decode(bytes, MAX_RESPONSE_BYTES)?;
+        if r.version != VERSION {
+            return Err(Error::Version(r.version));
+        }
+        Ok(r)
+    }
+}
+
+impl StreamFrame {
+    pub fn encode(&self) -> Result<Vec<u8>, Error> {
+        codec::encode(self, MAX_FRAME_BYTES)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        codec::decode(bytes, MAX_FRAME_BYTES)
+    }
+}
