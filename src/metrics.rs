@@ -33,6 +33,11 @@ pub struct BackendErrorLabels {
     pub error: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
 /// All of the node's metrics, registered once.
 pub struct Metrics {
     pub registry: Registry,
@@ -43,6 +48,9 @@ pub struct Metrics {
     pub embed_seconds: Histogram,
     pub backend_errors: Family<BackendErrorLabels, Counter>,
     pub capabilities: Gauge,
+    pub gossip_updates: Family<ResultLabel, Counter>,
+    pub peers: Gauge,
+    pub remote_origins: Gauge,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -93,8 +101,25 @@ impl Default for Metrics {
             "Capabilities in the route table",
             capabilities.clone(),
         );
+        let gossip_updates = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "gossip_updates",
+            "Route updates received, by outcome (accepted, duplicate, stale, invalid, ...)",
+            gossip_updates.clone(),
+        );
+        let peers = Gauge::default();
+        registry.register("peers", "Connected peers", peers.clone());
+        let remote_origins = Gauge::default();
+        registry.register(
+            "remote_origins",
+            "Other nodes whose routes are held",
+            remote_origins.clone(),
+        );
         Self {
             registry,
+            gossip_updates,
+            peers,
+            remote_origins,
             requests,
             request_seconds,
             decisions,
@@ -114,6 +139,14 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    pub fn gossip(&self, result: &str) {
+        self.gossip_updates
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     pub fn backend_error(&self, backend: &str, error: &str) {

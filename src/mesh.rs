@@ -1,0 +1,290 @@
+//! The node's side of the mesh. One task announces this node's capabilities
+//! (signed; at start, on every change, every `ttl / 3`; withdrawn on a clean
+//! shutdown), applies other nodes' updates to the [`Remote`] store and reports
+//! each verdict to gossipsub, answers sync requests with the latest update of
+//! every origin, expires origins that stopped refreshing, and publishes the
+//! remote entries for the route table through a watch channel.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use libp2p::identity::{Keypair, PeerId};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::network::{self, Event, Verdict};
+use crate::remote::{Outcome, Remote};
+use crate::routing::Entry;
+use crate::wire::route::{
+    self, CapabilityRecord, RouteBody, RouteUpdate, SignedRouteUpdate, WireVector,
+};
+use crate::wire::sync::{self, SyncResponse};
+
+/// How often expiry is checked.
+const EXPIRY_TICK: Duration = Duration::from_millis(500);
+/// Longest a withdrawal may hold up shutdown.
+const WITHDRAW_WAIT: Duration = Duration::from_millis(500);
+
+/// What other nodes offer, as last changed.
+#[derive(Clone, Default)]
+pub struct View {
+    pub entries: Arc<Vec<Entry>>,
+    pub origins: Arc<Vec<OriginState>>,
+}
+
+/// One origin held, for the API.
+#[derive(Clone, Debug)]
+pub struct OriginState {
+    pub peer: PeerId,
+    pub node_name: String,
+    pub seq: u64,
+    pub received: Instant,
+    pub capabilities: usize,
+}
+
+/// Everything the mesh task needs.
+pub struct Setup {
+    pub key: Keypair,
+    pub client: network::Client,
+    pub events: mpsc::Receiver<Event>,
+    /// This node's own entries (from the catalog), announced on every change.
+    pub local: watch::Receiver<Arc<Vec<Entry>>>,
+    pub node_name: String,
+    pub ttl: Duration,
+    pub dim: usize,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Starts the mesh task; the returned receiver follows what other nodes offer.
+pub fn start(
+    setup: Setup,
+    cancel: CancellationToken,
+) -> (watch::Receiver<View>, tokio::task::JoinHandle<()>) {
+    let (view_tx, view_rx) = watch::channel(View::default());
+    let me = setup.key.public().to_peer_id();
+    let task = Task {
+        remote: Remote::new(me),
+        view: view_tx,
+        own: None,
+        seq: 0,
+        setup,
+    };
+    (view_rx, tokio::spawn(task.run(cancel)))
+}
+
+struct Task {
+    setup: Setup,
+    remote: Remote,
+    view: watch::Sender<View>,
+    /// This node's latest signed update, served by sync.
+    own: Option<SignedRouteUpdate>,
+    seq: u64,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The wire record of a local entry.
+pub fn record(entry: &Entry) -> CapabilityRecord {
+    let c = &entry.capability;
+    CapabilityRecord {
+        id: c.id.to_string(),
+        kind: c.kind.to_string(),
+        domain: c.domain.clone(),
+        topics: c.topics.iter().take(route::MAX_TOPICS).cloned().collect(),
+        description: c
+            .description
+            .chars()
+            .take(route::MAX_DESCRIPTION / 4)
+            .collect(),
+        vector: WireVector::quantize(&entry.vector),
+        prototypes: entry
+            .prototypes
+            .iter()
+            .take(route::MAX_PROTOTYPES)
+            .map(|p| WireVector::quantize(p))
+            .collect(),
+        available: entry.available,
+        in_flight: 0,
+    }
+}
+
+impl Task {
+    async fn run(mut self, cancel: CancellationToken) {
+        let refresh_every = (self.setup.ttl / 3).max(Duration::from_secs(1));
+        let mut refresh = tokio::time::interval(refresh_every);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut expiry = tokio::time::interval(EXPIRY_TICK);
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    self.withdraw().await;
+                    break;
+                }
+                event = self.setup.events.recv() => match event {
+                    Some(e) => self.on_event(e).await,
+                    None => break,
+                },
+                changed = self.setup.local.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    self.announce().await;
+                }
+                _ = refresh.tick() => self.announce().await,
+                _ = expiry.tick() => {
+                    let gone = self.remote.expire(Instant::now());
+                    if !gone.is_empty() {
+                        tracing::info!(origins = gone.len(), "routes of silent nodes expired");
+                        self.publish_view();
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_update(&mut self, body: RouteBody) -> RouteUpdate {
+        self.seq = (self.seq + 1).max(unix_ms());
+        RouteUpdate {
+            version: route::VERSION,
+            seq: self.seq,
+            ttl_secs: self.setup.ttl.as_secs().clamp(
+                u64::from(route::MIN_TTL_SECS),
+                u64::from(route::MAX_TTL_SECS),
+            ) as u32,
+            node_name: self
+                .setup
+                .node_name
+                .chars()
+                .take(route::MAX_NODE_NAME / 4)
+                .collect(),
+            dim: self.setup.dim as u16,
+            body,
+        }
+    }
+
+    async fn announce(&mut self) {
+        let local = self.setup.local.borrow_and_update().clone();
+        let records: Vec<CapabilityRecord> = local
+            .iter()
+            .take(route::MAX_CAPABILITIES)
+            .map(record)
+            .collect();
+        let update = self.next_update(RouteBody::Full(records));
+        match SignedRouteUpdate::sign(&update, &self.setup.key) {
+            Ok(signed) => {
+                // Alone, publishing fails; peers that join get the update by sync.
+                if let Err(e) = self.setup.client.publish(&signed).await {
+                    tracing::debug!(error = %e, "route update not published");
+                }
+                self.own = Some(signed);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot sign this node's route update"),
+        }
+    }
+
+    async fn withdraw(&mut self) {
+        let update = self.next_update(RouteBody::Withdraw);
+        let Ok(signed) = SignedRouteUpdate::sign(&update, &self.setup.key) else {
+            return;
+        };
+        // A peer that connected moments ago may not have told us its
+        // subscription yet: retry briefly rather than leave it to the TTL.
+        let client = self.setup.client.clone();
+        let attempt = async {
+            loop {
+                match client.publish(&signed).await {
+                    Ok(()) => return true,
+                    Err(network::Error::Stopped) => return false,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        };
+        let sent = tokio::time::timeout(WITHDRAW_WAIT, attempt)
+            .await
+            .unwrap_or(false);
+        tracing::debug!(sent, "withdrawal announced");
+    }
+
+    async fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Route {
+                verified,
+                signed,
+                message,
+            } => {
+                let outcome = self.remote.apply(*verified, signed, Instant::now());
+                self.setup.metrics.gossip(outcome.as_str());
+                let verdict = match outcome {
+                    Outcome::Accepted | Outcome::Withdrawn => Verdict::Accept,
+                    Outcome::Stale => Verdict::Reject,
+                    Outcome::Duplicate | Outcome::Own | Outcome::RateLimited | Outcome::Full => {
+                        Verdict::Ignore
+                    }
+                };
+                let _ = self.setup.client.report(message, verdict).await;
+                if outcome.changed() {
+                    self.publish_view();
+                }
+            }
+            Event::Synced { peer, updates } => {
+                let now = Instant::now();
+                let mut changed = false;
+                for (verified, signed) in updates {
+                    let outcome = self.remote.apply(verified, signed, now);
+                    changed |= outcome.changed();
+                }
+                tracing::debug!(%peer, changed, "synced with a peer");
+                if changed {
+                    self.publish_view();
+                }
+            }
+            Event::SyncRequested { id, .. } => {
+                let mut updates = self.remote.snapshot();
+                updates.extend(self.own.clone());
+                updates.truncate(sync::MAX_ORIGINS);
+                let response = SyncResponse {
+                    version: sync::VERSION,
+                    updates,
+                };
+                let _ = self.setup.client.answer_sync(id, response).await;
+            }
+            Event::PeerConnected(_) => {
+                self.setup.metrics.peers.inc();
+            }
+            Event::PeerDisconnected(_) => {
+                self.setup.metrics.peers.dec();
+            }
+        }
+    }
+
+    fn publish_view(&mut self) {
+        let now = Instant::now();
+        let entries: Vec<Entry> = self.remote.entries().cloned().collect();
+        let origins = self
+            .remote
+            .origins(now)
+            .into_iter()
+            .filter_map(|o| {
+                Some(OriginState {
+                    peer: o.peer_id.parse().ok()?,
+                    node_name: o.node_name,
+                    seq: o.seq,
+                    received: now - Duration::from_secs(o.age_secs),
+                    capabilities: o.capabilities,
+                })
+            })
+            .collect::<Vec<_>>();
+        self.setup.metrics.remote_origins.set(origins.len() as i64);
+        self.view.send_replace(View {
+            entries: Arc::new(entries),
+            origins: Arc::new(origins),
+        });
+    }
+}

@@ -1,0 +1,87 @@
+//! The composed libp2p behaviour and how it is configured.
+
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{StreamProtocol, gossipsub, identify, kad, mdns, ping, request_response};
+
+use super::codec::Codec;
+use crate::wire::{self, sync};
+
+/// Sync exchanges are small and rare: a whole snapshot must arrive in this time.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent inbound sync streams per connection.
+const SYNC_CONCURRENT: usize = 8;
+
+pub type SyncCodec = Codec<sync::SyncRequest, sync::SyncResponse>;
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub gossipsub: gossipsub::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub sync: request_response::Behaviour<SyncCodec>,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+impl Behaviour {
+    pub fn new(key: &Keypair, enable_mdns: bool, node_name: &str) -> Result<Self, String> {
+        let peer_id = key.public().to_peer_id();
+        // Mesh parameters set together: the builder does not check them.
+        let gossip_config = gossipsub::ConfigBuilder::default()
+            .heartbeat_interval(Duration::from_millis(500))
+            .mesh_n(6)
+            .mesh_n_low(4)
+            .mesh_n_high(12)
+            .mesh_outbound_min(2)
+            .max_transmit_size(wire::route::MAX_SIGNED_BYTES + 4096)
+            // The node validates every update (signature, limits, seq) and reports.
+            .validate_messages()
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .build()
+            .map_err(|e| format!("gossipsub config: {e}"))?;
+        let gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossip_config,
+        )
+        .map_err(|e| format!("gossipsub: {e}"))?;
+        let mut kad_config = kad::Config::new(StreamProtocol::new(wire::KAD_PROTOCOL));
+        kad_config.set_query_timeout(Duration::from_secs(10));
+        let kad =
+            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+        let identify = identify::Behaviour::new(
+            identify::Config::new("/atmosphere/1.0.0".into(), key.public()).with_agent_version(
+                format!("atmosphere/{} ({node_name})", env!("CARGO_PKG_VERSION")),
+            ),
+        );
+        let sync = request_response::Behaviour::with_codec(
+            SyncCodec::default(),
+            [(
+                StreamProtocol::new(wire::SYNC_PROTOCOL),
+                request_response::ProtocolSupport::Full,
+            )],
+            request_response::Config::default()
+                .with_request_timeout(SYNC_TIMEOUT)
+                .with_max_concurrent_streams(SYNC_CONCURRENT),
+        );
+        let mdns = if enable_mdns {
+            Some(
+                mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
+                    .map_err(|e| format!("mdns: {e}"))?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            gossipsub,
+            kad,
+            identify,
+            ping: ping::Behaviour::default(),
+            sync,
+            mdns: mdns.into(),
+        })
+    }
+}

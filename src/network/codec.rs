@@ -1,0 +1,118 @@
+//! Request-response codec for Atmosphere's wire messages: one message per
+//! stream direction, written whole and closed; the reader stops at the
+//! message's size limit (it never buffers more) and decodes with the wire codec.
+//! The request timeout of the behaviour bounds how long a read may take.
+
+use std::io;
+use std::marker::PhantomData;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+
+use crate::wire;
+
+/// A message type with its own encoding and size limit.
+pub trait Message: Sized + Send {
+    const MAX_BYTES: usize;
+    fn encode(&self) -> Result<Vec<u8>, wire::Error>;
+    fn decode(bytes: &[u8]) -> Result<Self, wire::Error>;
+}
+
+impl Message for wire::sync::SyncRequest {
+    const MAX_BYTES: usize = wire::sync::MAX_REQUEST_BYTES;
+    fn encode(&self) -> Result<Vec<u8>, wire::Error> {
+        wire::sync::SyncRequest::encode(self)
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, wire::Error> {
+        wire::sync::SyncRequest::decode(bytes)
+    }
+}
+
+impl Message for wire::sync::SyncResponse {
+    const MAX_BYTES: usize = wire::sync::MAX_RESPONSE_BYTES;
+    fn encode(&self) -> Result<Vec<u8>, wire::Error> {
+        wire::sync::SyncResponse::encode(self)
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, wire::Error> {
+        wire::sync::SyncResponse::decode(bytes)
+    }
+}
+
+/// Codec for a request type and a response type.
+pub struct Codec<Req, Resp>(PhantomData<fn() -> (Req, Resp)>);
+
+impl<Req, Resp> Clone for Codec<Req, Resp> {
+    fn clone(&self) -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<Req, Resp> Default for Codec<Req, Resp> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+async fn read_limited<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    limit: usize,
+) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    io.take(limit as u64 + 1).read_to_end(&mut buf).await?;
+    if buf.len() > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "message over its size limit",
+        ));
+    }
+    Ok(buf)
+}
+
+fn invalid(e: wire::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl<Req: Message + 'static, Resp: Message + 'static> libp2p::request_response::Codec
+    for Codec<Req, Resp>
+{
+    type Protocol = StreamProtocol;
+    type Request = Req;
+    type Response = Resp;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let bytes = read_limited(io, Req::MAX_BYTES).await?;
+        Req::decode(&bytes).map_err(invalid)
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let bytes = read_limited(io, Resp::MAX_BYTES).await?;
+        Resp::decode(&bytes).map_err(invalid)
+    }
+
+    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Req) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&req.encode().map_err(invalid)?).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        resp: Resp,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&resp.encode().map_err(invalid)?).await?;
+        io.close().await
+    }
+}
