@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, Discovered};
@@ -42,7 +42,9 @@ impl Catalog {
 
 struct Update {
     backend: String,
-    found: Vec<Discovered>,
+    /// The backend's models, when it lists them; `None`: only its
+    /// availability may have changed.
+    found: Option<Vec<Discovered>>,
 }
 
 /// Everything the owner needs.
@@ -53,6 +55,10 @@ pub struct Setup {
     pub routing: RoutingConfig,
     pub node_id: String,
     pub metrics: Arc<Metrics>,
+    /// Receives this node's entries whenever they change (the mesh announces them).
+    pub local_out: watch::Sender<Arc<Vec<Entry>>>,
+    /// Other nodes' entries, when the node is part of a mesh.
+    pub remote: Option<watch::Receiver<crate::mesh::View>>,
 }
 
 /// Builds the first table (config capabilities plus one discovery round, bounded
@@ -64,6 +70,7 @@ pub async fn start(
     let mut owner = Owner {
         discovered: BTreeMap::new(),
         cache: HashMap::new(),
+        local: Arc::new(Vec::new()),
         setup,
     };
     let first = futures::future::join_all(owner.setup.backends.iter().map(|b| {
@@ -79,7 +86,8 @@ pub async fn start(
             owner.discovered.insert(backend, found);
         }
     }
-    let table = owner.build().await?;
+    owner.build_local().await?;
+    let table = owner.assemble().await?;
     let catalog = Catalog {
         table: Arc::new(ArcSwap::from_pointee(table)),
     };
@@ -113,20 +121,25 @@ async fn probe_loop(backend: Arc<Backend>, tx: mpsc::Sender<Update>, cancel: Can
     let mut tick = tokio::time::interval(backend.config.refresh);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first round ran at start
+    let mut was_up = backend.is_available();
     loop {
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Some(found) = probe_once(&backend).await {
-            let update = Update {
-                backend: backend.name().to_owned(),
-                found,
-            };
-            if tx.send(update).await.is_err() {
-                return;
-            }
+        let found = probe_once(&backend).await;
+        let up = backend.is_available();
+        if found.is_none() && up == was_up {
+            continue;
+        }
+        was_up = up;
+        let update = Update {
+            backend: backend.name().to_owned(),
+            found,
+        };
+        if tx.send(update).await.is_err() {
+            return;
         }
     }
 }
@@ -138,6 +151,8 @@ struct Owner {
     discovered: BTreeMap<String, Vec<Discovered>>,
     /// Embeddings of capability texts, pruned to what the table uses.
     cache: HashMap<String, Vec<f32>>,
+    /// This node's entries as last built.
+    local: Arc<Vec<Entry>>,
 }
 
 impl Owner {
@@ -148,17 +163,35 @@ impl Owner {
         cancel: CancellationToken,
     ) {
         loop {
-            let update = tokio::select! {
+            let remote_changed = async {
+                match self.setup.remote.as_mut() {
+                    Some(r) => r.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
-                u = rx.recv() => match u { Some(u) => u, None => return },
-            };
-            if self.discovered.get(&update.backend) == Some(&update.found) {
-                continue;
+                u = rx.recv() => {
+                    let Some(update) = u else { return };
+                    if let Some(found) = update.found
+                        && self.discovered.get(&update.backend) != Some(&found)
+                    {
+                        tracing::info!(backend = %update.backend, models = found.len(), "backend's models changed");
+                        self.discovered.insert(update.backend, found);
+                    }
+                    if let Err(e) = self.build_local().await {
+                        tracing::warn!(error = %e, "could not rebuild this node's capabilities; keeping the old ones");
+                        continue;
+                    }
+                }
+                ok = remote_changed => {
+                    if !ok {
+                        self.setup.remote = None;
+                    }
+                }
             }
-            tracing::info!(backend = %update.backend, models = update.found.len(), "backend's models changed");
-            self.discovered.insert(update.backend, update.found);
-            match self.build().await {
+            match self.assemble().await {
                 Ok(table) => catalog.table.store(Arc::new(table)),
                 Err(e) => {
                     tracing::warn!(error = %e, "could not rebuild the route table; keeping the old one")
@@ -206,7 +239,9 @@ impl Owner {
         out
     }
 
-    async fn build(&mut self) -> Result<Table, crate::embed::Error> {
+    /// Recomputes this node's entries (embedding only new texts) and hands them
+    /// to the mesh when they changed.
+    async fn build_local(&mut self) -> Result<(), crate::embed::Error> {
         let caps = self.capabilities();
         let mut wanted: Vec<String> = Vec::new();
         for c in &caps {
@@ -243,14 +278,37 @@ impl Owner {
                 .iter()
                 .filter_map(|t| self.cache.get(t).cloned())
                 .collect();
+            let available = self
+                .setup
+                .backends
+                .iter()
+                .find(|b| b.name() == capability.backend)
+                .is_some_and(|b| b.is_available());
             entries.push(Entry {
                 vector: capability_vector(&examples, profile, weight),
                 prototypes: capability_prototypes(&examples, profile, weight, prototypes),
                 node: self.setup.node_id.clone(),
                 local: true,
-                available: true,
+                available,
                 capability,
             });
+        }
+        let changed = entries.len() != self.local.len()
+            || entries.iter().zip(self.local.iter()).any(|(a, b)| {
+                a.capability != b.capability || a.available != b.available || a.vector != b.vector
+            });
+        if changed {
+            self.local = Arc::new(entries);
+            self.setup.local_out.send_replace(self.local.clone());
+        }
+        Ok(())
+    }
+
+    /// The table of local and remote entries (index built off the runtime).
+    async fn assemble(&mut self) -> Result<Table, crate::embed::Error> {
+        let mut entries: Vec<Entry> = self.local.as_ref().clone();
+        if let Some(remote) = &self.setup.remote {
+            entries.extend(remote.borrow().entries.iter().cloned());
         }
         self.setup.metrics.capabilities.set(entries.len() as i64);
         let table = tokio::task::spawn_blocking(move || Table::new(entries))

@@ -65,6 +65,15 @@ pub struct StartArgs {
     /// Data directory (identity key).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Mesh listen address (multiaddr); repeat for several.
+    #[arg(long)]
+    pub listen: Vec<String>,
+    /// Peer to join through (multiaddr with /p2p/<id>); repeat for several.
+    #[arg(long)]
+    pub bootstrap: Vec<String>,
+    /// Do not discover peers on the local network.
+    #[arg(long)]
+    pub no_mdns: bool,
 }
 
 #[derive(Debug, Args)]
@@ -95,8 +104,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Overrides {
                 http: args.http,
                 data_dir: args.data_dir,
+                listen: args.listen,
+                bootstrap: args.bootstrap,
+                no_mdns: args.no_mdns,
             }
             .apply(&mut config);
+            config.validate()?;
             let node = Node::start(config).await?;
             shutdown_signal().await;
             node.shutdown().await;

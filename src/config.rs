@@ -21,6 +21,8 @@ pub struct Config {
     pub embedder: EmbedderConfig,
     /// How `model: "auto"` is decided.
     pub routing: RoutingConfig,
+    /// The peer-to-peer mesh.
+    pub mesh: MeshConfig,
     /// Backends that run requests (`[[backend]]`).
     #[serde(rename = "backend")]
     pub backends: Vec<BackendConfig>,
@@ -75,6 +77,56 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(300),
             max_concurrent_requests: 1024,
         }
+    }
+}
+
+/// `[mesh]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeshConfig {
+    /// Join the mesh at all; `false` makes a standalone node.
+    pub enabled: bool,
+    /// Multiaddrs to listen on (TCP and QUIC).
+    pub listen: Vec<String>,
+    /// Peers to join through, `/ip4/../tcp/../p2p/<id>`, `/dns4/..`, `/dnsaddr/..`;
+    /// dialled again with backoff while unreachable.
+    pub bootstrap: Vec<String>,
+    /// Discover peers on the local network with mDNS.
+    pub mdns: bool,
+    /// How long other nodes keep this node's routes without a refresh (it
+    /// refreshes every third of it).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Connections without traffic are closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/11450".into(),
+                "/ip4/0.0.0.0/udp/11450/quic-v1".into(),
+            ],
+            bootstrap: Vec::new(),
+            mdns: true,
+            ttl: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl MeshConfig {
+    /// Parses the addresses, naming the first bad one.
+    pub fn addrs(list: &[String]) -> Result<Vec<libp2p::Multiaddr>, Error> {
+        list.iter()
+            .map(|a| {
+                a.parse()
+                    .map_err(|e| Error::Invalid(format!("mesh address {a:?}: {e}")))
+            })
+            .collect()
     }
 }
 
@@ -294,6 +346,12 @@ impl Config {
         if !(8..=512).contains(&self.embedder.max_tokens) {
             return invalid("embedder.max_tokens must be between 8 and 512".into());
         }
+        MeshConfig::addrs(&self.mesh.listen)?;
+        MeshConfig::addrs(&self.mesh.bootstrap)?;
+        let ttl = self.mesh.ttl.as_secs();
+        if !(5..=3600).contains(&ttl) {
+            return invalid("mesh.ttl must be between 5s and 1h".into());
+        }
         if self.http.max_concurrent_requests == 0 {
             return invalid("http.max_concurrent_requests must be at least 1".into());
         }
@@ -311,6 +369,11 @@ impl Config {
 pub struct Overrides {
     pub http: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
+    /// Replaces `mesh.listen` when not empty.
+    pub listen: Vec<String>,
+    /// Replaces `mesh.bootstrap` when not empty.
+    pub bootstrap: Vec<String>,
+    pub no_mdns: bool,
 }
 
 impl Overrides {
@@ -321,6 +384,15 @@ impl Overrides {
         }
         if let Some(dir) = self.data_dir {
             config.node.data_dir = dir;
+        }
+        if !self.listen.is_empty() {
+            config.mesh.listen = self.listen;
+        }
+        if !self.bootstrap.is_empty() {
+            config.mesh.bootstrap = self.bootstrap;
+        }
+        if self.no_mdns {
+            config.mesh.mdns = false;
         }
     }
 }
@@ -412,9 +484,14 @@ mod tests {
         Overrides {
             http: Some("127.0.0.1:9999".parse().expect("addr")),
             data_dir: Some("/tmp/x".into()),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            bootstrap: Vec::new(),
+            no_mdns: true,
         }
         .apply(&mut config);
         assert_eq!(config.http.listen.port(), 9999);
         assert_eq!(config.data_dir(), PathBuf::from("/tmp/x"));
+        assert_eq!(config.mesh.listen, vec!["/ip4/127.0.0.1/tcp/0".to_owned()]);
+        assert!(!config.mesh.mdns);
     }
 }

@@ -54,7 +54,22 @@ pub struct Setup {
     pub ttl: Duration,
     pub dim: usize,
     pub metrics: Arc<Metrics>,
+    /// Where forwarded requests go to be served (see [`Inbound`]).
+    pub intents: mpsc::Sender<Inbound>,
 }
+
+/// A request forwarded by a peer, to be answered with
+/// [`network::Client::answer_intent`].
+#[derive(Debug)]
+pub struct Inbound {
+    pub id: network::InboundId,
+    pub peer: PeerId,
+    pub request: crate::wire::intent::IntentRequest,
+}
+
+/// Forwarded requests waiting to be served; when full, new ones are answered
+/// 503 at once.
+pub const INBOUND_CAPACITY: usize = 256;
 
 /// Starts the mesh task; the returned receiver follows what other nodes offer.
 pub fn start(
@@ -254,6 +269,23 @@ impl Task {
                     updates,
                 };
                 let _ = self.setup.client.answer_sync(id, response).await;
+            }
+            Event::Intent { id, peer, request } => {
+                if let Err(
+                    mpsc::error::TrySendError::Full(inbound)
+                    | mpsc::error::TrySendError::Closed(inbound),
+                ) = self.setup.intents.try_send(Inbound { id, peer, request })
+                {
+                    let body = serde_json::json!({"error": {
+                        "message": "The node is too busy to take forwarded requests.",
+                        "type": "api_error", "param": null, "code": "overloaded"}});
+                    let response = crate::wire::intent::IntentResponse {
+                        version: crate::wire::intent::VERSION,
+                        status: 503,
+                        body: serde_json::to_vec(&body).unwrap_or_default(),
+                    };
+                    let _ = self.setup.client.answer_intent(inbound.id, response).await;
+                }
             }
             Event::PeerConnected(_) => {
                 self.setup.metrics.peers.inc();

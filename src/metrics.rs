@@ -51,6 +51,7 @@ pub struct Metrics {
     pub gossip_updates: Family<ResultLabel, Counter>,
     pub peers: Gauge,
     pub remote_origins: Gauge,
+    pub forwards: Family<ResultLabel, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -115,8 +116,15 @@ impl Default for Metrics {
             "Other nodes whose routes are held",
             remote_origins.clone(),
         );
+        let forwards = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "forwards",
+            "Requests forwarded to other nodes, by result (ok, failover, failed, served)",
+            forwards.clone(),
+        );
         Self {
             registry,
+            forwards,
             gossip_updates,
             peers,
             remote_origins,
@@ -143,6 +151,14 @@ impl Metrics {
 
     pub fn gossip(&self, result: &str) {
         self.gossip_updates
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn forward(&self, result: &str) {
+        self.forwards
             .get_or_create(&ResultLabel {
                 result: result.to_owned(),
             })

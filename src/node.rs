@@ -1,5 +1,9 @@
 //! The composition root: builds every part of a node from its [`Config`] and runs
 //! them until shutdown.
+//!
+//! Shutdown order matters: the HTTP server stops taking requests, the mesh task
+//! announces the withdrawal of this node's routes, and only then does the
+//! network stop (it flushes what is queued before closing connections).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -7,17 +11,29 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::Backend;
 use crate::catalog::{self, Catalog};
-use crate::config::Config;
+use crate::config::{Config, MeshConfig};
 use crate::embed::Embedder;
 use crate::http::{self, AppState};
 use crate::identity;
+use crate::mesh;
 use crate::metrics::Metrics;
+use crate::network;
 use crate::routing::Router;
+
+/// Forwarded requests served at once; more wait in the mesh's bounded queue.
+const INBOUND_CONCURRENCY: usize = 64;
+
+struct MeshTasks {
+    mesh: JoinHandle<()>,
+    network: JoinHandle<()>,
+    network_cancel: CancellationToken,
+}
 
 /// A running node.
 pub struct Node {
@@ -26,13 +42,16 @@ pub struct Node {
     /// This node's PeerId.
     pub peer_id: libp2p::identity::PeerId,
     pub catalog: Catalog,
+    /// The network handle, when the node is part of a mesh.
+    pub network: Option<network::Client>,
     app: axum::Router,
     cancel: CancellationToken,
     server: JoinHandle<()>,
+    mesh: Option<MeshTasks>,
 }
 
 impl Node {
-    /// Starts a node: identity, embedder, backends, route table, HTTP API.
+    /// Starts a node: identity, embedder, backends, mesh, route table, HTTP API.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
         let data_dir = config.data_dir();
@@ -49,6 +68,47 @@ impl Node {
         }
         let metrics = Arc::new(Metrics::default());
         let cancel = CancellationToken::new();
+
+        let (local_tx, local_rx) = watch::channel(Arc::new(Vec::new()));
+        let (intents_tx, intents_rx) = mpsc::channel(mesh::INBOUND_CAPACITY);
+        let mut mesh_tasks = None;
+        let mut network_client = None;
+        let mut remote_view = None;
+        if config.mesh.enabled {
+            let network_cancel = CancellationToken::new();
+            let net_config = network::Config {
+                listen: MeshConfig::addrs(&config.mesh.listen)?,
+                bootstrap: MeshConfig::addrs(&config.mesh.bootstrap)?,
+                mdns: config.mesh.mdns,
+                node_name: config.node.name.clone(),
+                dim: embedder.dim(),
+                idle_timeout: config.mesh.idle_timeout,
+            };
+            let (client, events, network_task) =
+                network::spawn(&keypair, net_config, network_cancel.clone())?;
+            let (view, mesh_task) = mesh::start(
+                mesh::Setup {
+                    key: keypair.clone(),
+                    client: client.clone(),
+                    events,
+                    local: local_rx,
+                    node_name: config.node.name.clone(),
+                    ttl: config.mesh.ttl,
+                    dim: embedder.dim(),
+                    metrics: metrics.clone(),
+                    intents: intents_tx,
+                },
+                cancel.child_token(),
+            );
+            mesh_tasks = Some(MeshTasks {
+                mesh: mesh_task,
+                network: network_task,
+                network_cancel,
+            });
+            network_client = Some(client);
+            remote_view = Some(view);
+        }
+
         let catalog = catalog::start(
             catalog::Setup {
                 configured: config.capabilities.clone(),
@@ -57,6 +117,8 @@ impl Node {
                 routing: config.routing.clone(),
                 node_id: peer_id.to_base58(),
                 metrics: metrics.clone(),
+                local_out: local_tx,
+                remote: remote_view.clone(),
             },
             cancel.child_token(),
         )
@@ -73,7 +135,17 @@ impl Node {
             node_name: config.node.name.clone(),
             started_unix: http::unix_now(),
             started: Instant::now(),
+            network: network_client.clone(),
+            mesh: remote_view,
         });
+        if let Some(client) = &network_client {
+            tokio::spawn(serve_forwarded(
+                state.clone(),
+                client.clone(),
+                intents_rx,
+                cancel.child_token(),
+            ));
+        }
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.http.listen))?;
@@ -88,14 +160,16 @@ impl Node {
                 tracing::error!(error = %e, "http server stopped");
             }
         });
-        tracing::info!(%peer_id, http = %http_addr, name = %config.node.name, "node started");
+        tracing::info!(%peer_id, http = %http_addr, name = %config.node.name, mesh = config.mesh.enabled, "node started");
         Ok(Self {
             http_addr,
             peer_id,
             catalog,
+            network: network_client,
             app,
             cancel,
             server,
+            mesh: mesh_tasks,
         })
     }
 
@@ -104,10 +178,43 @@ impl Node {
         self.app.clone()
     }
 
-    /// Stops accepting requests, lets in-flight ones finish, stops the tasks.
+    /// Stops accepting requests, lets in-flight ones finish, withdraws this
+    /// node's routes from the mesh, then stops the network.
     pub async fn shutdown(self) {
         self.cancel.cancel();
         let _ = self.server.await;
+        if let Some(m) = self.mesh {
+            let _ = m.mesh.await;
+            m.network_cancel.cancel();
+            let _ = m.network.await;
+        }
         tracing::info!("node stopped");
+    }
+}
+
+/// Serves requests that peers forward to this node, a bounded number at once.
+async fn serve_forwarded(
+    state: AppState,
+    client: network::Client,
+    mut inbound: mpsc::Receiver<mesh::Inbound>,
+    cancel: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            n = inbound.recv() => match n { Some(n) => n, None => return },
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let state = state.clone();
+        let client = client.clone();
+        tokio::spawn(async move {
+            let response = http::serve_forwarded(&state, next.request).await;
+            let _ = client.answer_intent(next.id, response).await;
+            drop(permit);
+        });
     }
 }

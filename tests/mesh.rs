@@ -85,6 +85,7 @@ async fn spawn_node(seed: u8, bootstrap: Vec<Multiaddr>, ttl: Duration) -> TestN
             ttl,
             dim: DIM,
             metrics: Arc::new(Metrics::default()),
+            intents: tokio::sync::mpsc::channel(1).0,
         },
         mesh_cancel.clone(),
     );

@@ -125,10 +125,54 @@ pub async fn route(
     })))
 }
 
-/// `GET /v1/mesh/capabilities`: every capability in the route table.
+/// `GET /v1/mesh/peers`: connected peers and this node's listen addresses.
+pub async fn peers(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let Some(client) = &state.network else {
+        return Ok(Json(
+            json!({"object": "list", "mesh": false, "peer_id": state.node_id, "listen": [], "data": []}),
+        ));
+    };
+    let peers = client
+        .peers()
+        .await
+        .map_err(|e| ApiError::internal("peers", e))?;
+    let listen: Vec<String> = client
+        .listen_addrs()
+        .await
+        .map_err(|e| ApiError::internal("listen addrs", e))?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    Ok(Json(json!({
+        "object": "list",
+        "mesh": true,
+        "peer_id": state.node_id,
+        "listen": listen,
+        "data": peers,
+    })))
+}
+
+/// `GET /v1/mesh/capabilities`: every capability in the route table, with the
+/// node that offers it and, for other nodes', the age and seq of their update.
 pub async fn capabilities(State(state): State<AppState>) -> Json<Value> {
     let table = state.catalog.table();
     let up = proxy::available(&state);
+    let origins: std::collections::HashMap<String, (u64, u64, String)> = state
+        .mesh
+        .as_ref()
+        .map(|m| {
+            m.borrow()
+                .origins
+                .iter()
+                .map(|o| {
+                    (
+                        o.peer.to_base58(),
+                        (o.seq, o.received.elapsed().as_secs(), o.node_name.clone()),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let data: Vec<Value> = table
         .entries()
         .iter()
@@ -146,6 +190,9 @@ pub async fn capabilities(State(state): State<AppState>) -> Json<Value> {
                 "available": up(e),
                 "source": c.source,
                 "backend": if e.local { Value::String(c.backend.clone()) } else { Value::Null },
+                "node_name": if e.local { Some(state.node_name.clone()) } else { origins.get(&e.node).map(|o| o.2.clone()) },
+                "seq": origins.get(&e.node).map(|o| o.0),
+                "age_secs": origins.get(&e.node).map(|o| o.1),
             })
         })
         .collect();

@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 pub use error::{ApiError, ApiJson};
+pub use proxy::serve_forwarded;
 
 use crate::backend::Backend;
 use crate::catalog::Catalog;
@@ -46,6 +47,10 @@ pub struct Inner {
     /// Unix seconds at start, reported as `created` of models.
     pub started_unix: u64,
     pub started: Instant,
+    /// The network, when the node is part of a mesh.
+    pub network: Option<crate::network::Client>,
+    /// What other nodes offer, when the node is part of a mesh.
+    pub mesh: Option<tokio::sync::watch::Receiver<crate::mesh::View>>,
 }
 
 impl AppState {
@@ -80,6 +85,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models/{*id}", get(info::model))
         .route("/v1/route", post(info::route))
         .route("/v1/mesh/capabilities", get(info::capabilities))
+        .route("/v1/mesh/peers", get(info::peers))
         .route("/metrics", get(info::metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()

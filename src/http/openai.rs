@@ -24,7 +24,7 @@ const ROUTING_CHARS: usize = 4000;
 /// Inputs accepted in one embeddings request (OpenAI's own limit).
 const MAX_EMBED_INPUTS: usize = 2048;
 
-fn object(body: Value) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn object(body: Value) -> Result<Map<String, Value>, ApiError> {
     match body {
         Value::Object(map) => Ok(map),
         _ => Err(ApiError::invalid(

@@ -8,7 +8,7 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{StreamProtocol, gossipsub, identify, kad, mdns, ping, request_response};
 
 use super::codec::Codec;
-use crate::wire::{self, sync};
+use crate::wire::{self, intent, sync};
 
 /// Sync exchanges are small and rare: a whole snapshot must arrive in this time.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -16,6 +16,12 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 const SYNC_CONCURRENT: usize = 8;
 
 pub type SyncCodec = Codec<sync::SyncRequest, sync::SyncResponse>;
+pub type IntentCodec = Codec<intent::IntentRequest, intent::IntentResponse>;
+
+/// Longest a forwarded request may take (the HTTP request deadline's ceiling).
+const INTENT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Concurrent inbound forwarded requests per connection.
+const INTENT_CONCURRENT: usize = 256;
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
@@ -24,6 +30,7 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub sync: request_response::Behaviour<SyncCodec>,
+    pub intent: request_response::Behaviour<IntentCodec>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
@@ -67,6 +74,16 @@ impl Behaviour {
                 .with_request_timeout(SYNC_TIMEOUT)
                 .with_max_concurrent_streams(SYNC_CONCURRENT),
         );
+        let intent = request_response::Behaviour::with_codec(
+            IntentCodec::default(),
+            [(
+                StreamProtocol::new(wire::INTENT_PROTOCOL),
+                request_response::ProtocolSupport::Full,
+            )],
+            request_response::Config::default()
+                .with_request_timeout(INTENT_TIMEOUT)
+                .with_max_concurrent_streams(INTENT_CONCURRENT),
+        );
         let mdns = if enable_mdns {
             Some(
                 mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
@@ -81,6 +98,7 @@ impl Behaviour {
             identify,
             ping: ping::Behaviour::default(),
             sync,
+            intent,
             mdns: mdns.into(),
         })
     }

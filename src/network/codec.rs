@@ -38,6 +38,26 @@ impl Message for wire::sync::SyncResponse {
     }
 }
 
+impl Message for wire::intent::IntentRequest {
+    const MAX_BYTES: usize = wire::intent::MAX_REQUEST_BYTES;
+    fn encode(&self) -> Result<Vec<u8>, wire::Error> {
+        wire::intent::IntentRequest::encode(self)
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, wire::Error> {
+        wire::intent::IntentRequest::decode(bytes)
+    }
+}
+
+impl Message for wire::intent::IntentResponse {
+    const MAX_BYTES: usize = wire::intent::MAX_RESPONSE_BYTES;
+    fn encode(&self) -> Result<Vec<u8>, wire::Error> {
+        wire::intent::IntentResponse::encode(self)
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, wire::Error> {
+        wire::intent::IntentResponse::decode(bytes)
+    }
+}
+
 /// Codec for a request type and a response type.
 pub struct Codec<Req, Resp>(PhantomData<fn() -> (Req, Resp)>);
 

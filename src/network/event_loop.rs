@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use libp2p::identity::{Keypair, PeerId};
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, ResponseChannel};
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, Swarm, gossipsub, identify, kad, mdns, noise, ping, tcp, yamux};
 use tokio::sync::mpsc;
@@ -16,6 +16,7 @@ use super::behaviour::{Behaviour, BehaviourEvent};
 use super::{
     Command, Config, Error, Event, InboundId, MessageRef, PeerInfo, Verdict, routes_topic,
 };
+use crate::wire::intent::{IntentRequest, IntentResponse};
 use crate::wire::route::SignedRouteUpdate;
 use crate::wire::sync::{self, SyncRequest, SyncResponse};
 
@@ -54,6 +55,14 @@ pub struct EventLoop {
     peers: HashMap<PeerId, PeerState>,
     synced: HashSet<PeerId>,
     pending_sync: HashMap<InboundId, ResponseChannel<SyncResponse>>,
+    inbound_intents: HashMap<InboundId, ResponseChannel<IntentResponse>>,
+    outbound_intents: HashMap<
+        OutboundRequestId,
+        (
+            PeerId,
+            tokio::sync::oneshot::Sender<Result<IntentResponse, Error>>,
+        ),
+    >,
     next_inbound: u64,
 }
 
@@ -127,6 +136,8 @@ impl EventLoop {
             peers: HashMap::new(),
             synced: HashSet::new(),
             pending_sync: HashMap::new(),
+            inbound_intents: HashMap::new(),
+            outbound_intents: HashMap::new(),
             next_inbound: 0,
         })
     }
@@ -236,6 +247,27 @@ impl EventLoop {
                         .send_response(channel, response);
                 }
             }
+            Command::Forward {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .intent
+                    .send_request(&peer, request);
+                self.outbound_intents.insert(id, (peer, reply));
+            }
+            Command::AnswerIntent { id, response } => {
+                if let Some(channel) = self.inbound_intents.remove(&id) {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .intent
+                        .send_response(channel, response);
+                }
+            }
             Command::Dial { addr, reply } => {
                 let result = self
                     .swarm
@@ -310,6 +342,7 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Intent(event)) => self.on_intent(event),
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 num_established,
@@ -370,6 +403,50 @@ impl EventLoop {
                     .gossipsub
                     .report_message_validation_result(&id, &source, Verdict::Reject.into());
             }
+        }
+    }
+
+    fn on_intent(&mut self, event: request_response::Event<IntentRequest, IntentResponse>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let id = InboundId(self.next_inbound);
+                self.next_inbound += 1;
+                self.inbound_intents.insert(id, channel);
+                self.emit(Event::Intent { id, peer, request });
+            }
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some((_, reply)) = self.outbound_intents.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some((peer, reply)) = self.outbound_intents.remove(&request_id) {
+                    let _ = reply.send(Err(Error::Forward {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "answering a forwarded request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
         }
     }
 

@@ -23,6 +23,7 @@ use libp2p::{Multiaddr, gossipsub};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::wire::intent::{IntentRequest, IntentResponse};
 use crate::wire::route::{SignedRouteUpdate, Verified};
 use crate::wire::sync::SyncResponse;
 
@@ -61,6 +62,9 @@ pub enum Error {
     /// Dialing failed.
     #[error("dial: {0}")]
     Dial(String),
+    /// A forwarded request got no answer (connection lost, timeout, refused).
+    #[error("forwarding to {peer} failed: {reason}")]
+    Forward { peer: PeerId, reason: String },
     /// The event loop has stopped.
     #[error("the network has stopped")]
     Stopped,
@@ -107,6 +111,12 @@ pub enum Event {
         id: InboundId,
         peer: PeerId,
     },
+    /// A peer forwards a request; answer with [`Client::answer_intent`].
+    Intent {
+        id: InboundId,
+        peer: PeerId,
+        request: IntentRequest,
+    },
     PeerConnected(PeerId),
     PeerDisconnected(PeerId),
 }
@@ -133,6 +143,15 @@ pub(crate) enum Command {
     AnswerSync {
         id: InboundId,
         response: SyncResponse,
+    },
+    Forward {
+        peer: PeerId,
+        request: IntentRequest,
+        reply: oneshot::Sender<Result<IntentResponse, Error>>,
+    },
+    AnswerIntent {
+        id: InboundId,
+        response: IntentResponse,
     },
     Dial {
         addr: Multiaddr,
@@ -185,6 +204,32 @@ impl Client {
     pub async fn answer_sync(&self, id: InboundId, response: SyncResponse) -> Result<(), Error> {
         self.tx
             .send(Command::AnswerSync { id, response })
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// Sends a request to the node that offers its capability; waits for the answer.
+    pub async fn forward(
+        &self,
+        peer: PeerId,
+        request: IntentRequest,
+    ) -> Result<IntentResponse, Error> {
+        self.ask(|reply| Command::Forward {
+            peer,
+            request,
+            reply,
+        })
+        .await?
+    }
+
+    /// Answers a peer's forwarded request.
+    pub async fn answer_intent(
+        &self,
+        id: InboundId,
+        response: IntentResponse,
+    ) -> Result<(), Error> {
+        self.tx
+            .send(Command::AnswerIntent { id, response })
             .await
             .map_err(|_| Error::Stopped)
     }

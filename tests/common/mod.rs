@@ -114,7 +114,46 @@ pub fn config(
     };
     c.backends = backends;
     c.capabilities = capabilities;
+    // Single-node tests stay off the network (no fixed port, no mDNS cross-talk).
+    c.mesh.enabled = false;
     c
+}
+
+/// A config for a mesh node on loopback: ephemeral TCP port, no mDNS.
+pub fn mesh_config(
+    backends: Vec<BackendConfig>,
+    capabilities: Vec<CapabilityConfig>,
+    data_dir: &std::path::Path,
+    bootstrap: Vec<String>,
+) -> Config {
+    let mut c = config(backends, capabilities, data_dir);
+    c.mesh.enabled = true;
+    c.mesh.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+    c.mesh.bootstrap = bootstrap;
+    c.mesh.mdns = false;
+    c
+}
+
+/// A mesh node's dialable address, `/ip4/127.0.0.1/tcp/<port>/p2p/<id>`.
+pub async fn mesh_addr(node: &Node) -> String {
+    let client = node.network.as_ref().expect("mesh enabled");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(a) = client
+            .listen_addrs()
+            .await
+            .expect("listen addrs")
+            .into_iter()
+            .next()
+        {
+            return format!("{a}/p2p/{}", node.peer_id);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "mesh never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 pub async fn start(config: Config) -> Node {

@@ -1,0 +1,199 @@
+//! Whole nodes (embedder, backends, HTTP API, mesh) in one process on loopback:
+//! a request to one node is answered by another node's backend.
+
+mod common;
+
+use atmosphere::config::BackendKind;
+use atmosphere::echo::{Echo, Flavour};
+use atmosphere::node::Node;
+use serde_json::{Value, json};
+
+use common::*;
+
+async fn post(node: &Node, path: &str, body: Value) -> reqwest::Response {
+    tokio::time::timeout(
+        WAIT,
+        reqwest::Client::new()
+            .post(format!("http://{}{path}", node.http_addr))
+            .json(&body)
+            .send(),
+    )
+    .await
+    .expect("answered in time")
+    .expect("node reachable")
+}
+
+async fn has_capability(node: &Node, id: &str) -> bool {
+    node.catalog
+        .table()
+        .entries()
+        .iter()
+        .any(|e| e.capability.id.as_str() == id)
+}
+
+struct Pair {
+    a: Node,
+    b: Node,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+/// Node A offers the llama expert on its backend; node B offers the coder on its
+/// own and joins through A.
+async fn pair() -> Pair {
+    let farm = spawn_echo(Echo::new("farm-backend", Flavour::Openai, &["llama3.2"])).await;
+    let code = spawn_echo(Echo::new(
+        "code-backend",
+        Flavour::Openai,
+        &["qwen2.5-coder"],
+    ))
+    .await;
+    let caps = farm_capabilities("x");
+    let mut llama = caps[0].clone();
+    llama.backend = "farm".into();
+    let mut coder = caps[1].clone();
+    coder.backend = "code".into();
+    let da = tempfile::tempdir().expect("tempdir");
+    let db = tempfile::tempdir().expect("tempdir");
+    let a = start(mesh_config(
+        vec![backend("farm", BackendKind::Openai, farm, false)],
+        vec![llama],
+        da.path(),
+        Vec::new(),
+    ))
+    .await;
+    let b = start(mesh_config(
+        vec![backend("code", BackendKind::Openai, code, false)],
+        vec![coder],
+        db.path(),
+        vec![mesh_addr(&a).await],
+    ))
+    .await;
+    eventually("b learns the llama expert", || {
+        has_capability(&b, "farm/llama-expert")
+    })
+    .await;
+    eventually("a learns the coder", || has_capability(&a, "farm/coder")).await;
+    Pair {
+        a,
+        b,
+        _dirs: (da, db),
+    }
+}
+
+#[tokio::test]
+async fn auto_on_one_node_is_answered_by_the_node_that_fits() {
+    let p = pair().await;
+    let resp = post(
+        &p.b,
+        "/v1/chat/completions",
+        json!({"model": "auto", "messages": [{"role": "user", "content": "What should I feed my alpacas in winter?"}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-atmosphere-route"], "farm/llama-expert");
+    assert_eq!(
+        resp.headers()["x-atmosphere-node"],
+        p.a.peer_id.to_base58().as_str()
+    );
+    let v: Value = resp.json().await.expect("json");
+    let content = v["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("content");
+    assert!(
+        content.starts_with("[farm-backend] model=llama3.2"),
+        "{content}"
+    );
+
+    // The other way round, and with an explicit model.
+    let resp = post(
+        &p.a,
+        "/v1/chat/completions",
+        json!({"model": "farm/coder", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["x-atmosphere-node"],
+        p.b.peer_id.to_base58().as_str()
+    );
+
+    // Mesh-wide listings.
+    let models: Value = reqwest::get(format!("http://{}/v1/models", p.b.http_addr))
+        .await
+        .expect("models")
+        .json()
+        .await
+        .expect("json");
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&"farm/llama-expert") && ids.contains(&"farm/coder"),
+        "{ids:?}"
+    );
+    let caps: Value = reqwest::get(format!("http://{}/v1/mesh/capabilities", p.b.http_addr))
+        .await
+        .expect("caps")
+        .json()
+        .await
+        .expect("json");
+    let remote = caps["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .find(|c| c["id"] == "farm/llama-expert")
+        .expect("remote capability listed");
+    assert_eq!(remote["local"], false);
+    assert!(
+        remote["seq"].as_u64().is_some() && remote["age_secs"].as_u64().is_some(),
+        "{remote}"
+    );
+    let peers: Value = reqwest::get(format!("http://{}/v1/mesh/peers", p.b.http_addr))
+        .await
+        .expect("peers")
+        .json()
+        .await
+        .expect("json");
+    let ids: Vec<&str> = peers["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|x| x["peer_id"].as_str())
+        .collect();
+    assert!(ids.contains(&p.a.peer_id.to_base58().as_str()), "{peers}");
+}
+
+#[tokio::test]
+async fn a_node_that_leaves_takes_its_routes_with_it() {
+    let p = pair().await;
+    let Pair { a, b, _dirs } = p;
+    a.shutdown().await;
+    let table_without = || async { !has_capability(&b, "farm/llama-expert").await };
+    eventually("b drops a's routes after its withdrawal", table_without).await;
+    // Asked explicitly, the capability is now unknown: a clear 404.
+    let resp = post(
+        &b,
+        "/v1/chat/completions",
+        json!({"model": "farm/llama-expert", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), 404);
+    // auto falls back to what is left.
+    let resp = post(
+        &b,
+        "/v1/route",
+        json!({"input": "What should I feed my alpacas in winter?"}),
+    )
+    .await;
+    let v: Value = resp.json().await.expect("json");
+    assert!(
+        v["decision"]["candidates"]
+            .as_array()
+            .expect("candidates")
+            .iter()
+            .all(|c| c["id"] != "farm/llama-expert")
+    );
+}
