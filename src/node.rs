@@ -145,6 +145,8 @@ impl Node {
                 intents_rx,
                 cancel.child_token(),
             ));
+            let incoming = client.accept_streams()?;
+            tokio::spawn(serve_streams(state.clone(), incoming, cancel.child_token()));
         }
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
@@ -214,6 +216,33 @@ async fn serve_forwarded(
         tokio::spawn(async move {
             let response = http::serve_forwarded(&state, next.request).await;
             let _ = client.answer_intent(next.id, response).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Serves streamed requests that peers open to this node, a bounded number at once.
+async fn serve_streams(
+    state: AppState,
+    mut incoming: libp2p_stream::IncomingStreams,
+    cancel: CancellationToken,
+) {
+    use futures::StreamExt;
+    let permits = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
+    loop {
+        let (peer, stream) = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            n = incoming.next() => match n { Some(n) => n, None => return },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Full: dropping the stream resets it; the peer tries another node.
+            tracing::warn!(%peer, "too many streamed requests; one refused");
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            http::serve_stream(state, peer, stream).await;
             drop(permit);
         });
     }

@@ -4,7 +4,7 @@
 mod common;
 
 use atmosphere::config::BackendKind;
-use atmosphere::echo::{Echo, Flavour};
+use atmosphere::echo::{Echo, Fault, Flavour};
 use atmosphere::node::Node;
 use serde_json::{Value, json};
 
@@ -40,7 +40,13 @@ struct Pair {
 /// Node A offers the llama expert on its backend; node B offers the coder on its
 /// own and joins through A.
 async fn pair() -> Pair {
-    let farm = spawn_echo(Echo::new("farm-backend", Flavour::Openai, &["llama3.2"])).await;
+    pair_with(Fault::None).await
+}
+
+async fn pair_with(fault: Fault) -> Pair {
+    let mut farm_echo = Echo::new("farm-backend", Flavour::Openai, &["llama3.2"]);
+    farm_echo.fault = fault;
+    let farm = spawn_echo(farm_echo).await;
     let code = spawn_echo(Echo::new(
         "code-backend",
         Flavour::Openai,
@@ -167,6 +173,47 @@ async fn auto_on_one_node_is_answered_by_the_node_that_fits() {
 }
 
 #[tokio::test]
+async fn streaming_crosses_the_mesh_token_by_token() {
+    let p = pair().await;
+    let resp = post(
+        &p.b,
+        "/v1/chat/completions",
+        json!({"model": "auto", "stream": true, "messages": [{"role": "user", "content": "When should alpacas be shorn?"}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .expect("ct")
+            .starts_with("text/event-stream")
+    );
+    assert_eq!(
+        resp.headers()["x-atmosphere-node"],
+        p.a.peer_id.to_base58().as_str()
+    );
+    let text = resp.text().await.expect("body");
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert!(events.len() > 4, "{events:?}");
+    assert_eq!(*events.last().expect("events"), "data: [DONE]");
+    let content: String = events
+        .iter()
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert!(
+        content.starts_with("[farm-backend] model=llama3.2"),
+        "{content}"
+    );
+}
+
+#[tokio::test]
 async fn a_node_that_leaves_takes_its_routes_with_it() {
     let p = pair().await;
     let Pair { a, b, _dirs } = p;
@@ -196,4 +243,21 @@ async fn a_node_that_leaves_takes_its_routes_with_it() {
             .iter()
             .all(|c| c["id"] != "farm/llama-expert")
     );
+}
+
+#[tokio::test]
+async fn a_stream_that_breaks_on_the_far_node_ends_with_an_error_event() {
+    let p = pair_with(Fault::BreakStream).await;
+    let resp = post(
+        &p.b,
+        "/v1/chat/completions",
+        json!({"model": "farm/llama-expert", "stream": true, "messages": [{"role": "user", "content": "one two three four"}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.expect("body");
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 3, "two chunks, then the error: {events:?}");
+    assert!(events[2].contains("backend_stream_error"), "{}", events[2]);
+    assert!(!text.contains("[DONE]"));
 }

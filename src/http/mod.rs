@@ -4,6 +4,7 @@
 
 mod error;
 mod info;
+mod mesh;
 mod openai;
 mod proxy;
 pub mod sse;
@@ -20,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 pub use error::{ApiError, ApiJson};
-pub use proxy::serve_forwarded;
+pub use mesh::{serve_forwarded, serve_stream};
 
 use crate::backend::Backend;
 use crate::catalog::Catalog;

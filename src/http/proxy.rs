@@ -17,7 +17,7 @@ use crate::metrics::DecisionLabels;
 use crate::routing::{self, Decision, Entry, Need, Outcome};
 
 /// Largest non-streamed response body accepted from a backend.
-const MAX_BACKEND_BODY: usize = 64 * 1024 * 1024;
+pub(super) const MAX_BACKEND_BODY: usize = 64 * 1024 * 1024;
 
 /// The pseudo-model that asks the node to route by meaning.
 pub const AUTO: &str = "auto";
@@ -187,7 +187,7 @@ pub async fn dispatch(
     stream: bool,
 ) -> Result<Response, ApiError> {
     if !target.entry.local {
-        return forward(state, target, op, body, stream).await;
+        return super::mesh::forward(state, target, op, body, stream).await;
     }
     let entry = &target.entry;
     let backend = state
@@ -342,7 +342,7 @@ fn checked_body(
     }
 }
 
-fn json_response(status: StatusCode, bytes: bytes::Bytes) -> Response {
+pub(super) fn json_response(status: StatusCode, bytes: bytes::Bytes) -> Response {
     let mut r = Response::new(Body::from(bytes));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -352,16 +352,7 @@ fn json_response(status: StatusCode, bytes: bytes::Bytes) -> Response {
     r
 }
 
-fn operation(op: Op) -> crate::wire::intent::Operation {
-    use crate::wire::intent::Operation;
-    match op {
-        Op::Chat => Operation::Chat,
-        Op::Completions => Operation::Completions,
-        Op::Embeddings => Operation::Embeddings,
-    }
-}
-
-fn route_headers(r: &mut Response, entry: &Entry, score: Option<f32>) {
+pub(super) fn route_headers(r: &mut Response, entry: &Entry, score: Option<f32>) {
     let h = r.headers_mut();
     if let Ok(v) = HeaderValue::from_str(entry.capability.id.as_str()) {
         h.insert("x-atmosphere-route", v);
@@ -372,175 +363,5 @@ fn route_headers(r: &mut Response, entry: &Entry, score: Option<f32>) {
     let score = score.map_or_else(|| "1.0000".to_owned(), |s| format!("{s:.4}"));
     if let Ok(v) = HeaderValue::from_str(&score) {
         h.insert("x-atmosphere-score", v);
-    }
-}
-
-/// Sends the request to the node that offers the capability; if that node
-/// cannot be reached (or answers 503) before anything was returned, tries the
-/// next candidate.
-async fn forward(
-    state: &AppState,
-    target: Target,
-    op: Op,
-    body: Map<String, Value>,
-    stream: bool,
-) -> Result<Response, ApiError> {
-    use crate::wire::intent::{self, IntentRequest};
-    let Some(client) = state.network.clone() else {
-        return Err(ApiError::internal(
-            "forward",
-            "remote entry without a network",
-        ));
-    };
-    if stream {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "invalid_request_error",
-            format!(
-                "`{}` is offered by another node, and streaming across the mesh is not available in this version. Send the request with \"stream\": false, or to a node that offers the capability itself.",
-                target.entry.capability.id
-            ),
-        )
-        .code("remote_streaming_unavailable"));
-    }
-    let started = Instant::now();
-    let deadline = state.http.request_timeout;
-    let mut candidates = vec![(target.entry, target.score)];
-    candidates.extend(target.fallbacks);
-    let mut last_error = None;
-    for (i, (entry, score)) in candidates.into_iter().enumerate() {
-        if i > 0 {
-            state.metrics.forward("failover");
-        }
-        if entry.local {
-            let t = Target {
-                entry,
-                score,
-                fallbacks: Vec::new(),
-            };
-            return Box::pin(dispatch(state, t, op, body, stream)).await;
-        }
-        let Ok(peer) = entry.node.parse::<libp2p::PeerId>() else {
-            continue;
-        };
-        let mut body = body.clone();
-        body.insert(
-            "model".into(),
-            Value::String(entry.capability.id.to_string()),
-        );
-        let remaining = deadline.saturating_sub(started.elapsed());
-        let request = IntentRequest {
-            version: intent::VERSION,
-            capability: entry.capability.id.to_string(),
-            operation: operation(op),
-            body: serde_json::to_vec(&body).map_err(|e| ApiError::internal("forward", e))?,
-            deadline_ms: remaining.as_millis().min(u128::from(u32::MAX)) as u32,
-            hops: intent::MAX_HOPS - 1,
-        };
-        match tokio::time::timeout(remaining, client.forward(peer, request)).await {
-            Ok(Ok(answer)) if answer.status == 503 => {
-                last_error = Some(format!("node {peer} is overloaded or its backend is down"));
-            }
-            Ok(Ok(answer)) => {
-                state.metrics.forward("ok");
-                let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
-                let mut r = json_response(status, bytes::Bytes::from(answer.body));
-                route_headers(&mut r, &entry, score);
-                return Ok(r);
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(%peer, error = %e, "forwarding failed");
-                last_error = Some(e.to_string());
-            }
-            Err(_) => {
-                state.metrics.forward("timeout");
-                return Err(ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "api_error",
-                    format!("Node {peer} did not answer in time."),
-                )
-                .code("forward_timeout"));
-            }
-        }
-    }
-    state.metrics.forward("failed");
-    Err(ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "api_error",
-        format!(
-            "No node that offers this capability could serve it: {}.",
-            last_error.unwrap_or_else(|| "no reachable node".into())
-        ),
-    )
-    .code("capability_unreachable"))
-}
-
-/// Serves a request forwarded by a peer: the capability must be offered here;
-/// the answer is whatever this node would answer its own client.
-pub async fn serve_forwarded(
-    state: &AppState,
-    request: crate::wire::intent::IntentRequest,
-) -> crate::wire::intent::IntentResponse {
-    use crate::wire::intent::{IntentResponse, Operation, VERSION};
-    state.metrics.forward("served");
-    let result: Result<Response, ApiError> = async {
-        let body: Value = serde_json::from_slice(&request.body).map_err(|e| {
-            ApiError::invalid("body", format!("The forwarded body is not JSON: {e}"))
-                .code("invalid_json")
-        })?;
-        let mut body = super::openai::object(body)?;
-        let id: CapabilityId = request
-            .capability
-            .parse()
-            .map_err(|_| ApiError::model_not_found(&request.capability))?;
-        let table = state.catalog.table();
-        let entry = table
-            .lookup(&id)
-            .find(|e| e.local)
-            .cloned()
-            .ok_or_else(|| ApiError::model_not_found(&request.capability))?;
-        let op = match request.operation {
-            Operation::Chat => Op::Chat,
-            Operation::Completions => Op::Completions,
-            Operation::Embeddings => Op::Embeddings,
-        };
-        // Answers travel whole over this protocol.
-        body.insert("stream".into(), Value::Bool(false));
-        let deadline = std::time::Duration::from_millis(u64::from(request.deadline_ms))
-            .min(state.http.request_timeout);
-        let target = Target {
-            entry,
-            score: None,
-            fallbacks: Vec::new(),
-        };
-        tokio::time::timeout(deadline, dispatch(state, target, op, body, false))
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "api_error",
-                    "The request ran out of time.",
-                )
-                .code("deadline_exceeded")
-            })?
-    }
-    .await;
-    let (status, body) = match result {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            match axum::body::to_bytes(resp.into_body(), MAX_BACKEND_BODY).await {
-                Ok(bytes) => (status, bytes.to_vec()),
-                Err(e) => {
-                    let err = ApiError::internal("serve forwarded", e);
-                    (err.status.as_u16(), err.body().to_string().into_bytes())
-                }
-            }
-        }
-        Err(e) => (e.status.as_u16(), e.body().to_string().into_bytes()),
-    };
-    IntentResponse {
-        version: VERSION,
-        status,
-        body,
     }
 }

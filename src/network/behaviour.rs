@@ -31,6 +31,8 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     pub sync: request_response::Behaviour<SyncCodec>,
     pub intent: request_response::Behaviour<IntentCodec>,
+    /// Streamed answers (`/atmosphere/stream/1.0.0`), used through its `Control`.
+    pub stream: libp2p_stream::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
@@ -99,6 +101,7 @@ impl Behaviour {
             ping: ping::Behaviour::default(),
             sync,
             intent,
+            stream: libp2p_stream::Behaviour::new(),
             mdns: mdns.into(),
         })
     }

@@ -142,6 +142,11 @@ impl EventLoop {
         })
     }
 
+    /// A handle for opening and accepting raw streams.
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.swarm.behaviour().stream.new_control()
+    }
+
     pub async fn run(mut self) {
         let mut redial = tokio::time::interval(Duration::from_millis(500));
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

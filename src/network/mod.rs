@@ -14,6 +14,7 @@
 mod behaviour;
 mod codec;
 mod event_loop;
+pub mod frames;
 
 use std::time::Duration;
 
@@ -170,6 +171,9 @@ pub(crate) enum Command {
 pub struct Client {
     tx: mpsc::Sender<Command>,
     peer_id: PeerId,
+    /// Opens and accepts raw streams; a handle to the stream behaviour's own
+    /// channels (it never touches the Swarm).
+    streams: libp2p_stream::Control,
 }
 
 impl Client {
@@ -234,6 +238,28 @@ impl Client {
             .map_err(|_| Error::Stopped)
     }
 
+    /// Opens a `/atmosphere/stream/1.0.0` stream to a peer.
+    pub async fn open_stream(&self, peer: PeerId) -> Result<libp2p::Stream, Error> {
+        let protocol = libp2p::StreamProtocol::new(crate::wire::STREAM_PROTOCOL);
+        self.streams
+            .clone()
+            .open_stream(peer, protocol)
+            .await
+            .map_err(|e| Error::Forward {
+                peer,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Inbound `/atmosphere/stream/1.0.0` streams; call once.
+    pub fn accept_streams(&self) -> Result<libp2p_stream::IncomingStreams, Error> {
+        let protocol = libp2p::StreamProtocol::new(crate::wire::STREAM_PROTOCOL);
+        self.streams
+            .clone()
+            .accept(protocol)
+            .map_err(|_| Error::Setup("streams are already accepted".into()))
+    }
+
     /// Dials an address (with `/p2p/<id>` or without).
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), Error> {
         self.ask(|reply| Command::Dial { addr, reply }).await?
@@ -262,6 +288,7 @@ pub fn spawn(
     let client = Client {
         tx,
         peer_id: key.public().to_peer_id(),
+        streams: event_loop.stream_control(),
     };
     let handle = tokio::spawn(event_loop.run());
     Ok((client, events_rx, handle))
