@@ -162,7 +162,13 @@ impl Owner {
         mut rx: mpsc::Receiver<Update>,
         cancel: CancellationToken,
     ) {
+        let mut probes_alive = true;
         loop {
+            if !probes_alive && self.setup.remote.is_none() {
+                // Nothing can change any more until shutdown.
+                cancel.cancelled().await;
+                return;
+            }
             let remote_changed = async {
                 match self.setup.remote.as_mut() {
                     Some(r) => r.changed().await.is_ok(),
@@ -172,8 +178,12 @@ impl Owner {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
-                u = rx.recv() => {
-                    let Some(update) = u else { return };
+                u = rx.recv(), if probes_alive => {
+                    // No probes (no backends) or all stopped: keep following the mesh.
+                    let Some(update) = u else {
+                        probes_alive = false;
+                        continue;
+                    };
                     if let Some(found) = update.found
                         && self.discovered.get(&update.backend) != Some(&found)
                     {

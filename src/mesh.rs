@@ -135,6 +135,7 @@ impl Task {
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut expiry = tokio::time::interval(EXPIRY_TICK);
         expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut local_alive = true;
         loop {
             tokio::select! {
                 biased;
@@ -146,9 +147,11 @@ impl Task {
                     Some(e) => self.on_event(e).await,
                     None => break,
                 },
-                changed = self.setup.local.changed() => {
+                changed = self.setup.local.changed(), if local_alive => {
                     if changed.is_err() {
-                        break;
+                        // The catalog stopped (shutdown): keep the last entries.
+                        local_alive = false;
+                        continue;
                     }
                     self.announce().await;
                 }

@@ -83,6 +83,7 @@ impl Node {
                 node_name: config.node.name.clone(),
                 dim: embedder.dim(),
                 idle_timeout: config.mesh.idle_timeout,
+                metrics: metrics.clone(),
             };
             let (client, events, network_task) =
                 network::spawn(&keypair, net_config, network_cancel.clone())?;

@@ -71,6 +71,7 @@ async fn spawn_node(seed: u8, bootstrap: Vec<Multiaddr>, ttl: Duration) -> TestN
         node_name: format!("node-{seed}"),
         dim: DIM,
         idle_timeout: Duration::from_secs(60),
+        metrics: Arc::new(Metrics::default()),
     };
     let (client, events, net) = network::spawn(&key, config, net_cancel.clone()).expect("network");
     let entries = vec![entry(&format!("n{seed}/chat"), seed)];

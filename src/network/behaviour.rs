@@ -23,6 +23,31 @@ const INTENT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Concurrent inbound forwarded requests per connection.
 const INTENT_CONCURRENT: usize = 256;
 
+/// Peer scoring for the route topic. Updates are rare (a refresh every ttl/3),
+/// so mesh-delivery rates (P3) are not scored: honest peers would be punished
+/// for quiet periods. Invalid messages (P4) weigh heavily: one forged or stale
+/// update takes its sender below the graylist threshold (-80), and the
+/// penalty decays over minutes.
+fn score_params() -> gossipsub::PeerScoreParams {
+    let topic = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 100.0,
+        first_message_deliveries_weight: 1.0,
+        first_message_deliveries_decay: 0.9,
+        first_message_deliveries_cap: 20.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -100.0,
+        invalid_message_deliveries_decay: 0.99,
+        ..Default::default()
+    };
+    let mut params = gossipsub::PeerScoreParams::default();
+    params.topics.insert(super::routes_topic().hash(), topic);
+    params
+}
+
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
     pub gossipsub: gossipsub::Behaviour,
@@ -52,11 +77,14 @@ impl Behaviour {
             .validation_mode(gossipsub::ValidationMode::Strict)
             .build()
             .map_err(|e| format!("gossipsub config: {e}"))?;
-        let gossipsub = gossipsub::Behaviour::new(
+        let mut gossipsub = gossipsub::Behaviour::new(
             gossipsub::MessageAuthenticity::Signed(key.clone()),
             gossip_config,
         )
         .map_err(|e| format!("gossipsub: {e}"))?;
+        gossipsub
+            .with_peer_score(score_params(), gossipsub::PeerScoreThresholds::default())
+            .map_err(|e| format!("gossipsub scoring: {e}"))?;
         let mut kad_config = kad::Config::new(StreamProtocol::new(wire::KAD_PROTOCOL));
         kad_config.set_query_timeout(Duration::from_secs(10));
         let kad =

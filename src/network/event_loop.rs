@@ -51,6 +51,7 @@ pub struct EventLoop {
     events: mpsc::Sender<Event>,
     cancel: CancellationToken,
     dim: usize,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     bootstrap: Vec<Redial>,
     peers: HashMap<PeerId, PeerState>,
     synced: HashSet<PeerId>,
@@ -132,6 +133,7 @@ impl EventLoop {
             events,
             cancel,
             dim: config.dim,
+            metrics: config.metrics.clone(),
             bootstrap,
             peers: HashMap::new(),
             synced: HashSet::new(),
@@ -200,6 +202,7 @@ impl EventLoop {
 
     fn emit(&self, event: Event) {
         if let Err(e) = self.events.try_send(event) {
+            self.metrics.gossip("dropped_busy");
             tracing::warn!(error = %e, "node is not keeping up with network events; one dropped");
         }
     }
@@ -293,6 +296,7 @@ impl EventLoop {
                                 .unwrap_or_default(),
                             agent: state.and_then(|s| s.agent.clone()),
                             rtt_ms: state.and_then(|s| s.rtt).map(|d| d.as_secs_f64() * 1e3),
+                            score: self.swarm.behaviour().gossipsub.peer_score(p),
                         }
                     })
                     .collect();
@@ -401,6 +405,7 @@ impl EventLoop {
                 message: MessageRef { id, source },
             }),
             Err(e) => {
+                self.metrics.gossip("invalid");
                 tracing::debug!(%source, error = %e, "rejected a route update");
                 let _ = self
                     .swarm

@@ -38,7 +38,7 @@ const COMMAND_CAPACITY: usize = 256;
 const EVENT_CAPACITY: usize = 1024;
 
 /// How the swarm is set up.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     pub listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
@@ -48,6 +48,8 @@ pub struct Config {
     pub dim: usize,
     /// Connections with no active stream are closed after this long.
     pub idle_timeout: Duration,
+    /// Where rejected messages and dropped events are counted.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// Why a network call failed.
@@ -129,6 +131,8 @@ pub struct PeerInfo {
     pub addresses: Vec<String>,
     pub agent: Option<String>,
     pub rtt_ms: Option<f64>,
+    /// Gossipsub score; negative after invalid messages.
+    pub score: Option<f64>,
 }
 
 #[derive(Debug)]

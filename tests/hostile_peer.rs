@@ -1,0 +1,196 @@
+//! A peer that sends garbage, forged and replayed route updates: every one is
+//! dropped and counted, the peer's gossip score goes negative, and the node
+//! keeps serving. The hostile peer is a bare libp2p gossipsub swarm, as a
+//! peer built on any libp2p implementation could be.
+
+mod common;
+
+use std::time::Duration;
+
+use atmosphere::wire::route::{RouteBody, RouteUpdate, SignedRouteUpdate, VERSION};
+use futures::StreamExt;
+use libp2p::identity::{Keypair, ed25519};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, gossipsub, noise, tcp, yamux};
+use serde_json::Value;
+
+use common::*;
+
+fn key(seed: u8) -> Keypair {
+    ed25519::Keypair::from(ed25519::SecretKey::try_from_bytes([seed; 32]).expect("32 bytes")).into()
+}
+
+fn update(seq: u64) -> RouteUpdate {
+    RouteUpdate {
+        version: VERSION,
+        seq,
+        ttl_secs: 30,
+        node_name: "mallory".into(),
+        dim: 384,
+        body: RouteBody::Full(Vec::new()),
+    }
+}
+
+async fn metric(node: &atmosphere::node::Node, needle: &str) -> u64 {
+    let text = reqwest::get(format!("http://{}/metrics", node.http_addr))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find(|l| l.starts_with(needle))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+type Hostile = libp2p::Swarm<gossipsub::Behaviour>;
+
+/// A bare gossipsub peer connected to the node, once the node's subscription
+/// to the route topic is known.
+async fn hostile(seed: u8, addr: &Multiaddr) -> Hostile {
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key(seed))
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|k| {
+            let config = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(200))
+                .max_transmit_size(2 * 1024 * 1024)
+                .build()
+                .expect("config");
+            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(k.clone()), config)
+                .expect("gossipsub")
+        })
+        .expect("behaviour")
+        .build();
+    swarm
+        .behaviour_mut()
+        .subscribe(&topic())
+        .expect("subscribe");
+    swarm.dial(addr.clone()).expect("dial");
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let SwarmEvent::Behaviour(gossipsub::Event::Subscribed { .. }) =
+                swarm.select_next_some().await
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the node subscribes to the route topic");
+    swarm
+}
+
+fn topic() -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(atmosphere::wire::ROUTES_TOPIC)
+}
+
+/// Publishes messages one after the other, driving the swarm meanwhile.
+async fn send(swarm: &mut Hostile, messages: Vec<Vec<u8>>) {
+    for m in messages {
+        swarm.behaviour_mut().publish(topic(), m).expect("publish");
+        let _ = tokio::time::timeout(Duration::from_millis(100), swarm.select_next_some()).await;
+    }
+}
+
+/// Drives the hostile swarms until the node's counters reach the wanted values.
+async fn wait_counts(node: &atmosphere::node::Node, swarms: &mut [Hostile], want: &[(&str, u64)]) {
+    let check = async {
+        loop {
+            for s in swarms.iter_mut() {
+                let _ = tokio::time::timeout(Duration::from_millis(20), s.select_next_some()).await;
+            }
+            let mut ok = true;
+            for (result, n) in want {
+                let line = format!("atmosphere_gossip_updates_total{{result=\"{result}\"}}");
+                ok &= metric(node, &line).await >= *n;
+            }
+            if ok {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(WAIT, check).await.is_err() {
+        let text = reqwest::get(format!("http://{}/metrics", node.http_addr))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        let gossip: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("gossip") || l.contains("peers"))
+            .collect();
+        panic!("counters never reached {want:?}: {gossip:#?}");
+    }
+}
+
+#[tokio::test]
+async fn garbage_forgeries_and_replays_are_dropped_counted_and_penalised() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(mesh_config(Vec::new(), Vec::new(), dir.path(), Vec::new())).await;
+    let addr: Multiaddr = mesh_addr(&node).await.parse().expect("addr");
+    let origin = key(67);
+    let signed = |seq| SignedRouteUpdate::sign(&update(seq), &origin).expect("sign");
+
+    // A replay: a valid update, then an older one of the same origin.
+    let mut replayer = hostile(66, &addr).await;
+    send(
+        &mut replayer,
+        vec![
+            signed(2_000).encode().expect("e"),
+            signed(1_000).encode().expect("e"),
+        ],
+    )
+    .await;
+    // Bytes that are no route update at all.
+    let mut garbler = hostile(68, &addr).await;
+    send(&mut garbler, vec![b"\x00\xffnot a route update".to_vec()]).await;
+    // A forgery: a valid update with its payload altered after signing.
+    let mut forger = hostile(69, &addr).await;
+    let mut forged = signed(3_000);
+    forged.payload[3] ^= 0x55;
+    send(&mut forger, vec![forged.encode().expect("e")]).await;
+
+    let mut swarms = [replayer, garbler, forger];
+    wait_counts(
+        &node,
+        &mut swarms,
+        &[("accepted", 1), ("stale", 1), ("invalid", 2)],
+    )
+    .await;
+
+    // Each sender of a bad update is scored down (or already graylisted and gone).
+    let peers: Value = reqwest::get(format!("http://{}/v1/mesh/peers", node.http_addr))
+        .await
+        .expect("peers")
+        .json()
+        .await
+        .expect("json");
+    for seed in [66u8, 68, 69] {
+        let id = key(seed).public().to_peer_id().to_base58();
+        if let Some(p) = peers["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .find(|p| p["peer_id"] == id.as_str())
+        {
+            let score = p["score"].as_f64().expect("scored");
+            assert!(
+                score < 0.0,
+                "peer {seed} sent a bad update but scores {score}"
+            );
+        }
+    }
+    let health = reqwest::get(format!("http://{}/health", node.http_addr))
+        .await
+        .expect("health");
+    assert_eq!(health.status(), 200, "the node keeps serving");
+}
