@@ -52,6 +52,11 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List a running node's mesh peers.
+    Peers {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +145,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 emit(&(serde_json::to_string_pretty(&v)? + "\n"))?;
             } else {
                 emit(&print_decision(&v))?;
+            }
+            Ok(())
+        }
+        Command::Peers { client } => {
+            let v = request(&client, reqwest::Method::GET, "/v1/mesh/peers", None).await?;
+            if client.json {
+                emit(&(serde_json::to_string_pretty(&v)? + "\n"))?;
+            } else {
+                emit(&print_peers(&v))?;
             }
             Ok(())
         }
@@ -263,6 +277,35 @@ fn print_capabilities(v: &Value) -> String {
             c["local"].as_bool().unwrap_or(false),
             c["available"].as_bool().unwrap_or(false),
             c["node"].as_str().unwrap_or("")
+        );
+    }
+    s
+}
+
+fn print_peers(v: &Value) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    if v["mesh"] == false {
+        s.push_str("this node is not part of a mesh ([mesh] enabled = false)\n");
+        return s;
+    }
+    let _ = writeln!(s, "node {}", v["peer_id"].as_str().unwrap_or(""));
+    for a in v["listen"].as_array().into_iter().flatten() {
+        let _ = writeln!(s, "  listening on {}", a.as_str().unwrap_or(""));
+    }
+    let _ = writeln!(s, "{:<54} {:>8} {:>8}  agent", "peer", "rtt ms", "score");
+    for p in v["data"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "{:<54} {:>8} {:>8}  {}",
+            p["peer_id"].as_str().unwrap_or(""),
+            p["rtt_ms"]
+                .as_f64()
+                .map_or("-".into(), |r| format!("{r:.2}")),
+            p["score"]
+                .as_f64()
+                .map_or("-".into(), |r| format!("{r:.1}")),
+            p["agent"].as_str().unwrap_or("")
         );
     }
     s

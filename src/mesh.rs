@@ -167,7 +167,7 @@ impl Task {
         }
     }
 
-    fn next_update(&mut self, body: RouteBody) -> RouteUpdate {
+    fn next_update(&mut self, body: RouteBody, addrs: Vec<String>) -> RouteUpdate {
         self.seq = (self.seq + 1).max(unix_ms());
         RouteUpdate {
             version: route::VERSION,
@@ -182,6 +182,7 @@ impl Task {
                 .chars()
                 .take(route::MAX_NODE_NAME / 4)
                 .collect(),
+            addrs,
             dim: self.setup.dim as u16,
             body,
         }
@@ -194,7 +195,8 @@ impl Task {
             .take(route::MAX_CAPABILITIES)
             .map(record)
             .collect();
-        let update = self.next_update(RouteBody::Full(records));
+        let addrs = self.announced_addrs().await;
+        let update = self.next_update(RouteBody::Full(records), addrs);
         match SignedRouteUpdate::sign(&update, &self.setup.key) {
             Ok(signed) => {
                 // Alone, publishing fails; peers that join get the update by sync.
@@ -207,8 +209,22 @@ impl Task {
         }
     }
 
+    /// Where this node can be reached: its listen addresses, unspecified and
+    /// oversized ones left out.
+    async fn announced_addrs(&self) -> Vec<String> {
+        let addrs = self.setup.client.listen_addrs().await.unwrap_or_default();
+        addrs
+            .iter()
+            .map(ToString::to_string)
+            .filter(|a| {
+                !a.contains("/0.0.0.0/") && !a.contains("/::/") && a.len() <= route::MAX_ADDR
+            })
+            .take(route::MAX_ADDRS)
+            .collect()
+    }
+
     async fn withdraw(&mut self) {
-        let update = self.next_update(RouteBody::Withdraw);
+        let update = self.next_update(RouteBody::Withdraw, Vec::new());
         let Ok(signed) = SignedRouteUpdate::sign(&update, &self.setup.key) else {
             return;
         };

@@ -244,6 +244,7 @@ mod tests {
             seq,
             ttl_secs: ttl,
             node_name: "peer".into(),
+            addrs: Vec::new(),
             dim: 2,
             body,
         }

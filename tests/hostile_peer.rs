@@ -26,6 +26,7 @@ fn update(seq: u64) -> RouteUpdate {
         seq,
         ttl_secs: 30,
         node_name: "mallory".into(),
+        addrs: Vec::new(),
         dim: 384,
         body: RouteBody::Full(Vec::new()),
     }

@@ -395,15 +395,34 @@ impl EventLoop {
         }
     }
 
+    /// Addresses an origin signed for itself go into the DHT routing table, so
+    /// that a forwarded request can dial an origin known only by gossip.
+    fn learn_addresses(&mut self, verified: &crate::wire::route::Verified) {
+        if verified.origin == *self.swarm.local_peer_id() {
+            return;
+        }
+        for a in &verified.update.addrs {
+            if let Ok(addr) = a.parse::<Multiaddr>() {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&verified.origin, addr);
+            }
+        }
+    }
+
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, data: Vec<u8>) {
         let checked =
             SignedRouteUpdate::decode(&data).and_then(|s| s.verify(self.dim).map(|v| (v, s)));
         match checked {
-            Ok((verified, signed)) => self.emit(Event::Route {
-                verified: Box::new(verified),
-                signed,
-                message: MessageRef { id, source },
-            }),
+            Ok((verified, signed)) => {
+                self.learn_addresses(&verified);
+                self.emit(Event::Route {
+                    verified: Box::new(verified),
+                    signed,
+                    message: MessageRef { id, source },
+                });
+            }
             Err(e) => {
                 self.metrics.gossip("invalid");
                 tracing::debug!(%source, error = %e, "rejected a route update");
@@ -484,7 +503,10 @@ impl EventLoop {
                 let mut updates = Vec::with_capacity(response.updates.len());
                 for signed in response.updates {
                     match signed.verify(self.dim) {
-                        Ok(v) => updates.push((v, signed)),
+                        Ok(v) => {
+                            self.learn_addresses(&v);
+                            updates.push((v, signed));
+                        }
                         Err(e) => {
                             tracing::debug!(%peer, error = %e, "invalid update in a sync answer")
                         }

@@ -25,6 +25,7 @@ pub fn sample_update(seq: u64) -> RouteUpdate {
         seq,
         ttl_secs: 30,
         node_name: "rob-mac".into(),
+        addrs: vec!["/ip4/192.0.2.7/tcp/11450".into()],
         dim: 4,
         body: RouteBody::Full(vec![CapabilityRecord {
             id: "farm/llama-expert".into(),

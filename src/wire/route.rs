@@ -24,6 +24,9 @@ pub const MAX_TOPICS: usize = 32;
 pub const MAX_TOPIC: usize = 64;
 pub const MAX_DESCRIPTION: usize = 1024;
 pub const MAX_NODE_NAME: usize = 128;
+/// Addresses an origin may announce, and their length.
+pub const MAX_ADDRS: usize = 16;
+pub const MAX_ADDR: usize = 256;
 /// TTL bounds (seconds): expiry cannot be disabled or set absurdly long.
 pub const MIN_TTL_SECS: u32 = 5;
 pub const MAX_TTL_SECS: u32 = 3600;
@@ -105,6 +108,9 @@ pub struct RouteUpdate {
     pub ttl_secs: u32,
     /// Display name of the origin.
     pub node_name: String,
+    /// Multiaddrs the origin listens on, so that nodes it is not connected to
+    /// can reach it when they forward a request.
+    pub addrs: Vec<String>,
     /// Width of every vector.
     pub dim: u16,
     pub body: RouteBody,
@@ -214,6 +220,17 @@ impl RouteUpdate {
             )));
         }
         check_len("node name", &self.node_name, MAX_NODE_NAME)?;
+        if self.addrs.len() > MAX_ADDRS {
+            return Err(Error::Invalid(format!(
+                "{} addresses (max {MAX_ADDRS})",
+                self.addrs.len()
+            )));
+        }
+        for a in &self.addrs {
+            check_len("address", a, MAX_ADDR)?;
+            a.parse::<libp2p::Multiaddr>()
+                .map_err(|e| Error::Invalid(format!("address {a:?}: {e}")))?;
+        }
         let RouteBody::Full(caps) = &self.body else {
             return Ok(());
         };
