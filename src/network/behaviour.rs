@@ -114,11 +114,16 @@ impl Behaviour {
                 .with_request_timeout(INTENT_TIMEOUT)
                 .with_max_concurrent_streams(INTENT_CONCURRENT),
         );
+        // A network without multicast (some containers) must not stop the node:
+        // it still has its bootstrap peers.
         let mdns = if enable_mdns {
-            Some(
-                mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
-                    .map_err(|e| format!("mdns: {e}"))?,
-            )
+            match mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!(error = %e, "mDNS unavailable; relying on bootstrap peers");
+                    None
+                }
+            }
         } else {
             None
         };
