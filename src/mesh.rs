@@ -23,6 +23,9 @@ use crate::wire::sync::{self, SyncResponse};
 
 /// How often expiry is checked.
 const EXPIRY_TICK: Duration = Duration::from_millis(500);
+/// Least time between two announcements of this node's routes; receivers
+/// accept one update per origin and second on average (burst 5).
+const MIN_ANNOUNCE_GAP: Duration = Duration::from_secs(1);
 /// Longest a withdrawal may hold up shutdown.
 const WITHDRAW_WAIT: Duration = Duration::from_millis(500);
 
@@ -136,6 +139,12 @@ impl Task {
         let mut expiry = tokio::time::interval(EXPIRY_TICK);
         expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut local_alive = true;
+        // Changes closer together than MIN_ANNOUNCE_GAP are coalesced into one
+        // update at the end of the gap (peers rate-limit each origin).
+        let mut last_announce: Option<Instant> = None;
+        let mut pending = false;
+        let announce_due = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(announce_due);
         loop {
             tokio::select! {
                 biased;
@@ -153,9 +162,28 @@ impl Task {
                         local_alive = false;
                         continue;
                     }
-                    self.announce().await;
+                    match last_announce {
+                        Some(t) if t.elapsed() < MIN_ANNOUNCE_GAP => {
+                            if !pending {
+                                pending = true;
+                                announce_due.as_mut().reset((t + MIN_ANNOUNCE_GAP).into());
+                            }
+                        }
+                        _ => {
+                            self.announce().await;
+                            last_announce = Some(Instant::now());
+                        }
+                    }
                 }
-                _ = refresh.tick() => self.announce().await,
+                _ = &mut announce_due, if pending => {
+                    pending = false;
+                    self.announce().await;
+                    last_announce = Some(Instant::now());
+                }
+                _ = refresh.tick() => {
+                    self.announce().await;
+                    last_announce = Some(Instant::now());
+                }
                 _ = expiry.tick() => {
                     let gone = self.remote.expire(Instant::now());
                     if !gone.is_empty() {
@@ -200,8 +228,9 @@ impl Task {
         match SignedRouteUpdate::sign(&update, &self.setup.key) {
             Ok(signed) => {
                 // Alone, publishing fails; peers that join get the update by sync.
-                if let Err(e) = self.setup.client.publish(&signed).await {
-                    tracing::debug!(error = %e, "route update not published");
+                match self.setup.client.publish(&signed).await {
+                    Ok(()) => tracing::debug!(seq = update.seq, "route update published"),
+                    Err(e) => tracing::debug!(error = %e, "route update not published"),
                 }
                 self.own = Some(signed);
             }
@@ -253,7 +282,9 @@ impl Task {
                 signed,
                 message,
             } => {
+                let origin = verified.origin;
                 let outcome = self.remote.apply(*verified, signed, Instant::now());
+                tracing::debug!(%origin, outcome = outcome.as_str(), "route update");
                 self.setup.metrics.gossip(outcome.as_str());
                 let verdict = match outcome {
                     Outcome::Accepted | Outcome::Withdrawn => Verdict::Accept,

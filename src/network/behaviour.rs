@@ -27,7 +27,7 @@ const INTENT_CONCURRENT: usize = 256;
 /// so mesh-delivery rates (P3) are not scored: honest peers would be punished
 /// for quiet periods. Invalid messages (P4) weigh heavily: one forged or stale
 /// update takes its sender below the graylist threshold (-80), and the
-/// penalty decays over minutes.
+/// penalty decays over minutes. Address co-location is not penalised.
 fn score_params() -> gossipsub::PeerScoreParams {
     let topic = gossipsub::TopicScoreParams {
         topic_weight: 1.0,
@@ -43,7 +43,12 @@ fn score_params() -> gossipsub::PeerScoreParams {
         invalid_message_deliveries_decay: 0.99,
         ..Default::default()
     };
-    let mut params = gossipsub::PeerScoreParams::default();
+    let mut params = gossipsub::PeerScoreParams {
+        // Many nodes share one address in testnets, on one host or behind one
+        // NAT: co-location is normal here, not a Sybil signal.
+        ip_colocation_factor_weight: 0.0,
+        ..Default::default()
+    };
     params.topics.insert(super::routes_topic().hash(), topic);
     params
 }
