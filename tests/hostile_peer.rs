@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use atmosphere::wire::Message;
 use atmosphere::wire::route::{RouteBody, RouteUpdate, SignedRouteUpdate, VERSION};
 use futures::StreamExt;
 use libp2p::identity::{Keypair, ed25519};

@@ -18,6 +18,7 @@ use super::{ApiError, AppState, sse};
 use crate::backend::Op;
 use crate::capability::CapabilityId;
 use crate::network::{self, frames};
+use crate::wire::Message;
 use crate::wire::intent::{self, IntentRequest, IntentResponse, Operation, StreamFrame};
 
 fn operation(op: Op) -> Operation {

@@ -9,54 +9,7 @@ use std::marker::PhantomData;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 
-use crate::wire;
-
-/// A message type with its own encoding and size limit.
-pub trait Message: Sized + Send {
-    const MAX_BYTES: usize;
-    fn encode(&self) -> Result<Vec<u8>, wire::Error>;
-    fn decode(bytes: &[u8]) -> Result<Self, wire::Error>;
-}
-
-impl Message for wire::sync::SyncRequest {
-    const MAX_BYTES: usize = wire::sync::MAX_REQUEST_BYTES;
-    fn encode(&self) -> Result<Vec<u8>, wire::Error> {
-        wire::sync::SyncRequest::encode(self)
-    }
-    fn decode(bytes: &[u8]) -> Result<Self, wire::Error> {
-        wire::sync::SyncRequest::decode(bytes)
-    }
-}
-
-impl Message for wire::sync::SyncResponse {
-    const MAX_BYTES: usize = wire::sync::MAX_RESPONSE_BYTES;
-    fn encode(&self) -> Result<Vec<u8>, wire::Error> {
-        wire::sync::SyncResponse::encode(self)
-    }
-    fn decode(bytes: &[u8]) -> Result<Self, wire::Error> {
-        wire::sync::SyncResponse::decode(bytes)
-    }
-}
-
-impl Message for wire::intent::IntentRequest {
-    const MAX_BYTES: usize = wire::intent::MAX_REQUEST_BYTES;
-    fn encode(&self) -> Result<Vec<u8>, wire::Error> {
-        wire::intent::IntentRequest::encode(self)
-    }
-    fn decode(bytes: &[u8]) -> Result<Self, wire::Error> {
-        wire::intent::IntentRequest::decode(bytes)
-    }
-}
-
-impl Message for wire::intent::IntentResponse {
-    const MAX_BYTES: usize = wire::intent::MAX_RESPONSE_BYTES;
-    fn encode(&self) -> Result<Vec<u8>, wire::Error> {
-        wire::intent::IntentResponse::encode(self)
-    }
-    fn decode(bytes: &[u8]) -> Result<Self, wire::Error> {
-        wire::intent::IntentResponse::decode(bytes)
-    }
-}
+use crate::wire::{self, Message};
 
 /// Codec for a request type and a response type.
 pub struct Codec<Req, Resp>(PhantomData<fn() -> (Req, Resp)>);
@@ -92,7 +45,7 @@ fn invalid(e: wire::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
-impl<Req: Message + 'static, Resp: Message + 'static> libp2p::request_response::Codec
+impl<Req: Message + Send + 'static, Resp: Message + Send + 'static> libp2p::request_response::Codec
     for Codec<Req, Resp>
 {
     type Protocol = StreamProtocol;

@@ -16,6 +16,7 @@ use super::behaviour::{Behaviour, BehaviourEvent};
 use super::{
     Command, Config, Error, Event, InboundId, MessageRef, PeerInfo, Verdict, routes_topic,
 };
+use crate::wire::Message;
 use crate::wire::intent::{IntentRequest, IntentResponse};
 use crate::wire::route::SignedRouteUpdate;
 use crate::wire::sync::{self, SyncRequest, SyncResponse};

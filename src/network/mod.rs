@@ -24,6 +24,7 @@ use libp2p::{Multiaddr, gossipsub};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::wire::Message;
 use crate::wire::intent::{IntentRequest, IntentResponse};
 use crate::wire::route::{SignedRouteUpdate, Verified};
 use crate::wire::sync::SyncResponse;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use libp2p::identity::{Keypair, ed25519};
 
+use super::Message;
 use super::intent::{IntentRequest, IntentResponse, Operation, StreamFrame};
 use super::route::{
     CapabilityRecord, RouteBody, RouteUpdate, SignedRouteUpdate, VERSION, WireVector,

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::codec::{self, Error};
+use super::codec::Error;
 
 pub const VERSION: u8 = 1;
 /// Largest forwarded request: the HTTP body limit (4 MiB) plus headroom.
@@ -62,43 +62,33 @@ pub enum StreamFrame {
     Failed { code: String, message: String },
 }
 
-impl IntentRequest {
-    pub fn encode(&self) -> Result<Vec<u8>, Error> {
-        codec::encode(self, MAX_REQUEST_BYTES)
+impl super::Message for IntentRequest {
+    const MAX_BYTES: usize = MAX_REQUEST_BYTES;
+    fn version(&self) -> Option<u8> {
+        Some(self.version)
     }
-
-    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        let r: Self = codec::decode(bytes, MAX_REQUEST_BYTES)?;
-        if r.version != VERSION {
-            return Err(Error::Version(r.version));
+    fn check(&self) -> Result<(), Error> {
+        if self.hops > MAX_HOPS {
+            return Err(Error::Invalid(format!(
+                "hops {} over {MAX_HOPS}",
+                self.hops
+            )));
         }
-        if r.hops > MAX_HOPS {
-            return Err(Error::Invalid(format!("hops {} over {MAX_HOPS}", r.hops)));
-        }
-        Ok(r)
+        Ok(())
     }
 }
 
-impl IntentResponse {
-    pub fn encode(&self) -> Result<Vec<u8>, Error> {
-        codec::encode(self, MAX_RESPONSE_BYTES)
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        let r: Self = codec::decode(bytes, MAX_RESPONSE_BYTES)?;
-        if r.version != VERSION {
-            return Err(Error::Version(r.version));
-        }
-        Ok(r)
+impl super::Message for IntentResponse {
+    const MAX_BYTES: usize = MAX_RESPONSE_BYTES;
+    fn version(&self) -> Option<u8> {
+        Some(self.version)
     }
 }
 
-impl StreamFrame {
-    pub fn encode(&self) -> Result<Vec<u8>, Error> {
-        codec::encode(self, MAX_FRAME_BYTES)
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        codec::decode(bytes, MAX_FRAME_BYTES)
+/// Frames travel in a stream whose first message carried the version.
+impl super::Message for StreamFrame {
+    const MAX_BYTES: usize = MAX_FRAME_BYTES;
+    fn version(&self) -> Option<u8> {
+        None
     }
 }

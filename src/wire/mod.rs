@@ -26,3 +26,36 @@ pub const INTENT_PROTOCOL: &str = "/atmosphere/intent/1.0.0";
 pub const STREAM_PROTOCOL: &str = "/atmosphere/stream/1.0.0";
 
 pub use codec::Error;
+
+/// A wire message: its size limit, its version, its rules; encoding and
+/// decoding go through [`codec`] with that limit, and decoding checks the rest.
+pub trait Message: serde::Serialize + serde::de::DeserializeOwned + Sized {
+    /// Largest encoding accepted or produced.
+    const MAX_BYTES: usize;
+
+    /// The message's version byte, if it carries one.
+    fn version(&self) -> Option<u8>;
+
+    /// The version this node speaks.
+    const VERSION: u8 = 1;
+
+    /// Protocol rules beyond the encoding (counts, ranges).
+    fn check(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, Error> {
+        codec::encode(self, Self::MAX_BYTES)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        let m: Self = codec::decode(bytes, Self::MAX_BYTES)?;
+        match m.version() {
+            Some(v) if v != Self::VERSION => Err(Error::Version(v)),
+            _ => {
+                m.check()?;
+                Ok(m)
+            }
+        }
+    }
+}

@@ -161,14 +161,6 @@ impl SignedRouteUpdate {
         })
     }
 
-    pub fn encode(&self) -> Result<Vec<u8>, Error> {
-        codec::encode(self, MAX_SIGNED_BYTES)
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        codec::decode(bytes, MAX_SIGNED_BYTES)
-    }
-
     /// Checks version, signature (strict ed25519) and every limit; returns the
     /// origin and the update. `dim` is the receiver's vector width.
     pub fn verify(&self, dim: usize) -> Result<Verified, Error> {
@@ -197,6 +189,15 @@ impl SignedRouteUpdate {
             .map_err(|_| Error::Invalid("bad public key".into()))?;
         let origin = libp2p::identity::PublicKey::from(public).to_peer_id();
         Ok(Verified { origin, update })
+    }
+}
+
+impl super::Message for SignedRouteUpdate {
+    const MAX_BYTES: usize = MAX_SIGNED_BYTES;
+    /// The version is checked by [`SignedRouteUpdate::verify`], which also
+    /// checks the signature: a message of another version is rejected there.
+    fn version(&self) -> Option<u8> {
+        None
     }
 }
 

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::codec::{self, Error};
+use super::codec::Error;
 use super::route::{MAX_SIGNED_BYTES, SignedRouteUpdate};
 
 pub const VERSION: u8 = 1;
@@ -28,36 +28,25 @@ pub struct SyncResponse {
     pub updates: Vec<SignedRouteUpdate>,
 }
 
-impl SyncRequest {
-    pub fn encode(&self) -> Result<Vec<u8>, Error> {
-        codec::encode(self, MAX_REQUEST_BYTES)
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        let r: Self = codec::decode(bytes, MAX_REQUEST_BYTES)?;
-        if r.version != VERSION {
-            return Err(Error::Version(r.version));
-        }
-        Ok(r)
+impl super::Message for SyncRequest {
+    const MAX_BYTES: usize = MAX_REQUEST_BYTES;
+    fn version(&self) -> Option<u8> {
+        Some(self.version)
     }
 }
 
-impl SyncResponse {
-    pub fn encode(&self) -> Result<Vec<u8>, Error> {
-        codec::encode(self, MAX_RESPONSE_BYTES)
+impl super::Message for SyncResponse {
+    const MAX_BYTES: usize = MAX_RESPONSE_BYTES;
+    fn version(&self) -> Option<u8> {
+        Some(self.version)
     }
-
-    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        let r: Self = codec::decode(bytes, MAX_RESPONSE_BYTES)?;
-        if r.version != VERSION {
-            return Err(Error::Version(r.version));
-        }
-        if r.updates.len() > MAX_ORIGINS {
+    fn check(&self) -> Result<(), Error> {
+        if self.updates.len() > MAX_ORIGINS {
             return Err(Error::Invalid(format!(
                 "{} origins (max {MAX_ORIGINS})",
-                r.updates.len()
+                self.updates.len()
             )));
         }
-        Ok(r)
+        Ok(())
     }
 }
