@@ -6,14 +6,16 @@
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
 use libp2p::PeerId;
 use serde_json::{Map, Value};
 
-use super::proxy::{MAX_BACKEND_BODY, Target, dispatch, json_response, route_headers};
+use super::proxy::{
+    MAX_BACKEND_BODY, Target, dispatch, json_response, route_headers, sse_response,
+};
 use super::{ApiError, AppState, sse};
 use crate::backend::Op;
 use crate::capability::CapabilityId;
@@ -201,14 +203,7 @@ async fn open_stream(
             Some((Ok::<_, std::convert::Infallible>(bytes), more.then_some(io)))
         }
     });
-    let mut r = Response::new(Body::from_stream(events));
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    Ok(r)
+    Ok(sse_response(Body::from_stream(events)))
 }
 
 /// Checks a forwarded request and finds the local capability it names.

@@ -238,15 +238,7 @@ pub async fn dispatch(
                 );
             }
         });
-        let mut r = Response::new(Body::from_stream(relay));
-        let h = r.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        r
+        sse_response(Body::from_stream(relay))
     } else {
         let bytes = tokio::time::timeout(deadline, read_limited(resp))
             .await
@@ -340,6 +332,19 @@ fn checked_body(
         )),
         (false, _) => Err(bad("bad_response", "the body is not a JSON object".into())),
     }
+}
+
+/// An SSE response around a body of events, unbuffered by proxies.
+pub(super) fn sse_response(body: Body) -> Response {
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
 }
 
 pub(super) fn json_response(status: StatusCode, bytes: bytes::Bytes) -> Response {
