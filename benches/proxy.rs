@@ -178,6 +178,8 @@ data_dir = "{dir}"
 listen = "127.0.0.1:{node_port}"
 [embedder]
 threads = 2
+[mesh]
+enabled = false
 [[backend]]
 name = "echo"
 kind = "openai"
