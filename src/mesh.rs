@@ -30,6 +30,49 @@ const MIN_ANNOUNCE_GAP: Duration = Duration::from_secs(1);
 const WITHDRAW_WAIT: Duration = Duration::from_millis(500);
 
 /// What other nodes offer, as last changed.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capability::{Capability, Source};
+
+    #[test]
+    fn long_configured_texts_still_make_a_valid_update() {
+        let long = "é".repeat(2000);
+        let entry = Entry {
+            capability: Capability {
+                id: format!("{}/{}", "n".repeat(128), "c".repeat(128))
+                    .parse()
+                    .expect("id"),
+                kind: format!("agent/{}", "k".repeat(128)).parse().expect("kind"),
+                domain: long.clone(),
+                topics: vec![long.clone(); 40],
+                description: long.clone(),
+                examples: Vec::new(),
+                backend: "b".into(),
+                model: "m".into(),
+                source: Source::Config,
+            },
+            node: String::new(),
+            local: true,
+            available: true,
+            vector: vec![0.6, 0.8],
+            prototypes: Vec::new(),
+        };
+        let update = RouteUpdate {
+            version: route::VERSION,
+            seq: 1,
+            ttl_secs: 30,
+            node_name: route::clip(&long, route::MAX_NODE_NAME),
+            addrs: Vec::new(),
+            dim: 2,
+            body: RouteBody::Full(vec![record(&entry)]),
+        };
+        update
+            .check(2)
+            .expect("clipped texts pass the receiver's checks");
+    }
+}
+
 #[derive(Clone, Default)]
 pub struct View {
     pub entries: Arc<Vec<Entry>>,
@@ -112,13 +155,16 @@ pub fn record(entry: &Entry) -> CapabilityRecord {
     CapabilityRecord {
         id: c.id.to_string(),
         kind: c.kind.to_string(),
-        domain: c.domain.clone(),
-        topics: c.topics.iter().take(route::MAX_TOPICS).cloned().collect(),
-        description: c
-            .description
-            .chars()
-            .take(route::MAX_DESCRIPTION / 4)
+        // Every text clipped to its wire limit: one over-long field would make
+        // peers reject the whole update (and score this node down).
+        domain: route::clip(&c.domain, route::MAX_DOMAIN),
+        topics: c
+            .topics
+            .iter()
+            .take(route::MAX_TOPICS)
+            .map(|t| route::clip(t, route::MAX_TOPIC))
             .collect(),
+        description: route::clip(&c.description, route::MAX_DESCRIPTION),
         vector: WireVector::quantize(&entry.vector),
         prototypes: entry
             .prototypes
@@ -204,12 +250,7 @@ impl Task {
                 u64::from(route::MIN_TTL_SECS),
                 u64::from(route::MAX_TTL_SECS),
             ) as u32,
-            node_name: self
-                .setup
-                .node_name
-                .chars()
-                .take(route::MAX_NODE_NAME / 4)
-                .collect(),
+            node_name: route::clip(&self.setup.node_name, route::MAX_NODE_NAME),
             addrs,
             dim: self.setup.dim as u16,
             body,

@@ -18,7 +18,8 @@ pub const MAX_CAPABILITIES: usize = 256;
 pub const MAX_PROTOTYPES: usize = 8;
 /// Longest text fields (bytes).
 pub const MAX_ID: usize = 257;
-pub const MAX_KIND: usize = 64;
+/// Same as a parsed `Kind` can be: category (<= 5) + `/` + name (<= 128).
+pub const MAX_KIND: usize = 134;
 pub const MAX_DOMAIN: usize = 128;
 pub const MAX_TOPICS: usize = 32;
 pub const MAX_TOPIC: usize = 64;
@@ -199,6 +200,15 @@ impl super::Message for SignedRouteUpdate {
     fn version(&self) -> Option<u8> {
         None
     }
+}
+
+/// The longest prefix of `s` that fits in `max` bytes, cut on a char boundary.
+pub fn clip(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
 }
 
 fn check_len(what: &str, s: &str, max: usize) -> Result<(), Error> {
