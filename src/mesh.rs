@@ -79,15 +79,7 @@ pub struct View {
     pub origins: Arc<Vec<OriginState>>,
 }
 
-/// One origin held, for the API.
-#[derive(Clone, Debug)]
-pub struct OriginState {
-    pub peer: PeerId,
-    pub node_name: String,
-    pub seq: u64,
-    pub received: Instant,
-    pub capabilities: usize,
-}
+pub use crate::remote::OriginState;
 
 /// Everything the mesh task needs.
 pub struct Setup {
@@ -388,22 +380,8 @@ impl Task {
     }
 
     fn publish_view(&mut self) {
-        let now = Instant::now();
         let entries: Vec<Entry> = self.remote.entries().cloned().collect();
-        let origins = self
-            .remote
-            .origins(now)
-            .into_iter()
-            .filter_map(|o| {
-                Some(OriginState {
-                    peer: o.peer_id.parse().ok()?,
-                    node_name: o.node_name,
-                    seq: o.seq,
-                    received: now - Duration::from_secs(o.age_secs),
-                    capabilities: o.capabilities,
-                })
-            })
-            .collect::<Vec<_>>();
+        let origins = self.remote.origins();
         self.setup.metrics.remote_origins.set(origins.len() as i64);
         self.view.send_replace(View {
             entries: Arc::new(entries),

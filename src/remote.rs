@@ -76,14 +76,14 @@ pub struct Remote {
     origins: HashMap<PeerId, Origin>,
 }
 
-/// One origin as shown by `GET /v1/mesh/...`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct OriginInfo {
-    pub peer_id: String,
+/// One origin held, as the API shows it.
+#[derive(Debug, Clone)]
+pub struct OriginState {
+    pub peer: PeerId,
     pub node_name: String,
     pub seq: u64,
-    pub age_secs: u64,
-    pub expires_in_secs: u64,
+    /// When its last accepted update arrived.
+    pub received: Instant,
     pub capabilities: usize,
 }
 
@@ -201,29 +201,21 @@ impl Remote {
             .collect()
     }
 
-    /// Origins with their age, for the API.
-    pub fn origins(&self, now: Instant) -> Vec<OriginInfo> {
-        let mut out: Vec<OriginInfo> = self
+    /// Every origin held, ordered by PeerId.
+    pub fn origins(&self) -> Vec<OriginState> {
+        let mut out: Vec<OriginState> = self
             .origins
             .iter()
-            .map(|(p, o)| OriginInfo {
-                peer_id: p.to_base58(),
+            .map(|(p, o)| OriginState {
+                peer: *p,
                 node_name: o.node_name.clone(),
                 seq: o.seq,
-                age_secs: now.saturating_duration_since(o.received).as_secs(),
-                expires_in_secs: o.expires.saturating_duration_since(now).as_secs(),
+                received: o.received,
                 capabilities: o.entries.len(),
             })
             .collect();
-        out.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        out.sort_by_key(|o| o.peer);
         out
-    }
-
-    /// Seq and age of one origin, for `/v1/mesh/capabilities`.
-    pub fn origin_of(&self, peer: &PeerId, now: Instant) -> Option<(u64, u64)> {
-        self.origins
-            .get(peer)
-            .map(|o| (o.seq, now.saturating_duration_since(o.received).as_secs()))
     }
 }
 
