@@ -66,6 +66,7 @@ async fn spawn(i: usize, bootstrap: Vec<Multiaddr>) -> BenchNode {
     let config = network::Config {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
         bootstrap,
+        external: Vec::new(),
         mdns: false,
         node_name: format!("n{i}"),
         dim: DIM,
@@ -75,7 +76,7 @@ async fn spawn(i: usize, bootstrap: Vec<Multiaddr>) -> BenchNode {
     let cancel = tokio_util::sync::CancellationToken::new();
     let (client, events, _) = network::spawn(&key, config, cancel.clone()).expect("network");
     let (local, local_rx) = watch::channel(Arc::new(vec![entry(&format!("n{i}/v0"))]));
-    let (view, _) = mesh::start(
+    let (view, _, _) = mesh::start(
         mesh::Setup {
             key,
             client: client.clone(),

@@ -32,11 +32,22 @@ const FIRST_ROUND_LIMIT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct Catalog {
     table: Arc<ArcSwap<Table>>,
+    /// Generation of the mesh view the current table was built from.
+    remote_generation: watch::Receiver<u64>,
 }
 
 impl Catalog {
     pub fn table(&self) -> Arc<Table> {
         self.table.load_full()
+    }
+
+    /// Waits (at most `limit`) until the table holds the mesh view `generation`
+    /// or a later one; says whether it does.
+    pub async fn caught_up(&self, generation: u64, limit: Duration) -> bool {
+        let mut rx = self.remote_generation.clone();
+        tokio::time::timeout(limit, rx.wait_for(|g| *g >= generation))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }
 
@@ -71,6 +82,7 @@ pub async fn start(
         discovered: BTreeMap::new(),
         cache: HashMap::new(),
         local: Arc::new(Vec::new()),
+        remote_generation: watch::channel(0).0,
         setup,
     };
     let first = futures::future::join_all(owner.setup.backends.iter().map(|b| {
@@ -87,9 +99,11 @@ pub async fn start(
         }
     }
     owner.build_local().await?;
-    let table = owner.assemble().await?;
+    let (table, generation) = owner.assemble().await?;
+    owner.remote_generation.send_replace(generation);
     let catalog = Catalog {
         table: Arc::new(ArcSwap::from_pointee(table)),
+        remote_generation: owner.remote_generation.subscribe(),
     };
     let (tx, rx) = mpsc::channel(UPDATE_CAPACITY);
     for backend in &owner.setup.backends {
@@ -153,6 +167,9 @@ struct Owner {
     cache: HashMap<String, Vec<f32>>,
     /// This node's entries as last built.
     local: Arc<Vec<Entry>>,
+    /// Generation of the mesh view in the table last built (sent once the
+    /// table is stored).
+    remote_generation: watch::Sender<u64>,
 }
 
 impl Owner {
@@ -202,7 +219,10 @@ impl Owner {
                 }
             }
             match self.assemble().await {
-                Ok(table) => catalog.table.store(Arc::new(table)),
+                Ok((table, generation)) => {
+                    catalog.table.store(Arc::new(table));
+                    self.remote_generation.send_replace(generation);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not rebuild the route table; keeping the old one")
                 }
@@ -315,10 +335,13 @@ impl Owner {
     }
 
     /// The table of local and remote entries (index built off the runtime).
-    async fn assemble(&mut self) -> Result<Table, crate::embed::Error> {
+    async fn assemble(&mut self) -> Result<(Table, u64), crate::embed::Error> {
         let mut entries: Vec<Entry> = self.local.as_ref().clone();
+        let mut generation = 0;
         if let Some(remote) = &self.setup.remote {
-            entries.extend(remote.borrow().entries.iter().cloned());
+            let view = remote.borrow();
+            entries.extend(view.entries.iter().cloned());
+            generation = view.generation;
         }
         self.setup.metrics.capabilities.set(entries.len() as i64);
         let table = tokio::task::spawn_blocking(move || Table::new(entries))
@@ -329,6 +352,6 @@ impl Owner {
             index = table.index_name(),
             "route table built"
         );
-        Ok(table)
+        Ok((table, generation))
     }
 }

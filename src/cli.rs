@@ -76,6 +76,10 @@ pub struct StartArgs {
     /// Peer to join through (multiaddr with /p2p/<id>); repeat for several.
     #[arg(long)]
     pub bootstrap: Vec<String>,
+    /// Address other nodes should dial to reach this one (multiaddr, e.g. a
+    /// published port); repeat for several. Default: the listen addresses.
+    #[arg(long)]
+    pub external: Vec<String>,
     /// Do not discover peers on the local network.
     #[arg(long)]
     pub no_mdns: bool,
@@ -111,6 +115,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 data_dir: args.data_dir,
                 listen: args.listen,
                 bootstrap: args.bootstrap,
+                external: args.external,
                 no_mdns: args.no_mdns,
             }
             .apply(&mut config);

@@ -91,6 +91,9 @@ pub struct MeshConfig {
     /// Peers to join through, `/ip4/../tcp/../p2p/<id>`, `/dns4/..`, `/dnsaddr/..`;
     /// dialled again with backoff while unreachable.
     pub bootstrap: Vec<String>,
+    /// Addresses other nodes should dial to reach this one (behind NAT or a
+    /// published container port). Empty: the addresses it listens on.
+    pub external: Vec<String>,
     /// Discover peers on the local network with mDNS.
     pub mdns: bool,
     /// How long other nodes keep this node's routes without a refresh (it
@@ -111,6 +114,7 @@ impl Default for MeshConfig {
                 "/ip4/0.0.0.0/udp/11450/quic-v1".into(),
             ],
             bootstrap: Vec::new(),
+            external: Vec::new(),
             mdns: true,
             ttl: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
@@ -348,6 +352,7 @@ impl Config {
         }
         MeshConfig::addrs(&self.mesh.listen)?;
         MeshConfig::addrs(&self.mesh.bootstrap)?;
+        MeshConfig::addrs(&self.mesh.external)?;
         let ttl = self.mesh.ttl.as_secs();
         if !(5..=3600).contains(&ttl) {
             return invalid("mesh.ttl must be between 5s and 1h".into());
@@ -373,6 +378,8 @@ pub struct Overrides {
     pub listen: Vec<String>,
     /// Replaces `mesh.bootstrap` when not empty.
     pub bootstrap: Vec<String>,
+    /// Replaces `mesh.external` when not empty.
+    pub external: Vec<String>,
     pub no_mdns: bool,
 }
 
@@ -390,6 +397,9 @@ impl Overrides {
         }
         if !self.bootstrap.is_empty() {
             config.mesh.bootstrap = self.bootstrap;
+        }
+        if !self.external.is_empty() {
+            config.mesh.external = self.external;
         }
         if self.no_mdns {
             config.mesh.mdns = false;
@@ -486,12 +496,14 @@ mod tests {
             data_dir: Some("/tmp/x".into()),
             listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
             bootstrap: Vec::new(),
+            external: vec!["/dns4/node.example/tcp/11450".into()],
             no_mdns: true,
         }
         .apply(&mut config);
         assert_eq!(config.http.listen.port(), 9999);
         assert_eq!(config.data_dir(), PathBuf::from("/tmp/x"));
         assert_eq!(config.mesh.listen, vec!["/ip4/127.0.0.1/tcp/0".to_owned()]);
+        assert_eq!(config.mesh.external.len(), 1);
         assert!(!config.mesh.mdns);
     }
 }

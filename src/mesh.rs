@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use libp2p::identity::{Keypair, PeerId};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -28,6 +28,14 @@ const EXPIRY_TICK: Duration = Duration::from_millis(500);
 const MIN_ANNOUNCE_GAP: Duration = Duration::from_secs(1);
 /// Longest a withdrawal may hold up shutdown.
 const WITHDRAW_WAIT: Duration = Duration::from_millis(500);
+/// Longest a provider lookup may hold up the request that needed it: the DHT
+/// query, then the syncs with the providers found, each bounded by this.
+pub const LOOKUP_WAIT: Duration = Duration::from_secs(3);
+/// The same keys are not looked up again sooner than this (a node with no
+/// fitting capability would otherwise query the DHT on every request).
+const LOOKUP_COOLDOWN: Duration = Duration::from_secs(30);
+/// Lookups waiting for the mesh task.
+const LOOKUP_CAPACITY: usize = 64;
 
 /// What other nodes offer, as last changed.
 #[cfg(test)]
@@ -77,6 +85,81 @@ mod tests {
 pub struct View {
     pub entries: Arc<Vec<Entry>>,
     pub origins: Arc<Vec<OriginState>>,
+    /// Counts the views published; a later view has a larger number.
+    pub generation: u64,
+}
+
+/// What a request needs that the table has nothing good enough for: the DHT
+/// keys to look up (`protocols/kad.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Wanted {
+    /// Key texts, e.g. `kind:llm/chat`, `domain:camelids`.
+    pub keys: Vec<String>,
+}
+
+impl Wanted {
+    pub fn kind(kind: &str) -> Self {
+        Self {
+            keys: vec![format!("kind:{kind}")],
+        }
+    }
+
+    pub fn and_domain(mut self, domain: &str) -> Self {
+        let d = domain.trim().to_lowercase();
+        if !d.is_empty() {
+            self.keys.push(format!("domain:{d}"));
+        }
+        self
+    }
+}
+
+/// What a lookup found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Discovery {
+    /// The keys were looked up recently; nothing was asked this time.
+    pub skipped: bool,
+    /// Providers the DHT named (other than this node).
+    pub providers: usize,
+    /// Providers whose routes were not held and were fetched now.
+    pub synced: usize,
+    /// Whether the route table changed; if so, the view with this generation
+    /// (or a later one) holds the new routes.
+    pub changed: bool,
+    pub generation: u64,
+}
+
+/// Asks the mesh task to look up providers (see [`Discovery`]).
+#[derive(Clone)]
+pub struct Lookups {
+    tx: mpsc::Sender<(Wanted, oneshot::Sender<Discovery>)>,
+}
+
+impl Lookups {
+    /// Looks up providers of `wanted` and fetches the routes of those not
+    /// known yet; answers within about [`LOOKUP_WAIT`] twice.
+    pub async fn discover(&self, wanted: Wanted) -> Discovery {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.try_send((wanted, reply)).is_err() {
+            return Discovery {
+                skipped: true,
+                ..Discovery::default()
+            };
+        }
+        rx.await.unwrap_or(Discovery {
+            skipped: true,
+            ..Discovery::default()
+        })
+    }
+}
+
+/// A finished lookup, back in the mesh task.
+struct Found {
+    wanted: Wanted,
+    providers: usize,
+    synced: Vec<(crate::wire::route::Verified, SignedRouteUpdate)>,
+    /// Providers whose routes were not held when the lookup started.
+    unknown: Vec<PeerId>,
+    fetched: usize,
 }
 
 pub use crate::remote::OriginState;
@@ -113,17 +196,30 @@ pub const INBOUND_CAPACITY: usize = 256;
 pub fn start(
     setup: Setup,
     cancel: CancellationToken,
-) -> (watch::Receiver<View>, tokio::task::JoinHandle<()>) {
+) -> (watch::Receiver<View>, Lookups, tokio::task::JoinHandle<()>) {
     let (view_tx, view_rx) = watch::channel(View::default());
+    let (lookup_tx, lookup_rx) = mpsc::channel(LOOKUP_CAPACITY);
+    let (found_tx, found_rx) = mpsc::channel(LOOKUP_CAPACITY);
     let me = setup.key.public().to_peer_id();
     let task = Task {
         remote: Remote::new(me),
         view: view_tx,
         own: None,
         seq: 0,
+        generation: 0,
+        provided: Vec::new(),
+        lookups: lookup_rx,
+        found_tx,
+        found_rx,
+        waiting: std::collections::HashMap::new(),
+        looked_up: std::collections::HashMap::new(),
         setup,
     };
-    (view_rx, tokio::spawn(task.run(cancel)))
+    (
+        view_rx,
+        Lookups { tx: lookup_tx },
+        tokio::spawn(task.run(cancel)),
+    )
 }
 
 struct Task {
@@ -133,6 +229,16 @@ struct Task {
     /// This node's latest signed update, served by sync.
     own: Option<SignedRouteUpdate>,
     seq: u64,
+    generation: u64,
+    /// Key texts this node provides in the DHT.
+    provided: Vec<String>,
+    lookups: mpsc::Receiver<(Wanted, oneshot::Sender<Discovery>)>,
+    found_tx: mpsc::Sender<Found>,
+    found_rx: mpsc::Receiver<Found>,
+    /// Requests waiting for a lookup in flight, by what they want.
+    waiting: std::collections::HashMap<Wanted, Vec<oneshot::Sender<Discovery>>>,
+    /// When each key text was last looked up.
+    looked_up: std::collections::HashMap<String, Instant>,
 }
 
 fn unix_ms() -> u64 {
@@ -194,6 +300,8 @@ impl Task {
                     Some(e) => self.on_event(e).await,
                     None => break,
                 },
+                Some(found) = self.found_rx.recv() => self.on_found(found),
+                Some((wanted, reply)) = self.lookups.recv() => self.on_lookup(wanted, reply),
                 changed = self.setup.local.changed(), if local_alive => {
                     if changed.is_err() {
                         // The catalog stopped (shutdown): keep the last entries.
@@ -251,6 +359,7 @@ impl Task {
 
     async fn announce(&mut self) {
         let local = self.setup.local.borrow_and_update().clone();
+        self.provide(&local).await;
         let records: Vec<CapabilityRecord> = local
             .iter()
             .take(route::MAX_CAPABILITIES)
@@ -271,10 +380,10 @@ impl Task {
         }
     }
 
-    /// Where this node can be reached: its listen addresses, unspecified and
-    /// oversized ones left out.
+    /// Where this node can be reached: its external addresses (configured, or
+    /// where it listens), unspecified and oversized ones left out.
     async fn announced_addrs(&self) -> Vec<String> {
-        let addrs = self.setup.client.listen_addrs().await.unwrap_or_default();
+        let addrs = self.setup.client.external_addrs().await.unwrap_or_default();
         addrs
             .iter()
             .map(ToString::to_string)
@@ -383,9 +492,144 @@ impl Task {
         let entries: Vec<Entry> = self.remote.entries().cloned().collect();
         let origins = self.remote.origins();
         self.setup.metrics.remote_origins.set(origins.len() as i64);
+        self.generation += 1;
         self.view.send_replace(View {
             entries: Arc::new(entries),
             origins: Arc::new(origins),
+            generation: self.generation,
         });
+    }
+
+    /// Hands the DHT the keys of this node's kinds and domains when they change.
+    async fn provide(&mut self, local: &[Entry]) {
+        let mut texts: Vec<String> = Vec::new();
+        for e in local {
+            let c = &e.capability;
+            let mut wanted = Wanted::kind(c.kind.as_str()).and_domain(&c.domain);
+            for k in wanted.keys.drain(..) {
+                if !texts.contains(&k) {
+                    texts.push(k);
+                }
+            }
+        }
+        texts.truncate(crate::wire::kad::MAX_PROVIDED);
+        if texts == self.provided {
+            return;
+        }
+        let keys = texts
+            .iter()
+            .map(|t| libp2p::kad::RecordKey::new(&crate::wire::kad::key_bytes(t)))
+            .collect();
+        if self.setup.client.provide(keys).await.is_ok() {
+            tracing::debug!(keys = ?texts, "providing capability keys");
+            self.provided = texts;
+        }
+    }
+
+    /// Starts a lookup, joins one in flight for the same keys, or answers at
+    /// once when the keys were looked up recently.
+    fn on_lookup(&mut self, wanted: Wanted, reply: oneshot::Sender<Discovery>) {
+        if let Some(waiters) = self.waiting.get_mut(&wanted) {
+            waiters.push(reply);
+            return;
+        }
+        let now = Instant::now();
+        let recent = wanted.keys.iter().all(|k| {
+            self.looked_up
+                .get(k)
+                .is_some_and(|t| now.duration_since(*t) < LOOKUP_COOLDOWN)
+        });
+        if recent {
+            self.setup.metrics.lookup("skipped");
+            let _ = reply.send(Discovery {
+                skipped: true,
+                generation: self.generation,
+                ..Discovery::default()
+            });
+            return;
+        }
+        self.looked_up
+            .retain(|_, t| now.duration_since(*t) < LOOKUP_COOLDOWN);
+        for k in &wanted.keys {
+            self.looked_up.insert(k.clone(), now);
+        }
+        self.waiting.insert(wanted.clone(), vec![reply]);
+        let client = self.setup.client.clone();
+        let known: Vec<PeerId> = self.remote.origins().iter().map(|o| o.peer).collect();
+        let found_tx = self.found_tx.clone();
+        tokio::spawn(async move {
+            let keys = wanted
+                .keys
+                .iter()
+                .map(|t| libp2p::kad::RecordKey::new(&crate::wire::kad::key_bytes(t)))
+                .collect();
+            let providers = tokio::time::timeout(LOOKUP_WAIT, client.lookup(keys))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            let unknown: Vec<PeerId> = providers
+                .iter()
+                .filter(|p| !known.contains(p))
+                .copied()
+                .collect();
+            let answers = futures::future::join_all(unknown.iter().map(|p| {
+                let client = client.clone();
+                async move { tokio::time::timeout(LOOKUP_WAIT, client.sync(*p)).await }
+            }))
+            .await;
+            let mut synced = Vec::new();
+            let mut fetched = 0;
+            for (peer, answer) in unknown.iter().zip(answers) {
+                match answer {
+                    Ok(Ok(updates)) => {
+                        fetched += 1;
+                        synced.extend(updates);
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "provider sync failed"),
+                    Err(_) => tracing::debug!(%peer, "provider sync timed out"),
+                }
+            }
+            let _ = found_tx
+                .send(Found {
+                    wanted,
+                    providers: providers.len(),
+                    synced,
+                    unknown,
+                    fetched,
+                })
+                .await;
+        });
+    }
+
+    /// Applies what a lookup fetched and answers everyone who waited for it.
+    fn on_found(&mut self, found: Found) {
+        let now = Instant::now();
+        let mut changed = false;
+        for (verified, signed) in found.synced {
+            changed |= self.remote.apply(verified, signed, now).changed();
+        }
+        if changed {
+            self.publish_view();
+        }
+        // A provider dialled during the lookup also syncs on connecting, and
+        // that answer may have been applied first.
+        changed |= found.unknown.iter().any(|p| self.remote.holds(p));
+        self.setup.metrics.lookup(match (found.providers, changed) {
+            (0, _) => "no_providers",
+            (_, true) => "found",
+            (_, false) => "nothing_new",
+        });
+        tracing::debug!(keys = ?found.wanted.keys, providers = found.providers, fetched = found.fetched, changed, "provider lookup finished");
+        let discovery = Discovery {
+            skipped: false,
+            providers: found.providers,
+            synced: found.fetched,
+            changed,
+            generation: self.generation,
+        };
+        for reply in self.waiting.remove(&found.wanted).unwrap_or_default() {
+            let _ = reply.send(discovery);
+        }
     }
 }

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub peers: Gauge,
     pub remote_origins: Gauge,
     pub forwards: Family<ResultLabel, Counter>,
+    /// Provider lookups in the DHT when nothing local fitted, by result.
+    pub lookups: Family<ResultLabel, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -122,9 +124,16 @@ impl Default for Metrics {
             "Requests forwarded to other nodes, by result (ok, failover, failed, served)",
             forwards.clone(),
         );
+        let lookups = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "capability_lookups",
+            "DHT provider lookups made because nothing known fitted a request, by result (found, nothing_new, no_providers, skipped)",
+            lookups.clone(),
+        );
         Self {
             registry,
             forwards,
+            lookups,
             gossip_updates,
             peers,
             remote_origins,
@@ -159,6 +168,14 @@ impl Metrics {
 
     pub fn forward(&self, result: &str) {
         self.forwards
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn lookup(&self, result: &str) {
+        self.lookups
             .get_or_create(&ResultLabel {
                 result: result.to_owned(),
             })

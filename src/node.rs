@@ -74,11 +74,13 @@ impl Node {
         let mut mesh_tasks = None;
         let mut network_client = None;
         let mut remote_view = None;
+        let mut mesh_lookups = None;
         if config.mesh.enabled {
             let network_cancel = CancellationToken::new();
             let net_config = network::Config {
                 listen: MeshConfig::addrs(&config.mesh.listen)?,
                 bootstrap: MeshConfig::addrs(&config.mesh.bootstrap)?,
+                external: MeshConfig::addrs(&config.mesh.external)?,
                 mdns: config.mesh.mdns,
                 node_name: config.node.name.clone(),
                 dim: embedder.dim(),
@@ -87,7 +89,7 @@ impl Node {
             };
             let (client, events, network_task) =
                 network::spawn(&keypair, net_config, network_cancel.clone())?;
-            let (view, mesh_task) = mesh::start(
+            let (view, lookups, mesh_task) = mesh::start(
                 mesh::Setup {
                     key: keypair.clone(),
                     client: client.clone(),
@@ -108,6 +110,7 @@ impl Node {
             });
             network_client = Some(client);
             remote_view = Some(view);
+            mesh_lookups = Some(lookups);
         }
 
         let catalog = catalog::start(
@@ -138,6 +141,7 @@ impl Node {
             started: Instant::now(),
             network: network_client.clone(),
             mesh: remote_view,
+            lookups: mesh_lookups,
         });
         if let Some(client) = &network_client {
             tokio::spawn(serve_forwarded(

@@ -188,6 +188,11 @@ impl Remote {
         gone
     }
 
+    /// Whether routes of `peer` are held.
+    pub fn holds(&self, peer: &PeerId) -> bool {
+        self.origins.contains_key(peer)
+    }
+
     /// Every remote entry.
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.origins.values().flat_map(|o| o.entries.iter())

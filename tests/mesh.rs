@@ -67,6 +67,7 @@ async fn spawn_node(seed: u8, bootstrap: Vec<Multiaddr>, ttl: Duration) -> TestN
     let config = network::Config {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
         bootstrap,
+        external: Vec::new(),
         mdns: false,
         node_name: format!("node-{seed}"),
         dim: DIM,
@@ -76,7 +77,7 @@ async fn spawn_node(seed: u8, bootstrap: Vec<Multiaddr>, ttl: Duration) -> TestN
     let (client, events, net) = network::spawn(&key, config, net_cancel.clone()).expect("network");
     let entries = vec![entry(&format!("n{seed}/chat"), seed)];
     let (local_tx, local_rx) = watch::channel(Arc::new(entries));
-    let (view, mesh_task) = mesh::start(
+    let (view, _lookups, mesh_task) = mesh::start(
         mesh::Setup {
             key: key.clone(),
             client: client.clone(),

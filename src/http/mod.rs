@@ -52,6 +52,8 @@ pub struct Inner {
     pub network: Option<crate::network::Client>,
     /// What other nodes offer, when the node is part of a mesh.
     pub mesh: Option<tokio::sync::watch::Receiver<crate::mesh::View>>,
+    /// DHT provider lookups, when the node is part of a mesh.
+    pub lookups: Option<crate::mesh::Lookups>,
 }
 
 impl AppState {

@@ -44,6 +44,11 @@ pub fn available(state: &AppState) -> impl Fn(&Entry) -> bool + '_ {
 }
 
 /// Embeds the texts and ranks capabilities; records the decision's metrics.
+///
+/// When nothing known fits well enough (no match above the threshold) and the
+/// node is part of a mesh, it asks the DHT who provides the kind the request
+/// needs (and the domain of the closest miss), fetches the routes of providers
+/// it did not know, and ranks again (`protocols/kad.md`).
 pub async fn decide(
     state: &AppState,
     texts: Vec<String>,
@@ -56,8 +61,29 @@ pub async fn decide(
         .embed_seconds
         .observe(started.elapsed().as_secs_f64());
     let query = routing::query_vector(&embedded.vectors);
-    let table = state.catalog.table();
-    let decision = state.router.decide(&table, &query, need, &available(state));
+    let rank = || {
+        let table = state.catalog.table();
+        state.router.decide(&table, &query, need, &available(state))
+    };
+    let mut decision = rank();
+    if decision.outcome != Outcome::Matched
+        && need == Need::Text
+        && let Some(lookups) = &state.lookups
+    {
+        let mut wanted = crate::mesh::Wanted::kind(crate::capability::Kind::chat().as_str());
+        if let Some(near) = decision.candidates.iter().find(|c| c.eligible) {
+            wanted = wanted.and_domain(&near.domain);
+        }
+        let found = lookups.discover(wanted).await;
+        if found.changed
+            && state
+                .catalog
+                .caught_up(found.generation, crate::mesh::LOOKUP_WAIT)
+                .await
+        {
+            decision = rank();
+        }
+    }
     state
         .metrics
         .decision_seconds

@@ -25,8 +25,17 @@ use crate::wire::sync::{self, SyncRequest, SyncResponse};
 /// every failure up to [`REDIAL_MAX`].
 const REDIAL_MIN: Duration = Duration::from_secs(1);
 const REDIAL_MAX: Duration = Duration::from_secs(60);
-/// Kademlia bootstrap (refreshes the routing table).
-const KAD_BOOTSTRAP_EVERY: Duration = Duration::from_secs(300);
+/// Provider records are announced again this often (other nodes come and go;
+/// the records they hold last 48 h by the library default).
+const REPROVIDE_EVERY: Duration = Duration::from_secs(600);
+/// A bootstrap (the library runs one every 5 minutes and when its routing
+/// table grows) announces the provider records again if the last
+/// announcement is older than this.
+const REPROVIDE_AFTER_BOOTSTRAP: Duration = Duration::from_secs(60);
+/// Lookups in flight; more are answered at once with no providers.
+const MAX_LOOKUPS: usize = 4;
+/// Providers kept per lookup (the library's default per key, too).
+const MAX_PROVIDERS: usize = 20;
 /// How long the swarm keeps running after cancellation to flush queued messages.
 const DRAIN: Duration = Duration::from_millis(300);
 /// Sync answers the node has not given yet; older requests time out at the peer.
@@ -66,6 +75,30 @@ pub struct EventLoop {
         ),
     >,
     next_inbound: u64,
+    /// Whether external addresses were configured (else listen addresses are used).
+    fixed_external: bool,
+    /// Keys this node provides, and when they were last announced.
+    provided: Vec<kad::RecordKey>,
+    last_provide: Option<Instant>,
+    /// Whether the keys were last announced with peers in the routing table
+    /// (before that, they are only stored locally).
+    provided_to_peers: bool,
+    lookups: HashMap<u64, Lookup>,
+    lookup_queries: HashMap<kad::QueryId, u64>,
+    next_lookup: u64,
+    outbound_sync: HashMap<OutboundRequestId, SyncReply>,
+}
+
+type SyncReply = tokio::sync::oneshot::Sender<
+    Result<Vec<(crate::wire::route::Verified, SignedRouteUpdate)>, Error>,
+>;
+
+/// A provider lookup over one or more keys.
+struct Lookup {
+    /// Queries not finished yet.
+    remaining: usize,
+    found: Vec<PeerId>,
+    reply: tokio::sync::oneshot::Sender<Vec<PeerId>>,
 }
 
 fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
@@ -114,6 +147,9 @@ impl EventLoop {
             .gossipsub
             .subscribe(&routes_topic())
             .map_err(|e| setup(&e))?;
+        for addr in &config.external {
+            swarm.add_external_address(addr.clone());
+        }
         // Nodes are meant to be reachable (LAN, testnet, public bootstrap):
         // serve the DHT rather than wait for an external address confirmation.
         swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
@@ -142,6 +178,14 @@ impl EventLoop {
             inbound_intents: HashMap::new(),
             outbound_intents: HashMap::new(),
             next_inbound: 0,
+            fixed_external: !config.external.is_empty(),
+            provided: Vec::new(),
+            last_provide: None,
+            provided_to_peers: false,
+            lookups: HashMap::new(),
+            lookup_queries: HashMap::new(),
+            next_lookup: 0,
+            outbound_sync: HashMap::new(),
         })
     }
 
@@ -153,8 +197,11 @@ impl EventLoop {
     pub async fn run(mut self) {
         let mut redial = tokio::time::interval(Duration::from_millis(500));
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut kad_bootstrap = tokio::time::interval(KAD_BOOTSTRAP_EVERY);
-        kad_bootstrap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The library bootstraps Kademlia by itself (every 5 minutes and when
+        // its routing table grows); provider records are ours to refresh.
+        let mut reprovide = tokio::time::interval(REPROVIDE_EVERY);
+        reprovide.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        reprovide.tick().await;
         loop {
             tokio::select! {
                 biased;
@@ -166,9 +213,7 @@ impl EventLoop {
                 },
                 event = self.swarm.select_next_some() => self.on_swarm(event),
                 _ = redial.tick() => self.redial(),
-                _ = kad_bootstrap.tick() => {
-                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
-                }
+                _ = reprovide.tick() => self.provide_all(),
             }
         }
         self.drain().await;
@@ -307,6 +352,50 @@ impl EventLoop {
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
+            Command::ExternalAddrs { reply } => {
+                let _ = reply.send(self.swarm.external_addresses().cloned().collect());
+            }
+            Command::Provide { keys } => {
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                for old in &self.provided {
+                    if !keys.contains(old) {
+                        kad.stop_providing(old);
+                    }
+                }
+                self.provided = keys;
+                self.provide_all();
+            }
+            Command::Lookup { keys, reply } => {
+                if self.lookups.len() >= MAX_LOOKUPS || keys.is_empty() {
+                    let _ = reply.send(Vec::new());
+                    return;
+                }
+                let id = self.next_lookup;
+                self.next_lookup += 1;
+                for key in &keys {
+                    let query = self.swarm.behaviour_mut().kad.get_providers(key.clone());
+                    self.lookup_queries.insert(query, id);
+                }
+                self.lookups.insert(
+                    id,
+                    Lookup {
+                        remaining: keys.len(),
+                        found: Vec::new(),
+                        reply,
+                    },
+                );
+            }
+            Command::Sync { peer, reply } => {
+                // The connection's own sync is not needed on top of this one.
+                self.synced.insert(peer);
+                let id = self.swarm.behaviour_mut().sync.send_request(
+                    &peer,
+                    SyncRequest {
+                        version: sync::VERSION,
+                    },
+                );
+                self.outbound_sync.insert(id, reply);
+            }
         }
     }
 
@@ -329,6 +418,7 @@ impl EventLoop {
                         .kad
                         .add_address(&peer_id, addr.clone());
                 }
+                self.provide_if_unannounced();
                 let state = self.peers.entry(peer_id).or_default();
                 state.addresses = info.listen_addrs;
                 state.agent = Some(info.agent_version);
@@ -352,6 +442,7 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
             SwarmEvent::Behaviour(BehaviourEvent::Intent(event)) => self.on_intent(event),
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -364,6 +455,7 @@ impl EventLoop {
                         .behaviour_mut()
                         .kad
                         .add_address(&peer_id, endpoint.get_remote_address().clone());
+                    self.provide_if_unannounced();
                 }
                 for r in &mut self.bootstrap {
                     if r.peer == Some(peer_id) {
@@ -391,8 +483,103 @@ impl EventLoop {
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+                // Provider records and route updates carry the external
+                // addresses; without configured ones, the listen addresses are
+                // what other nodes can dial (LAN, testnet, public host).
+                if !self.fixed_external {
+                    self.swarm.add_external_address(address);
+                }
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } if !self.fixed_external => {
+                self.swarm.remove_external_address(&address);
             }
             _ => {}
+        }
+    }
+
+    /// Announces every provided key to the closest peers (stored locally too,
+    /// so a lookup from this node finds it).
+    fn provide_all(&mut self) {
+        if self.provided.is_empty() {
+            return;
+        }
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        self.provided_to_peers = kad.kbuckets().any(|b| b.num_entries() > 0);
+        for key in &self.provided {
+            if let Err(e) = kad.start_providing(key.clone()) {
+                tracing::warn!(error = %e, "cannot provide a capability key");
+            }
+        }
+        self.last_provide = Some(Instant::now());
+    }
+
+    /// The first peer in the routing table: announce what was so far only
+    /// stored locally.
+    fn provide_if_unannounced(&mut self) {
+        if !self.provided_to_peers && !self.provided.is_empty() {
+            self.provide_all();
+        }
+    }
+
+    fn on_kad(&mut self, event: kad::Event) {
+        let kad::Event::OutboundQueryProgressed {
+            id, result, step, ..
+        } = event
+        else {
+            return;
+        };
+        match result {
+            kad::QueryResult::Bootstrap(Ok(_))
+                if step.last
+                    && (!self.provided_to_peers
+                        || self
+                            .last_provide
+                            .is_none_or(|t| t.elapsed() >= REPROVIDE_AFTER_BOOTSTRAP)) =>
+            {
+                self.provide_all();
+            }
+            kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                providers,
+                ..
+            })) => {
+                let me = *self.swarm.local_peer_id();
+                let Some(lookup) = self
+                    .lookup_queries
+                    .get(&id)
+                    .and_then(|l| self.lookups.get_mut(l))
+                else {
+                    return;
+                };
+                let mut new = Vec::new();
+                for p in providers {
+                    if p != me && !lookup.found.contains(&p) && lookup.found.len() < MAX_PROVIDERS {
+                        lookup.found.push(p);
+                        new.push(p);
+                    }
+                }
+                // Dial now: the query knows the provider's addresses only
+                // while it runs.
+                for p in new {
+                    if !self.swarm.is_connected(&p) {
+                        let _ = self.swarm.dial(p);
+                    }
+                }
+            }
+            kad::QueryResult::StartProviding(Err(e)) => {
+                tracing::debug!(error = %e, "providing a key reached no peer");
+            }
+            _ => {}
+        }
+        if step.last
+            && let Some(lookup_id) = self.lookup_queries.remove(&id)
+            && let Some(lookup) = self.lookups.get_mut(&lookup_id)
+        {
+            lookup.remaining = lookup.remaining.saturating_sub(1);
+            if lookup.remaining == 0
+                && let Some(done) = self.lookups.remove(&lookup_id)
+            {
+                let _ = done.reply.send(done.found);
+            }
         }
     }
 
@@ -498,7 +685,11 @@ impl EventLoop {
             }
             request_response::Event::Message {
                 peer,
-                message: request_response::Message::Response { response, .. },
+                message:
+                    request_response::Message::Response {
+                        response,
+                        request_id,
+                    },
                 ..
             } => {
                 let mut updates = Vec::with_capacity(response.updates.len());
@@ -513,10 +704,26 @@ impl EventLoop {
                         }
                     }
                 }
-                self.emit(Event::Synced { peer, updates });
+                match self.outbound_sync.remove(&request_id) {
+                    Some(reply) => {
+                        let _ = reply.send(Ok(updates));
+                    }
+                    None => self.emit(Event::Synced { peer, updates }),
+                }
             }
-            request_response::Event::OutboundFailure { peer, error, .. } => {
+            request_response::Event::OutboundFailure {
+                peer,
+                error,
+                request_id,
+                ..
+            } => {
                 tracing::debug!(%peer, %error, "sync request failed");
+                if let Some(reply) = self.outbound_sync.remove(&request_id) {
+                    let _ = reply.send(Err(Error::Sync {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "sync answer failed");

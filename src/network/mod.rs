@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use libp2p::gossipsub::{MessageAcceptance, MessageId};
 use libp2p::identity::{Keypair, PeerId};
-use libp2p::{Multiaddr, gossipsub};
+use libp2p::{Multiaddr, gossipsub, kad};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +43,8 @@ const EVENT_CAPACITY: usize = 1024;
 pub struct Config {
     pub listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
+    /// Addresses announced to other nodes; empty: the listen addresses.
+    pub external: Vec<Multiaddr>,
     pub mdns: bool,
     pub node_name: String,
     /// Width of routing vectors (updates with another width are rejected).
@@ -69,6 +71,9 @@ pub enum Error {
     /// A forwarded request got no answer (connection lost, timeout, refused).
     #[error("forwarding to {peer} failed: {reason}")]
     Forward { peer: PeerId, reason: String },
+    /// A peer's table could not be fetched.
+    #[error("sync with {peer} failed: {reason}")]
+    Sync { peer: PeerId, reason: String },
     /// The event loop has stopped.
     #[error("the network has stopped")]
     Stopped,
@@ -168,6 +173,20 @@ pub(crate) enum Command {
     },
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    ExternalAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Provide {
+        keys: Vec<kad::RecordKey>,
+    },
+    Lookup {
+        keys: Vec<kad::RecordKey>,
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    Sync {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<Vec<(Verified, SignedRouteUpdate)>, Error>>,
     },
 }
 
@@ -273,6 +292,34 @@ impl Client {
     /// Connected peers.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
         self.ask(|reply| Command::Peers { reply }).await
+    }
+
+    /// Sets the DHT keys this node provides (replacing the previous set); they
+    /// are announced now, after each bootstrap, and every 10 minutes.
+    pub async fn provide(&self, keys: Vec<kad::RecordKey>) -> Result<(), Error> {
+        self.tx
+            .send(Command::Provide { keys })
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// Asks the DHT who provides any of `keys`; answers when every query has
+    /// finished (at most the query timeout). Providers are dialled as soon as
+    /// they are found, while the query still knows their addresses.
+    pub async fn lookup(&self, keys: Vec<kad::RecordKey>) -> Result<Vec<PeerId>, Error> {
+        self.ask(|reply| Command::Lookup { keys, reply }).await
+    }
+
+    /// Asks a peer for its whole route table; every update in the answer is
+    /// verified, invalid ones left out.
+    pub async fn sync(&self, peer: PeerId) -> Result<Vec<(Verified, SignedRouteUpdate)>, Error> {
+        self.ask(|reply| Command::Sync { peer, reply }).await?
+    }
+
+    /// Addresses other nodes are told to dial (configured, or the listen
+    /// addresses), as put in route updates and provider records.
+    pub async fn external_addrs(&self) -> Result<Vec<Multiaddr>, Error> {
+        self.ask(|reply| Command::ExternalAddrs { reply }).await
     }
 
     /// Addresses the swarm listens on (after the OS picked ports).

@@ -227,3 +227,28 @@ fn quantised_vectors_keep_their_direction() {
     assert!(cos > 0.9999, "{cos}");
     assert_eq!(WireVector::quantize(&[0.0; 3]).dequantize(), vec![0.0; 3]);
 }
+
+/// Provider keys are hashes, so only their bytes are pinned (one file, one key
+/// per line: `<text> <hex>`), for implementers in other languages.
+#[test]
+fn kad_provider_keys() {
+    let texts = ["kind:llm/chat", "kind:vision/classify", "domain:camelids"];
+    let lines: Vec<String> = texts
+        .iter()
+        .map(|t| {
+            let hex: String = super::kad::key_bytes(t)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!("{t} {hex}")
+        })
+        .collect();
+    let path = vectors_dir().join("kad-provider-keys.txt");
+    let want = lines.join("\n") + "\n";
+    if std::env::var_os("ATMOSPHERE_BLESS").is_some() {
+        std::fs::write(&path, want).expect("write vector");
+        return;
+    }
+    let got = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(got, want, "provider keys differ from {}", path.display());
+}

@@ -5,6 +5,7 @@
 
 pub mod codec;
 pub mod intent;
+pub mod kad;
 pub mod route;
 pub mod sync;
 
