@@ -1,6 +1,8 @@
-//! Three `atmosphere` processes on loopback, joined in a line. A capability only
-//! the third offers is asked for at the first; the third is killed, its route
-//! disappears, and it comes back when the third restarts.
+//! `atmosphere` processes on loopback. Three joined in a line: a capability
+//! only the third offers is asked for at the first; the third is killed, its
+//! route disappears, and it comes back when the third restarts. Three in a
+//! star: two offer the same capability, the one serving is killed, and the
+//! very next request is served by the other, long before any route expires.
 
 mod common;
 
@@ -38,9 +40,10 @@ fn write_config(
     http: u16,
     bootstrap: Option<&str>,
     backend: Option<std::net::SocketAddr>,
+    ttl: &str,
 ) -> std::path::PathBuf {
     let mut text = format!(
-        "[node]\nname = \"{name}\"\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[embedder]\nthreads = 1\n[mesh]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nmdns = false\nttl = \"5s\"\n",
+        "[node]\nname = \"{name}\"\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[embedder]\nthreads = 1\n[mesh]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nmdns = false\nttl = \"{ttl}\"\n",
         dir.join(name).display()
     );
     if let Some(b) = bootstrap {
@@ -124,11 +127,18 @@ async fn a_capability_on_the_third_process_answers_at_the_first_and_follows_its_
     let backend = spawn_echo(Echo::new("third-backend", Flavour::Openai, &["llama3.2"])).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (p1, p2, p3) = (free_port(), free_port(), free_port());
-    let _n1 = spawn(&write_config(dir.path(), "one", p1, None, None));
+    let _n1 = spawn(&write_config(dir.path(), "one", p1, None, None, "5s"));
     let (_, addr1) = ready(p1).await;
-    let _n2 = spawn(&write_config(dir.path(), "two", p2, Some(&addr1), None));
+    let _n2 = spawn(&write_config(
+        dir.path(),
+        "two",
+        p2,
+        Some(&addr1),
+        None,
+        "5s",
+    ));
     let (_, addr2) = ready(p2).await;
-    let config3 = write_config(dir.path(), "three", p3, Some(&addr2), Some(backend));
+    let config3 = write_config(dir.path(), "three", p3, Some(&addr2), Some(backend), "5s");
     let mut n3 = spawn(&config3);
     let (id3, _) = ready(p3).await;
 
@@ -171,4 +181,72 @@ async fn a_capability_on_the_third_process_answers_at_the_first_and_follows_its_
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-atmosphere-node"], id3.as_str());
     drop(n3);
+}
+
+async fn capability_count(port: u16, id: &str) -> usize {
+    get(port, "/v1/mesh/capabilities")
+        .await
+        .and_then(|v| v["data"].as_array().cloned())
+        .map_or(0, |d| d.iter().filter(|c| c["id"] == id).count())
+}
+
+#[tokio::test]
+async fn when_the_serving_node_dies_the_next_request_fails_over_at_once() {
+    let second = spawn_echo(Echo::new("second-backend", Flavour::Openai, &["llama3.2"])).await;
+    let third = spawn_echo(Echo::new("third-backend", Flavour::Openai, &["llama3.2"])).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    // A long TTL: expiry cannot explain what follows.
+    let _n1 = spawn(&write_config(dir.path(), "one", p1, None, None, "10m"));
+    let (_, addr1) = ready(p1).await;
+    let n2 = spawn(&write_config(
+        dir.path(),
+        "two",
+        p2,
+        Some(&addr1),
+        Some(second),
+        "10m",
+    ));
+    let n3 = spawn(&write_config(
+        dir.path(),
+        "three",
+        p3,
+        Some(&addr1),
+        Some(third),
+        "10m",
+    ));
+    let (id2, _) = ready(p2).await;
+    let (id3, _) = ready(p3).await;
+    eventually("node 1 knows both offers", || async {
+        capability_count(p1, "farm/llama-expert").await == 2
+    })
+    .await;
+
+    let resp = ask(p1).await;
+    assert_eq!(resp.status(), 200);
+    let served = resp.headers()["x-atmosphere-node"]
+        .to_str()
+        .expect("header")
+        .to_owned();
+    let (victim, survivor, survivor_backend) = if served == id2 {
+        (n2, (n3, id3), "[third-backend]")
+    } else {
+        assert_eq!(served, id3);
+        (n3, (n2, id2), "[second-backend]")
+    };
+
+    // Killed: its route is still held (TTL 10 min), so the next request picks
+    // it first, finds the connection gone and goes to the other node.
+    drop(victim);
+    let resp = ask(p1).await;
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+    assert_eq!(resp.headers()["x-atmosphere-node"], survivor.1.as_str());
+    let v: Value = resp.json().await.expect("json");
+    assert!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("content")
+            .starts_with(survivor_backend)
+    );
+    drop(survivor);
 }
