@@ -116,7 +116,26 @@ fn pct(samples: &mut [Duration], p: f64) -> f64 {
     samples[i].as_secs_f64() * 1e3
 }
 
-async fn run(n: usize, rng: &mut impl Rng) -> (Duration, Vec<Duration>) {
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+struct Run {
+    converged: Duration,
+    samples: Vec<Duration>,
+    /// Growth of this process's RSS per node, measured idle after convergence.
+    rss_per_node_kib: u64,
+}
+
+async fn run(n: usize, rng: &mut impl Rng) -> Run {
+    let rss_before = rss_kib();
     let started = Instant::now();
     let mut nodes: Vec<BenchNode> = Vec::new();
     for i in 0..n {
@@ -136,6 +155,8 @@ async fn run(n: usize, rng: &mut impl Rng) -> (Duration, Vec<Duration>) {
         .expect("view");
     }
     let converged = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_per_node_kib = rss_kib().saturating_sub(rss_before) / n as u64;
     let mut samples = Vec::new();
     for round in 1..=30 {
         // Origins announce at most once a second: space the changes out so
@@ -160,7 +181,11 @@ async fn run(n: usize, rng: &mut impl Rng) -> (Duration, Vec<Duration>) {
         }
         samples.push(t.elapsed());
     }
-    (converged, samples)
+    Run {
+        converged,
+        samples,
+        rss_per_node_kib,
+    }
 }
 
 #[tokio::main]
@@ -170,8 +195,10 @@ async fn main() {
         "## Route propagation (in-process loopback meshes; each node joins through up to 3 earlier ones)"
     );
     println!();
-    println!("| nodes | start to converged ms | update reaches all: p50 ms | p99 ms | max ms |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| nodes | start to converged ms | update reaches all: p50 ms | p99 ms | max ms | RSS per node, idle, no model MiB |"
+    );
+    println!("|---|---|---|---|---|---|");
     let sizes: Vec<usize> = std::env::var("MESH_SIZES")
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
@@ -182,14 +209,19 @@ async fn main() {
             .try_init();
     }
     for n in sizes {
-        let (converged, mut samples) = run(n, &mut rng).await;
+        let Run {
+            converged,
+            mut samples,
+            rss_per_node_kib,
+        } = run(n, &mut rng).await;
         let max = samples.iter().max().copied().unwrap_or_default();
         println!(
-            "| {n} | {:.0} | {:.1} | {:.1} | {:.1} |",
+            "| {n} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
             converged.as_secs_f64() * 1e3,
             pct(&mut samples, 0.5),
             pct(&mut samples, 0.99),
-            max.as_secs_f64() * 1e3
+            max.as_secs_f64() * 1e3,
+            rss_per_node_kib as f64 / 1024.0
         );
     }
 }

@@ -1,0 +1,219 @@
+//! A forwarded (one-hop) request against a local one, and how long a dead
+//! node's routes outlive it elsewhere.
+//!
+//!   cargo build --release --bins && cargo bench --bench forward
+//!
+//! Three processes on loopback: `echo-backend`, node A (offers the capability
+//! on that backend) and node B (offers nothing, joined to A). The same chat
+//! request with an explicit model goes to A (handled locally) and to B (sent
+//! over `/atmosphere/intent/1.0.0` to A), one client, back to back, halves
+//! alternated. Added = B minus A, per percentile. Then A is killed (no
+//! withdrawal) and B's `/v1/mesh/capabilities` is polled every 20 ms until
+//! the capability is gone; B's RSS is read before that (B has the model
+//! loaded; the network's share is measured by `--bench mesh`).
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::*;
+
+const TTL_SECS: u64 = 30;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(bench());
+}
+
+fn node_config(dir: &std::path::Path, name: &str, http: u16, extra: &str) -> std::path::PathBuf {
+    let text = format!(
+        r#"
+[node]
+name = "{name}"
+data_dir = "{dir}/{name}"
+[http]
+listen = "127.0.0.1:{http}"
+[embedder]
+threads = 1
+[mesh]
+listen = ["/ip4/127.0.0.1/tcp/0"]
+mdns = false
+ttl = "{TTL_SECS}s"
+{extra}
+"#,
+        dir = dir.display()
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+fn start(config: &std::path::Path) -> Killed {
+    Killed(
+        Command::new(bin("atmosphere"))
+            .args([
+                "start",
+                "--config",
+                config.to_str().expect("utf8"),
+                "--log",
+                "warn",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("atmosphere"),
+    )
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Option<Value> {
+    client.get(url).send().await.ok()?.json().await.ok()
+}
+
+async fn capability_count(client: &reqwest::Client, port: u16) -> usize {
+    get(
+        client,
+        &format!("http://127.0.0.1:{port}/v1/mesh/capabilities"),
+    )
+    .await
+    .and_then(|v| v["data"].as_array().map(Vec::len))
+    .unwrap_or(0)
+}
+
+async fn run(client: &reqwest::Client, url: &str, n: usize) -> Vec<Duration> {
+    let body = serde_json::to_vec(&json!({
+        "model": "farm/llama-expert",
+        "messages": [{"role": "user", "content": "What should I feed my alpacas in winter?"}]
+    }))
+    .expect("json");
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("send");
+        assert!(r.status().is_success(), "{}", r.status());
+        r.bytes().await.expect("body");
+        out.push(t.elapsed());
+    }
+    out
+}
+
+async fn bench() {
+    let client = reqwest::Client::new();
+    let backend_port = free_port();
+    let _backend = Killed(
+        Command::new(bin("echo-backend"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{backend_port}"),
+                "--model",
+                "llama3.2",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("echo-backend"),
+    );
+    let dir = std::env::temp_dir().join(format!("atmosphere-fwd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let (pa, pb) = (free_port(), free_port());
+    let a = start(&node_config(
+        &dir,
+        "a",
+        pa,
+        &format!(
+            r#"[[backend]]
+name = "echo"
+kind = "openai"
+url = "http://127.0.0.1:{backend_port}"
+[[capability]]
+id = "farm/llama-expert"
+description = "Expert on raising llamas and alpacas."
+examples = ["What should I feed my alpacas in winter?"]
+backend = "echo"
+model = "llama3.2"
+"#
+        ),
+    ));
+    wait_ready(&client, &format!("http://127.0.0.1:{pa}/health")).await;
+    let peers = get(&client, &format!("http://127.0.0.1:{pa}/v1/mesh/peers"))
+        .await
+        .expect("peers");
+    let addr_a = format!(
+        "{}/p2p/{}",
+        peers["listen"][0].as_str().expect("listen"),
+        peers["peer_id"].as_str().expect("peer id")
+    );
+    let b = start(&node_config(
+        &dir,
+        "b",
+        pb,
+        &format!("bootstrap = [\"{addr_a}\"]"),
+    ));
+    wait_ready(&client, &format!("http://127.0.0.1:{pb}/health")).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while capability_count(&client, pb).await == 0 {
+        assert!(Instant::now() < deadline, "b never learnt a's capability");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let local = format!("http://127.0.0.1:{pa}/v1/chat/completions");
+    let forwarded = format!("http://127.0.0.1:{pb}/v1/chat/completions");
+    run(&client, &local, 300).await;
+    run(&client, &forwarded, 300).await;
+    let (mut l, mut f) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        l.extend(run(&client, &local, 1000).await);
+        f.extend(run(&client, &forwarded, 1000).await);
+    }
+    let (l50, l99) = (pct(&mut l, 0.5), pct(&mut l, 0.99));
+    let (f50, f99) = (pct(&mut f, 0.5), pct(&mut f, 0.99));
+    println!("## Forwarded request vs local (loopback, 1 client, explicit model)");
+    println!();
+    println!("| path | requests | p50 ms | p99 ms | added p50 ms | added p99 ms |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| node A, capability local | {} | {l50:.3} | {l99:.3} | | |",
+        l.len()
+    );
+    println!(
+        "| node B, forwarded to A over intent/1.0.0 | {} | {f50:.3} | {f99:.3} | {:.3} | {:.3} |",
+        f.len(),
+        f50 - l50,
+        f99 - l99
+    );
+    println!();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!(
+        "Node B idle RSS after the load (model loaded): {:.1} MiB",
+        rss_kib(b.0.id()) as f64 / 1024.0
+    );
+    println!();
+
+    // Death to expiry: A is killed without a withdrawal.
+    let killed = Instant::now();
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(TTL_SECS * 3);
+    while capability_count(&client, pb).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the dead node's route never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "A killed (no withdrawal), TTL {TTL_SECS} s: its route gone at B after {:.2} s.",
+        killed.elapsed().as_secs_f64()
+    );
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
