@@ -53,7 +53,8 @@ struct BenchNode {
     addr: Multiaddr,
     view: watch::Receiver<View>,
     local: watch::Sender<Arc<Vec<Entry>>>,
-    _client: network::Client,
+    client: network::Client,
+    peer: libp2p::PeerId,
 }
 
 async fn spawn(i: usize, bootstrap: Vec<Multiaddr>) -> BenchNode {
@@ -106,7 +107,8 @@ async fn spawn(i: usize, bootstrap: Vec<Multiaddr>) -> BenchNode {
         addr,
         view,
         local,
-        _client: client,
+        client,
+        peer,
     }
 }
 
@@ -132,6 +134,8 @@ struct Run {
     samples: Vec<Duration>,
     /// Growth of this process's RSS per node, measured idle after convergence.
     rss_per_node_kib: u64,
+    /// Kademlia provider lookups from a random node, until the query ends.
+    lookups: Vec<Duration>,
 }
 
 async fn run(n: usize, rng: &mut impl Rng) -> Run {
@@ -181,10 +185,34 @@ async fn run(n: usize, rng: &mut impl Rng) -> Run {
         }
         samples.push(t.elapsed());
     }
+    // Kademlia: one node provides a fresh key, another looks it up; a sample
+    // is the whole query (it ends when the closest peers have answered).
+    let mut lookups = Vec::new();
+    for round in 0..20 {
+        let p = rng.gen_range(0..n);
+        let q = (p + rng.gen_range(1..n)) % n;
+        let key = libp2p::kad::RecordKey::new(&atmosphere::wire::kad::key_bytes(&format!(
+            "kind:bench/k{round}"
+        )));
+        nodes[p]
+            .client
+            .provide(vec![key.clone()])
+            .await
+            .expect("provide");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let t = Instant::now();
+        let found = nodes[q].client.lookup(vec![key]).await.expect("lookup");
+        lookups.push(t.elapsed());
+        assert!(
+            found.contains(&nodes[p].peer),
+            "lookup {round} missed the provider"
+        );
+    }
     Run {
         converged,
         samples,
         rss_per_node_kib,
+        lookups,
     }
 }
 
@@ -196,9 +224,9 @@ async fn main() {
     );
     println!();
     println!(
-        "| nodes | start to converged ms | update reaches all: p50 ms | p99 ms | max ms | RSS per node, idle, no model MiB |"
+        "| nodes | start to converged ms | update reaches all: p50 ms | p99 ms | max ms | RSS per node, idle, no model MiB | kad lookup p50 ms | max of 20 ms |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let sizes: Vec<usize> = std::env::var("MESH_SIZES")
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
@@ -213,15 +241,19 @@ async fn main() {
             converged,
             mut samples,
             rss_per_node_kib,
+            mut lookups,
         } = run(n, &mut rng).await;
+        let lookup_max = lookups.iter().max().copied().unwrap_or_default();
         let max = samples.iter().max().copied().unwrap_or_default();
         println!(
-            "| {n} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {n} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
             converged.as_secs_f64() * 1e3,
             pct(&mut samples, 0.5),
             pct(&mut samples, 0.99),
             max.as_secs_f64() * 1e3,
-            rss_per_node_kib as f64 / 1024.0
+            rss_per_node_kib as f64 / 1024.0,
+            pct(&mut lookups, 0.5),
+            lookup_max.as_secs_f64() * 1e3
         );
     }
 }
