@@ -33,20 +33,6 @@ fn update(seq: u64) -> RouteUpdate {
     }
 }
 
-async fn metric(node: &atmosphere::node::Node, needle: &str) -> u64 {
-    let text = reqwest::get(format!("http://{}/metrics", node.http_addr))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find(|l| l.starts_with(needle))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 type Hostile = libp2p::Swarm<gossipsub::Behaviour>;
 
 /// A bare gossipsub peer connected to the node, once the node's subscription

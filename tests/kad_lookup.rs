@@ -90,20 +90,6 @@ async fn providers(dht: &mpsc::Sender<Ask>, key: RecordKey) -> Vec<PeerId> {
     rx.await.expect("answer")
 }
 
-async fn metric(node: &atmosphere::node::Node, line: &str) -> u64 {
-    let text = reqwest::get(format!("http://{}/metrics", node.http_addr))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find(|l| l.starts_with(line))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn a_node_that_gossip_has_not_reached_finds_the_provider_in_the_dht() {
     let _ = tracing_subscriber::fmt()

@@ -178,3 +178,19 @@ where
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// The value of the first line of a node's `/metrics` that starts with `line`
+/// (a metric name with its labels); 0 when absent.
+pub async fn metric(node: &Node, line: &str) -> u64 {
+    let text = reqwest::get(format!("http://{}/metrics", node.http_addr))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find(|l| l.starts_with(line))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
