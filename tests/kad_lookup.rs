@@ -82,6 +82,17 @@ async fn dht_peer(seed: u8) -> (Multiaddr, mpsc::Sender<Ask>) {
     (format!("{addr}/p2p/{peer_id}").parse().expect("addr"), tx)
 }
 
+/// A `model: auto` chat request with one user message.
+async fn ask(node: &atmosphere::node::Node, text: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", node.http_addr))
+        .json(&json!({"model": "auto", "messages": [{"role": "user", "content": text}]}))
+        .timeout(WAIT)
+        .send()
+        .await
+        .expect("answered")
+}
+
 async fn providers(dht: &mpsc::Sender<Ask>, key: RecordKey) -> Vec<PeerId> {
     let (reply, rx) = oneshot::channel();
     dht.send(Ask::Providers(key, reply))
@@ -152,13 +163,7 @@ async fn a_node_that_gossip_has_not_reached_finds_the_provider_in_the_dht() {
 
     // A request that nothing known fits: the asker looks the kind up, fetches
     // the provider's routes and forwards the request there.
-    let resp = reqwest::Client::new()
-        .post(format!("http://{}/v1/chat/completions", asker.http_addr))
-        .json(&json!({"model": "auto", "messages": [{"role": "user", "content": "What should I feed my alpacas in winter?"}]}))
-        .timeout(WAIT)
-        .send()
-        .await
-        .expect("answered");
+    let resp = ask(&asker, "What should I feed my alpacas in winter?").await;
     assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
     assert_eq!(resp.headers()["x-atmosphere-route"], "farm/llama-expert");
     assert_eq!(
@@ -183,13 +188,7 @@ async fn a_node_that_gossip_has_not_reached_finds_the_provider_in_the_dht() {
     // has not looked up yet (the near miss's domain) and finds nothing new; the
     // second finds every key looked up moments ago and skips the DHT.
     for _ in 0..2 {
-        let resp = reqwest::Client::new()
-            .post(format!("http://{}/v1/chat/completions", asker.http_addr))
-            .json(&json!({"model": "auto", "messages": [{"role": "user", "content": "Quarterly revenue forecast for a semiconductor fab"}]}))
-            .timeout(WAIT)
-            .send()
-            .await
-            .expect("answered");
+        let resp = ask(&asker, "Quarterly revenue forecast for a semiconductor fab").await;
         assert_eq!(resp.status(), 404);
         let v: Value = resp.json().await.expect("json");
         assert_eq!(v["error"]["code"], "no_capability_fits");
@@ -213,16 +212,10 @@ async fn a_node_that_gossip_has_not_reached_finds_the_provider_in_the_dht() {
 }
 
 #[tokio::test]
-async fn a_lone_node_with_nothing_fitting_answers_at_once_with_a_clear_error() {
+async fn a_lone_node_with_nothing_fitting_gets_a_clear_error_and_asks_no_peer() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = start(mesh_config(Vec::new(), Vec::new(), dir.path(), Vec::new())).await;
-    let resp = reqwest::Client::new()
-        .post(format!("http://{}/v1/chat/completions", node.http_addr))
-        .json(&json!({"model": "auto", "messages": [{"role": "user", "content": "hello"}]}))
-        .timeout(WAIT)
-        .send()
-        .await
-        .expect("answered");
+    let resp = ask(&node, "hello").await;
     assert_eq!(resp.status(), 404);
     let v: Value = resp.json().await.expect("json");
     assert_eq!(v["error"]["code"], "no_capability_fits");
