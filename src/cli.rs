@@ -1,4 +1,4 @@
-//! The command line: `atmosphere start | id | route | capabilities`.
+//! The command line: `atmosphere start | id | route | capabilities | peers | health`.
 //! Client subcommands talk to a running node's HTTP API (`--node`).
 
 use std::net::SocketAddr;
@@ -54,6 +54,12 @@ pub enum Command {
     },
     /// List a running node's mesh peers.
     Peers {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Check that a running node answers (exit 0) or say why not (exit 1);
+    /// for container health checks.
+    Health {
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -159,6 +165,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 emit(&(serde_json::to_string_pretty(&v)? + "\n"))?;
             } else {
                 emit(&print_peers(&v))?;
+            }
+            Ok(())
+        }
+        Command::Health { client } => {
+            let v = request(&client, reqwest::Method::GET, "/health", None).await?;
+            if client.json {
+                emit(&(serde_json::to_string_pretty(&v)? + "\n"))?;
+            } else {
+                emit(&format!(
+                    "ok: {} ({}), {} capabilities, up {} s\n",
+                    v["node"].as_str().unwrap_or("?"),
+                    v["peer_id"].as_str().unwrap_or("?"),
+                    v["capabilities"],
+                    v["uptime_secs"]
+                ))?;
             }
             Ok(())
         }

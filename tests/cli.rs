@@ -88,13 +88,15 @@ fn bad_config_is_one_clear_line() {
 
 #[test]
 fn client_commands_explain_an_unreachable_node() {
-    let out = run(&["capabilities", "--node", "http://127.0.0.1:9"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("cannot reach the node at http://127.0.0.1:9"),
-        "{}",
-        stderr(&out)
-    );
+    for command in ["capabilities", "health"] {
+        let out = run(&[command, "--node", "http://127.0.0.1:9"]);
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        assert!(
+            stderr(&out).contains("cannot reach the node at http://127.0.0.1:9"),
+            "{command}: {}",
+            stderr(&out)
+        );
+    }
 }
 
 #[tokio::test]
@@ -124,10 +126,22 @@ async fn route_and_capabilities_against_a_running_node() {
         text.contains("farm/coder"),
         "ranked list shows the others: {text}"
     );
-    let out = tokio::task::spawn_blocking(move || run(&["capabilities", "--node", &url, "--json"]))
-        .await
-        .expect("join");
+    let out = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || run(&["capabilities", "--node", &url, "--json"])
+    })
+    .await
+    .expect("join");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["data"].as_array().expect("data").len(), 2);
+    let out = tokio::task::spawn_blocking(move || run(&["health", "--node", &url]))
+        .await
+        .expect("join");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!("ok: test-node ({})", node.peer_id)),
+        "{text}"
+    );
     node.shutdown().await;
 }
