@@ -17,7 +17,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use support::*;
 
 const TTL_SECS: u64 = 30;
@@ -84,29 +84,6 @@ async fn capability_count(client: &reqwest::Client, port: u16) -> usize {
     .unwrap_or(0)
 }
 
-async fn run(client: &reqwest::Client, url: &str, n: usize) -> Vec<Duration> {
-    let body = serde_json::to_vec(&json!({
-        "model": "farm/llama-expert",
-        "messages": [{"role": "user", "content": "What should I feed my alpacas in winter?"}]
-    }))
-    .expect("json");
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        let r = client
-            .post(url)
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-            .await
-            .expect("send");
-        assert!(r.status().is_success(), "{}", r.status());
-        r.bytes().await.expect("body");
-        out.push(t.elapsed());
-    }
-    out
-}
-
 async fn bench() {
     let client = reqwest::Client::new();
     let backend_port = free_port();
@@ -168,12 +145,12 @@ model = "llama3.2"
 
     let local = format!("http://127.0.0.1:{pa}/v1/chat/completions");
     let forwarded = format!("http://127.0.0.1:{pb}/v1/chat/completions");
-    run(&client, &local, 300).await;
-    run(&client, &forwarded, 300).await;
+    chat_load(&client, &local, "farm/llama-expert", 1, 300).await;
+    chat_load(&client, &forwarded, "farm/llama-expert", 1, 300).await;
     let (mut l, mut f) = (Vec::new(), Vec::new());
     for _ in 0..4 {
-        l.extend(run(&client, &local, 1000).await);
-        f.extend(run(&client, &forwarded, 1000).await);
+        l.extend(chat_load(&client, &local, "farm/llama-expert", 1, 1000).await);
+        f.extend(chat_load(&client, &forwarded, "farm/llama-expert", 1, 1000).await);
     }
     let (l50, l99) = (pct(&mut l, 0.5), pct(&mut l, 0.99));
     let (f50, f99) = (pct(&mut f, 0.5), pct(&mut f, 0.99));

@@ -9,6 +9,8 @@
 //! is one sample (30 samples per size, changes 1.1 s apart since an origin
 //! announces at most once a second).
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +22,7 @@ use atmosphere::routing::Entry;
 use libp2p::Multiaddr;
 use libp2p::identity::{Keypair, ed25519};
 use rand::{Rng, SeedableRng};
+use support::{pct, rss_kib};
 use tokio::sync::watch;
 
 const DIM: usize = 8;
@@ -112,23 +115,6 @@ async fn spawn(i: usize, bootstrap: Vec<Multiaddr>) -> BenchNode {
     }
 }
 
-fn pct(samples: &mut [Duration], p: f64) -> f64 {
-    samples.sort();
-    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[i].as_secs_f64() * 1e3
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
 struct Run {
     converged: Duration,
     samples: Vec<Duration>,
@@ -139,7 +125,7 @@ struct Run {
 }
 
 async fn run(n: usize, rng: &mut impl Rng) -> Run {
-    let rss_before = rss_kib();
+    let rss_before = rss_kib(std::process::id());
     let started = Instant::now();
     let mut nodes: Vec<BenchNode> = Vec::new();
     for i in 0..n {
@@ -160,7 +146,7 @@ async fn run(n: usize, rng: &mut impl Rng) -> Run {
     }
     let converged = started.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss_per_node_kib = rss_kib().saturating_sub(rss_before) / n as u64;
+    let rss_per_node_kib = rss_kib(std::process::id()).saturating_sub(rss_before) / n as u64;
     let mut samples = Vec::new();
     for round in 1..=30 {
         // Origins announce at most once a second: space the changes out so

@@ -13,52 +13,9 @@
 mod support;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::json;
 use support::*;
-
-async fn run(
-    client: &reqwest::Client,
-    url: &str,
-    model: &str,
-    clients: usize,
-    total: usize,
-) -> Vec<Duration> {
-    let body = serde_json::to_vec(&json!({
-        "model": model,
-        "messages": [{"role": "user", "content": "What should I feed my alpacas in winter?"}]
-    }))
-    .expect("json");
-    let per = total / clients;
-    let tasks = (0..clients).map(|_| {
-        let client = client.clone();
-        let url = url.to_owned();
-        let body = body.clone();
-        async move {
-            let mut out = Vec::with_capacity(per);
-            for _ in 0..per {
-                let t = Instant::now();
-                let r = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .expect("send");
-                assert!(r.status().is_success(), "{}", r.status());
-                r.bytes().await.expect("body");
-                out.push(t.elapsed());
-            }
-            out
-        }
-    });
-    futures::future::join_all(tasks)
-        .await
-        .into_iter()
-        .flatten()
-        .collect()
-}
 
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -161,15 +118,15 @@ model = "llama3.2"
     for clients in [1usize, 16] {
         let total = if clients == 1 { 4000 } else { 16000 };
         // Warm up both paths, then alternate halves to spread drift evenly.
-        run(&client, &direct, "llama3.2", clients, 400).await;
-        run(&client, &via, "farm/llama-expert", clients, 400).await;
+        chat_load(&client, &direct, "llama3.2", clients, 400).await;
+        chat_load(&client, &via, "farm/llama-expert", clients, 400).await;
         let mut d = Vec::new();
         let mut n = Vec::new();
         let mut node_cpu = Duration::ZERO;
         for _ in 0..2 {
-            d.extend(run(&client, &direct, "llama3.2", clients, total / 2).await);
+            d.extend(chat_load(&client, &direct, "llama3.2", clients, total / 2).await);
             let before = cpu_time(node.0.id());
-            n.extend(run(&client, &via, "farm/llama-expert", clients, total / 2).await);
+            n.extend(chat_load(&client, &via, "farm/llama-expert", clients, total / 2).await);
             node_cpu += cpu_time(node.0.id()) - before;
         }
         cpu_per_request.push((clients, node_cpu.as_secs_f64() * 1e6 / n.len() as f64));
@@ -186,7 +143,7 @@ model = "llama3.2"
             n99 - d99
         );
     }
-    let mut a = run(&client, &via, "auto", 1, 1000).await;
+    let mut a = chat_load(&client, &via, "auto", 1, 1000).await;
     println!(
         "| 1 | through node (`auto`: embed + route + proxy) | {} | {:.3} | {:.3} | | |",
         a.len(),

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
 pub struct Killed(pub Child);
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -85,4 +87,48 @@ pub async fn wait_ready(client: &reqwest::Client, url: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("{url} not ready");
+}
+
+/// Sends the same one-message chat request (`model`) from `clients` concurrent
+/// clients, back to back, `total` in all; returns each request's latency.
+pub async fn chat_load(
+    client: &reqwest::Client,
+    url: &str,
+    model: &str,
+    clients: usize,
+    total: usize,
+) -> Vec<Duration> {
+    let body = serde_json::to_vec(&json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "What should I feed my alpacas in winter?"}]
+    }))
+    .expect("json");
+    let per = total / clients;
+    let tasks = (0..clients).map(|_| {
+        let client = client.clone();
+        let url = url.to_owned();
+        let body = body.clone();
+        async move {
+            let mut out = Vec::with_capacity(per);
+            for _ in 0..per {
+                let t = Instant::now();
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .expect("send");
+                assert!(r.status().is_success(), "{}", r.status());
+                r.bytes().await.expect("body");
+                out.push(t.elapsed());
+            }
+            out
+        }
+    });
+    futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
