@@ -248,5 +248,24 @@ async fn when_the_serving_node_dies_the_next_request_fails_over_at_once() {
             .expect("content")
             .starts_with(survivor_backend)
     );
+    // And it was a failover, not a fresh choice: the dead node was tried first.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{p1}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("atmosphere_forwards_total{result=\"failover\"} ")
+                && !l.ends_with(" 0")
+        ),
+        "no failover counted: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("forwards"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     drop(survivor);
 }
