@@ -54,6 +54,8 @@ pub struct Metrics {
     pub forwards: Family<ResultLabel, Counter>,
     /// Provider lookups in the DHT when nothing local fitted, by result.
     pub lookups: Family<ResultLabel, Counter>,
+    /// Connections closed because the peer stopped answering pings.
+    pub dead_connections: Counter,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -130,8 +132,15 @@ impl Default for Metrics {
             "DHT provider lookups made because nothing known fitted a request, by result (found, nothing_new, no_providers, skipped)",
             lookups.clone(),
         );
+        let dead_connections = Counter::default();
+        registry.register(
+            "dead_connections",
+            "Connections closed because the peer stopped answering pings (cut off, crashed host)",
+            dead_connections.clone(),
+        );
         Self {
             registry,
+            dead_connections,
             forwards,
             lookups,
             gossip_updates,

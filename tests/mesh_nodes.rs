@@ -261,3 +261,49 @@ async fn a_stream_that_breaks_on_the_far_node_ends_with_an_error_event() {
     assert!(events[2].contains("backend_stream_error"), "{}", events[2]);
     assert!(!text.contains("[DONE]"));
 }
+
+/// Bootstrap peers are often known by a name and port only (a compose service,
+/// a public host): no `/p2p/<id>` is needed to join through them.
+#[tokio::test]
+async fn joins_through_a_bootstrap_address_without_a_peer_id() {
+    let farm = spawn_echo(Echo::new("farm-backend", Flavour::Openai, &["llama3.2"])).await;
+    let mut llama = farm_capabilities("farm").remove(0);
+    llama.backend = "farm".into();
+    let da = tempfile::tempdir().expect("tempdir");
+    let db = tempfile::tempdir().expect("tempdir");
+    let a = start(mesh_config(
+        vec![backend("farm", BackendKind::Openai, farm, false)],
+        vec![llama],
+        da.path(),
+        Vec::new(),
+    ))
+    .await;
+    let with_id = mesh_addr(&a).await;
+    let port = with_id
+        .split("/tcp/")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("tcp port");
+    let b = start(mesh_config(
+        Vec::new(),
+        Vec::new(),
+        db.path(),
+        vec![format!("/dns4/localhost/tcp/{port}")],
+    ))
+    .await;
+    eventually(
+        "b learns a's capability through a name-only bootstrap",
+        || has_capability(&b, "farm/llama-expert"),
+    )
+    .await;
+    let resp = post(
+        &b,
+        "/v1/chat/completions",
+        json!({"model": "auto", "messages": [{"role": "user", "content": "What should I feed my alpacas in winter?"}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.expect("json");
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap_or("");
+    assert!(content.starts_with("[farm-backend]"), "{content}");
+}

@@ -11,6 +11,12 @@ use super::codec::Codec;
 use crate::wire::{self, intent, sync};
 
 /// Sync exchanges are small and rare: a whole snapshot must arrive in this time.
+/// Every connection is pinged this often; a ping unanswered within
+/// [`PING_TIMEOUT`] closes the connection (see the event loop), so a peer cut
+/// off by the network is noticed in about 20 s rather than when TCP gives up
+/// (minutes), and is dialled afresh once it is back.
+pub const PING_INTERVAL: Duration = Duration::from_secs(10);
+pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent inbound sync streams per connection.
 const SYNC_CONCURRENT: usize = 8;
@@ -136,7 +142,11 @@ impl Behaviour {
             gossipsub,
             kad,
             identify,
-            ping: ping::Behaviour::default(),
+            ping: ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(PING_INTERVAL)
+                    .with_timeout(PING_TIMEOUT),
+            ),
             sync,
             intent,
             stream: libp2p_stream::Behaviour::new(),

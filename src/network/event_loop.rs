@@ -44,6 +44,9 @@ const MAX_PENDING_SYNC: usize = 64;
 struct Redial {
     addr: Multiaddr,
     peer: Option<PeerId>,
+    /// The address named the peer (`/p2p/<id>`); otherwise `peer` is whoever
+    /// answered there last.
+    named: bool,
     next: Instant,
     backoff: Duration,
 }
@@ -159,6 +162,7 @@ impl EventLoop {
             .iter()
             .map(|addr| Redial {
                 peer: peer_of(addr),
+                named: peer_of(addr).is_some(),
                 addr: addr.clone(),
                 next: now,
                 backoff: REDIAL_MIN,
@@ -430,6 +434,18 @@ impl EventLoop {
             })) => {
                 self.peers.entry(peer).or_default().rtt = Some(rtt);
             }
+            // The library leaves connection health to us. A peer that does not
+            // answer is cut off or gone; the connection would otherwise linger
+            // until TCP gives up, and requests sent on it would wait.
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(error),
+            })) if !matches!(error, ping::Failure::Unsupported) => {
+                tracing::info!(%peer, %error, "peer stopped answering; closing the connection");
+                self.metrics.dead_connections.inc();
+                self.swarm.close_connection(connection);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
                     self.swarm
@@ -451,6 +467,15 @@ impl EventLoop {
                 ..
             } if num_established.get() == 1 => {
                 if endpoint.is_dialer() {
+                    // A bootstrap address given without /p2p/<id> (a DNS name
+                    // of a service): learn whose it is, so it is not dialled
+                    // again while connected (a restarted peer may have a new one).
+                    let remote = endpoint.get_remote_address();
+                    for r in &mut self.bootstrap {
+                        if !r.named && &r.addr == remote {
+                            r.peer = Some(peer_id);
+                        }
+                    }
                     self.swarm
                         .behaviour_mut()
                         .kad
@@ -483,6 +508,14 @@ impl EventLoop {
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+                // A new interface address often means the network is back
+                // (a cable, a Wi-Fi join, a container reattached): try the
+                // bootstrap peers now instead of after a long backoff.
+                let now = Instant::now();
+                for r in &mut self.bootstrap {
+                    r.next = now;
+                    r.backoff = REDIAL_MIN;
+                }
                 // Provider records and route updates carry the external
                 // addresses; without configured ones, the listen addresses are
                 // what other nodes can dial (LAN, testnet, public host).
