@@ -1,3 +1,5 @@
+use std::io::IsTerminal;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -17,6 +19,8 @@ async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal, not in container or CI logs.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     if let Err(e) = cli::run(cli).await {
         eprintln!("atmosphere: {e:#}");
