@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Builds the node image without any image registry:
+#   1. the release binaries (atmosphere, echo-backend) and the ONNX Runtime
+#      library from the model cache (scripts/fetch-model.sh),
+#   2. a minimal root filesystem holding them, the shared libraries they load,
+#      CA certificates and a non-root user, imported as `atmosphere-rootfs:local`,
+#   3. the node image `atmosphere:local` from it (testnet/image.Dockerfile: user,
+#      environment, health check, entry point).
+# The embedding model itself is not in the image: containers mount the model
+# cache read-only at /cache (see testnet/docker-compose.yml).
+#
+#   scripts/image.sh            # prints the image size at the end
+#
+# Docker with a registry can use the multi-stage ./Dockerfile instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+IMAGE="${ATMOSPHERE_IMAGE:-atmosphere:local}"
+ROOTFS_IMAGE="atmosphere-rootfs:local"
+UID_GID=10001
+CACHE="${ATMOSPHERE_CACHE:-$HOME/.cache/atmosphere}"
+TARGET="${CARGO_TARGET_DIR:-target}"
+
+command -v docker >/dev/null || { echo "image: docker is not installed" >&2; exit 1; }
+scripts/fetch-model.sh
+echo "image: building release binaries" >&2
+cargo build --release --quiet --bin atmosphere --bin echo-backend
+
+ORT_LIB="$(readlink -f "$CACHE/onnxruntime/libonnxruntime.so")"
+[ -f "$ORT_LIB" ] || { echo "image: no ONNX Runtime at $CACHE/onnxruntime" >&2; exit 1; }
+
+ROOT="$(mktemp -d)"
+trap 'rm -rf "$ROOT"' EXIT
+
+install -d "$ROOT"/{usr/local/bin,usr/local/lib/onnxruntime,etc/ssl/certs,tmp,data,cache}
+chmod 1777 "$ROOT/tmp"
+for bin in atmosphere echo-backend; do
+  install -m 0755 "$TARGET/release/$bin" "$ROOT/usr/local/bin/$bin"
+  strip "$ROOT/usr/local/bin/$bin" 2>/dev/null || true
+done
+install -m 0644 "$ORT_LIB" "$ROOT/usr/local/lib/onnxruntime/$(basename "$ORT_LIB")"
+ln -s "$(basename "$ORT_LIB")" "$ROOT/usr/local/lib/onnxruntime/libonnxruntime.so"
+for f in LICENSE ThirdPartyNotices.txt; do
+  install -m 0644 "$CACHE/onnxruntime/$f" "$ROOT/usr/local/lib/onnxruntime/$f"
+done
+
+# Every shared library the binaries and the runtime load, at the same path
+# (resolved through symlinks), plus the dynamic loader.
+ldd "$TARGET/release/atmosphere" "$TARGET/release/echo-backend" "$ORT_LIB" \
+  | awk '/=> \// { print $3 } /^\t\// { print $1 }' | sort -u \
+  | while read -r lib; do
+      install -D -m 0755 "$(readlink -f "$lib")" "$ROOT$lib"
+    done
+
+install -m 0644 /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/ca-certificates.crt"
+cat >"$ROOT/etc/passwd" <<EOF
+root:x:0:0:root:/root:/sbin/nologin
+atmosphere:x:$UID_GID:$UID_GID:atmosphere:/data:/sbin/nologin
+EOF
+cat >"$ROOT/etc/group" <<EOF
+root:x:0:
+atmosphere:x:$UID_GID:
+EOF
+echo "hosts: files dns" >"$ROOT/etc/nsswitch.conf"
+chown "$UID_GID:$UID_GID" "$ROOT/data"
+
+echo "image: importing the root filesystem as $ROOTFS_IMAGE" >&2
+tar -C "$ROOT" --numeric-owner -c . | docker import \
+  --message "atmosphere root filesystem (scripts/image.sh)" - "$ROOTFS_IMAGE" >/dev/null
+
+echo "image: building $IMAGE" >&2
+docker build --quiet -t "$IMAGE" -f testnet/image.Dockerfile \
+  --build-arg ROOTFS="$ROOTFS_IMAGE" --build-arg UID_GID="$UID_GID" testnet >/dev/null
+
+size=$(docker image inspect --format '{{.Size}}' "$IMAGE")
+echo "image: $IMAGE is $((size / 1024 / 1024)) MiB ($size bytes)"
