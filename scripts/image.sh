@@ -69,8 +69,14 @@ tar -C "$ROOT" --numeric-owner -c . | docker import \
   --message "atmosphere root filesystem (scripts/image.sh)" - "$ROOTFS_IMAGE" >/dev/null
 
 echo "image: building $IMAGE" >&2
-docker build --quiet -t "$IMAGE" -f testnet/image.Dockerfile \
-  --build-arg ROOTFS="$ROOTFS_IMAGE" --build-arg UID_GID="$UID_GID" testnet >/dev/null
+# Quiet unless it fails (the classic builder warns that it is deprecated).
+if ! docker build --quiet -t "$IMAGE" -f testnet/image.Dockerfile \
+  --build-arg ROOTFS="$ROOTFS_IMAGE" --build-arg UID_GID="$UID_GID" testnet >"$ROOT.log" 2>&1; then
+  cat "$ROOT.log" >&2
+  rm -f "$ROOT.log"
+  exit 1
+fi
+rm -f "$ROOT.log"
 
 size=$(docker image inspect --format '{{.Size}}' "$IMAGE")
 echo "image: $IMAGE is $((size / 1024 / 1024)) MiB ($size bytes)"
