@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Checks a running testnet (scripts/testnet.sh check): asks every reachable
+node's HTTP API the questions in testnet/questions.toml with model "auto" and
+verifies that
+
+  * every node lists every capability of every node that is up, and none of a
+    node that is down (stopped, killed or cut off from the network);
+  * each question is answered by a node that owns the expected capability,
+    through that capability's backend (the echo backends name themselves);
+  * a question whose capability is offered by no node that is up gets a clear
+    OpenAI-style error, or an answer from another capability that is up.
+
+Which nodes are up is read from Docker, not assumed. With --wait it retries
+until everything holds or the time runs out, and prints how long that took.
+Exit status: 0 when everything holds, 1 otherwise (with what does not).
+Standard library only.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REQUEST_TIMEOUT = 15
+
+
+def docker(*args):
+    out = subprocess.run(["docker", *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)}: {out.stderr.strip()}")
+    return out.stdout
+
+
+class Node:
+    """A node container of the testnet."""
+
+    def __init__(self, service, container, name, ip, capabilities, backends):
+        self.service = service
+        self.container = container
+        self.name = name  # node name peers see (config, or the host name)
+        self.ip = ip  # on the testnet network; None when cut off or stopped
+        self.capabilities = capabilities  # capability id -> backend name
+        self.backends = backends
+
+    @property
+    def up(self):
+        return self.ip is not None
+
+    def url(self, path):
+        return f"http://{self.ip}:8000{path}"
+
+
+def discover(project, testnet_dir):
+    """Every node container of the project, running or not, with its state."""
+    network = f"{project}_mesh"
+    ids = docker("ps", "-a", "-q", "--filter", f"label=com.docker.compose.project={project}").split()
+    nodes = []
+    for info in json.loads(docker("inspect", *ids)) if ids else []:
+        service = info["Config"]["Labels"].get("com.docker.compose.service", "")
+        config_path = testnet_dir / f"{service}.toml"
+        if not config_path.is_file():
+            continue  # a backend
+        config = tomllib.loads(config_path.read_text())
+        name = config.get("node", {}).get("name") or info["Config"]["Hostname"]
+        caps = {c["id"]: c["backend"] for c in config.get("capability", [])}
+        ip = None
+        if info["State"]["Running"]:
+            net = info["NetworkSettings"]["Networks"].get(network)
+            ip = (net or {}).get("IPAddress") or None
+        nodes.append(Node(service, info["Name"].lstrip("/"), name, ip, caps, config.get("backend", [])))
+    return sorted(nodes, key=lambda n: n.container)
+
+
+def http(method, url, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def check_once(nodes, questions):
+    """Everything wrong right now, as readable lines (empty: all holds)."""
+    problems = []
+    up = [n for n in nodes if n.up]
+    down = [n for n in nodes if not n.up]
+    expected = {(cap, n.name) for n in up for cap in n.capabilities}
+    owners = {}  # capability -> {backend names of up owners}
+    for n in up:
+        for cap, backend in n.capabilities.items():
+            owners.setdefault(cap, set()).add(backend)
+    down_names = {n.name for n in down}
+    answers = 0
+    peer_names = {}  # PeerId -> node name, from the capability lists
+    # Lists first: while they disagree with Docker, questions would only wait
+    # on nodes that are gone, and the time to converge would be overstated.
+    for n in up:
+        try:
+            status, _, body = http("GET", n.url("/v1/mesh/capabilities"))
+            listed = json.loads(body)["data"] if status == 200 else None
+        except (OSError, ValueError, KeyError) as e:
+            problems.append(f"{n.service}: capability list failed: {e}")
+            continue
+        if listed is None:
+            problems.append(f"{n.service}: capability list answered {status}")
+            continue
+        seen = {(c["id"], c.get("node_name")) for c in listed}
+        peer_names.update({c["node"]: c.get("node_name") for c in listed})
+        for cap, owner in sorted(expected - seen):
+            problems.append(f"{n.service}: does not list {cap} of {owner}")
+        for cap, owner in sorted(seen):
+            if owner in down_names:
+                problems.append(f"{n.service}: still lists {cap} of {owner}, which is down")
+    if problems:
+        return problems, answers
+    for n in up:
+        for q in questions:
+            cap = q["capability"]
+            body = {"model": "auto", "messages": [{"role": "user", "content": q["text"]}]}
+            try:
+                status, headers, raw = http("POST", n.url("/v1/chat/completions"), body)
+                reply = json.loads(raw)
+            except (OSError, ValueError) as e:
+                problems.append(f"{n.service}: {q['text']!r}: {e}")
+                continue
+            headers = {k.lower(): v for k, v in headers.items()}
+            route = headers.get("x-atmosphere-route")
+            answered_by = peer_names.get(headers.get("x-atmosphere-node"), headers.get("x-atmosphere-node"))
+            if cap in owners:
+                content = reply.get("choices", [{}])[0].get("message", {}).get("content", "") if status == 200 else ""
+                backend = content[1:].split("]", 1)[0] if content.startswith("[") else None
+                if status != 200:
+                    problems.append(f"{n.service}: {q['text']!r}: {status} {reply.get('error', {}).get('message')}")
+                elif route != cap or backend not in owners[cap]:
+                    problems.append(f"{n.service}: {q['text']!r}: answered by {route} on {answered_by} "
+                                    f"(backend {backend}), expected {cap}")
+                else:
+                    answers += 1
+            elif status == 200:
+                # Nobody offers it now: another capability that is up may answer.
+                if route not in owners or answered_by in down_names:
+                    problems.append(f"{n.service}: {q['text']!r}: answered by {route} on {answered_by}, "
+                                    f"which is not up")
+                else:
+                    answers += 1
+            else:
+                err = reply.get("error") if isinstance(reply, dict) else None
+                if not (isinstance(err, dict) and err.get("message")):
+                    problems.append(f"{n.service}: {q['text']!r}: {status} without an OpenAI error body")
+                else:
+                    answers += 1
+    return problems, answers
+
+
+def main():
+    root = Path(__file__).resolve().parent.parent
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--project", required=True, help="docker-compose project name")
+    p.add_argument("--testnet", type=Path, default=root / "testnet", help="directory with the node configs")
+    p.add_argument("--wait", type=float, default=0, help="retry for up to this many seconds")
+    args = p.parse_args()
+
+    questions = tomllib.loads((args.testnet / "questions.toml").read_text())["question"]
+    start = time.monotonic()
+    while True:
+        try:
+            nodes = discover(args.project, args.testnet)
+        except RuntimeError as e:
+            print(f"check: {e}", file=sys.stderr)
+            return 1
+        up = [n for n in nodes if n.up]
+        if not up:
+            problems, answers = ["no node of the testnet is up"], 0
+        else:
+            problems, answers = check_once(nodes, questions)
+        elapsed = time.monotonic() - start
+        if not problems:
+            down = [n.service for n in nodes if not n.up]
+            caps = sorted({c for n in up for c in n.capabilities})
+            print(f"check: ok after {elapsed:.1f} s: {len(up)} nodes up, "
+                  f"{len(down)} down{' (' + ', '.join(down) + ')' if down else ''}; "
+                  f"every node lists {len(caps)} capabilities ({', '.join(caps)}); "
+                  f"{answers} answers as expected")
+            return 0
+        if elapsed >= args.wait:
+            print(f"check: FAILED after {elapsed:.1f} s ({len(problems)} problems):", file=sys.stderr)
+            for line in problems[:40]:
+                print(f"  {line}", file=sys.stderr)
+            if len(problems) > 40:
+                print(f"  ... and {len(problems) - 40} more", file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
