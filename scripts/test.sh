@@ -2,8 +2,9 @@
 # Runs the whole test suite on a fresh machine or a warm one:
 #   1. fetches the embedding model and ONNX Runtime into the cache (if missing),
 #   2. makes a Python venv in the cache with the official `openai` package,
-#   3. runs every test with cargo-nextest (cargo test when nextest is absent).
-# Extra arguments go to the test runner (e.g. a filter).
+#   3. runs every test with cargo-nextest (cargo test when nextest is absent),
+#   4. runs the docker-compose testnet test (scripts/testnet-test.sh).
+# Extra arguments go to the test runner (e.g. a filter) and skip step 4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +21,15 @@ if ! "$VENV/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '
 fi
 export ATMOSPHERE_PYTHON="$VENV/bin/python"
 
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --no-fail-fast "$@"
+  cargo nextest run --no-fail-fast "$@" || status=$?
 else
-  cargo test --no-fail-fast "$@"
+  cargo test --no-fail-fast "$@" || status=$?
 fi
+
+# The docker-compose testnet, end to end (not when a filter picks Rust tests).
+if [ $# -eq 0 ]; then
+  scripts/testnet-test.sh || status=$?
+fi
+exit "$status"
