@@ -43,30 +43,33 @@ async fn pair() -> Pair {
     pair_with(Fault::None).await
 }
 
-async fn pair_with(fault: Fault) -> Pair {
+/// A mesh node offering the llama expert on its own echo backend
+/// (`farm-backend`), joining no one.
+async fn farm_node(fault: Fault, dir: &std::path::Path) -> Node {
     let mut farm_echo = Echo::new("farm-backend", Flavour::Openai, &["llama3.2"]);
     farm_echo.fault = fault;
     let farm = spawn_echo(farm_echo).await;
+    let llama = farm_capabilities("farm").remove(0);
+    start(mesh_config(
+        vec![backend("farm", BackendKind::Openai, farm, false)],
+        vec![llama],
+        dir,
+        Vec::new(),
+    ))
+    .await
+}
+
+async fn pair_with(fault: Fault) -> Pair {
     let code = spawn_echo(Echo::new(
         "code-backend",
         Flavour::Openai,
         &["qwen2.5-coder"],
     ))
     .await;
-    let caps = farm_capabilities("x");
-    let mut llama = caps[0].clone();
-    llama.backend = "farm".into();
-    let mut coder = caps[1].clone();
-    coder.backend = "code".into();
+    let coder = farm_capabilities("code").remove(1);
     let da = tempfile::tempdir().expect("tempdir");
     let db = tempfile::tempdir().expect("tempdir");
-    let a = start(mesh_config(
-        vec![backend("farm", BackendKind::Openai, farm, false)],
-        vec![llama],
-        da.path(),
-        Vec::new(),
-    ))
-    .await;
+    let a = farm_node(fault, da.path()).await;
     let b = start(mesh_config(
         vec![backend("code", BackendKind::Openai, code, false)],
         vec![coder],
@@ -266,18 +269,9 @@ async fn a_stream_that_breaks_on_the_far_node_ends_with_an_error_event() {
 /// a public host): no `/p2p/<id>` is needed to join through them.
 #[tokio::test]
 async fn joins_through_a_bootstrap_address_without_a_peer_id() {
-    let farm = spawn_echo(Echo::new("farm-backend", Flavour::Openai, &["llama3.2"])).await;
-    let mut llama = farm_capabilities("farm").remove(0);
-    llama.backend = "farm".into();
     let da = tempfile::tempdir().expect("tempdir");
     let db = tempfile::tempdir().expect("tempdir");
-    let a = start(mesh_config(
-        vec![backend("farm", BackendKind::Openai, farm, false)],
-        vec![llama],
-        da.path(),
-        Vec::new(),
-    ))
-    .await;
+    let a = farm_node(Fault::None, da.path()).await;
     let with_id = mesh_addr(&a).await;
     let port = with_id
         .split("/tcp/")
