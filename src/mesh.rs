@@ -34,6 +34,11 @@ pub const LOOKUP_WAIT: Duration = Duration::from_secs(3);
 /// The same keys are not looked up again sooner than this (a node with no
 /// fitting capability would otherwise query the DHT on every request).
 const LOOKUP_COOLDOWN: Duration = Duration::from_secs(30);
+/// A provider that could not be synced with is not tried by lookups again for
+/// this long: provider records outlive the nodes that made them (48 h), and a
+/// node that is gone would otherwise cost every lookup the full wait. A node
+/// that comes back syncs on connecting anyway.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(300);
 /// Lookups waiting for the mesh task.
 const LOOKUP_CAPACITY: usize = 64;
 
@@ -160,6 +165,8 @@ struct Found {
     /// Providers whose routes were not held when the lookup started.
     unknown: Vec<PeerId>,
     fetched: usize,
+    /// Providers that did not answer the sync.
+    unreachable: Vec<PeerId>,
 }
 
 pub use crate::remote::OriginState;
@@ -213,6 +220,7 @@ pub fn start(
         found_rx,
         waiting: std::collections::HashMap::new(),
         looked_up: std::collections::HashMap::new(),
+        unreachable: std::collections::HashMap::new(),
         setup,
     };
     (
@@ -239,6 +247,8 @@ struct Task {
     waiting: std::collections::HashMap<Wanted, Vec<oneshot::Sender<Discovery>>>,
     /// When each key text was last looked up.
     looked_up: std::collections::HashMap<String, Instant>,
+    /// Providers whose sync failed, and when (see [`UNREACHABLE_FOR`]).
+    unreachable: std::collections::HashMap<PeerId, Instant>,
 }
 
 fn unix_ms() -> u64 {
@@ -555,7 +565,10 @@ impl Task {
         }
         self.waiting.insert(wanted.clone(), vec![reply]);
         let client = self.setup.client.clone();
-        let known: Vec<PeerId> = self.remote.origins().iter().map(|o| o.peer).collect();
+        self.unreachable
+            .retain(|_, t| now.duration_since(*t) < UNREACHABLE_FOR);
+        let mut skip: Vec<PeerId> = self.remote.origins().iter().map(|o| o.peer).collect();
+        skip.extend(self.unreachable.keys().copied());
         let found_tx = self.found_tx.clone();
         tokio::spawn(async move {
             let keys = wanted
@@ -570,7 +583,7 @@ impl Task {
                 .unwrap_or_default();
             let unknown: Vec<PeerId> = providers
                 .iter()
-                .filter(|p| !known.contains(p))
+                .filter(|p| !skip.contains(p))
                 .copied()
                 .collect();
             let answers = futures::future::join_all(unknown.iter().map(|p| {
@@ -580,14 +593,21 @@ impl Task {
             .await;
             let mut synced = Vec::new();
             let mut fetched = 0;
+            let mut unreachable = Vec::new();
             for (peer, answer) in unknown.iter().zip(answers) {
                 match answer {
                     Ok(Ok(updates)) => {
                         fetched += 1;
                         synced.extend(updates);
                     }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "provider sync failed"),
-                    Err(_) => tracing::debug!(%peer, "provider sync timed out"),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "provider sync failed");
+                        unreachable.push(*peer);
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "provider sync timed out");
+                        unreachable.push(*peer);
+                    }
                 }
             }
             let _ = found_tx
@@ -597,6 +617,7 @@ impl Task {
                     synced,
                     unknown,
                     fetched,
+                    unreachable,
                 })
                 .await;
         });
@@ -605,6 +626,9 @@ impl Task {
     /// Applies what a lookup fetched and answers everyone who waited for it.
     fn on_found(&mut self, found: Found) {
         let now = Instant::now();
+        for peer in &found.unreachable {
+            self.unreachable.insert(*peer, now);
+        }
         let mut changed = false;
         for (verified, signed) in found.synced {
             changed |= self.remote.apply(verified, signed, now).changed();

@@ -445,6 +445,9 @@ impl EventLoop {
                 tracing::info!(%peer, %error, "peer stopped answering; closing the connection");
                 self.metrics.dead_connections.inc();
                 self.swarm.close_connection(connection);
+                // Nor should DHT queries wait on it; identify adds it back
+                // when it connects again.
+                self.swarm.behaviour_mut().kad.remove_peer(&peer);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
