@@ -52,6 +52,19 @@ now() { date +%s.%N; }
 since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(now)"; }
 step() { echo; echo "== $*"; }
 record() { RESULTS+=("$1: $2 s"); echo "-> $1: $2 s"; }
+# Runs `testnet.sh check WAIT` for the step that began at $t and records two
+# times from $t: when every node's capability list first agreed with Docker,
+# and when every answer was right too (a question that nothing fits makes each
+# node ask the DHT first, which can take a few seconds more).
+settle() {
+  local label="$1" wait="$2" offset out agreed
+  offset="$(since "$t")"
+  out="$(scripts/testnet.sh check "$wait")" || exit 1
+  echo "$out"
+  agreed="$(sed -n 's/.*(lists agreed after \([0-9.]*\) s).*/\1/p' <<<"$out")"
+  record "$label (lists)" "$(python3 -c 'import sys; print(f"{float(sys.argv[1]) + float(sys.argv[2]):.1f}")' "$offset" "$agreed")"
+  record "$label (answers)" "$(since "$t")"
+}
 
 # Asks a node one question; prints status, seconds taken and the capability that answered.
 ask() {
@@ -152,28 +165,24 @@ t=$(now)
 # first: it must end in the next candidate or a clear error, not hang.
 ask "http://127.0.0.1:$TESTNET_HTTP_PORT" "There is a large grey bird standing in the river, what is it?" >"$WORK/ask" 2>&1 &
 asking=$!
-scripts/testnet.sh check $((TTL + 30))
-record "partitioned node's routes expired" "$(since "$t")"
+settle "partitioned node's routes expired" $((TTL + 30))
 wait "$asking" || { echo "testnet-test: the request sent at the cut failed: $(cat "$WORK/ask")" >&2; exit 1; }
 echo "camelid, asked a wildlife question at the cut: $(cat "$WORK/ask")"
 
 step "heal: wildlife comes back without restarting anything"
 t=$(now)
 scripts/testnet.sh heal
-scripts/testnet.sh check 90
-record "healed node routable again" "$(since "$t")"
+settle "healed node routable again" 90
 
 step "kill coder (SIGKILL, no withdrawal)"
 t=$(now)
 scripts/testnet.sh kill coder
-scripts/testnet.sh check $((TTL + 30))
-record "killed node's routes expired" "$(since "$t")"
+settle "killed node's routes expired" $((TTL + 30))
 
 step "restart coder"
 t=$(now)
 scripts/testnet.sh restart coder
-scripts/testnet.sh check 90
-record "restarted node routable again" "$(since "$t")"
+settle "restarted node routable again" 90
 
 step "memory per container"
 docker stats --no-stream --format '{{.Name}} {{.MemUsage}}' $(docker ps -q --filter "label=com.docker.compose.project=$TESTNET_PROJECT") | sort

@@ -119,7 +119,7 @@ def check_once(nodes, questions):
             if owner in down_names:
                 problems.append(f"{n.service}: still lists {cap} of {owner}, which is down")
     if problems:
-        return problems, answers
+        return problems, answers, False
     for n in up:
         for q in questions:
             cap = q["capability"]
@@ -156,7 +156,7 @@ def check_once(nodes, questions):
                     problems.append(f"{n.service}: {q['text']!r}: {status} without an OpenAI error body")
                 else:
                     answers += 1
-    return problems, answers
+    return problems, answers, True
 
 
 def main():
@@ -165,10 +165,12 @@ def main():
     p.add_argument("--project", required=True, help="docker-compose project name")
     p.add_argument("--testnet", type=Path, default=root / "testnet", help="directory with the node configs")
     p.add_argument("--wait", type=float, default=0, help="retry for up to this many seconds")
+    p.add_argument("--verbose", action="store_true", help="print what still fails on every retry")
     args = p.parse_args()
 
     questions = tomllib.loads((args.testnet / "questions.toml").read_text())["question"]
     start = time.monotonic()
+    lists_agreed = None  # when every node first listed what Docker says is up
     while True:
         try:
             nodes = discover(args.project, args.testnet)
@@ -176,15 +178,18 @@ def main():
             print(f"check: {e}", file=sys.stderr)
             return 1
         up = [n for n in nodes if n.up]
+        pass_started = time.monotonic() - start
         if not up:
-            problems, answers = ["no node of the testnet is up"], 0
+            problems, answers, lists_ok = ["no node of the testnet is up"], 0, False
         else:
-            problems, answers = check_once(nodes, questions)
+            problems, answers, lists_ok = check_once(nodes, questions)
         elapsed = time.monotonic() - start
+        if lists_ok and lists_agreed is None:
+            lists_agreed = pass_started
         if not problems:
             down = [n.service for n in nodes if not n.up]
             caps = sorted({c for n in up for c in n.capabilities})
-            print(f"check: ok after {elapsed:.1f} s: {len(up)} nodes up, "
+            print(f"check: ok after {elapsed:.1f} s (lists agreed after {lists_agreed:.1f} s): {len(up)} nodes up, "
                   f"{len(down)} down{' (' + ', '.join(down) + ')' if down else ''}; "
                   f"every node lists {len(caps)} capabilities ({', '.join(caps)}); "
                   f"{answers} answers as expected")
@@ -196,6 +201,8 @@ def main():
             if len(problems) > 40:
                 print(f"  ... and {len(problems) - 40} more", file=sys.stderr)
             return 1
+        if args.verbose:
+            print(f"check: {elapsed:5.1f} s: {len(problems)} problems, e.g. {problems[0]}", file=sys.stderr)
         time.sleep(0.5)
 
 
