@@ -498,13 +498,23 @@ impl Task {
         }
     }
 
+    /// Publishes the origins (sequence numbers, ages) and, when they differ
+    /// from the last published ones, the entries under a new generation. A
+    /// refresh that repeats an origin's capabilities keeps the same entries
+    /// (the same `Arc`), so the route table is not rebuilt for it.
     fn publish_view(&mut self) {
         let entries: Vec<Entry> = self.remote.entries().cloned().collect();
+        let previous = self.view.borrow().entries.clone();
+        let entries = if *previous == entries {
+            previous
+        } else {
+            self.generation += 1;
+            Arc::new(entries)
+        };
         let origins = self.remote.origins();
         self.setup.metrics.remote_origins.set(origins.len() as i64);
-        self.generation += 1;
         self.view.send_replace(View {
-            entries: Arc::new(entries),
+            entries,
             origins: Arc::new(origins),
             generation: self.generation,
         });

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub lookups: Family<ResultLabel, Counter>,
     /// Connections closed because the peer stopped answering pings.
     pub dead_connections: Counter,
+    /// Route tables built (index included): on local or mesh changes only.
+    pub table_builds: Counter,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -138,9 +140,16 @@ impl Default for Metrics {
             "Connections closed because the peer stopped answering pings (cut off, crashed host)",
             dead_connections.clone(),
         );
+        let table_builds = Counter::default();
+        registry.register(
+            "route_table_builds",
+            "Route tables built, index included (on a change of this node's or the mesh's capabilities, not on refreshes)",
+            table_builds.clone(),
+        );
         Self {
             registry,
             dead_connections,
+            table_builds,
             forwards,
             lookups,
             gossip_updates,

@@ -24,7 +24,7 @@ use crate::index::{self, VectorIndex};
 const LOCAL_TIE_BONUS: f32 = 1e-4;
 
 /// One routable capability with the node that offers it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     pub capability: Capability,
     /// PeerId (base58) of the node offering it.

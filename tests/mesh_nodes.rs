@@ -7,6 +7,7 @@ use atmosphere::config::BackendKind;
 use atmosphere::echo::{Echo, Fault, Flavour};
 use atmosphere::node::Node;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 use common::*;
 
@@ -44,19 +45,20 @@ async fn pair() -> Pair {
 }
 
 /// A mesh node offering the llama expert on its own echo backend
-/// (`farm-backend`), joining no one.
-async fn farm_node(fault: Fault, dir: &std::path::Path) -> Node {
+/// (`farm-backend`), joining no one, refreshing its routes every `ttl / 3`.
+async fn farm_node(fault: Fault, dir: &std::path::Path, ttl: Duration) -> Node {
     let mut farm_echo = Echo::new("farm-backend", Flavour::Openai, &["llama3.2"]);
     farm_echo.fault = fault;
     let farm = spawn_echo(farm_echo).await;
     let llama = farm_capabilities("farm").remove(0);
-    start(mesh_config(
+    let mut config = mesh_config(
         vec![backend("farm", BackendKind::Openai, farm, false)],
         vec![llama],
         dir,
         Vec::new(),
-    ))
-    .await
+    );
+    config.mesh.ttl = ttl;
+    start(config).await
 }
 
 async fn pair_with(fault: Fault) -> Pair {
@@ -69,7 +71,7 @@ async fn pair_with(fault: Fault) -> Pair {
     let coder = farm_capabilities("code").remove(1);
     let da = tempfile::tempdir().expect("tempdir");
     let db = tempfile::tempdir().expect("tempdir");
-    let a = farm_node(fault, da.path()).await;
+    let a = farm_node(fault, da.path(), Duration::from_secs(30)).await;
     let b = start(mesh_config(
         vec![backend("code", BackendKind::Openai, code, false)],
         vec![coder],
@@ -271,7 +273,7 @@ async fn a_stream_that_breaks_on_the_far_node_ends_with_an_error_event() {
 async fn joins_through_a_bootstrap_address_without_a_peer_id() {
     let da = tempfile::tempdir().expect("tempdir");
     let db = tempfile::tempdir().expect("tempdir");
-    let a = farm_node(Fault::None, da.path()).await;
+    let a = farm_node(Fault::None, da.path(), Duration::from_secs(30)).await;
     let with_id = mesh_addr(&a).await;
     let port = with_id
         .split("/tcp/")
@@ -300,4 +302,49 @@ async fn joins_through_a_bootstrap_address_without_a_peer_id() {
     let v: Value = resp.json().await.expect("json");
     let content = v["choices"][0]["message"]["content"].as_str().unwrap_or("");
     assert!(content.starts_with("[farm-backend]"), "{content}");
+}
+
+/// A refresh that repeats a node's capabilities must not rebuild the route
+/// table (and its index) on every other node: with many nodes that would be
+/// several rebuilds a second for nothing.
+#[tokio::test]
+async fn refreshes_that_change_nothing_do_not_rebuild_the_table() {
+    let da = tempfile::tempdir().expect("tempdir");
+    let db = tempfile::tempdir().expect("tempdir");
+    // a refreshes every ttl / 3: about every 1.7 s.
+    let a = farm_node(Fault::None, da.path(), Duration::from_secs(5)).await;
+    let b = start(mesh_config(
+        Vec::new(),
+        Vec::new(),
+        db.path(),
+        vec![mesh_addr(&a).await],
+    ))
+    .await;
+    eventually("b learns the llama expert", || {
+        has_capability(&b, "farm/llama-expert")
+    })
+    .await;
+    let seq_at_b = || async {
+        let v: Value = reqwest::get(format!("http://{}/v1/mesh/capabilities", b.http_addr))
+            .await
+            .expect("capabilities")
+            .json()
+            .await
+            .expect("json");
+        v["data"][0]["seq"].as_u64().unwrap_or(0)
+    };
+    let builds = metric(&b, "atmosphere_route_table_builds_total").await;
+    for _ in 0..2 {
+        let seq = seq_at_b().await;
+        eventually("a refresh from a reaches b", || async {
+            seq_at_b().await > seq
+        })
+        .await;
+    }
+    assert_eq!(
+        metric(&b, "atmosphere_route_table_builds_total").await,
+        builds,
+        "b rebuilt its table for refreshes that changed nothing"
+    );
+    assert!(has_capability(&b, "farm/llama-expert").await);
 }
