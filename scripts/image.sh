@@ -11,6 +11,10 @@
 #
 #   scripts/image.sh            # prints the image size at the end
 #
+# When the image was built from the same binaries, runtime and image files it
+# is kept as it is (a label holds the inputs' checksum), so calling this before
+# every use is cheap and never leaves a stale image.
+#
 # Docker with a registry can use the multi-stage ./Dockerfile instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +32,18 @@ cargo build --release --quiet --bin atmosphere --bin echo-backend
 
 ORT_LIB="$(readlink -f "$CACHE/onnxruntime/libonnxruntime.so")"
 [ -f "$ORT_LIB" ] || { echo "image: no ONNX Runtime at $CACHE/onnxruntime" >&2; exit 1; }
+
+INPUTS="$(cat "$TARGET/release/atmosphere" "$TARGET/release/echo-backend" "$ORT_LIB" \
+  testnet/image.Dockerfile scripts/image.sh | sha256sum | cut -d' ' -f1)"
+size_line() {
+  local size
+  size=$(docker image inspect --format '{{.Size}}' "$IMAGE")
+  echo "image: $IMAGE is $((size / 1024 / 1024)) MiB ($size bytes)$1"
+}
+if [ "$(docker image inspect --format '{{index .Config.Labels "org.atmosphere.inputs"}}' "$IMAGE" 2>/dev/null)" = "$INPUTS" ]; then
+  size_line ", up to date"
+  exit 0
+fi
 
 ROOT="$(mktemp -d)"
 trap 'rm -rf "$ROOT"' EXIT
@@ -66,17 +82,19 @@ chown "$UID_GID:$UID_GID" "$ROOT/data"
 
 echo "image: importing the root filesystem as $ROOTFS_IMAGE" >&2
 tar -C "$ROOT" --numeric-owner -c . | docker import \
-  --message "atmosphere root filesystem (scripts/image.sh)" - "$ROOTFS_IMAGE" >/dev/null
+  --message "atmosphere root filesystem (scripts/image.sh)" \
+  --change "LABEL org.atmosphere.inputs=$INPUTS" - "$ROOTFS_IMAGE" >/dev/null
 
 echo "image: building $IMAGE" >&2
 # Quiet unless it fails (the classic builder warns that it is deprecated).
 if ! docker build --quiet -t "$IMAGE" -f testnet/image.Dockerfile \
-  --build-arg ROOTFS="$ROOTFS_IMAGE" --build-arg UID_GID="$UID_GID" testnet >"$ROOT.log" 2>&1; then
+  --build-arg ROOTFS="$ROOTFS_IMAGE" --build-arg UID_GID="$UID_GID" \
+  --label "org.atmosphere.inputs=$INPUTS" testnet >"$ROOT.log" 2>&1; then
   cat "$ROOT.log" >&2
   rm -f "$ROOT.log"
   exit 1
 fi
 rm -f "$ROOT.log"
-
-size=$(docker image inspect --format '{{.Size}}' "$IMAGE")
-echo "image: $IMAGE is $((size / 1024 / 1024)) MiB ($size bytes)"
+# The previous build's layers, now untagged, would pile up.
+docker image prune --force --filter "label=org.atmosphere.inputs" >/dev/null 2>&1 || true
+size_line ""

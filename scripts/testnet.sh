@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Drives the docker-compose testnet in testnet/.
 #
-#   scripts/testnet.sh up [N]         build the image if missing, start the testnet
+#   scripts/testnet.sh up [N]         build the image (scripts/image.sh), start the testnet
 #                                     (plus N `scale` nodes) and wait until it converges
 #   scripts/testnet.sh check [SECS]   ask every node the questions in testnet/questions.toml
 #                                     (retrying up to SECS seconds, default 0)
@@ -22,9 +22,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PROJECT="${TESTNET_PROJECT:-atmosphere-testnet}"
+# Compose (v1 and v2) names the network <project>_<network>.
 NETWORK="${PROJECT}_mesh"
 export ATMOSPHERE_IMAGE="${ATMOSPHERE_IMAGE:-atmosphere:local}"
-# Compose v2 names the network the same way as v1 when the project is given.
 project_slug="$(echo "$PROJECT" | tr -cd 'a-z0-9_-')"
 [ "$project_slug" = "$PROJECT" ] || { echo "testnet: TESTNET_PROJECT may hold only a-z 0-9 _ -" >&2; exit 2; }
 
@@ -57,9 +57,10 @@ case "$cmd" in
     extra="${1:-0}"
     [[ "$extra" =~ ^[0-9]+$ ]] || die "up takes a number of extra nodes, not '$extra'"
     scripts/fetch-model.sh
-    if ! docker image inspect "$ATMOSPHERE_IMAGE" >/dev/null 2>&1; then
-      [ "$ATMOSPHERE_IMAGE" = atmosphere:local ] || die "image $ATMOSPHERE_IMAGE not found"
-      scripts/image.sh
+    if [ "$ATMOSPHERE_IMAGE" = atmosphere:local ]; then
+      scripts/image.sh # builds or refreshes it from this checkout; quick when current
+    else
+      docker image inspect "$ATMOSPHERE_IMAGE" >/dev/null 2>&1 || die "image $ATMOSPHERE_IMAGE not found"
     fi
     if [ "$extra" -gt 0 ]; then
       compose --profile scale up -d --scale extra="$extra"
