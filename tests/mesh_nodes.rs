@@ -61,6 +61,27 @@ async fn farm_node(fault: Fault, dir: &std::path::Path, ttl: Duration) -> Node {
     start(config).await
 }
 
+/// A node joining through `a` with what it offers, once it knows a's llama expert.
+async fn joined_to(
+    a: &Node,
+    dir: &std::path::Path,
+    backends: Vec<atmosphere::config::BackendConfig>,
+    capabilities: Vec<atmosphere::config::CapabilityConfig>,
+) -> Node {
+    let b = start(mesh_config(
+        backends,
+        capabilities,
+        dir,
+        vec![mesh_addr(a).await],
+    ))
+    .await;
+    eventually("b learns the llama expert", || {
+        has_capability(&b, "farm/llama-expert")
+    })
+    .await;
+    b
+}
+
 async fn pair_with(fault: Fault) -> Pair {
     let code = spawn_echo(Echo::new(
         "code-backend",
@@ -72,16 +93,12 @@ async fn pair_with(fault: Fault) -> Pair {
     let da = tempfile::tempdir().expect("tempdir");
     let db = tempfile::tempdir().expect("tempdir");
     let a = farm_node(fault, da.path(), Duration::from_secs(30)).await;
-    let b = start(mesh_config(
+    let b = joined_to(
+        &a,
+        db.path(),
         vec![backend("code", BackendKind::Openai, code, false)],
         vec![coder],
-        db.path(),
-        vec![mesh_addr(&a).await],
-    ))
-    .await;
-    eventually("b learns the llama expert", || {
-        has_capability(&b, "farm/llama-expert")
-    })
+    )
     .await;
     eventually("a learns the coder", || has_capability(&a, "farm/coder")).await;
     Pair {
@@ -313,17 +330,7 @@ async fn refreshes_that_change_nothing_do_not_rebuild_the_table() {
     let db = tempfile::tempdir().expect("tempdir");
     // a refreshes every ttl / 3: about every 1.7 s.
     let a = farm_node(Fault::None, da.path(), Duration::from_secs(5)).await;
-    let b = start(mesh_config(
-        Vec::new(),
-        Vec::new(),
-        db.path(),
-        vec![mesh_addr(&a).await],
-    ))
-    .await;
-    eventually("b learns the llama expert", || {
-        has_capability(&b, "farm/llama-expert")
-    })
-    .await;
+    let b = joined_to(&a, db.path(), Vec::new(), Vec::new()).await;
     let seq_at_b = || async {
         let v: Value = reqwest::get(format!("http://{}/v1/mesh/capabilities", b.http_addr))
             .await
