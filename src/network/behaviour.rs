@@ -10,13 +10,13 @@ use libp2p::{StreamProtocol, gossipsub, identify, kad, mdns, ping, request_respo
 use super::codec::Codec;
 use crate::wire::{self, intent, sync};
 
-/// Sync exchanges are small and rare: a whole snapshot must arrive in this time.
 /// Every connection is pinged this often; a ping unanswered within
 /// [`PING_TIMEOUT`] closes the connection (see the event loop), so a peer cut
-/// off by the network is noticed in about 20 s rather than when TCP gives up
+/// off by the network is noticed within 20 s rather than when TCP gives up
 /// (minutes), and is dialled afresh once it is back.
-pub const PING_INTERVAL: Duration = Duration::from_secs(10);
-pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sync exchanges are small and rare: a whole snapshot must arrive in this time.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent inbound sync streams per connection.
 const SYNC_CONCURRENT: usize = 8;

@@ -436,7 +436,8 @@ impl EventLoop {
             }
             // The library leaves connection health to us. A peer that does not
             // answer is cut off or gone; the connection would otherwise linger
-            // until TCP gives up, and requests sent on it would wait.
+            // until TCP gives up, and every request sent on it would wait for
+            // its stream negotiation to time out before failing over.
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
                 connection,
