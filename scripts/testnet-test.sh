@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The testnet, tested end to end (scripts/test.sh runs it after the Rust suite):
 #
-#   up -> check -> a node joins from the host -> partition -> check -> heal ->
-#   check -> kill -> check -> restart -> check -> down
+#   up (with two providers of travel/planner) -> check -> a node joins from the
+#   host -> partition -> check -> heal -> check -> kill (coder and one travel
+#   provider) -> check -> restart -> check -> down
 #
 # Every step prints how long it took to hold (convergence, expiry, recovery).
 # A step that misses fails the run with what was wrong and the nodes' logs. The
@@ -38,7 +39,7 @@ cleanup() {
   for pid in "${HOST_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   if [ "$rc" -ne 0 ]; then
     echo "testnet-test: FAILED; the nodes' logs follow" >&2
-    scripts/testnet.sh logs --tail 60 bootstrap camelid coder wildlife finance >&2 2>&1 || true
+    scripts/testnet.sh logs --tail 60 bootstrap camelid coder wildlife finance extra >&2 2>&1 || true
     [ -f "$WORK/host.log" ] && { echo "--- host node ---" >&2; tail -n 60 "$WORK/host.log" >&2; }
   fi
   scripts/testnet.sh down >/dev/null 2>&1 || true
@@ -91,7 +92,7 @@ record "image build" "$(since "$t")"
 
 step "up: start the testnet and wait until every node routes every question right"
 t=$(now)
-TESTNET_UP_WAIT=180 scripts/testnet.sh up
+TESTNET_UP_WAIT=180 scripts/testnet.sh up 2
 record "up to converged mesh" "$(since "$t")"
 
 step "join from the host through the bootstrap node's published port"
@@ -174,15 +175,18 @@ t=$(now)
 scripts/testnet.sh heal
 settle "healed node routable again" 90
 
-step "kill coder (SIGKILL, no withdrawal)"
+step "kill coder and one of the two travel providers (SIGKILL, no withdrawal)"
 t=$(now)
 scripts/testnet.sh kill coder
-settle "killed node's routes expired" $((TTL + 30))
+scripts/testnet.sh kill extra
+# travel/planner must keep being answered, by the other provider.
+settle "killed nodes' routes expired" $((TTL + 30))
 
-step "restart coder"
+step "restart them"
 t=$(now)
 scripts/testnet.sh restart coder
-settle "restarted node routable again" 90
+scripts/testnet.sh restart extra
+settle "restarted nodes routable again" 90
 
 step "memory per container"
 docker stats --no-stream --format '{{.Name}} {{.MemUsage}}' $(docker ps -q --filter "label=com.docker.compose.project=$TESTNET_PROJECT") | sort

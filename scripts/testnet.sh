@@ -7,8 +7,9 @@
 #                                     (retrying up to SECS seconds, default 0)
 #   scripts/testnet.sh partition NODE cut NODE off the testnet network
 #   scripts/testnet.sh heal           reconnect every node that was cut off
-#   scripts/testnet.sh kill NODE      stop NODE at once (SIGKILL: no goodbye)
-#   scripts/testnet.sh restart NODE   start NODE again (or restart it if it runs)
+#   scripts/testnet.sh kill NODE      stop NODE at once (SIGKILL: no goodbye; for a
+#                                     scaled service, its first running container)
+#   scripts/testnet.sh restart NODE   start NODE's stopped containers (or restart it if it runs)
 #   scripts/testnet.sh ps             containers and their health
 #   scripts/testnet.sh logs [NODE]    logs of every service, or of one
 #   scripts/testnet.sh down           stop and remove containers, network and volumes
@@ -42,12 +43,25 @@ compose_all() { compose --profile scale "$@"; }
 
 die() { echo "testnet: $*" >&2; exit 1; }
 
-# The container of a service (the first, for a scaled one).
+# The containers of a service, running or not, in name order (a scaled one has several).
+containers_of() {
+  local ids
+  ids="$(compose_all ps -q "$1" 2>/dev/null)"
+  [ -n "$ids" ] || die "no container for service '$1' (is the testnet up? services: $(compose_all config --services | tr '\n' ' '))"
+  # shellcheck disable=SC2086
+  docker inspect -f '{{.Name}} {{.Id}}' $ids | sort | cut -d' ' -f2
+}
+running() { [ "$(docker inspect -f '{{.State.Running}}' "$1")" = true ]; }
+# The first container of a service (the first running one for `running`).
 container_of() {
   local id
-  id="$(compose_all ps -q "$1" 2>/dev/null | head -n1)"
-  [ -n "$id" ] || die "no container for service '$1' (is the testnet up? services: $(compose_all config --services | tr '\n' ' '))"
-  echo "$id"
+  for id in $(containers_of "$1"); do
+    if [ "${2:-}" != running ] || running "$id"; then
+      echo "$id"
+      return
+    fi
+  done
+  die "no container of '$1' is running"
 }
 
 cmd="${1:-}"
@@ -92,18 +106,26 @@ case "$cmd" in
     ;;
   kill)
     [ $# -eq 1 ] || die "kill takes one service name"
-    docker kill --signal SIGKILL "$(container_of "$1")" >/dev/null
-    echo "testnet: $1 killed"
+    id="$(container_of "$1" running)"
+    docker kill --signal SIGKILL "$id" >/dev/null
+    echo "testnet: $1 killed ($(docker inspect -f '{{.Name}}' "$id" | tr -d /))"
     ;;
   restart)
     [ $# -eq 1 ] || die "restart takes one service name"
-    id="$(container_of "$1")"
-    if [ "$(docker inspect -f '{{.State.Running}}' "$id")" = true ]; then
-      docker restart "$id" >/dev/null
+    # Start what is stopped; restart the first if everything runs.
+    started=0
+    for id in $(containers_of "$1"); do
+      if ! running "$id"; then
+        docker start "$id" >/dev/null
+        started=$((started + 1))
+      fi
+    done
+    if [ "$started" -eq 0 ]; then
+      docker restart "$(container_of "$1")" >/dev/null
+      echo "testnet: $1 restarted"
     else
-      docker start "$id" >/dev/null
+      echo "testnet: $1 started ($started container(s))"
     fi
-    echo "testnet: $1 started"
     ;;
   ps)
     compose_all ps
