@@ -37,7 +37,9 @@ RESULTS=()
 cleanup() {
   local rc=$?
   for pid in "${HOST_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  if [ "$rc" -ne 0 ]; then
+  if [ "$rc" -eq 130 ]; then
+    echo "testnet-test: interrupted; removing the testnet" >&2
+  elif [ "$rc" -ne 0 ]; then
     echo "testnet-test: FAILED; the nodes' logs follow" >&2
     scripts/testnet.sh logs --tail 60 bootstrap camelid coder wildlife finance extra >&2 2>&1 || true
     [ -f "$WORK/host.log" ] && { echo "--- host node ---" >&2; tail -n 60 "$WORK/host.log" >&2; }
