@@ -29,15 +29,6 @@ async fn post(node: &Node, path: &str, body: Value) -> reqwest::Response {
     .expect("node reachable")
 }
 
-async fn get_json(node: &Node, path: &str) -> Value {
-    reqwest::get(url(node, path))
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json")
-}
-
 fn chat(model: &str, text: &str, stream: bool) -> Value {
     json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": text}]})
 }

@@ -13,7 +13,6 @@ use futures::StreamExt;
 use libp2p::identity::{Keypair, ed25519};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, gossipsub, noise, tcp, yamux};
-use serde_json::Value;
 
 use common::*;
 
@@ -157,12 +156,7 @@ async fn garbage_forgeries_and_replays_are_dropped_counted_and_penalised() {
 
     // Each sender of a bad update is scored down (graylisting ignores its
     // messages but keeps the connection, so it is still listed).
-    let peers: Value = reqwest::get(format!("http://{}/v1/mesh/peers", node.http_addr))
-        .await
-        .expect("peers")
-        .json()
-        .await
-        .expect("json");
+    let peers = get_json(&node, "/v1/mesh/peers").await;
     for seed in [66u8, 68, 69] {
         let id = key(seed).public().to_peer_id().to_base58();
         let p = peers["data"]

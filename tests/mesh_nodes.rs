@@ -146,12 +146,7 @@ async fn auto_on_one_node_is_answered_by_the_node_that_fits() {
     );
 
     // Mesh-wide listings.
-    let models: Value = reqwest::get(format!("http://{}/v1/models", p.b.http_addr))
-        .await
-        .expect("models")
-        .json()
-        .await
-        .expect("json");
+    let models = get_json(&p.b, "/v1/models").await;
     let ids: Vec<&str> = models["data"]
         .as_array()
         .expect("data")
@@ -162,12 +157,7 @@ async fn auto_on_one_node_is_answered_by_the_node_that_fits() {
         ids.contains(&"farm/llama-expert") && ids.contains(&"farm/coder"),
         "{ids:?}"
     );
-    let caps: Value = reqwest::get(format!("http://{}/v1/mesh/capabilities", p.b.http_addr))
-        .await
-        .expect("caps")
-        .json()
-        .await
-        .expect("json");
+    let caps = get_json(&p.b, "/v1/mesh/capabilities").await;
     let remote = caps["data"]
         .as_array()
         .expect("data")
@@ -179,12 +169,7 @@ async fn auto_on_one_node_is_answered_by_the_node_that_fits() {
         remote["seq"].as_u64().is_some() && remote["age_secs"].as_u64().is_some(),
         "{remote}"
     );
-    let peers: Value = reqwest::get(format!("http://{}/v1/mesh/peers", p.b.http_addr))
-        .await
-        .expect("peers")
-        .json()
-        .await
-        .expect("json");
+    let peers = get_json(&p.b, "/v1/mesh/peers").await;
     let ids: Vec<&str> = peers["data"]
         .as_array()
         .expect("data")
@@ -332,12 +317,7 @@ async fn refreshes_that_change_nothing_do_not_rebuild_the_table() {
     let a = farm_node(Fault::None, da.path(), Duration::from_secs(5)).await;
     let b = joined_to(&a, db.path(), Vec::new(), Vec::new()).await;
     let seq_at_b = || async {
-        let v: Value = reqwest::get(format!("http://{}/v1/mesh/capabilities", b.http_addr))
-            .await
-            .expect("capabilities")
-            .json()
-            .await
-            .expect("json");
+        let v = get_json(&b, "/v1/mesh/capabilities").await;
         v["data"][0]["seq"].as_u64().unwrap_or(0)
     };
     let builds = metric(&b, "atmosphere_route_table_builds_total").await;

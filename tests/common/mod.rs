@@ -179,6 +179,16 @@ where
     panic!("timed out waiting for: {what}");
 }
 
+/// `GET path` on a node's HTTP API, as JSON.
+pub async fn get_json(node: &Node, path: &str) -> serde_json::Value {
+    reqwest::get(format!("http://{}{path}", node.http_addr))
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
+}
+
 /// The value of the first line of a node's `/metrics` that starts with `line`
 /// (a metric name with its labels); 0 when absent.
 pub async fn metric(node: &Node, line: &str) -> u64 {
