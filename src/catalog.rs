@@ -83,7 +83,6 @@ pub async fn start(
         cache: HashMap::new(),
         local: Arc::new(Vec::new()),
         remote_generation: watch::channel(0).0,
-        built_from: None,
         setup,
     };
     let first = futures::future::join_all(owner.setup.backends.iter().map(|b| {
@@ -171,9 +170,6 @@ struct Owner {
     /// Generation of the mesh view in the table last built (sent once the
     /// table is stored).
     remote_generation: watch::Sender<u64>,
-    /// The mesh entries the table was last built from: a view that only
-    /// refreshes origins (same entries) needs no new table.
-    built_from: Option<Arc<Vec<Entry>>>,
 }
 
 impl Owner {
@@ -219,9 +215,11 @@ impl Owner {
                 ok = remote_changed => {
                     if !ok {
                         self.setup.remote = None;
-                    } else if let (Some(remote), Some(built)) = (&self.setup.remote, &self.built_from)
-                        && Arc::ptr_eq(&remote.borrow().entries, built)
+                    } else if let Some(remote) = &self.setup.remote
+                        && remote.borrow().generation == *self.remote_generation.borrow()
                     {
+                        // Only the origins changed (a refresh repeating what
+                        // it said): the table already holds these entries.
                         continue;
                     }
                 }
@@ -350,7 +348,6 @@ impl Owner {
             let view = remote.borrow();
             entries.extend(view.entries.iter().cloned());
             generation = view.generation;
-            self.built_from = Some(view.entries.clone());
         }
         self.setup.metrics.capabilities.set(entries.len() as i64);
         self.setup.metrics.table_builds.inc();

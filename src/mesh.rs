@@ -90,7 +90,8 @@ mod tests {
 pub struct View {
     pub entries: Arc<Vec<Entry>>,
     pub origins: Arc<Vec<OriginState>>,
-    /// Counts the views published; a later view has a larger number.
+    /// Counts changes of `entries`: a view whose entries differ from the last
+    /// one has a larger number; a view that only updates `origins` keeps it.
     pub generation: u64,
 }
 
@@ -500,8 +501,8 @@ impl Task {
 
     /// Publishes the origins (sequence numbers, ages) and, when they differ
     /// from the last published ones, the entries under a new generation. A
-    /// refresh that repeats an origin's capabilities keeps the same entries
-    /// (the same `Arc`), so the route table is not rebuilt for it.
+    /// refresh that repeats an origin's capabilities keeps the generation, so
+    /// the catalog does not rebuild the route table for it.
     fn publish_view(&mut self) {
         let entries: Vec<Entry> = self.remote.entries().cloned().collect();
         let previous = self.view.borrow().entries.clone();
