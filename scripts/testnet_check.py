@@ -39,13 +39,12 @@ def docker(*args):
 class Node:
     """A node container of the testnet."""
 
-    def __init__(self, service, container, name, ip, capabilities, backends):
+    def __init__(self, service, container, name, ip, capabilities):
         self.service = service
         self.container = container
         self.name = name  # node name peers see (config, or the host name)
         self.ip = ip  # on the testnet network; None when cut off or stopped
         self.capabilities = capabilities  # capability id -> backend name
-        self.backends = backends
 
     @property
     def up(self):
@@ -72,7 +71,7 @@ def discover(project, testnet_dir):
         if info["State"]["Running"]:
             net = info["NetworkSettings"]["Networks"].get(network)
             ip = (net or {}).get("IPAddress") or None
-        nodes.append(Node(service, info["Name"].lstrip("/"), name, ip, caps, config.get("backend", [])))
+        nodes.append(Node(service, info["Name"].lstrip("/"), name, ip, caps))
     return sorted(nodes, key=lambda n: n.container)
 
 
@@ -92,10 +91,10 @@ def check_once(nodes, questions):
     up = [n for n in nodes if n.up]
     down = [n for n in nodes if not n.up]
     expected = {(cap, n.name) for n in up for cap in n.capabilities}
-    owners = {}  # capability -> {backend names of up owners}
+    owners = {}  # capability -> {name of an up node offering it: its backend}
     for n in up:
         for cap, backend in n.capabilities.items():
-            owners.setdefault(cap, set()).add(backend)
+            owners.setdefault(cap, {})[n.name] = backend
     down_names = {n.name for n in down}
     answers = 0
     peer_names = {}  # PeerId -> node name, from the capability lists
@@ -138,7 +137,7 @@ def check_once(nodes, questions):
                 backend = content[1:].split("]", 1)[0] if content.startswith("[") else None
                 if status != 200:
                     problems.append(f"{n.service}: {q['text']!r}: {status} {reply.get('error', {}).get('message')}")
-                elif route != cap or backend not in owners[cap]:
+                elif route != cap or owners[cap].get(answered_by) != backend:
                     problems.append(f"{n.service}: {q['text']!r}: answered by {route} on {answered_by} "
                                     f"(backend {backend}), expected {cap}")
                 else:
