@@ -1,9 +1,15 @@
-//! Routing quality on CLINC150 through the node's own code path: each intent is a
-//! capability whose examples are its `train` utterances; the embedder, capability
-//! vectors, table and router are the ones the node uses.
+//! Routing quality on CLINC150 through the node's own code path: each intent
+//! (or domain) is a capability whose examples come from `train`; the
+//! embedder, capability vectors, references, background, table and router are
+//! the ones the node uses.
 //!
-//! Choices (description weight, threshold) are made on `val` / `oos_val` only;
-//! `test` / `oos_test` are scored once with those choices.
+//! Two parts:
+//! - **Few examples** (how people describe capabilities): k = 3, 5, 10
+//!   examples per intent drawn from `train`, 5 seeded draws each, with the
+//!   rule the node uses by default (nothing fitted on `val` or `test`), next
+//!   to the old fixed threshold (0.35) and a plain centroid baseline.
+//! - **Full data** (100 examples per intent): the default rule, and the
+//!   best the router does when its settings are chosen on `val`.
 //!
 //!   cargo bench --bench clinc150            (CLINC150_DIR overrides the data path)
 
@@ -14,7 +20,12 @@ use std::time::Instant;
 use atmosphere::capability::{Capability, Kind, Source};
 use atmosphere::config::{EmbedderConfig, RoutingConfig};
 use atmosphere::embed::Embedder;
-use atmosphere::routing::{Entry, Need, Router, Table, capability_prototypes, capability_vector};
+use atmosphere::routing::fit::{self, Background};
+use atmosphere::routing::{
+    Entry, Need, Outcome, Router, Table, capability_prototypes, capability_vector,
+};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
 use serde_json::Value;
 
 type Split = Vec<(String, String)>;
@@ -55,75 +66,200 @@ fn load() -> (HashMap<String, Split>, HashMap<String, String>) {
     (splits, domain_of)
 }
 
-struct Scored {
-    /// Predicted label and its score, per query.
-    predictions: Vec<(String, f32)>,
+/// A capability to build: its name (the label it answers for), its domain, and
+/// the rows of `train` that are its examples.
+struct Group {
+    name: String,
+    domain: String,
+    rows: Vec<usize>,
 }
 
-fn route_all(router: &Router, table: &Table, queries: &[Vec<f32>]) -> Scored {
-    let up = |_: &Entry| true;
-    let predictions = queries
-        .iter()
-        .map(|q| {
-            let d = router.decide(table, q, Need::Any, &up);
-            let best = &d.candidates[0];
-            (best.id.name().to_owned(), best.score)
-        })
-        .collect();
-    Scored { predictions }
+/// What the bench has embedded.
+struct Data {
+    splits: HashMap<String, Split>,
+    domain_of: HashMap<String, String>,
+    vecs: HashMap<String, Vec<Vec<f32>>>,
+    /// Embedded names (`_` as spaces) of intents and domains.
+    names: HashMap<String, Vec<f32>>,
+    background: Background,
 }
 
-fn table_for(
-    groups: &[(String, String, Vec<usize>)],
-    train_vecs: &[Vec<f32>],
-    profile_vecs: &[Vec<f32>],
-    weight: f32,
-    prototypes: usize,
-) -> Table {
+/// The table the node would build for these groups with `routing`'s settings
+/// (as `catalog` does: vector, prototypes and reference from the examples).
+fn table_for(data: &Data, groups: &[Group], routing: &RoutingConfig) -> Table {
+    let w = routing.description_weight;
     let entries = groups
         .iter()
-        .zip(profile_vecs)
-        .map(|((name, domain, rows), profile)| {
-            let examples: Vec<Vec<f32>> = rows.iter().map(|&i| train_vecs[i].clone()).collect();
+        .map(|g| {
+            let examples: Vec<Vec<f32>> = g
+                .rows
+                .iter()
+                .map(|&i| data.vecs["train"][i].clone())
+                .collect();
+            let profile = &data.names[&g.name];
             Entry {
                 capability: Capability {
-                    id: format!("clinc/{name}").parse().expect("id"),
+                    id: format!("clinc/{}", g.name).parse().expect("id"),
                     kind: Kind::chat(),
-                    domain: domain.clone(),
+                    domain: g.domain.clone(),
                     topics: Vec::new(),
-                    description: name.replace('_', " "),
+                    description: g.name.replace('_', " "),
                     examples: Vec::new(),
                     backend: "none".into(),
-                    model: name.clone(),
+                    model: g.name.clone(),
                     source: Source::Config,
                 },
                 node: "bench".into(),
                 local: true,
                 available: true,
-                vector: capability_vector(&examples, profile, weight),
-                prototypes: capability_prototypes(&examples, profile, weight, prototypes),
+                vector: capability_vector(&examples, profile, w),
+                prototypes: capability_prototypes(&examples, profile, w, routing.prototypes),
+                reference: fit::reference(&examples, profile, w),
             }
         })
         .collect();
-    Table::new(entries)
+    Table::calibrated(entries, &data.background)
 }
 
-fn accuracy(pred: &Scored, gold: &[String]) -> f64 {
-    let hits = pred
-        .predictions
+/// Per query: the chosen label (None: refused) and the best score.
+fn route_all(router: &Router, table: &Table, queries: &[Vec<f32>]) -> Vec<(Option<String>, f32)> {
+    let up = |_: &Entry| true;
+    queries
         .iter()
-        .zip(gold)
-        .filter(|((p, _), g)| p == *g)
-        .count();
-    hits as f64 / gold.len() as f64
+        .map(|q| {
+            let d = router.decide(table, q, Need::Any, &up);
+            let chosen = match d.outcome {
+                Outcome::Matched => d.chosen.map(|c| c.id.name().to_owned()),
+                _ => None,
+            };
+            (chosen, d.candidates.first().map_or(f32::MIN, |c| c.score))
+        })
+        .collect()
 }
 
-/// The threshold that rejects at most `max_frr` of in-scope queries.
-fn threshold_for(in_scope_scores: &mut [f32], max_frr: f64) -> f32 {
-    in_scope_scores.sort_by(|a, b| a.total_cmp(b));
-    let k = (in_scope_scores.len() as f64 * max_frr).floor() as usize;
-    // Everything strictly below the k-th lowest score is rejected: at most k.
-    in_scope_scores[k.min(in_scope_scores.len() - 1)]
+/// In-scope right, in-scope refused, out-of-scope refused (fractions).
+#[derive(Clone, Copy, Default)]
+struct Scores {
+    right: f64,
+    refused: f64,
+    oos_refused: f64,
+}
+
+fn score(data: &Data, router: &Router, table: &Table, label: &dyn Fn(&str) -> String) -> Scores {
+    let test = route_all(router, table, &data.vecs["test"]);
+    let oos = route_all(router, table, &data.vecs["oos_test"]);
+    let n = test.len() as f64;
+    let right = test
+        .iter()
+        .zip(&data.splits["test"])
+        .filter(|((p, _), (_, g))| p.as_deref() == Some(label(g).as_str()))
+        .count() as f64
+        / n;
+    let refused = test.iter().filter(|(p, _)| p.is_none()).count() as f64 / n;
+    let oos_refused = oos.iter().filter(|(p, _)| p.is_none()).count() as f64 / oos.len() as f64;
+    Scores {
+        right,
+        refused,
+        oos_refused,
+    }
+}
+
+/// The baseline the issue measured: one plain centroid per capability (no
+/// description, no prototypes), top-1 with nothing refused; out-of-scope recall
+/// at the threshold that refuses at most 5% of `val`, which is fitted on
+/// `val` (a user has no such split).
+fn centroid_baseline(data: &Data, groups: &[Group], label: &dyn Fn(&str) -> String) -> Scores {
+    let routing = RoutingConfig {
+        threshold: Some(-1.0),
+        description_weight: 0.0,
+        prototypes: 0,
+        explain_candidates: 1,
+        ..Default::default()
+    };
+    let table = table_for(data, groups, &routing);
+    let router = Router::new(routing);
+    let test = route_all(&router, &table, &data.vecs["test"]);
+    let mut val: Vec<f32> = route_all(&router, &table, &data.vecs["val"])
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    val.sort_by(f32::total_cmp);
+    let threshold = val[(val.len() as f64 * 0.05).floor() as usize];
+    let oos = route_all(&router, &table, &data.vecs["oos_test"]);
+    let right = test
+        .iter()
+        .zip(&data.splits["test"])
+        .filter(|((p, _), (_, g))| p.as_deref() == Some(label(g).as_str()))
+        .count() as f64
+        / test.len() as f64;
+    Scores {
+        right,
+        refused: 0.0,
+        oos_refused: oos.iter().filter(|(_, s)| *s < threshold).count() as f64 / oos.len() as f64,
+    }
+}
+
+/// Capabilities at this granularity from the chosen rows of `train`.
+fn groups_of(data: &Data, rows: &[usize], granularity: &str) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    let mut pos: HashMap<String, usize> = HashMap::new();
+    for &i in rows {
+        let intent = &data.splits["train"][i].1;
+        let domain = data.domain_of[intent].clone();
+        let name = if granularity == "intent" {
+            intent.clone()
+        } else {
+            domain.clone()
+        };
+        let g = *pos.entry(name.clone()).or_insert_with(|| {
+            groups.push(Group {
+                name,
+                domain,
+                rows: Vec::new(),
+            });
+            groups.len() - 1
+        });
+        groups[g].rows.push(i);
+    }
+    groups
+}
+
+/// `k` rows of `train` per intent, drawn with `seed`.
+fn draw(data: &Data, k: usize, seed: u64) -> Vec<usize> {
+    let mut by_intent: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for (i, (_, intent)) in data.splits["train"].iter().enumerate() {
+        by_intent.entry(intent).or_default().push(i);
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    by_intent
+        .values()
+        .flat_map(|rows| {
+            rows.choose_multiple(&mut rng, k)
+                .copied()
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", x * 100.0)
+}
+
+/// Mean and worst of several draws, as table cells.
+fn summary(runs: &[Scores]) -> String {
+    let n = runs.len() as f64;
+    let mean = |f: fn(&Scores) -> f64| runs.iter().map(f).sum::<f64>() / n;
+    let min = |f: fn(&Scores) -> f64| runs.iter().map(f).fold(f64::MAX, f64::min);
+    let max = |f: fn(&Scores) -> f64| runs.iter().map(f).fold(f64::MIN, f64::max);
+    format!(
+        "{} ({}) | {} ({}) | {} ({})",
+        pct(mean(|s| s.right)),
+        pct(min(|s| s.right)),
+        pct(mean(|s| s.refused)),
+        pct(max(|s| s.refused)),
+        pct(mean(|s| s.oos_refused)),
+        pct(min(|s| s.oos_refused)),
+    )
 }
 
 #[tokio::main]
@@ -147,119 +283,209 @@ async fn main() {
             embedder.embed(texts).await.expect("embed").vectors,
         );
     }
+    let mut labels: Vec<String> = domain_of.keys().cloned().collect();
+    labels.extend(domain_of.values().cloned());
+    labels.sort();
+    labels.dedup();
+    let named = embedder
+        .embed(labels.iter().map(|l| l.replace('_', " ")).collect())
+        .await
+        .expect("embed")
+        .vectors;
+    let background = Background::new(
+        embedder
+            .embed(fit::background_texts())
+            .await
+            .expect("embed")
+            .vectors,
+    );
     let embed_secs = started.elapsed().as_secs_f64();
-
-    // Granularities: intents (150 capabilities) and domains (10 capabilities).
-    let mut report = Vec::new();
+    let data = Data {
+        splits,
+        domain_of,
+        vecs,
+        names: labels.into_iter().zip(named).collect(),
+        background,
+    };
+    println!(
+        "CLINC150 routing quality (all-MiniLM-L6-v2, {threads} threads; embedding took {embed_secs:.0} s)"
+    );
+    println!();
+    println!(
+        "Cells: mean of 5 draws (worst draw). Right: in-scope requests answered by the right capability; refused: in-scope requests refused; oos refused: out-of-scope requests refused."
+    );
+    println!();
+    println!("| capabilities | examples | rule | right | refused | oos refused |");
+    println!("|---|---|---|---|---|---|");
+    let defaults = RoutingConfig::default();
+    let old = RoutingConfig {
+        threshold: Some(0.35),
+        ..Default::default()
+    };
     for granularity in ["intent", "domain"] {
         let label = |intent: &str| -> String {
             if granularity == "intent" {
                 intent.to_owned()
             } else {
-                domain_of[intent].clone()
+                data.domain_of[intent].clone()
             }
         };
-        let mut groups: Vec<(String, String, Vec<usize>)> = Vec::new();
-        let mut pos: HashMap<String, usize> = HashMap::new();
-        for (i, (_, intent)) in splits["train"].iter().enumerate() {
-            let l = label(intent);
-            let g = *pos.entry(l.clone()).or_insert_with(|| {
-                groups.push((l.clone(), domain_of[intent].clone(), Vec::new()));
-                groups.len() - 1
-            });
-            groups[g].2.push(i);
+        for k in [3, 5, 10] {
+            let mut rule = Vec::new();
+            let mut fixed = Vec::new();
+            let mut baseline = Vec::new();
+            for seed in 0..5 {
+                let groups = groups_of(&data, &draw(&data, k, seed), granularity);
+                let table = table_for(&data, &groups, &defaults);
+                rule.push(score(&data, &Router::new(defaults.clone()), &table, &label));
+                fixed.push(score(&data, &Router::new(old.clone()), &table, &label));
+                baseline.push(centroid_baseline(&data, &groups, &label));
+            }
+            let n = if granularity == "intent" { 150 } else { 10 };
+            println!(
+                "| {n} {granularity}s | {k} per intent | **default (fit >= {})** | {} |",
+                defaults.min_fit,
+                summary(&rule)
+            );
+            println!(
+                "| {n} {granularity}s | {k} per intent | old default (threshold 0.35) | {} |",
+                summary(&fixed)
+            );
+            println!(
+                "| {n} {granularity}s | {k} per intent | centroid, top-1; oos at 5% of val refused (fitted on val) | {} |",
+                summary(&baseline)
+            );
         }
-        let profiles: Vec<String> = groups.iter().map(|(n, _, _)| n.replace('_', " ")).collect();
-        let profile_vecs = embedder.embed(profiles).await.expect("embed").vectors;
-        let gold =
-            |key: &str| -> Vec<String> { splits[key].iter().map(|(_, i)| label(i)).collect() };
+    }
 
-        // Choose the description weight and the number of prototypes on val.
-        let mut best = (f64::MIN, 0.0f32, 0usize);
-        let mut grid = Vec::new();
-        for p in [0, 2, 4, 8, 16] {
-            for w in [0.0, 0.1, 0.2, 0.3] {
-                let table = table_for(&groups, &vecs["train"], &profile_vecs, w, p);
-                let router = Router::new(RoutingConfig {
-                    threshold: -1.0,
+    // What each part of the default brings, 150 intents, 5 examples.
+    println!();
+    println!("Parts of the default, 150 intents, 5 examples per intent (mean of 5 draws (worst)):");
+    println!();
+    println!("| variant | right | refused | oos refused |");
+    println!("|---|---|---|---|");
+    let variants: Vec<(String, RoutingConfig)> = vec![
+        ("default".into(), defaults.clone()),
+        (
+            "no description blended in (description_weight 0)".into(),
+            RoutingConfig {
+                description_weight: 0.0,
+                ..defaults.clone()
+            },
+        ),
+        (
+            "min_fit 0.4".into(),
+            RoutingConfig {
+                min_fit: 0.4,
+                ..defaults.clone()
+            },
+        ),
+        (
+            "min_fit 0.6".into(),
+            RoutingConfig {
+                min_fit: 0.6,
+                ..defaults.clone()
+            },
+        ),
+        (
+            "min_fit 0.7".into(),
+            RoutingConfig {
+                min_fit: 0.7,
+                ..defaults.clone()
+            },
+        ),
+    ];
+    let intent = |i: &str| i.to_owned();
+    for (name, routing) in variants {
+        let runs: Vec<Scores> = (0..5)
+            .map(|seed| {
+                let groups = groups_of(&data, &draw(&data, 5, seed), "intent");
+                let table = table_for(&data, &groups, &routing);
+                score(&data, &Router::new(routing.clone()), &table, &intent)
+            })
+            .collect();
+        println!("| {name} | {} |", summary(&runs));
+    }
+
+    full_data(&data);
+}
+
+/// All 100 examples per intent: the default rule, and the router's best with
+/// settings chosen on `val` (the figures of the first release).
+fn full_data(data: &Data) {
+    println!();
+    println!("Full data (100 examples per intent):");
+    println!();
+    println!("| capabilities | rule | right | refused | oos refused | decision us |");
+    println!("|---|---|---|---|---|---|");
+    let all: Vec<usize> = (0..data.splits["train"].len()).collect();
+    for granularity in ["intent", "domain"] {
+        let label = |intent: &str| -> String {
+            if granularity == "intent" {
+                intent.to_owned()
+            } else {
+                data.domain_of[intent].clone()
+            }
+        };
+        let groups = groups_of(data, &all, granularity);
+        let n = groups.len();
+        let defaults = RoutingConfig::default();
+        let table = table_for(data, &groups, &defaults);
+        let router = Router::new(defaults.clone());
+        let started = Instant::now();
+        let s = score(data, &router, &table, &label);
+        let us = started.elapsed().as_secs_f64() * 1e6
+            / (data.vecs["test"].len() + data.vecs["oos_test"].len()) as f64;
+        println!(
+            "| {n} {granularity}s | **default (fit >= {})** | {} | {} | {} | {us:.0} |",
+            defaults.min_fit,
+            pct(s.right),
+            pct(s.refused),
+            pct(s.oos_refused)
+        );
+
+        // Settings chosen on val: description weight, prototypes, then the
+        // threshold that refuses at most 5% of val.
+        let mut best = (f64::MIN, defaults.clone());
+        for prototypes in [0, 2, 4, 8, 16] {
+            for description_weight in [0.0, 0.1, 0.2, 0.3] {
+                let routing = RoutingConfig {
+                    threshold: Some(-1.0),
+                    description_weight,
+                    prototypes,
                     explain_candidates: 1,
                     ..Default::default()
-                });
-                let acc = accuracy(&route_all(&router, &table, &vecs["val"]), &gold("val"));
-                grid.push(format!("p={p} w={w}: {:.2}%", acc * 100.0));
+                };
+                let table = table_for(data, &groups, &routing);
+                let val = route_all(&Router::new(routing.clone()), &table, &data.vecs["val"]);
+                let acc = val
+                    .iter()
+                    .zip(&data.splits["val"])
+                    .filter(|((p, _), (_, g))| p.as_deref() == Some(label(g).as_str()))
+                    .count() as f64
+                    / val.len() as f64;
                 if acc > best.0 {
-                    best = (acc, w, p);
+                    best = (acc, routing);
                 }
             }
         }
-        eprintln!("{granularity} val grid: {}", grid.join(", "));
-        let (weight, prototypes) = (best.1, best.2);
-        let table = table_for(&groups, &vecs["train"], &profile_vecs, weight, prototypes);
-        let router = Router::new(RoutingConfig {
-            threshold: -1.0,
-            explain_candidates: 1,
-            ..Default::default()
-        });
-        let val = route_all(&router, &table, &vecs["val"]);
-        let mut val_scores: Vec<f32> = val.predictions.iter().map(|p| p.1).collect();
-        let threshold = threshold_for(&mut val_scores, 0.05);
-        let oos_val = route_all(&router, &table, &vecs["oos_val"]);
-        let oos_val_recall = oos_val
-            .predictions
-            .iter()
-            .filter(|p| p.1 < threshold)
-            .count() as f64
-            / oos_val.predictions.len() as f64;
-
-        let started = Instant::now();
-        let test = route_all(&router, &table, &vecs["test"]);
-        let per_decision_us = started.elapsed().as_secs_f64() * 1e6 / vecs["test"].len() as f64;
-        let test_acc = accuracy(&test, &gold("test"));
-        let test_frr = test.predictions.iter().filter(|p| p.1 < threshold).count() as f64
-            / test.predictions.len() as f64;
-        let oos_test = route_all(&router, &table, &vecs["oos_test"]);
-        let oos_recall = oos_test
-            .predictions
-            .iter()
-            .filter(|p| p.1 < threshold)
-            .count() as f64
-            / oos_test.predictions.len() as f64;
-        // Intent routing judged at domain level: right domain, any intent in it.
-        let domain_acc = if granularity == "intent" {
-            let hits = test
-                .predictions
-                .iter()
-                .zip(&splits["test"])
-                .filter(|((p, _), (_, g))| domain_of[p] == domain_of[g])
-                .count();
-            Some(hits as f64 / test.predictions.len() as f64)
-        } else {
-            None
-        };
-        report.push(format!(
-            "| {granularity} ({n} capabilities) | {w}, {prototypes} | {vacc:.2}% | {t:.3} | {test_acc:.2}% | {dacc} | {frr:.2}% | {oos:.1}% | {oosv:.1}% | {us:.1} |",
-            n = groups.len(),
-            w = weight,
-            vacc = best.0 * 100.0,
-            t = threshold,
-            test_acc = test_acc * 100.0,
-            dacc = domain_acc.map_or("-".to_owned(), |d| format!("{:.2}%", d * 100.0)),
-            frr = test_frr * 100.0,
-            oos = oos_recall * 100.0,
-            oosv = oos_val_recall * 100.0,
-            us = per_decision_us,
-        ));
-    }
-    println!(
-        "CLINC150 routing quality (all-MiniLM-L6-v2, {threads} threads; embedding {:.0} texts took {embed_secs:.1} s)",
-        23_600.0
-    );
-    println!();
-    println!(
-        "| capabilities | description weight, prototypes (chosen on val) | val accuracy | threshold (val, FRR<=5%) | test accuracy | test accuracy at domain level | test false reject | oos_test recall | oos_val recall | decision us |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    for line in report {
-        println!("{line}");
+        let mut routing = best.1;
+        let table = table_for(data, &groups, &routing);
+        let mut val: Vec<f32> = route_all(&Router::new(routing.clone()), &table, &data.vecs["val"])
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect();
+        val.sort_by(f32::total_cmp);
+        let threshold = val[(val.len() as f64 * 0.05).floor() as usize];
+        routing.threshold = Some(threshold);
+        let s = score(data, &Router::new(routing.clone()), &table, &label);
+        println!(
+            "| {n} {granularity}s | fitted on val (weight {}, {} prototypes, threshold {threshold:.3}) | {} | {} | {} | |",
+            routing.description_weight,
+            routing.prototypes,
+            pct(s.right),
+            pct(s.refused),
+            pct(s.oos_refused)
+        );
     }
 }

@@ -71,6 +71,7 @@ fn entries(vectors: &[Vec<f32>]) -> Vec<Entry> {
             available: true,
             vector: v.clone(),
             prototypes: Vec::new(),
+            reference: None,
         })
         .collect()
 }
@@ -126,7 +127,7 @@ async fn main() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let dim = 384;
     let router = Router::new(RoutingConfig {
-        threshold: -1.0,
+        threshold: Some(-1.0),
         ..Default::default()
     });
     let up = |_: &Entry| true;
@@ -199,7 +200,7 @@ async fn main() {
                 Box::new(Hnsw::build(vectors.clone()))
             };
             let build_ms = t.elapsed().as_secs_f64() * 1e3;
-            let table = Table::with_index(entries(&vectors), index);
+            let table = Table::with_index(entries(&vectors), index, &Default::default());
             let mut samples = Vec::with_capacity(queries.len());
             let mut hits = 0;
             for (q, truth) in queries.iter().zip(&exact_truth) {

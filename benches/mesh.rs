@@ -49,6 +49,7 @@ fn entry(id: &str) -> Entry {
         available: true,
         vector: v,
         prototypes: Vec::new(),
+        reference: None,
     }
 }
 

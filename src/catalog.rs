@@ -20,7 +20,7 @@ use crate::capability::{Capability, Source};
 use crate::config::{CapabilityConfig, RoutingConfig};
 use crate::embed::Embedder;
 use crate::metrics::Metrics;
-use crate::routing::{Entry, Table, capability_prototypes, capability_vector};
+use crate::routing::{Entry, Table, capability_prototypes, capability_vector, fit};
 
 /// Probe reports waiting for the owner; one per backend per refresh, so small.
 const UPDATE_CAPACITY: usize = 64;
@@ -78,7 +78,10 @@ pub async fn start(
     setup: Setup,
     cancel: CancellationToken,
 ) -> Result<Catalog, crate::embed::Error> {
+    // Embedded once: what generic requests score is measured against it.
+    let background = setup.embedder.embed(fit::background_texts()).await?;
     let mut owner = Owner {
+        background: Arc::new(fit::Background::new(background.vectors)),
         discovered: BTreeMap::new(),
         cache: HashMap::new(),
         local: Arc::new(Vec::new()),
@@ -167,6 +170,8 @@ struct Owner {
     cache: HashMap<String, Vec<f32>>,
     /// This node's entries as last built.
     local: Arc<Vec<Entry>>,
+    /// The generic background requests, embedded.
+    background: Arc<fit::Background>,
     /// Generation of the mesh view in the table last built (sent once the
     /// table is stored).
     remote_generation: watch::Sender<u64>,
@@ -323,6 +328,7 @@ impl Owner {
             entries.push(Entry {
                 vector: capability_vector(&examples, profile, weight),
                 prototypes: capability_prototypes(&examples, profile, weight, prototypes),
+                reference: fit::reference(&examples, profile, weight),
                 node: self.setup.node_id.clone(),
                 local: true,
                 available,
@@ -351,7 +357,8 @@ impl Owner {
         }
         self.setup.metrics.capabilities.set(entries.len() as i64);
         self.setup.metrics.table_builds.inc();
-        let table = tokio::task::spawn_blocking(move || Table::new(entries))
+        let background = self.background.clone();
+        let table = tokio::task::spawn_blocking(move || Table::calibrated(entries, &background))
             .await
             .map_err(|e| crate::embed::Error::Runtime(format!("index build: {e}")))?;
         tracing::info!(

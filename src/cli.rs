@@ -243,27 +243,33 @@ fn print_decision(v: &Value) -> String {
     let mut s = String::new();
     let d = &v["decision"];
     let outcome = d["outcome"].as_str().unwrap_or("?");
+    let rule = match d["rule"]["kind"].as_str() {
+        Some("threshold") => format!(
+            "threshold {:.2}",
+            d["rule"]["threshold"].as_f64().unwrap_or(f64::NAN)
+        ),
+        _ => format!(
+            "fit >= {:.2}",
+            d["rule"]["min_fit"].as_f64().unwrap_or(f64::NAN)
+        ),
+    };
     match d["chosen"]["id"].as_str() {
         Some(id) => {
-            let _ = writeln!(
-                s,
-                "route: {id} ({outcome}, threshold {:.2})",
-                d["threshold"].as_f64().unwrap_or(0.0)
-            );
+            let _ = writeln!(s, "route: {id} ({outcome}, {rule})");
         }
         None => {
-            let _ = writeln!(
-                s,
-                "route: none fits (threshold {:.2})",
-                d["threshold"].as_f64().unwrap_or(0.0)
-            );
+            let _ = writeln!(s, "route: none fits ({rule})");
         }
     }
     let _ = writeln!(
         s,
-        "{:>3}  {:>6}  {:<32} {:<16} {:<10} note",
-        "#", "score", "capability", "kind", "node"
+        "{:>3}  {:>6}  {:>6}  {:>5}  {:<32} {:<16} {:<10} note",
+        "#", "score", "cutoff", "fit", "capability", "kind", "node"
     );
+    let num = |x: &Value, width: usize, places: usize| match x.as_f64() {
+        Some(x) => format!("{x:>width$.places$}"),
+        None => format!("{:>width$}", "-"),
+    };
     for (i, c) in d["candidates"].as_array().into_iter().flatten().enumerate() {
         let node = c["node"].as_str().unwrap_or("");
         let short = if c["local"].as_bool() == Some(true) {
@@ -273,9 +279,11 @@ fn print_decision(v: &Value) -> String {
         };
         let _ = writeln!(
             s,
-            "{:>3}  {:>6.3}  {:<32} {:<16} {:<10} {}",
+            "{:>3}  {}  {}  {}  {:<32} {:<16} {:<10} {}",
             i + 1,
-            c["score"].as_f64().unwrap_or(f64::NAN),
+            num(&c["score"], 6, 3),
+            num(&c["cutoff"], 6, 3),
+            num(&c["fit"], 5, 2),
             c["id"].as_str().unwrap_or(""),
             c["kind"].as_str().unwrap_or(""),
             short,

@@ -148,6 +148,9 @@ pub struct EmbedderConfig {
     pub max_batch: usize,
     /// Longer inputs are truncated to this many tokens (the model's limit is 512).
     pub max_tokens: usize,
+    /// Texts whose vectors are kept, most recently used first, so that a
+    /// repeated request is not embedded again (about 1.6 KiB each); 0: none.
+    pub cache_entries: usize,
 }
 
 impl Default for EmbedderConfig {
@@ -158,6 +161,7 @@ impl Default for EmbedderConfig {
             threads: 2,
             max_batch: 32,
             max_tokens: 256,
+            cache_entries: 4096,
         }
     }
 }
@@ -166,9 +170,16 @@ impl Default for EmbedderConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoutingConfig {
-    /// Below this score no capability fits: `default` is used, or the request fails.
-    pub threshold: f32,
-    /// Capability used when nothing scores above the threshold.
+    /// A fixed score below which no capability fits, overriding the relative
+    /// rule (`min_fit`). Unset by default: no one cosine suits every
+    /// capability set.
+    pub threshold: Option<f32>,
+    /// How close to a capability's own examples a request must score for it
+    /// to fit, with generic requests at 0 and the examples themselves
+    /// (scored leave-one-out) at 1. Below it, `default` is used or the request
+    /// is refused.
+    pub min_fit: f32,
+    /// Capability used when nothing fits.
     pub default: Option<CapabilityId>,
     /// Weight of the description against the examples in a capability's vector
     /// (0: examples only, 1: description only; without examples the description is used).
@@ -182,7 +193,8 @@ pub struct RoutingConfig {
 impl Default for RoutingConfig {
     fn default() -> Self {
         Self {
-            threshold: 0.35,
+            threshold: None,
+            min_fit: 0.5,
             default: None,
             description_weight: 0.2,
             prototypes: 4,
@@ -338,8 +350,13 @@ impl Config {
                 ));
             }
         }
-        if !(-1.0..=1.0).contains(&self.routing.threshold) {
+        if let Some(t) = self.routing.threshold
+            && !(-1.0..=1.0).contains(&t)
+        {
             return invalid("routing.threshold must be between -1 and 1".into());
+        }
+        if !(0.0..=2.0).contains(&self.routing.min_fit) {
+            return invalid("routing.min_fit must be between 0 and 2".into());
         }
         if !(0.0..=1.0).contains(&self.routing.description_weight) {
             return invalid("routing.description_weight must be between 0 and 1".into());

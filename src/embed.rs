@@ -7,9 +7,13 @@
 //! input of the batch (never to a fixed length: see the notes on the shipped
 //! tokenizer, which pads to 128).
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
+
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
@@ -60,14 +64,20 @@ pub struct Embedded {
 
 struct Job {
     texts: Vec<String>,
-    reply: oneshot::Sender<Result<Embedded, Error>>,
+    reply: oneshot::Sender<Result<Batch, Error>>,
 }
+
+/// Vectors of recent texts with their token counts, keyed by the SHA-256 of
+/// the text (so a long text costs 32 bytes of key, not its length).
+type Cache = Mutex<lru::LruCache<[u8; 32], (Vec<f32>, usize)>>;
 
 /// A cheap, cloneable handle to the embedding worker.
 #[derive(Clone)]
 pub struct Embedder {
     tx: mpsc::Sender<Job>,
     dim: usize,
+    /// `None` when `cache_entries` is 0.
+    cache: Option<Arc<Cache>>,
 }
 
 static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
@@ -156,7 +166,9 @@ impl Embedder {
             .name("embedder".into())
             .spawn(move || worker(model, rx, max_batch))
             .map_err(|e| Error::Runtime(format!("cannot start the embedder thread: {e}")))?;
-        Ok(Self { tx, dim })
+        let cache = NonZeroUsize::new(config.cache_entries)
+            .map(|n| Arc::new(Mutex::new(lru::LruCache::new(n))));
+        Ok(Self { tx, dim, cache })
     }
 
     /// Width of the vectors.
@@ -164,12 +176,58 @@ impl Embedder {
         self.dim
     }
 
-    /// Embeds texts (any number; large lists are split into batches).
+    /// Embeds texts (any number; large lists are split into batches). Texts
+    /// embedded recently come from the cache.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Embedded, Error> {
-        if texts.is_empty() {
+        let Some(cache) = &self.cache else {
+            let out = self.run(texts).await?;
             return Ok(Embedded {
+                vectors: out.vectors,
+                tokens: out.per_text_tokens.iter().sum(),
+            });
+        };
+        let keys: Vec<[u8; 32]> = texts.iter().map(|t| Sha256::digest(t).into()).collect();
+        let mut found: Vec<Option<(Vec<f32>, usize)>> = {
+            let mut cache = cache.lock();
+            keys.iter().map(|k| cache.get(k).cloned()).collect()
+        };
+        let missing: Vec<String> = texts
+            .into_iter()
+            .zip(&found)
+            .filter(|(_, f)| f.is_none())
+            .map(|(t, _)| t)
+            .collect();
+        if !missing.is_empty() {
+            let out = self.run(missing).await?;
+            let mut fresh = out.vectors.into_iter().zip(out.per_text_tokens);
+            let mut cache = cache.lock();
+            for (slot, key) in found.iter_mut().zip(&keys) {
+                if slot.is_none() {
+                    let Some(v) = fresh.next() else {
+                        return Err(Error::Output("fewer vectors than texts".into()));
+                    };
+                    cache.put(*key, v.clone());
+                    *slot = Some(v);
+                }
+            }
+        }
+        let mut out = Embedded {
+            vectors: Vec::with_capacity(found.len()),
+            tokens: 0,
+        };
+        for (v, tokens) in found.into_iter().flatten() {
+            out.vectors.push(v);
+            out.tokens += tokens;
+        }
+        Ok(out)
+    }
+
+    /// Runs texts through the model (no cache).
+    async fn run(&self, texts: Vec<String>) -> Result<Batch, Error> {
+        if texts.is_empty() {
+            return Ok(Batch {
                 vectors: Vec::new(),
-                tokens: 0,
+                per_text_tokens: Vec::new(),
             });
         }
         let (reply, rx) = oneshot::channel();
@@ -208,9 +266,9 @@ fn worker(mut model: Model, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
                 let mut tokens = all.per_text_tokens.into_iter();
                 for job in jobs {
                     let n = job.texts.len();
-                    let out = Embedded {
+                    let out = Batch {
                         vectors: vectors.by_ref().take(n).collect(),
-                        tokens: tokens.by_ref().take(n).sum(),
+                        per_text_tokens: tokens.by_ref().take(n).collect(),
                     };
                     let _ = job.reply.send(Ok(out));
                 }

@@ -70,6 +70,7 @@ mod tests {
             available: true,
             vector: vec![0.6, 0.8],
             prototypes: Vec::new(),
+            reference: None,
         };
         let update = RouteUpdate {
             version: route::VERSION,

@@ -148,6 +148,9 @@ impl Remote {
                             available: r.available,
                             vector: r.vector.dequantize(),
                             prototypes: r.prototypes.iter().map(|p| p.dequantize()).collect(),
+                            // Its examples stay with its origin: the table
+                            // lends it the other capabilities' scale.
+                            reference: None,
                         })
                     })
                     .collect();

@@ -63,3 +63,30 @@ async fn long_input_is_truncated_not_fatal() {
     let out = e.embed(vec![long]).await.expect("long input");
     assert_eq!(out.tokens, 256);
 }
+
+#[tokio::test]
+async fn cached_texts_give_the_model_s_vectors_and_token_counts() {
+    let cached = embedder();
+    let uncached = Embedder::load(&EmbedderConfig {
+        threads: 1,
+        cache_entries: 0,
+        ..Default::default()
+    })
+    .expect("model");
+    let first = vec!["How much hay does a llama eat?".to_owned()];
+    cached.embed(first.clone()).await.expect("embeds");
+    // One text seen before between two new ones, and a repeat within the call.
+    let texts: Vec<String> = vec![
+        "Why does my Python script raise a KeyError?".into(),
+        first[0].clone(),
+        "Plan a week in Portugal".into(),
+        "Why does my Python script raise a KeyError?".into(),
+    ];
+    let a = cached.embed(texts.clone()).await.expect("cached");
+    let b = uncached.embed(texts).await.expect("uncached");
+    assert_eq!(a.tokens, b.tokens);
+    assert_eq!(a.vectors.len(), 4);
+    for (x, y) in a.vectors.iter().zip(&b.vectors) {
+        assert!(cosine(x, y) > 0.9999, "a cached vector differs");
+    }
+}

@@ -334,7 +334,9 @@ async fn oversize_body_is_413() {
 
 #[tokio::test]
 async fn nothing_fits_is_a_clear_error_or_the_default() {
-    let f = fixture_with(|c| c.routing.threshold = 0.95).await;
+    // The default rule, no threshold set: three examples per capability are
+    // enough to refuse what is about neither and to answer what is.
+    let f = fixture().await;
     let e = post(
         &f,
         "/v1/chat/completions",
@@ -343,15 +345,29 @@ async fn nothing_fits_is_a_clear_error_or_the_default() {
     .await
     .error(StatusCode::NOT_FOUND);
     assert_eq!(e["code"], "no_capability_fits");
-    assert!(
-        e["message"]
-            .as_str()
-            .expect("message")
-            .contains("threshold")
-    );
+    let message = e["message"].as_str().expect("message");
+    assert!(message.contains("below the"), "{message}");
+    let r = post(
+        &f,
+        "/v1/chat/completions",
+        chat("auto", "my alpaca has stopped eating hay"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("x-atmosphere-route"), "farm/llama-expert");
+
+    // An explicit threshold overrides the rule.
+    let f = fixture_with(|c| c.routing.threshold = Some(-1.0)).await;
+    let r = post(
+        &f,
+        "/v1/chat/completions",
+        chat("auto", "What is the capital of France?"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
 
     let f = fixture_with(|c| {
-        c.routing.threshold = 0.95;
+        c.routing.threshold = Some(0.95);
         c.routing.default = Some("farm/coder".parse().expect("id"));
     })
     .await;

@@ -56,6 +56,7 @@ fn entry(id: &str, seed: u8) -> Entry {
         available: true,
         vector: v,
         prototypes: Vec::new(),
+        reference: None,
     }
 }
 

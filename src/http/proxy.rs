@@ -119,7 +119,7 @@ pub async fn resolve(
         let fallbacks = decision
             .candidates
             .iter()
-            .filter(|c| c.eligible && c.score >= decision.threshold)
+            .filter(|c| c.eligible && c.fits)
             .filter(|c| {
                 decision
                     .chosen
@@ -190,14 +190,19 @@ fn no_fit(decision: &Decision) -> ApiError {
         .candidates
         .iter()
         .find(|c| c.eligible)
-        .map(|c| format!(" The closest was `{}` at {:.3}.", c.id, c.score))
+        .map(|c| match c.cutoff {
+            Some(cutoff) => format!(
+                " The closest was `{}` at {:.3}, below the {cutoff:.3} it needs.",
+                c.id, c.score
+            ),
+            None => format!(" The closest was `{}` at {:.3}.", c.id, c.score),
+        })
         .unwrap_or_default();
     ApiError::new(
         StatusCode::NOT_FOUND,
         "invalid_request_error",
         format!(
-            "No capability fits this request well enough (threshold {:.2}).{best} Name a model explicitly, or configure routing.default.",
-            decision.threshold
+            "No capability fits this request well enough.{best} Name a model explicitly, or configure routing.default."
         ),
     )
     .param("model")

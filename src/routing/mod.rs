@@ -8,7 +8,10 @@
 //! clusters of its examples, so that a capability with varied examples (a
 //! "finance desk") is close to each kind of request it gets, not only to their
 //! average. A capability scores the best similarity over its vectors. With no
-//! examples the profile alone is used.
+//! examples the profile alone is used. Whether the best one fits at all is
+//! [`fit`]'s rule.
+
+pub mod fit;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use crate::capability::{Capability, CapabilityId};
 use crate::config::RoutingConfig;
 use crate::embed::normalize;
 use crate::index::{self, VectorIndex};
+use fit::{Rule, Scale};
 
 /// Score bonus that makes a local capability win a tie with a remote one.
 const LOCAL_TIE_BONUS: f32 = 1e-4;
@@ -38,6 +42,9 @@ pub struct Entry {
     pub vector: Vec<f32>,
     /// Further unit vectors it is also matched by (may be empty).
     pub prototypes: Vec<Vec<f32>>,
+    /// How high its own requests score ([`fit::reference`]); known for this
+    /// node's capabilities with two examples or more.
+    pub reference: Option<f32>,
 }
 
 /// All routable capabilities with a search index over their vectors. Immutable:
@@ -50,6 +57,8 @@ pub struct Table {
     owner: Vec<usize>,
     /// Most vectors any entry has in the index.
     max_vectors: usize,
+    /// Each entry's background and reference scores (None: uncalibrated).
+    scales: Vec<Option<Scale>>,
 }
 
 impl Default for Table {
@@ -59,9 +68,16 @@ impl Default for Table {
 }
 
 impl Table {
+    /// Builds a table that has no background to calibrate against: `auto`
+    /// then refuses only by an explicit threshold.
+    pub fn new(entries: Vec<Entry>) -> Self {
+        Self::calibrated(entries, &fit::Background::default())
+    }
+
     /// Builds the table and its index (HNSW for large tables: call it off the
-    /// async runtime).
-    pub fn new(mut entries: Vec<Entry>) -> Self {
+    /// async runtime); `background` holds the embedded
+    /// [`fit::background_texts`].
+    pub fn calibrated(mut entries: Vec<Entry>, background: &fit::Background) -> Self {
         // One width per index: an entry with another width cannot be compared.
         if let Some(dim) = entries.first().map(|e| e.vector.len()) {
             entries.retain(|e| {
@@ -75,7 +91,7 @@ impl Table {
             });
         }
         let index = index::build(Self::indexed_vectors(&entries));
-        Self::with_index(entries, index)
+        Self::with_index(entries, index, background)
     }
 
     /// The vectors an index over `entries` must hold, in order: each entry's main
@@ -88,7 +104,22 @@ impl Table {
     }
 
     /// Builds a table around an index over [`Table::indexed_vectors`].
-    pub fn with_index(entries: Vec<Entry>, index: Box<dyn VectorIndex>) -> Self {
+    pub fn with_index(
+        entries: Vec<Entry>,
+        index: Box<dyn VectorIndex>,
+        background: &fit::Background,
+    ) -> Self {
+        let scales = fit::scales(
+            entries.len(),
+            |i| {
+                let e = &entries[i];
+                std::iter::once(e.vector.as_slice())
+                    .chain(e.prototypes.iter().map(Vec::as_slice))
+                    .collect()
+            },
+            |i| entries[i].reference,
+            background,
+        );
         let owner: Vec<usize> = entries
             .iter()
             .enumerate()
@@ -113,6 +144,7 @@ impl Table {
             index,
             owner,
             max_vectors,
+            scales,
         }
     }
 
@@ -287,6 +319,25 @@ pub struct Candidate {
     pub similarity: f32,
     /// Similarity after adjustments (locality tie-break); what is ranked.
     pub score: f32,
+    /// Score this capability needs to be chosen under the decision's rule
+    /// (absent when nothing is known to refuse by).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cutoff: Option<f32>,
+    /// Where the score lies between generic requests (0) and the
+    /// capability's own examples (1), when the table is calibrated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fit: Option<f32>,
+    /// Mean score of the generic background requests on this capability.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub background: Option<f32>,
+    /// Score of the capability's own requests, and whether it was measured on
+    /// its examples here (`false`: borrowed from the other capabilities).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_measured: Option<bool>,
+    /// Whether the score reaches the cutoff.
+    pub fits: bool,
     pub available: bool,
     /// Whether the capability can serve this request (kind fits and it is available).
     pub eligible: bool,
@@ -300,11 +351,11 @@ pub struct Candidate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
-    /// The best eligible capability scored at or above the threshold.
+    /// The best eligible capability fits the request.
     Matched,
-    /// Nothing reached the threshold; the configured default was used.
+    /// Nothing fits; the configured default was used.
     Default,
-    /// Nothing reached the threshold and there is no usable default.
+    /// Nothing fits and there is no usable default.
     NoFit,
 }
 
@@ -316,7 +367,8 @@ pub struct Decision {
     pub chosen: Option<Candidate>,
     /// Best candidates first.
     pub candidates: Vec<Candidate>,
-    pub threshold: f32,
+    /// How fitting was judged.
+    pub rule: Rule,
     pub index: &'static str,
 }
 
@@ -330,6 +382,16 @@ impl Router {
         Self { config }
     }
 
+    /// The rule this router's config asks for.
+    pub fn rule(&self) -> Rule {
+        match self.config.threshold {
+            Some(threshold) => Rule::Threshold { threshold },
+            None => Rule::Relative {
+                min_fit: self.config.min_fit,
+            },
+        }
+    }
+
     /// Ranks the table's capabilities for `query` and picks one.
     ///
     /// `available(entry)` says whether the entry's backend (or node) answers now.
@@ -341,14 +403,13 @@ impl Router {
         available: &dyn Fn(&Entry) -> bool,
     ) -> Decision {
         let shown = self.config.explain_candidates.max(1);
-        let mut ranked = self.rank(table, query, need, available, shown.max(16));
+        let rule = self.rule();
+        let mut ranked = self.rank(table, query, need, available, rule, shown.max(16));
         // `rank` returns at most `shown`, best eligible first.
         let best = ranked.iter().position(|c| c.eligible);
         let (outcome, chosen) = match best {
-            Some(i) if ranked[i].score >= self.config.threshold => {
-                (Outcome::Matched, Some(ranked[i].clone()))
-            }
-            _ => match self.default_candidate(table, need, available) {
+            Some(i) if ranked[i].fits => (Outcome::Matched, Some(ranked[i].clone())),
+            _ => match self.default_candidate(table, need, available, rule) {
                 Some(c) => (Outcome::Default, Some(c)),
                 None => (Outcome::NoFit, None),
             },
@@ -358,7 +419,7 @@ impl Router {
             outcome,
             chosen,
             candidates: ranked,
-            threshold: self.config.threshold,
+            rule,
             index: table.index_name(),
         }
     }
@@ -369,6 +430,7 @@ impl Router {
         query: &[f32],
         need: Need,
         available: &dyn Fn(&Entry) -> bool,
+        rule: Rule,
         k: usize,
     ) -> Vec<Candidate> {
         if table.is_empty() || query.is_empty() {
@@ -420,7 +482,16 @@ impl Router {
         ranked.truncate(self.config.explain_candidates.max(1));
         ranked
             .into_iter()
-            .map(|(_, _, i, sim)| candidate(&table.entries[i], sim, need, available))
+            .map(|(_, _, i, sim)| {
+                candidate(
+                    &table.entries[i],
+                    table.scales[i],
+                    sim,
+                    rule,
+                    need,
+                    available,
+                )
+            })
             .collect()
     }
 
@@ -429,11 +500,12 @@ impl Router {
         table: &Table,
         need: Need,
         available: &dyn Fn(&Entry) -> bool,
+        rule: Rule,
     ) -> Option<Candidate> {
         let id = self.config.default.as_ref()?;
         table
             .lookup(id)
-            .map(|e| candidate(e, f32::NAN, need, available))
+            .map(|e| candidate(e, None, f32::NAN, rule, need, available))
             .find(|c| c.eligible)
     }
 }
@@ -447,18 +519,25 @@ fn kind_fits(entry: &Entry, need: Need) -> bool {
 
 fn candidate(
     entry: &Arc<Entry>,
+    scale: Option<Scale>,
     similarity: f32,
+    rule: Rule,
     need: Need,
     available: &dyn Fn(&Entry) -> bool,
 ) -> Candidate {
-    let fits = kind_fits(entry, need);
+    let kind_ok = kind_fits(entry, need);
     let up = available(entry);
-    let note = match (fits, up) {
+    let note = match (kind_ok, up) {
         (false, _) => Some("kind does not answer this request"),
         (true, false) => Some("unavailable"),
         _ => None,
     };
     let bonus = if entry.local { LOCAL_TIE_BONUS } else { 0.0 };
+    let cutoff = match rule {
+        Rule::Threshold { threshold } => Some(threshold),
+        Rule::Relative { min_fit } => scale.map(|s| s.cutoff(min_fit)),
+    };
+    let score = similarity + bonus;
     Candidate {
         id: entry.capability.id.clone(),
         node: entry.node.clone(),
@@ -466,9 +545,16 @@ fn candidate(
         kind: entry.capability.kind.to_string(),
         domain: entry.capability.domain.clone(),
         similarity,
-        score: similarity + bonus,
+        score,
+        cutoff,
+        fit: scale.map(|s| s.fit(similarity)).filter(|f| f.is_finite()),
+        background: scale.map(|s| s.background),
+        reference: scale.map(|s| s.reference),
+        reference_measured: scale.map(|s| s.own),
+        // Compared without the tie bonus, which only orders equal scores.
+        fits: similarity.is_finite() && cutoff.is_none_or(|c| similarity >= c),
         available: up,
-        eligible: fits && up,
+        eligible: kind_ok && up,
         note,
         entry: Some(entry.clone()),
     }
@@ -499,12 +585,13 @@ mod tests {
             available: true,
             vector: v,
             prototypes: Vec::new(),
+            reference: None,
         }
     }
 
     fn router(threshold: f32, default: Option<&str>) -> Router {
         Router::new(RoutingConfig {
-            threshold,
+            threshold: Some(threshold),
             default: default.map(|d| d.parse().expect("id")),
             ..Default::default()
         })
