@@ -293,7 +293,7 @@ async fn main() {
         .expect("embed")
         .vectors;
     let background = Background::new(
-        embedder
+        &embedder
             .embed(fit::background_texts())
             .await
             .expect("embed")

@@ -114,8 +114,6 @@ listen = "127.0.0.1:$host_http"
 listen = ["/ip4/0.0.0.0/tcp/$host_p2p"]
 bootstrap = ["/ip4/127.0.0.1/tcp/$TESTNET_P2P_PORT"]
 mdns = false
-[routing]
-threshold = 0.15
 [[backend]]
 name = "host-llm"
 kind = "openai"

@@ -8,7 +8,9 @@ verifies that
   * each question is answered by a node that owns the expected capability,
     through that capability's backend (the echo backends name themselves);
   * a question whose capability is offered by no node that is up gets a clear
-    OpenAI-style error, or an answer from another capability that is up.
+    OpenAI-style error, or an answer from another capability that is up;
+  * a question with no capability (nothing in the testnet fits it) is refused
+    with a 404 `no_capability_fits` by every node.
 
 Which nodes are up is read from Docker, not assumed. With --wait it retries
 until everything holds or the time runs out, and prints how long that took.
@@ -121,7 +123,7 @@ def check_once(nodes, questions):
         return problems, answers, False
     for n in up:
         for q in questions:
-            cap = q["capability"]
+            cap = q.get("capability")
             body = {"model": "auto", "messages": [{"role": "user", "content": q["text"]}]}
             try:
                 status, headers, raw = http("POST", n.url("/v1/chat/completions"), body)
@@ -132,7 +134,16 @@ def check_once(nodes, questions):
             headers = {k.lower(): v for k, v in headers.items()}
             route = headers.get("x-atmosphere-route")
             answered_by = peer_names.get(headers.get("x-atmosphere-node"), headers.get("x-atmosphere-node"))
-            if cap in owners:
+            if cap is None:
+                # Nothing in the testnet fits it: every node must refuse it.
+                err = reply.get("error") if isinstance(reply, dict) else None
+                code = err.get("code") if isinstance(err, dict) else None
+                if status != 404 or code != "no_capability_fits":
+                    problems.append(f"{n.service}: {q['text']!r}: expected a 404 no_capability_fits, got "
+                                    f"{status} (route {route} on {answered_by})")
+                else:
+                    answers += 1
+            elif cap in owners:
                 content = reply.get("choices", [{}])[0].get("message", {}).get("content", "") if status == 200 else ""
                 backend = content[1:].split("]", 1)[0] if content.startswith("[") else None
                 if status != 200:

@@ -81,7 +81,7 @@ pub async fn start(
     // Embedded once: what generic requests score is measured against it.
     let background = setup.embedder.embed(fit::background_texts()).await?;
     let mut owner = Owner {
-        background: Arc::new(fit::Background::new(background.vectors)),
+        background: Arc::new(fit::Background::new(&background.vectors)),
         discovered: BTreeMap::new(),
         cache: HashMap::new(),
         local: Arc::new(Vec::new()),

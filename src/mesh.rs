@@ -284,6 +284,7 @@ pub fn record(entry: &Entry) -> CapabilityRecord {
             .collect(),
         available: entry.available,
         in_flight: 0,
+        reference: entry.reference,
     }
 }
 

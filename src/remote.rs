@@ -148,9 +148,7 @@ impl Remote {
                             available: r.available,
                             vector: r.vector.dequantize(),
                             prototypes: r.prototypes.iter().map(|p| p.dequantize()).collect(),
-                            // Its examples stay with its origin: the table
-                            // lends it the other capabilities' scale.
-                            reference: None,
+                            reference: r.reference,
                         })
                     })
                     .collect();
@@ -263,6 +261,7 @@ mod tests {
                     prototypes: Vec::new(),
                     available: true,
                     in_flight: 0,
+                    reference: None,
                 })
                 .collect(),
         )

@@ -127,9 +127,9 @@ async fn a_handwritten_capability_set_routes_on_the_defaults() {
 }
 
 #[tokio::test]
-async fn capabilities_learned_from_the_mesh_are_judged_on_the_borrowed_scale() {
-    // Half the capabilities on each node: node A knows the examples of its own
-    // only, and judges B's by the scale its own capabilities give.
+async fn capabilities_learned_from_the_mesh_are_judged_like_local_ones() {
+    // Half the capabilities on each node: node A holds the examples of its own
+    // only; B's come with the reference scores B measured on theirs.
     let set = load();
     let addr = spawn_echo(Echo::new("echo", Flavour::Openai, &["m"])).await;
     let (dir_a, dir_b) = (

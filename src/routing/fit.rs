@@ -13,11 +13,10 @@
 //!   reaches `routing.min_fit` (default 0.5: closer to the capability's own
 //!   requests than to generic ones).
 //!
-//! A capability whose examples are not known here (a remote one, or one with
-//! fewer than two examples) borrows the median distance between background
-//! and reference of the capabilities that have one. When no capability has
-//! one, the highest score of any background request stands in for the
-//! reference.
+//! Each capability's reference travels with it in route gossip, so every
+//! node judges it the same way. A capability with fewer than two examples
+//! has no reference (a model discovered on a backend, one described only in
+//! words): it cannot be judged, so it is never refused, only ranked.
 
 use serde::Serialize;
 
@@ -37,36 +36,26 @@ pub fn background_texts() -> Vec<String> {
         .collect()
 }
 
-/// The embedded background requests.
+/// The embedded background requests, reduced to what the rule needs.
 #[derive(Debug, Clone, Default)]
 pub struct Background {
-    /// One unit vector per request.
-    pub vectors: Vec<Vec<f32>>,
-    /// Their mean (not renormalised): the mean background score of a vector
-    /// is its dot product with this.
+    /// The mean of their unit vectors (not renormalised): the mean background
+    /// score of a vector is its dot product with this.
     pub mean: Vec<f32>,
 }
 
 impl Background {
-    pub fn new(vectors: Vec<Vec<f32>>) -> Self {
+    pub fn new(vectors: &[Vec<f32>]) -> Self {
         let dim = vectors.first().map_or(0, Vec::len);
         let mut mean = vec![0f32; dim];
-        for v in &vectors {
+        for v in vectors {
             for (m, x) in mean.iter_mut().zip(v) {
                 *m += x;
             }
         }
         let n = vectors.len().max(1) as f32;
         mean.iter_mut().for_each(|m| *m /= n);
-        Self { vectors, mean }
-    }
-
-    /// The highest score of any background request on a vector.
-    fn max(&self, v: &[f32]) -> f32 {
-        self.vectors
-            .iter()
-            .map(|b| dot(b, v))
-            .fold(f32::MIN, f32::max)
+        Self { mean }
     }
 }
 
@@ -118,13 +107,31 @@ pub enum Rule {
 pub struct Scale {
     /// Mean score of the background requests.
     pub background: f32,
-    /// Score of the capability's own requests (measured or borrowed).
+    /// Score of the capability's own requests.
     pub reference: f32,
-    /// Whether `reference` is the capability's own (not borrowed).
-    pub own: bool,
 }
 
 impl Scale {
+    /// The scale of a capability with these vectors (main vector, then
+    /// prototypes; a request scores the best of them) and this reference.
+    /// `None` without a reference or a background of the same width.
+    pub fn new<'a>(
+        vectors: impl IntoIterator<Item = &'a [f32]>,
+        reference: Option<f32>,
+        generic: &Background,
+    ) -> Option<Self> {
+        let reference = reference?;
+        let background = vectors
+            .into_iter()
+            .filter(|v| !v.is_empty() && v.len() == generic.mean.len())
+            .map(|v| dot(v, &generic.mean))
+            .fold(f32::NAN, f32::max);
+        background.is_finite().then_some(Self {
+            background,
+            reference,
+        })
+    }
+
     /// Where `score` lies between background (0) and reference (1). When the
     /// examples score no higher than generic text, the gap is taken as tiny,
     /// so only scores above the background fit.
@@ -141,60 +148,6 @@ impl Scale {
 
 /// Smallest distance between background and reference used as a scale.
 const MIN_GAP: f32 = 0.01;
-
-/// Scales for every entry of a table, in entry order. `vectors(i)` gives the
-/// entry's main vector and prototypes; `own(i)` its reference, if known.
-/// Entries get `None` when there is no background (or its width differs).
-pub fn scales<'a>(
-    n: usize,
-    vectors: impl Fn(usize) -> Vec<&'a [f32]>,
-    own: impl Fn(usize) -> Option<f32>,
-    generic: &Background,
-) -> Vec<Option<Scale>> {
-    let dim = generic.mean.len();
-    if dim == 0 {
-        return vec![None; n];
-    }
-    let best = |i: usize, score: &dyn Fn(&[f32]) -> f32| {
-        vectors(i)
-            .into_iter()
-            .filter(|v| v.len() == dim)
-            .map(score)
-            .fold(f32::MIN, f32::max)
-    };
-    let backgrounds: Vec<f32> = (0..n)
-        .map(|i| best(i, &|v| dot(v, &generic.mean)))
-        .collect();
-    let mut gaps: Vec<f32> = (0..n)
-        .filter_map(|i| own(i).map(|r| r - backgrounds[i]))
-        .filter(|g| g.is_finite())
-        .collect();
-    gaps.sort_by(f32::total_cmp);
-    let borrowed = gaps.get(gaps.len() / 2).copied();
-    (0..n)
-        .map(|i| {
-            let background = backgrounds[i];
-            if !background.is_finite() || background == f32::MIN {
-                return None;
-            }
-            match own(i) {
-                Some(reference) => Some(Scale {
-                    background,
-                    reference,
-                    own: true,
-                }),
-                None => Some(Scale {
-                    background,
-                    reference: match borrowed {
-                        Some(gap) => background + gap,
-                        None => best(i, &|v| generic.max(v)),
-                    },
-                    own: false,
-                }),
-            }
-        })
-        .collect()
-}
 
 #[cfg(test)]
 mod tests {
@@ -228,7 +181,6 @@ mod tests {
         let s = Scale {
             background: 0.1,
             reference: 0.5,
-            own: true,
         };
         assert!((s.fit(0.3) - 0.5).abs() < 1e-6);
         assert!((s.cutoff(0.5) - 0.3).abs() < 1e-6);
@@ -236,31 +188,22 @@ mod tests {
         let flat = Scale {
             background: 0.2,
             reference: 0.1,
-            own: true,
         };
         assert!(flat.fit(0.19) < 0.0 && flat.fit(0.25) > 1.0);
     }
 
     #[test]
-    fn entries_without_examples_borrow_the_median_gap() {
-        let background = Background::new(vec![vec![1.0, 0.0], vec![0.0, 1.0]]);
-        let vecs = [vec![1.0, 0.0], vec![0.0, 1.0], vec![0.6, 0.8]];
-        let refs = [Some(0.9), Some(0.9), None];
-        let s = scales(3, |i| vec![vecs[i].as_slice()], |i| refs[i], &background);
-        let borrowed = s[2].expect("borrowed");
-        assert!(!borrowed.own);
-        // Backgrounds 0.5, 0.5, 0.7; gaps 0.4 and 0.4: the third borrows 0.4.
-        assert!((borrowed.reference - 1.1).abs() < 1e-6, "{borrowed:?}");
-        // Nothing to borrow from: the best background request stands in.
-        let alone =
-            scales(1, |_| vec![vecs[2].as_slice()], |_| None, &background)[0].expect("scale");
-        assert!((alone.reference - 0.8).abs() < 1e-6, "{alone:?}");
-        let none = scales(
-            1,
-            |_| vec![vecs[0].as_slice()],
-            |_| None,
-            &Background::default(),
+    fn a_scale_needs_a_reference_and_takes_the_best_vector() {
+        let generic = Background::new(&[vec![1.0, 0.0], vec![0.0, 1.0]]);
+        let main = [0.6f32, 0.8];
+        let proto = [1.0f32, 0.0];
+        let s = Scale::new([&main[..], &proto[..]], Some(0.9), &generic).expect("scale");
+        // Mean background (0.5, 0.5): 0.7 on the main vector, 0.5 on the other.
+        assert!((s.background - 0.7).abs() < 1e-6, "{s:?}");
+        assert_eq!(Scale::new([&main[..]], None, &generic), None);
+        assert_eq!(
+            Scale::new([&main[..]], Some(0.9), &Background::default()),
+            None
         );
-        assert_eq!(none, vec![None]);
     }
 }

@@ -42,8 +42,9 @@ pub struct Entry {
     pub vector: Vec<f32>,
     /// Further unit vectors it is also matched by (may be empty).
     pub prototypes: Vec<Vec<f32>>,
-    /// How high its own requests score ([`fit::reference`]); known for this
-    /// node's capabilities with two examples or more.
+    /// How high its own requests score ([`fit::reference`]), measured where
+    /// its examples are (for a remote one, at its origin); none with fewer
+    /// than two examples.
     pub reference: Option<f32>,
 }
 
@@ -109,17 +110,14 @@ impl Table {
         index: Box<dyn VectorIndex>,
         background: &fit::Background,
     ) -> Self {
-        let scales = fit::scales(
-            entries.len(),
-            |i| {
-                let e = &entries[i];
-                std::iter::once(e.vector.as_slice())
-                    .chain(e.prototypes.iter().map(Vec::as_slice))
-                    .collect()
-            },
-            |i| entries[i].reference,
-            background,
-        );
+        let scales = entries
+            .iter()
+            .map(|e| {
+                let vectors = std::iter::once(e.vector.as_slice())
+                    .chain(e.prototypes.iter().map(Vec::as_slice));
+                Scale::new(vectors, e.reference, background)
+            })
+            .collect();
         let owner: Vec<usize> = entries
             .iter()
             .enumerate()
@@ -330,12 +328,9 @@ pub struct Candidate {
     /// Mean score of the generic background requests on this capability.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub background: Option<f32>,
-    /// Score of the capability's own requests, and whether it was measured on
-    /// its examples here (`false`: borrowed from the other capabilities).
+    /// Score of the capability's own requests (leave-one-out on its examples).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reference_measured: Option<bool>,
     /// Whether the score reaches the cutoff.
     pub fits: bool,
     pub available: bool,
@@ -550,7 +545,6 @@ fn candidate(
         fit: scale.map(|s| s.fit(similarity)).filter(|f| f.is_finite()),
         background: scale.map(|s| s.background),
         reference: scale.map(|s| s.reference),
-        reference_measured: scale.map(|s| s.own),
         // Compared without the tie bonus, which only orders equal scores.
         fits: similarity.is_finite() && cutoff.is_none_or(|c| similarity >= c),
         available: up,

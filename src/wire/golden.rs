@@ -38,6 +38,7 @@ pub fn sample_update(seq: u64) -> RouteUpdate {
             prototypes: vec![WireVector::quantize(&[0.0, 0.6, 0.8, 0.0])],
             available: true,
             in_flight: 3,
+            reference: Some(0.625),
         }]),
     }
 }
@@ -100,6 +101,27 @@ fn route_update_and_signed_envelope() {
         |v| v.encode().expect("encode"),
         |b| SignedRouteUpdate::decode(b).expect("decode"),
     );
+}
+
+/// What a version-1 peer sends (golden bytes from before version 2) is still
+/// accepted, read without reference scores.
+#[test]
+fn version_1_updates_are_still_accepted() {
+    let path = vectors_dir().join("signed-route-update-v1.hex");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = text.trim();
+    let bytes: Vec<u8> = (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+        .collect();
+    let signed = SignedRouteUpdate::decode(&bytes).expect("decodes");
+    assert_eq!(signed.payload.first(), Some(&1), "a version 1 payload");
+    let verified = signed.verify(4).expect("verifies");
+    let mut expected = sample_update(1_700_000_000_000);
+    if let RouteBody::Full(caps) = &mut expected.body {
+        caps[0].reference = None;
+    }
+    assert_eq!(verified.update, expected);
 }
 
 #[test]
@@ -213,6 +235,18 @@ fn tampering_and_limits_are_rejected() {
     }
     let s = SignedRouteUpdate::sign(&dup, &test_keypair(7)).expect("sign");
     assert!(s.verify(4).unwrap_err().to_string().contains("twice"));
+    for reference in [f32::NAN, 1.5, -2.0] {
+        let mut bad = sample_update(9);
+        if let RouteBody::Full(caps) = &mut bad.body {
+            caps[0].reference = Some(reference);
+        }
+        let s = SignedRouteUpdate::sign(&bad, &test_keypair(7)).expect("sign");
+        assert!(s.verify(4).unwrap_err().to_string().contains("reference"));
+    }
+    let mut future = sample_update(9);
+    future.version = 3;
+    let s = SignedRouteUpdate::sign(&future, &test_keypair(7)).expect("sign");
+    assert!(s.verify(4).is_err());
     assert!(SignedRouteUpdate::decode(b"\x01garbage").is_err());
 }
 

@@ -7,8 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{self, Error};
 
-/// Version byte of [`RouteUpdate`] and [`SignedRouteUpdate`].
-pub const VERSION: u8 = 1;
+/// Version byte of [`SignedRouteUpdate`] (the envelope).
+pub const ENVELOPE_VERSION: u8 = 1;
+/// Version byte of [`RouteUpdate`]: 2 added each capability's reference
+/// score. Version 1 payloads are still accepted (read without it).
+pub const VERSION: u8 = 2;
 /// Largest encoded [`SignedRouteUpdate`]: 256 capabilities with 5 vectors of
 /// 384 bytes each and their texts fit with room to spare.
 pub const MAX_SIGNED_BYTES: usize = 1024 * 1024;
@@ -87,6 +90,10 @@ pub struct CapabilityRecord {
     pub available: bool,
     /// Requests in flight at the origin (a load hint).
     pub in_flight: u32,
+    /// How high the capability's own requests score on `vector`, measured
+    /// on its examples at the origin (leave-one-out); none without two
+    /// examples. Receivers judge fit with it (`routing::fit`).
+    pub reference: Option<f32>,
 }
 
 /// What an origin says about itself.
@@ -155,7 +162,7 @@ impl SignedRouteUpdate {
             .sign(&signed_message(&payload))
             .map_err(|e| Error::Encode(e.to_string()))?;
         Ok(Self {
-            version: VERSION,
+            version: ENVELOPE_VERSION,
             public_key: ed.public().to_bytes().to_vec(),
             payload,
             signature,
@@ -165,7 +172,7 @@ impl SignedRouteUpdate {
     /// Checks version, signature (strict ed25519) and every limit; returns the
     /// origin and the update. `dim` is the receiver's vector width.
     pub fn verify(&self, dim: usize) -> Result<Verified, Error> {
-        if self.version != VERSION {
+        if self.version != ENVELOPE_VERSION {
             return Err(Error::Version(self.version));
         }
         let key: [u8; 32] = self
@@ -183,8 +190,14 @@ impl SignedRouteUpdate {
         verifying
             .verify_strict(&signed_message(&self.payload), &Signature::from_bytes(&sig))
             .map_err(|_| Error::Invalid("bad signature".into()))?;
-        // Only verified bytes are decoded further.
-        let update: RouteUpdate = codec::decode(&self.payload, MAX_SIGNED_BYTES)?;
+        // Only verified bytes are decoded further. A payload starts with its
+        // version byte (a `u8` is one byte in the codec).
+        let update: RouteUpdate = match self.payload.first() {
+            Some(&v1::VERSION) => {
+                codec::decode::<v1::RouteUpdate>(&self.payload, MAX_SIGNED_BYTES)?.into()
+            }
+            _ => codec::decode(&self.payload, MAX_SIGNED_BYTES)?,
+        };
         update.check(dim)?;
         let public = libp2p::identity::ed25519::PublicKey::try_from_bytes(&key)
             .map_err(|_| Error::Invalid("bad public key".into()))?;
@@ -280,6 +293,14 @@ impl RouteUpdate {
             if c.prototypes.len() > MAX_PROTOTYPES {
                 return Err(Error::Invalid("too many prototypes".into()));
             }
+            if c.reference
+                .is_some_and(|r| !r.is_finite() || !(-1.0..=1.0).contains(&r))
+            {
+                return Err(Error::Invalid(format!(
+                    "capability {}: reference score out of range",
+                    c.id
+                )));
+            }
             for v in std::iter::once(&c.vector).chain(&c.prototypes) {
                 if v.values.len() != dim || !v.scale.is_finite() || v.scale < 0.0 {
                     return Err(Error::Invalid(format!(
@@ -290,5 +311,80 @@ impl RouteUpdate {
             }
         }
         Ok(())
+    }
+}
+
+/// Version 1 of the payload, read for peers that still send it: the same
+/// fields as version 2 without the capabilities' reference scores.
+mod v1 {
+    use serde::Deserialize;
+
+    use super::WireVector;
+
+    pub const VERSION: u8 = 1;
+
+    #[derive(Deserialize)]
+    pub struct CapabilityRecord {
+        id: String,
+        kind: String,
+        domain: String,
+        topics: Vec<String>,
+        description: String,
+        vector: WireVector,
+        prototypes: Vec<WireVector>,
+        available: bool,
+        in_flight: u32,
+    }
+
+    #[derive(Deserialize)]
+    pub enum RouteBody {
+        Full(Vec<CapabilityRecord>),
+        Withdraw,
+    }
+
+    #[derive(Deserialize)]
+    pub struct RouteUpdate {
+        version: u8,
+        seq: u64,
+        ttl_secs: u32,
+        node_name: String,
+        addrs: Vec<String>,
+        dim: u16,
+        body: RouteBody,
+    }
+
+    impl From<RouteUpdate> for super::RouteUpdate {
+        fn from(u: RouteUpdate) -> Self {
+            debug_assert_eq!(u.version, VERSION);
+            let body = match u.body {
+                RouteBody::Withdraw => super::RouteBody::Withdraw,
+                RouteBody::Full(caps) => super::RouteBody::Full(
+                    caps.into_iter()
+                        .map(|c| super::CapabilityRecord {
+                            id: c.id,
+                            kind: c.kind,
+                            domain: c.domain,
+                            topics: c.topics,
+                            description: c.description,
+                            vector: c.vector,
+                            prototypes: c.prototypes,
+                            available: c.available,
+                            in_flight: c.in_flight,
+                            reference: None,
+                        })
+                        .collect(),
+                ),
+            };
+            // Read as the current version: what it says is all there is.
+            Self {
+                version: super::VERSION,
+                seq: u.seq,
+                ttl_secs: u.ttl_secs,
+                node_name: u.node_name,
+                addrs: u.addrs,
+                dim: u.dim,
+                body,
+            }
+        }
     }
 }
