@@ -89,6 +89,10 @@ pub struct StartArgs {
     /// Do not discover peers on the local network.
     #[arg(long)]
     pub no_mdns: bool,
+    /// Without --config, do not look for model servers (Ollama, LlamaFarm,
+    /// llama.cpp, LM Studio, vLLM) on their default local ports.
+    #[arg(long)]
+    pub no_discover: bool,
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +129,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 no_mdns: args.no_mdns,
             }
             .apply(&mut config);
+            if args.config.is_none() && !args.no_discover {
+                config.backends = crate::backend::local::probe(
+                    crate::backend::local::well_known(),
+                    Some(config.http.listen.port()),
+                )
+                .await;
+            }
             config.validate()?;
             let node = Node::start(config).await?;
             shutdown_signal().await;

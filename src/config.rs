@@ -245,6 +245,34 @@ pub struct BackendConfig {
     pub timeout: Duration,
 }
 
+impl BackendConfig {
+    /// A backend with the defaults of every optional key.
+    pub fn new(name: &str, kind: BackendKind, url: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            kind,
+            url: url.to_owned(),
+            discover: false,
+            api_key: None,
+            namespace: default_namespace(),
+            refresh: default_refresh(),
+            connect_timeout: default_connect_timeout(),
+            timeout: default_backend_timeout(),
+        }
+    }
+}
+
+impl BackendKind {
+    /// The name used in the config (`kind = "..."`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Openai => "openai",
+            BackendKind::Ollama => "ollama",
+            BackendKind::Llamafarm => "llamafarm",
+        }
+    }
+}
+
 fn default_namespace() -> String {
     "default".into()
 }

@@ -3,6 +3,7 @@
 //! HTTP client, the timeouts and the availability state shared by all of them.
 
 mod llamafarm;
+pub mod local;
 mod ollama;
 mod openai;
 
@@ -213,42 +214,43 @@ impl Backend {
 
     /// Lists the backend's models; marks it available or not.
     pub async fn discover(&self) -> Result<Vec<Discovered>, Error> {
-        let url = self.adapter.discovery_url(&self.base);
-        let result = async {
-            let resp = self
-                .request(reqwest::Method::GET, url)
-                .timeout(self.config.timeout)
-                .send()
-                .await
-                .map_err(|e| self.classify(e))?;
-            let status = resp.status();
-            let body = resp.bytes().await.map_err(|e| self.classify(e))?;
+        let result = self.list().await;
+        match &result {
+            Err(Error::Unreachable { message, .. }) => self.mark_down(message),
+            Err(Error::Timeout { .. }) => self.mark_down("timed out"),
             // Any HTTP answer means the server is up, whatever it says.
-            self.mark_up();
-            if !status.is_success() {
-                return Err(Error::BadResponse {
-                    backend: self.config.name.clone(),
-                    message: format!("listing models answered HTTP {status}"),
-                });
-            }
-            let value: Value = serde_json::from_slice(&body).map_err(|e| Error::BadResponse {
-                backend: self.config.name.clone(),
-                message: format!("listing models: {e}"),
-            })?;
-            self.adapter
-                .parse_discovery(&self.config.name, &value)
-                .map_err(|message| Error::BadResponse {
-                    backend: self.config.name.clone(),
-                    message,
-                })
-        }
-        .await;
-        if let Err(Error::Unreachable { message, .. }) = &result {
-            self.mark_down(message);
-        } else if let Err(Error::Timeout { .. }) = &result {
-            self.mark_down("timed out");
+            _ => self.mark_up(),
         }
         result
+    }
+
+    /// Lists the backend's models without touching its availability.
+    async fn list(&self) -> Result<Vec<Discovered>, Error> {
+        let url = self.adapter.discovery_url(&self.base);
+        let resp = self
+            .request(reqwest::Method::GET, url)
+            .timeout(self.config.timeout)
+            .send()
+            .await
+            .map_err(|e| self.classify(e))?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| self.classify(e))?;
+        if !status.is_success() {
+            return Err(Error::BadResponse {
+                backend: self.config.name.clone(),
+                message: format!("listing models answered HTTP {status}"),
+            });
+        }
+        let value: Value = serde_json::from_slice(&body).map_err(|e| Error::BadResponse {
+            backend: self.config.name.clone(),
+            message: format!("listing models: {e}"),
+        })?;
+        self.adapter
+            .parse_discovery(&self.config.name, &value)
+            .map_err(|message| Error::BadResponse {
+                backend: self.config.name.clone(),
+                message,
+            })
     }
 
     /// Sends an OpenAI-shaped request body for `model`, with the model field set to
