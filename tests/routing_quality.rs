@@ -166,3 +166,77 @@ async fn capabilities_learned_from_the_mesh_are_judged_like_local_ones() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn odd_capabilities_and_requests_still_get_a_decision_or_a_clear_error() {
+    let addr = spawn_echo(Echo::new("echo", Flavour::Openai, &["m"])).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bare = CapabilityConfig {
+        description: String::new(),
+        ..capability("misc/bare", "local", "m", "", &[])
+    };
+    let many: Vec<String> = (0..1000)
+        .map(|i| format!("How do I reset the password of account number {i}?"))
+        .collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let node = start(config(
+        vec![backend("local", BackendKind::Openai, addr, false)],
+        vec![
+            bare,
+            capability("it/accounts", "local", "m", "Account help.", &many),
+            capability(
+                "kochen/rezepte",
+                "local",
+                "m",
+                "Rezepte und Kochtipps.",
+                &[
+                    "Wie koche ich Spätzle?",
+                    "Was kann ich mit Kartoffeln machen?",
+                    "Wie lange muss ein Ei kochen?",
+                ],
+            ),
+        ],
+        dir.path(),
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let route = |input: Value| {
+        let client = client.clone();
+        let url = format!("http://{}/v1/route", node.http_addr);
+        async move {
+            let resp = client.post(url).json(&input).send().await.expect("route");
+            (resp.status(), resp.json::<Value>().await.expect("json"))
+        }
+    };
+    // Every capability made it into the table. A thousand near-identical
+    // examples make a narrow capability: it ranks first for a paraphrase, which
+    // may still fall short of its cutoff (the decision says so either way).
+    let (status, v) = route(json!({"input": "I forgot the password of my account"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["decision"]["candidates"][0]["id"], "it/accounts", "{v}");
+    assert!(v["decision"]["candidates"][0]["cutoff"].is_number(), "{v}");
+    let (_, v) = route(json!({"input": "Wie lange kocht man Nudeln?"})).await;
+    assert_eq!(v["decision"]["chosen"]["id"], "kochen/rezepte", "{v}");
+    // A capability with nothing but an id is ranked, never judged.
+    let ids: Vec<&str> = v["decision"]["candidates"]
+        .as_array()
+        .expect("candidates")
+        .iter()
+        .filter_map(|c| c["id"].as_str())
+        .collect();
+    assert!(ids.contains(&"misc/bare"), "{ids:?}");
+    // Empty and whitespace-only requests: a clear 400, not a guess.
+    for input in ["", "   \n\t "] {
+        let (status, v) = route(json!({"input": input})).await;
+        assert_eq!(status, 400, "{v}");
+        assert_eq!(v["error"]["param"], "input");
+        let (status, v) = route(json!({"messages": [{"role": "user", "content": input}]})).await;
+        assert_eq!(status, 400, "{v}");
+    }
+    // 100,000 characters: routed by their start, like any other request.
+    let long = "my account password does not work ".repeat(3000);
+    let (status, v) = route(json!({"input": long})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["decision"]["candidates"][0]["id"], "it/accounts", "{v}");
+    node.shutdown().await;
+}
