@@ -129,7 +129,7 @@ fn route_all(router: &Router, table: &Table, queries: &[Vec<f32>]) -> Vec<(Optio
         .map(|q| {
             let d = router.decide(table, q, Need::Any, &up);
             let chosen = match d.outcome {
-                Outcome::Matched => d.chosen.map(|c| c.id.name().to_owned()),
+                Outcome::Matched | Outcome::General => d.chosen.map(|c| c.id.name().to_owned()),
                 _ => None,
             };
             (chosen, d.candidates.first().map_or(f32::MIN, |c| c.score))

@@ -242,20 +242,41 @@ impl Owner {
     }
 
     fn capabilities(&self) -> Vec<Capability> {
+        // A configured capability with a discovered model's id describes that
+        // model: what it leaves out comes from the backend.
+        let found = |c: &CapabilityConfig| {
+            self.discovered
+                .get(&c.backend)
+                .and_then(|found| found.iter().find(|d| d.id == c.id))
+        };
         let mut out: Vec<Capability> = self
             .setup
             .configured
             .iter()
-            .map(|c| Capability {
-                id: c.id.clone(),
-                kind: c.kind.clone(),
-                domain: c.domain.clone(),
-                topics: c.topics.clone(),
-                description: c.description.clone(),
-                examples: c.examples.clone(),
-                backend: c.backend.clone(),
-                model: c.model.clone().unwrap_or_else(|| c.id.name().to_owned()),
-                source: Source::Config,
+            .map(|c| {
+                let d = found(c);
+                let or_found = |mine: &String, theirs: fn(&Discovered) -> &String| match d {
+                    Some(d) if mine.is_empty() => theirs(d).clone(),
+                    _ => mine.clone(),
+                };
+                Capability {
+                    id: c.id.clone(),
+                    kind: c.kind.clone(),
+                    domain: or_found(&c.domain, |d| &d.domain),
+                    topics: match d {
+                        Some(d) if c.topics.is_empty() => d.topics.clone(),
+                        _ => c.topics.clone(),
+                    },
+                    description: or_found(&c.description, |d| &d.description),
+                    examples: c.examples.clone(),
+                    backend: c.backend.clone(),
+                    model: c
+                        .model
+                        .clone()
+                        .or_else(|| d.map(|d| d.model.clone()))
+                        .unwrap_or_else(|| c.id.name().to_owned()),
+                    source: Source::Config,
+                }
             })
             .collect();
         for (backend, found) in &self.discovered {

@@ -240,3 +240,143 @@ async fn odd_capabilities_and_requests_still_get_a_decision_or_a_clear_error() {
     assert_eq!(v["decision"]["candidates"][0]["id"], "it/accounts", "{v}");
     node.shutdown().await;
 }
+
+/// Models as a local Ollama lists them, and questions for the one that fits.
+const DISCOVERED: &[&str] = &[
+    "llama3.2:latest",
+    "mistral:7b",
+    "qwen2.5-coder:7b",
+    "mathstral:latest",
+    "llava:13b",
+    "meditron:7b",
+    "sqlcoder:15b",
+    "nomic-embed-text:latest",
+];
+
+const FOR_DISCOVERED: &[(&str, &str)] = &[
+    (
+        "Why does my Python loop never end?",
+        "ollama/qwen2.5-coder:7b",
+    ),
+    (
+        "Refactor this JavaScript function to use async/await",
+        "ollama/qwen2.5-coder:7b",
+    ),
+    (
+        "Fix the segfault in my C program",
+        "ollama/qwen2.5-coder:7b",
+    ),
+    (
+        "Solve the integral of x squared times e to the x",
+        "ollama/mathstral",
+    ),
+    (
+        "Prove that the square root of two is irrational",
+        "ollama/mathstral",
+    ),
+    ("What is the derivative of sin(x)/x?", "ollama/mathstral"),
+    ("Describe what is in this photo", "ollama/llava:13b"),
+    (
+        "What objects can you see in the picture I sent?",
+        "ollama/llava:13b",
+    ),
+    (
+        "What are the side effects of ibuprofen?",
+        "ollama/meditron:7b",
+    ),
+    (
+        "My blood pressure is 150 over 95, is that dangerous?",
+        "ollama/meditron:7b",
+    ),
+    (
+        "Which symptoms point to appendicitis?",
+        "ollama/meditron:7b",
+    ),
+    (
+        "Write a query that returns the ten biggest customers by revenue",
+        "ollama/sqlcoder:15b",
+    ),
+    (
+        "How do I join three tables in Postgres?",
+        "ollama/sqlcoder:15b",
+    ),
+];
+
+#[tokio::test]
+async fn discovered_models_are_routed_by_what_they_are_good_at() {
+    let ollama = spawn_echo(Echo::new("ollama", Flavour::Ollama, DISCOVERED)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(config(
+        vec![backend("ollama", BackendKind::Ollama, ollama, true)],
+        Vec::new(),
+        dir.path(),
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let mut right = 0;
+    let mut wrong = Vec::new();
+    for (text, to) in FOR_DISCOVERED {
+        let v: Value = client
+            .post(format!("http://{}/v1/route", node.http_addr))
+            .json(&json!({"input": text}))
+            .send()
+            .await
+            .expect("route")
+            .json()
+            .await
+            .expect("json");
+        let chosen = v["decision"]["chosen"]["id"].as_str().unwrap_or("");
+        if chosen == *to {
+            right += 1;
+        } else {
+            wrong.push(format!("{text:?} -> {chosen}, wanted {to}"));
+        }
+    }
+    eprintln!(
+        "{right}/{} right:\n{}",
+        FOR_DISCOVERED.len(),
+        wrong.join("\n")
+    );
+    assert!(
+        right * 100 >= FOR_DISCOVERED.len() * 80,
+        "{right} right:\n{}",
+        wrong.join("\n")
+    );
+    node.shutdown().await;
+
+    // Examples added in the config by the discovered id: the model is judged
+    // by them, and keeps its name at the backend.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut described = capability(
+        "ollama/mathstral",
+        "ollama",
+        "unused",
+        "",
+        &[
+            "Prove that there are infinitely many primes",
+            "Show that the sum of two odd numbers is even",
+            "Solve 3x + 5 = 20 for x",
+            "What is the integral of 1/x?",
+        ],
+    );
+    described.model = None;
+    let node = start(config(
+        vec![backend("ollama", BackendKind::Ollama, ollama, true)],
+        vec![described],
+        dir.path(),
+    ))
+    .await;
+    let resp = client
+        .post(format!("http://{}/v1/chat/completions", node.http_addr))
+        .json(&json!({"model": "auto", "messages": [{"role": "user", "content": "Prove that the square root of two is irrational"}]}))
+        .send()
+        .await
+        .expect("chat");
+    let status = resp.status();
+    let route = resp.headers().get("x-atmosphere-route").cloned();
+    let v: Value = resp.json().await.expect("json");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(route.expect("route header"), "ollama/mathstral");
+    assert_eq!(v["model"], "mathstral:latest", "{v}");
+    node.shutdown().await;
+}

@@ -4,6 +4,7 @@
 
 mod llamafarm;
 pub mod local;
+mod names;
 mod ollama;
 mod openai;
 
@@ -307,22 +308,6 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
-/// A capability kind guessed from a model's name.
-pub(crate) fn kind_from_model_name(name: &str) -> Kind {
-    let lower = name.to_ascii_lowercase();
-    if lower.contains("embed") || lower.contains("minilm") || lower.contains("bge-") {
-        Kind::embed()
-    } else {
-        Kind::chat()
-    }
-}
-
-/// Readable words from a model name, as a last-resort description.
-pub(crate) fn describe_model_name(name: &str, backend: &str) -> String {
-    let words = name.replace(['-', '_', ':', '/', '.'], " ");
-    format!("{words} model served by {backend}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,11 +321,5 @@ mod tests {
         );
         let base = Url::parse("http://h:1").expect("url");
         assert_eq!(join(&base, "api/tags").as_str(), "http://h:1/api/tags");
-    }
-
-    #[test]
-    fn kinds_from_names() {
-        assert_eq!(kind_from_model_name("nomic-embed-text"), Kind::embed());
-        assert_eq!(kind_from_model_name("llama3.2"), Kind::chat());
     }
 }

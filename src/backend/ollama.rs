@@ -4,7 +4,8 @@
 use reqwest::Url;
 use serde_json::Value;
 
-use super::{Adapter, Discovered, Op, describe_model_name, join, kind_from_model_name};
+use super::names::{describe_model, kind_from_model_name};
+use super::{Adapter, Discovered, Op, join};
 use crate::capability::CapabilityId;
 
 pub struct Ollama;
@@ -31,21 +32,15 @@ impl Adapter for Ollama {
             let Ok(id) = CapabilityId::sanitized(backend, name.trim_end_matches(":latest")) else {
                 continue;
             };
-            let family = model
-                .pointer("/details/family")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let mut description = describe_model_name(name, backend);
-            if !family.is_empty() {
-                description.push_str(&format!(" ({family} family)"));
-            }
+            let family = model.pointer("/details/family").and_then(Value::as_str);
+            let (description, domain, topics) = describe_model(name, backend, family);
             out.push(Discovered {
                 id,
                 model: name.to_owned(),
                 kind: kind_from_model_name(name),
                 description,
-                domain: String::new(),
-                topics: Vec::new(),
+                domain,
+                topics,
             });
         }
         Ok(out)

@@ -5,7 +5,8 @@
 use reqwest::Url;
 use serde_json::Value;
 
-use super::{Adapter, Discovered, Op, describe_model_name, join, kind_from_model_name};
+use super::names::{describe_model, kind_from_model_name};
+use super::{Adapter, Discovered, Op, join};
 use crate::capability::CapabilityId;
 
 pub struct OpenAi;
@@ -37,13 +38,14 @@ impl Adapter for OpenAi {
             let Ok(id) = CapabilityId::sanitized(backend, name) else {
                 continue;
             };
+            let (description, domain, topics) = describe_model(name, backend, None);
             out.push(Discovered {
                 id,
                 model: name.to_owned(),
                 kind: kind_from_model_name(name),
-                description: describe_model_name(name, backend),
-                domain: String::new(),
-                topics: Vec::new(),
+                description,
+                domain,
+                topics,
             });
         }
         Ok(out)

@@ -91,6 +91,7 @@ pub async fn decide(
     let outcome = match decision.outcome {
         Outcome::Matched => "matched",
         Outcome::Default => "default",
+        Outcome::General => "general",
         Outcome::NoFit => "no_fit",
     };
     state

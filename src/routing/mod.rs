@@ -58,8 +58,11 @@ pub struct Table {
     owner: Vec<usize>,
     /// Most vectors any entry has in the index.
     max_vectors: usize,
-    /// Each entry's background and reference scores (None: uncalibrated).
+    /// Each entry's background and reference scores (None: unjudged).
     scales: Vec<Option<Scale>>,
+    /// Entries that have no scale: the general models a request goes to when
+    /// no judged capability fits it.
+    unjudged: Vec<usize>,
 }
 
 impl Default for Table {
@@ -117,6 +120,9 @@ impl Table {
                     .chain(e.prototypes.iter().map(Vec::as_slice));
                 Scale::new(vectors, e.reference, background)
             })
+            .collect::<Vec<_>>();
+        let unjudged = (0..entries.len())
+            .filter(|&i| scales[i].is_none())
             .collect();
         let owner: Vec<usize> = entries
             .iter()
@@ -143,6 +149,7 @@ impl Table {
             owner,
             max_vectors,
             scales,
+            unjudged,
         }
     }
 
@@ -350,6 +357,10 @@ pub enum Outcome {
     Matched,
     /// Nothing fits; the configured default was used.
     Default,
+    /// No judged capability fits and there is no default: the best of the
+    /// capabilities that cannot be judged (models known by name only, which
+    /// answer anything) takes it.
+    General,
     /// Nothing fits and there is no usable default.
     NoFit,
 }
@@ -406,7 +417,10 @@ impl Router {
             Some(i) if ranked[i].fits => (Outcome::Matched, Some(ranked[i].clone())),
             _ => match self.default_candidate(table, need, available, rule) {
                 Some(c) => (Outcome::Default, Some(c)),
-                None => (Outcome::NoFit, None),
+                None => match self.general_candidate(table, query, need, available, rule) {
+                    Some(c) => (Outcome::General, Some(c)),
+                    None => (Outcome::NoFit, None),
+                },
             },
         };
         ranked.truncate(shown);
@@ -488,6 +502,40 @@ impl Router {
                 )
             })
             .collect()
+    }
+
+    /// The best-scoring eligible entry without a scale. When a threshold is
+    /// set, every entry is judged by it: there is no general one.
+    fn general_candidate(
+        &self,
+        table: &Table,
+        query: &[f32],
+        need: Need,
+        available: &dyn Fn(&Entry) -> bool,
+        rule: Rule,
+    ) -> Option<Candidate> {
+        if matches!(rule, Rule::Threshold { .. }) || query.is_empty() {
+            return None;
+        }
+        table
+            .unjudged
+            .iter()
+            .map(|&i| &table.entries[i])
+            .filter(|e| kind_fits(e, need) && available(e))
+            .map(|e| {
+                let sim = std::iter::once(&e.vector)
+                    .chain(&e.prototypes)
+                    .filter(|v| v.len() == query.len())
+                    .map(|v| index::dot(v, query))
+                    .fold(f32::MIN, f32::max);
+                (e, sim)
+            })
+            .max_by(|a, b| {
+                a.1.total_cmp(&b.1)
+                    .then(a.0.local.cmp(&b.0.local))
+                    .then(b.0.capability.id.cmp(&a.0.capability.id))
+            })
+            .map(|(e, sim)| candidate(e, None, sim, rule, need, available))
     }
 
     fn default_candidate(
@@ -637,6 +685,37 @@ mod tests {
         assert_eq!(d.outcome, Outcome::NoFit);
         assert!(d.chosen.is_none());
         assert!(!d.candidates.is_empty(), "still explains what was close");
+    }
+
+    #[test]
+    fn a_model_known_by_name_only_takes_what_no_judged_capability_fits() {
+        let mut judged = entry("a/judged", "llm/chat", vec![1.0, 0.0, 0.0], true);
+        judged.reference = Some(0.9);
+        judged.capability.examples = vec!["e1".into(), "e2".into()];
+        let general = entry("a/general", "llm/chat", vec![0.0, 0.0, 1.0], true);
+        let background = fit::Background::new(&[vec![0.0, 1.0, 0.0]]);
+        let table = Table::calibrated(vec![judged, general], &background);
+        let relative = Router::new(RoutingConfig::default());
+        // Close to the judged one: it fits.
+        let d = relative.decide(&table, &[0.95, 0.3, 0.0], Need::Text, &all_up);
+        assert_eq!(d.outcome, Outcome::Matched);
+        assert_eq!(d.chosen.expect("chosen").id.as_str(), "a/judged");
+        // Ranked first but short of its cutoff: the general model takes it.
+        let q = [0.3, 0.9, 0.2];
+        let d = relative.decide(&table, &q, Need::Text, &all_up);
+        assert_eq!(d.outcome, Outcome::General, "{:?}", d.candidates);
+        assert_eq!(d.chosen.expect("chosen").id.as_str(), "a/general");
+        // A configured default comes first; a fixed threshold judges everything.
+        let with_default = Router::new(RoutingConfig {
+            default: Some("a/judged".parse().expect("id")),
+            ..Default::default()
+        });
+        assert_eq!(
+            with_default.decide(&table, &q, Need::Text, &all_up).outcome,
+            Outcome::Default
+        );
+        let d = router(0.5, None).decide(&table, &q, Need::Text, &all_up);
+        assert_eq!(d.outcome, Outcome::NoFit);
     }
 
     #[test]
