@@ -199,6 +199,16 @@ fn centroid_baseline(data: &Data, groups: &[Group], label: &dyn Fn(&str) -> Stri
     }
 }
 
+/// The capability that should answer an intent's requests at this
+/// granularity: the intent itself, or its domain.
+fn label_at(data: &Data, granularity: &str, intent: &str) -> String {
+    if granularity == "intent" {
+        intent.to_owned()
+    } else {
+        data.domain_of[intent].clone()
+    }
+}
+
 /// Capabilities at this granularity from the chosen rows of `train`.
 fn groups_of(data: &Data, rows: &[usize], granularity: &str) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
@@ -323,13 +333,7 @@ async fn main() {
         ..Default::default()
     };
     for granularity in ["intent", "domain"] {
-        let label = |intent: &str| -> String {
-            if granularity == "intent" {
-                intent.to_owned()
-            } else {
-                data.domain_of[intent].clone()
-            }
-        };
+        let label = |intent: &str| label_at(&data, granularity, intent);
         for k in [3, 5, 10] {
             let mut rule = Vec::new();
             let mut fixed = Vec::new();
@@ -420,13 +424,7 @@ fn full_data(data: &Data) {
     println!("|---|---|---|---|---|---|");
     let all: Vec<usize> = (0..data.splits["train"].len()).collect();
     for granularity in ["intent", "domain"] {
-        let label = |intent: &str| -> String {
-            if granularity == "intent" {
-                intent.to_owned()
-            } else {
-                data.domain_of[intent].clone()
-            }
-        };
+        let label = |intent: &str| label_at(data, granularity, intent);
         let groups = groups_of(data, &all, granularity);
         let n = groups.len();
         let defaults = RoutingConfig::default();

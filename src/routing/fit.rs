@@ -20,6 +20,7 @@
 
 use serde::Serialize;
 
+use super::vectors::blend;
 use crate::embed::normalize;
 use crate::index::dot;
 
@@ -72,19 +73,15 @@ pub fn reference(examples: &[Vec<f32>], profile: &[f32], description_weight: f32
             *s += x;
         }
     }
-    let w = description_weight.clamp(0.0, 1.0);
     let mut total = 0f32;
-    let mut v = vec![0f32; profile.len()];
+    let mut rest = vec![0f32; profile.len()];
     for e in examples {
-        for ((vi, s), x) in v.iter_mut().zip(&sum).zip(e) {
-            *vi = s - x;
+        // The centroid of the others: the sum less this one.
+        for ((r, s), x) in rest.iter_mut().zip(&sum).zip(e) {
+            *r = s - x;
         }
-        normalize(&mut v);
-        for (vi, p) in v.iter_mut().zip(profile) {
-            *vi = (1.0 - w) * *vi + w * p;
-        }
-        normalize(&mut v);
-        total += dot(e, &v);
+        normalize(&mut rest);
+        total += dot(e, &blend(&rest, profile, description_weight));
     }
     Some(total / examples.len() as f32).filter(|r| r.is_finite())
 }

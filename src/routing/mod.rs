@@ -12,6 +12,9 @@
 //! [`fit`]'s rule.
 
 pub mod fit;
+mod vectors;
+
+pub use vectors::{capability_prototypes, capability_vector, query_vector};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +23,6 @@ use serde::Serialize;
 
 use crate::capability::{Capability, CapabilityId};
 use crate::config::RoutingConfig;
-use crate::embed::normalize;
 use crate::index::{self, VectorIndex};
 use fit::{Rule, Scale};
 
@@ -177,130 +179,6 @@ impl Table {
             .flatten()
             .map(|&i| &self.entries[i])
     }
-}
-
-/// Builds a capability's routing vector from its example vectors and its profile
-/// vector (all unit length).
-pub fn capability_vector(
-    examples: &[Vec<f32>],
-    profile: &[f32],
-    description_weight: f32,
-) -> Vec<f32> {
-    if examples.is_empty() {
-        return profile.to_vec();
-    }
-    let mut centroid = vec![0f32; profile.len()];
-    for e in examples {
-        for (c, x) in centroid.iter_mut().zip(e) {
-            *c += x;
-        }
-    }
-    normalize(&mut centroid);
-    let w = description_weight.clamp(0.0, 1.0);
-    let mut v: Vec<f32> = centroid
-        .iter()
-        .zip(profile)
-        .map(|(c, p)| (1.0 - w) * c + w * p)
-        .collect();
-    normalize(&mut v);
-    v
-}
-
-/// Examples per prototype: fewer would make prototypes of single sentences.
-const EXAMPLES_PER_PROTOTYPE: usize = 8;
-
-/// Extra vectors for a capability with varied examples: the centroids of up to
-/// `max` clusters of its examples (spherical k-means, deterministic), each
-/// blended with the profile like the main vector. Empty when there are too few
-/// examples to cluster or `max` is 0.
-pub fn capability_prototypes(
-    examples: &[Vec<f32>],
-    profile: &[f32],
-    description_weight: f32,
-    max: usize,
-) -> Vec<Vec<f32>> {
-    let k = max.min(examples.len() / EXAMPLES_PER_PROTOTYPE);
-    if k < 2 {
-        return Vec::new();
-    }
-    let dim = profile.len();
-    // Farthest-point initialisation from the first example: deterministic.
-    let mut centres: Vec<Vec<f32>> = vec![examples[0].clone()];
-    while centres.len() < k {
-        let next = examples
-            .iter()
-            .max_by(|a, b| {
-                let da = centres
-                    .iter()
-                    .map(|c| crate::index::dot(a, c))
-                    .fold(f32::MIN, f32::max);
-                let db = centres
-                    .iter()
-                    .map(|c| crate::index::dot(b, c))
-                    .fold(f32::MIN, f32::max);
-                db.total_cmp(&da)
-            })
-            .cloned();
-        match next {
-            Some(n) => centres.push(n),
-            None => break,
-        }
-    }
-    let mut assign = vec![0usize; examples.len()];
-    for _ in 0..10 {
-        for (a, e) in assign.iter_mut().zip(examples) {
-            *a = centres
-                .iter()
-                .enumerate()
-                .max_by(|x, y| crate::index::dot(e, x.1).total_cmp(&crate::index::dot(e, y.1)))
-                .map_or(0, |(i, _)| i);
-        }
-        let mut sums = vec![vec![0f32; dim]; centres.len()];
-        for (&a, e) in assign.iter().zip(examples) {
-            for (s, x) in sums[a].iter_mut().zip(e) {
-                *s += x;
-            }
-        }
-        for (c, mut sum) in centres.iter_mut().zip(sums) {
-            if sum.iter().any(|x| *x != 0.0) {
-                normalize(&mut sum);
-                *c = sum;
-            }
-        }
-    }
-    let w = description_weight.clamp(0.0, 1.0);
-    centres
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| assign.iter().filter(|&&a| a == *i).count() >= 2)
-        .map(|(_, c)| {
-            let mut v: Vec<f32> = c
-                .iter()
-                .zip(profile)
-                .map(|(c, p)| (1.0 - w) * c + w * p)
-                .collect();
-            normalize(&mut v);
-            v
-        })
-        .collect()
-}
-
-/// Combines the embeddings of a conversation's user turns, oldest first, into one
-/// query vector; the newest turn weighs most (each older turn half the next).
-pub fn query_vector(turns: &[Vec<f32>]) -> Vec<f32> {
-    let Some(last) = turns.last() else {
-        return Vec::new();
-    };
-    let mut q = vec![0f32; last.len()];
-    let mut weight = 1.0f32;
-    for turn in turns.iter().rev() {
-        for (a, x) in q.iter_mut().zip(turn) {
-            *a += weight * x;
-        }
-        weight *= 0.5;
-    }
-    normalize(&mut q);
-    q
 }
 
 /// What the request needs from a capability.
@@ -606,6 +484,7 @@ fn candidate(
 mod tests {
     use super::*;
     use crate::capability::{Kind, Source};
+    use crate::embed::normalize;
 
     fn entry(id: &str, kind: &str, vector: Vec<f32>, local: bool) -> Entry {
         let mut v = vector;
@@ -729,13 +608,6 @@ mod tests {
     }
 
     #[test]
-    fn query_weights_newest_turn_most() {
-        let q = query_vector(&[vec![1.0, 0.0], vec![0.0, 1.0]]);
-        assert!(q[1] > q[0]);
-        assert!(query_vector(&[]).is_empty());
-    }
-
-    #[test]
     fn prototypes_let_a_varied_capability_match_each_kind_of_request() {
         // Two tight clusters of examples in different directions.
         let mut examples = Vec::new();
@@ -762,15 +634,5 @@ mod tests {
         let d = router(0.1, None).decide(&table, &q, Need::Text, &all_up);
         assert_eq!(d.chosen.expect("chosen").id.as_str(), "a/broad");
         assert!(capability_prototypes(&examples[..5], &profile, 0.0, 4).is_empty());
-    }
-
-    #[test]
-    fn capability_vector_blends() {
-        let v = capability_vector(&[vec![1.0, 0.0]], &[0.0, 1.0], 0.0);
-        assert!((v[0] - 1.0).abs() < 1e-6);
-        let v = capability_vector(&[], &[0.0, 1.0], 0.3);
-        assert_eq!(v, vec![0.0, 1.0]);
-        let v = capability_vector(&[vec![1.0, 0.0]], &[0.0, 1.0], 0.5);
-        assert!((v[0] - v[1]).abs() < 1e-6);
     }
 }
