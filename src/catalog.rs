@@ -212,9 +212,14 @@ impl Owner {
                         tracing::info!(backend = %update.backend, models = found.len(), "backend's models changed");
                         self.discovered.insert(update.backend, found);
                     }
-                    if let Err(e) = self.build_local().await {
-                        tracing::warn!(error = %e, "could not rebuild this node's capabilities; keeping the old ones");
-                        continue;
+                    match self.build_local().await {
+                        Ok(true) => {}
+                        // A probe that found what was known: the table holds it.
+                        Ok(false) => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not rebuild this node's capabilities; keeping the old ones");
+                            continue;
+                        }
                     }
                 }
                 ok = remote_changed => {
@@ -302,8 +307,8 @@ impl Owner {
     }
 
     /// Recomputes this node's entries (embedding only new texts) and hands them
-    /// to the mesh when they changed.
-    async fn build_local(&mut self) -> Result<(), crate::embed::Error> {
+    /// to the mesh when they changed; says whether they did.
+    async fn build_local(&mut self) -> Result<bool, crate::embed::Error> {
         let caps = self.capabilities();
         let mut wanted: Vec<String> = Vec::new();
         for c in &caps {
@@ -364,7 +369,7 @@ impl Owner {
             self.local = Arc::new(entries);
             self.setup.local_out.send_replace(self.local.clone());
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// The table of local and remote entries (index built off the runtime).

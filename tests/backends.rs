@@ -278,3 +278,44 @@ async fn request_deadline_bounds_a_slow_backend() {
     let e = chat_error(&node, "farm/coder", "x", 504).await;
     assert_eq!(e["code"], "backend_timeout");
 }
+
+#[tokio::test]
+async fn probes_that_find_nothing_new_do_not_rebuild_the_table() {
+    // An Ollama-shaped server that counts how often it is asked for its models.
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/api/tags",
+        axum::routing::get({
+            let asked = asked.clone();
+            move || async move {
+                asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                axum::Json(serde_json::json!({"models": [{"name": "llama3.2:latest"}, {"name": "qwen2.5-coder:7b"}]}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Probed every 200 ms.
+    let node = start(config(
+        vec![backend("ollama", BackendKind::Ollama, addr, true)],
+        Vec::new(),
+        dir.path(),
+    ))
+    .await;
+    let builds = metric(&node, "atmosphere_route_table_builds_total").await;
+    let before = asked.load(std::sync::atomic::Ordering::Relaxed);
+    eventually("three more probe rounds", || async {
+        asked.load(std::sync::atomic::Ordering::Relaxed) >= before + 3
+    })
+    .await;
+    assert_eq!(
+        metric(&node, "atmosphere_route_table_builds_total").await,
+        builds,
+        "the table was rebuilt for probes that changed nothing"
+    );
+    node.shutdown().await;
+}
