@@ -1,6 +1,6 @@
 //! When does a request fit a capability? No single cosine answers that: with a
-//! handful of examples, right answers score 0.15 on one capability and wrong
-//! ones 0.33 on another. The rule here is derived from the capability set
+//! handful of examples, right answers can score 0.17 on one capability while
+//! unrelated ones score 0.33 on another. The rule here is derived from the capability set
 //! itself, so it carries from one set to another:
 //!
 //! - the **background** score of a capability: how high generic requests
