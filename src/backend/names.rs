@@ -104,13 +104,21 @@ fn words(name: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether a short marker is a word of the name, also when a version number
+/// is glued to its front (`qwen2.5vl`: `5vl` holds `vl`).
+fn has_word(words: &[String], marker: &str) -> bool {
+    words
+        .iter()
+        .any(|w| w == marker || w.trim_start_matches(|c: char| c.is_ascii_digit()) == marker)
+}
+
 fn specialty(name: &str) -> Option<&'static Specialty> {
     let lower = name.to_ascii_lowercase();
     let words = words(name);
     SPECIALTIES.iter().find(|s| {
         s.markers.iter().any(|m| {
             if m.len() <= 3 {
-                words.iter().any(|w| w == m)
+                has_word(&words, m)
             } else {
                 lower.contains(m)
             }
@@ -170,6 +178,7 @@ mod tests {
         assert_eq!(domain("mathstral:latest"), "mathematics");
         assert_eq!(domain("llava:13b"), "images");
         assert_eq!(domain("qwen2.5-vl:7b"), "images");
+        assert_eq!(domain("qwen2.5vl:7b"), "images");
         assert_eq!(domain("meditron:7b"), "medicine");
         assert_eq!(domain("llama3.2:latest"), "");
         // A short marker must be a whole word: "vl" is not in "devlin".
