@@ -319,3 +319,79 @@ async fn probes_that_find_nothing_new_do_not_rebuild_the_table() {
     );
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_ollama_model_is_routed_by_its_system_prompt_asked_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let shown = std::sync::Arc::new(AtomicUsize::new(0));
+    let listed = std::sync::Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new()
+        .route(
+            "/api/tags",
+            axum::routing::get({
+                let listed = listed.clone();
+                move || async move {
+                listed.fetch_add(1, Ordering::Relaxed);
+                axum::Json(serde_json::json!({"models": [
+                    {"name": "llama3.2:latest", "digest": "d1"},
+                    {"name": "helper:latest", "digest": "d2"},
+                    {"name": "arctic:latest", "digest": "d3"}
+                ]}))
+            }}),
+        )
+        .route(
+            "/api/show",
+            axum::routing::post({
+                let shown = shown.clone();
+                move |axum::Json(body): axum::Json<Value>| async move {
+                    shown.fetch_add(1, Ordering::Relaxed);
+                    axum::Json(match body["model"].as_str() {
+                        Some("helper:latest") => serde_json::json!({
+                            "system": "You help people with their personal income tax: deductions, filing deadlines and returns.",
+                            "capabilities": ["completion"]
+                        }),
+                        Some("arctic:latest") => serde_json::json!({"capabilities": ["embedding"]}),
+                        _ => serde_json::json!({"capabilities": ["completion"]}),
+                    })
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(config(
+        vec![backend("ollama", BackendKind::Ollama, addr, true)],
+        Vec::new(),
+        dir.path(),
+    ))
+    .await;
+    let v: Value = post(
+        &node,
+        "/v1/route",
+        json!({"input": "When is the deadline to file my tax return?"}),
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(v["decision"]["chosen"]["id"], "ollama/helper", "{v}");
+    let caps = get_json(&node, "/v1/mesh/capabilities").await;
+    let kind_of = |id: &str| {
+        caps["data"]
+            .as_array()
+            .and_then(|d| d.iter().find(|c| c["id"] == id))
+            .map(|c| c["kind"].clone())
+    };
+    assert_eq!(kind_of("ollama/arctic"), Some(json!("llm/embed")), "{caps}");
+    // Probes every 200 ms list the models again; details are asked once each.
+    let before = listed.load(Ordering::Relaxed);
+    eventually("three more listings", || async {
+        listed.load(Ordering::Relaxed) >= before + 3
+    })
+    .await;
+    assert_eq!(shown.load(Ordering::Relaxed), 3);
+    node.shutdown().await;
+}

@@ -62,6 +62,7 @@ impl Adapter for LlamaFarm {
                 description,
                 domain,
                 topics,
+                revision: String::new(),
             });
         }
         Ok(out)

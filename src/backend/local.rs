@@ -92,7 +92,8 @@ pub async fn probe(candidates: Vec<WellKnown>, own_port: Option<u16>) -> Vec<Bac
             ..config.clone()
         };
         let found = match Backend::new(probing) {
-            Ok(backend) => tokio::time::timeout(PROBE_TIMEOUT, backend.list())
+            // Only the listing: details come with the node's first discovery round.
+            Ok(backend) => tokio::time::timeout(PROBE_TIMEOUT, backend.list(false))
                 .await
                 .map_err(|_| "no answer in time".to_owned())
                 .and_then(|r| r.map_err(|e| e.to_string())),

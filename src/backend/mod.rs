@@ -8,6 +8,7 @@ mod names;
 mod ollama;
 mod openai;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -46,6 +47,9 @@ pub struct Discovered {
     pub description: String,
     pub domain: String,
     pub topics: Vec<String>,
+    /// What identifies this version of the model at the backend (Ollama's
+    /// digest); empty when the backend does not say.
+    pub revision: String,
 }
 
 /// Why a backend call failed.
@@ -78,7 +82,17 @@ pub trait Adapter: Send + Sync {
     fn parse_discovery(&self, backend: &str, body: &Value) -> Result<Vec<Discovered>, String>;
     /// URL of an operation for a model, or `None` when unsupported.
     fn endpoint(&self, base: &Url, op: Op, model: &str) -> Option<Url>;
+    /// A POST (URL and JSON body) that tells more about one listed model,
+    /// when the protocol has one (Ollama's `/api/show`).
+    fn detail_request(&self, _base: &Url, _found: &Discovered) -> Option<(Url, Value)> {
+        None
+    }
+    /// Adds what that request answered to the model's description.
+    fn apply_detail(&self, _found: &mut Discovered, _detail: &Value) {}
 }
+
+/// Most models per listing whose details are asked for.
+const MAX_DETAILED: usize = 64;
 
 /// Joins path segments onto a base URL, keeping the base's own path.
 pub(crate) fn join(base: &Url, path: &str) -> Url {
@@ -115,6 +129,9 @@ pub struct Backend {
     api_key: Option<String>,
     available: AtomicBool,
     state: Mutex<State>,
+    /// Details of listed models by `model@revision` (`Null`: the backend had
+    /// none), pruned to what the last listing held.
+    details: Mutex<HashMap<String, Value>>,
 }
 
 impl Backend {
@@ -151,6 +168,7 @@ impl Backend {
                 last_error: None,
                 last_seen: None,
             }),
+            details: Mutex::new(HashMap::new()),
             config,
         }))
     }
@@ -215,7 +233,7 @@ impl Backend {
 
     /// Lists the backend's models; marks it available or not.
     pub async fn discover(&self) -> Result<Vec<Discovered>, Error> {
-        let result = self.list().await;
+        let result = self.list(true).await;
         match &result {
             Err(Error::Unreachable { message, .. }) => self.mark_down(message),
             Err(Error::Timeout { .. }) => self.mark_down("timed out"),
@@ -225,8 +243,9 @@ impl Backend {
         result
     }
 
-    /// Lists the backend's models without touching its availability.
-    async fn list(&self) -> Result<Vec<Discovered>, Error> {
+    /// Lists the backend's models without touching its availability, with
+    /// their details when `details` (which may take a request per new model).
+    async fn list(&self, details: bool) -> Result<Vec<Discovered>, Error> {
         let url = self.adapter.discovery_url(&self.base);
         let resp = self
             .request(reqwest::Method::GET, url)
@@ -246,12 +265,70 @@ impl Backend {
             backend: self.config.name.clone(),
             message: format!("listing models: {e}"),
         })?;
-        self.adapter
+        let mut found = self
+            .adapter
             .parse_discovery(&self.config.name, &value)
             .map_err(|message| Error::BadResponse {
                 backend: self.config.name.clone(),
                 message,
-            })
+            })?;
+        if details {
+            self.add_details(&mut found).await;
+        }
+        Ok(found)
+    }
+
+    /// Asks for the details of models not seen before (once per revision) and
+    /// applies the known ones. A model whose details cannot be had keeps
+    /// what the listing said.
+    async fn add_details(&self, found: &mut [Discovered]) {
+        let key = |d: &Discovered| format!("{}@{}", d.model, d.revision);
+        let listed: HashSet<String> = found.iter().map(key).collect();
+        self.details.lock().retain(|k, _| listed.contains(k));
+        for d in found.iter_mut().take(MAX_DETAILED) {
+            let k = key(d);
+            let known = self.details.lock().get(&k).cloned();
+            let detail = match known {
+                Some(detail) => detail,
+                None => {
+                    let Some((url, body)) = self.adapter.detail_request(&self.base, d) else {
+                        // This protocol has no details to ask for.
+                        return;
+                    };
+                    let detail = match self.fetch_detail(url, &body).await {
+                        Ok(v) => v,
+                        Err(e) => {
+                            tracing::debug!(backend = %self.config.name, model = %d.model, error = %e, "no model details");
+                            Value::Null
+                        }
+                    };
+                    self.details.lock().insert(k, detail.clone());
+                    detail
+                }
+            };
+            if !detail.is_null() {
+                self.adapter.apply_detail(d, &detail);
+            }
+        }
+    }
+
+    async fn fetch_detail(&self, url: Url, body: &Value) -> Result<Value, Error> {
+        let resp = self
+            .request(reqwest::Method::POST, url)
+            .timeout(self.config.timeout)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.classify(e))?;
+        let bad = |message: String| Error::BadResponse {
+            backend: self.config.name.clone(),
+            message,
+        };
+        if !resp.status().is_success() {
+            return Err(bad(format!("details answered HTTP {}", resp.status())));
+        }
+        let bytes = resp.bytes().await.map_err(|e| self.classify(e))?;
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("details: {e}")))
     }
 
     /// Sends an OpenAI-shaped request body for `model`, with the model field set to

@@ -46,6 +46,7 @@ impl Adapter for OpenAi {
                 description,
                 domain,
                 topics,
+                revision: String::new(),
             });
         }
         Ok(out)
