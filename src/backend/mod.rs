@@ -94,6 +94,36 @@ pub trait Adapter: Send + Sync {
 /// Most models per listing whose details are asked for.
 const MAX_DETAILED: usize = 64;
 
+/// Largest model listing or model details read from a backend: a listing of
+/// a thousand models is well under 1 MiB.
+const MAX_LISTING_BYTES: usize = 16 * 1024 * 1024;
+
+/// Longest wait for one model's details: they are asked for on the probe's
+/// path, which must not stall on them for the backend's full timeout.
+const DETAIL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads a response body of at most `limit` bytes.
+pub async fn read_limited(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<bytes::Bytes, String> {
+    if resp.content_length().is_some_and(|n| n as usize > limit) {
+        return Err("response body too large".into());
+    }
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("reading the body: {e}"))?
+    {
+        if buf.len() + chunk.len() > limit {
+            return Err("response body too large".into());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
 /// Joins path segments onto a base URL, keeping the base's own path.
 pub(crate) fn join(base: &Url, path: &str) -> Url {
     let mut url = base.clone();
@@ -129,9 +159,9 @@ pub struct Backend {
     api_key: Option<String>,
     available: AtomicBool,
     state: Mutex<State>,
-    /// Details of listed models by `model@revision` (`Null`: the backend had
-    /// none), pruned to what the last listing held.
-    details: Mutex<HashMap<String, Value>>,
+    /// Listed models as their details describe them, by `model@revision`
+    /// (`None`: the backend had no details), pruned to the last listing.
+    details: Mutex<HashMap<String, Option<Discovered>>>,
 }
 
 impl Backend {
@@ -254,13 +284,13 @@ impl Backend {
             .await
             .map_err(|e| self.classify(e))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| self.classify(e))?;
         if !status.is_success() {
             return Err(Error::BadResponse {
                 backend: self.config.name.clone(),
                 message: format!("listing models answered HTTP {status}"),
             });
         }
+        let body = self.body(resp).await?;
         let value: Value = serde_json::from_slice(&body).map_err(|e| Error::BadResponse {
             backend: self.config.name.clone(),
             message: format!("listing models: {e}"),
@@ -278,9 +308,9 @@ impl Backend {
         Ok(found)
     }
 
-    /// Asks for the details of models not seen before (once per revision) and
-    /// applies the known ones. A model whose details cannot be had keeps
-    /// what the listing said.
+    /// Describes listed models by their details, asked for once per model
+    /// revision; a model whose details cannot be had keeps what the listing
+    /// said.
     async fn add_details(&self, found: &mut [Discovered]) {
         let key = |d: &Discovered| format!("{}@{}", d.model, d.revision);
         let listed: HashSet<String> = found.iter().map(key).collect();
@@ -288,26 +318,30 @@ impl Backend {
         for d in found.iter_mut().take(MAX_DETAILED) {
             let k = key(d);
             let known = self.details.lock().get(&k).cloned();
-            let detail = match known {
-                Some(detail) => detail,
+            let described = match known {
+                Some(described) => described,
                 None => {
                     let Some((url, body)) = self.adapter.detail_request(&self.base, d) else {
                         // This protocol has no details to ask for.
                         return;
                     };
-                    let detail = match self.fetch_detail(url, &body).await {
-                        Ok(v) => v,
+                    let described = match self.fetch_detail(url, &body).await {
+                        Ok(detail) => {
+                            let mut described = d.clone();
+                            self.adapter.apply_detail(&mut described, &detail);
+                            Some(described)
+                        }
                         Err(e) => {
                             tracing::debug!(backend = %self.config.name, model = %d.model, error = %e, "no model details");
-                            Value::Null
+                            None
                         }
                     };
-                    self.details.lock().insert(k, detail.clone());
-                    detail
+                    self.details.lock().insert(k, described.clone());
+                    described
                 }
             };
-            if !detail.is_null() {
-                self.adapter.apply_detail(d, &detail);
+            if let Some(described) = described {
+                *d = described;
             }
         }
     }
@@ -315,20 +349,32 @@ impl Backend {
     async fn fetch_detail(&self, url: Url, body: &Value) -> Result<Value, Error> {
         let resp = self
             .request(reqwest::Method::POST, url)
-            .timeout(self.config.timeout)
+            .timeout(DETAIL_TIMEOUT.min(self.config.timeout))
             .json(body)
             .send()
             .await
             .map_err(|e| self.classify(e))?;
-        let bad = |message: String| Error::BadResponse {
-            backend: self.config.name.clone(),
-            message,
-        };
         if !resp.status().is_success() {
-            return Err(bad(format!("details answered HTTP {}", resp.status())));
+            return Err(Error::BadResponse {
+                backend: self.config.name.clone(),
+                message: format!("details answered HTTP {}", resp.status()),
+            });
         }
-        let bytes = resp.bytes().await.map_err(|e| self.classify(e))?;
-        serde_json::from_slice(&bytes).map_err(|e| bad(format!("details: {e}")))
+        let bytes = self.body(resp).await?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::BadResponse {
+            backend: self.config.name.clone(),
+            message: format!("details: {e}"),
+        })
+    }
+
+    /// A listing's or details' body, within [`MAX_LISTING_BYTES`].
+    async fn body(&self, resp: reqwest::Response) -> Result<bytes::Bytes, Error> {
+        read_limited(resp, MAX_LISTING_BYTES)
+            .await
+            .map_err(|message| Error::BadResponse {
+                backend: self.config.name.clone(),
+                message,
+            })
     }
 
     /// Sends an OpenAI-shaped request body for `model`, with the model field set to

@@ -272,7 +272,7 @@ pub async fn dispatch(
         });
         sse_response(Body::from_stream(relay))
     } else {
-        let bytes = tokio::time::timeout(deadline, read_limited(resp))
+        let bytes = tokio::time::timeout(deadline, backend::read_limited(resp, MAX_BACKEND_BODY))
             .await
             .map_err(|_| {
                 state.metrics.backend_error(backend.name(), "timeout");
@@ -300,27 +300,6 @@ fn error_label(e: &backend::Error) -> &'static str {
         backend::Error::Unsupported { .. } => "unsupported",
         _ => "bad_response",
     }
-}
-
-async fn read_limited(mut resp: reqwest::Response) -> Result<bytes::Bytes, String> {
-    if resp
-        .content_length()
-        .is_some_and(|n| n as usize > MAX_BACKEND_BODY)
-    {
-        return Err("response body too large".into());
-    }
-    let mut buf = bytes::BytesMut::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| format!("reading the body: {e}"))?
-    {
-        if buf.len() + chunk.len() > MAX_BACKEND_BODY {
-            return Err("response body too large".into());
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
 }
 
 /// Passes a backend's JSON answer through unchanged, or explains why not.
