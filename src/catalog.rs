@@ -259,29 +259,32 @@ impl Owner {
             .configured
             .iter()
             .map(|c| {
-                let d = found(c);
-                let or_found = |mine: &String, theirs: fn(&Discovered) -> &String| match d {
-                    Some(d) if mine.is_empty() => theirs(d).clone(),
-                    _ => mine.clone(),
-                };
-                Capability {
+                let mut cap = Capability {
                     id: c.id.clone(),
                     kind: c.kind.clone(),
-                    domain: or_found(&c.domain, |d| &d.domain),
-                    topics: match d {
-                        Some(d) if c.topics.is_empty() => d.topics.clone(),
-                        _ => c.topics.clone(),
-                    },
-                    description: or_found(&c.description, |d| &d.description),
+                    domain: c.domain.clone(),
+                    topics: c.topics.clone(),
+                    description: c.description.clone(),
                     examples: c.examples.clone(),
                     backend: c.backend.clone(),
-                    model: c
-                        .model
-                        .clone()
-                        .or_else(|| d.map(|d| d.model.clone()))
-                        .unwrap_or_else(|| c.id.name().to_owned()),
+                    model: c.model.clone().unwrap_or_else(|| c.id.name().to_owned()),
                     source: Source::Config,
+                };
+                if let Some(d) = found(c) {
+                    if c.model.is_none() {
+                        cap.model = d.model.clone();
+                    }
+                    if cap.domain.is_empty() {
+                        cap.domain = d.domain.clone();
+                    }
+                    if cap.topics.is_empty() {
+                        cap.topics = d.topics.clone();
+                    }
+                    if cap.description.is_empty() {
+                        cap.description = d.description.clone();
+                    }
                 }
+                cap
             })
             .collect();
         for (backend, found) in &self.discovered {

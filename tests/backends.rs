@@ -293,11 +293,7 @@ async fn probes_that_find_nothing_new_do_not_rebuild_the_table() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(app).await;
     let dir = tempfile::tempdir().expect("tempdir");
     // Probed every 200 ms.
     let node = start(config(
@@ -356,11 +352,7 @@ async fn an_ollama_model_is_routed_by_its_system_prompt_asked_once() {
                 }
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(app).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let node = start(config(
         vec![backend("ollama", BackendKind::Ollama, addr, true)],

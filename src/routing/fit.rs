@@ -1,7 +1,7 @@
 //! When does a request fit a capability? No single cosine answers that: with a
 //! handful of examples, right answers can score 0.17 on one capability while
-//! unrelated ones score 0.33 on another. The rule here is derived from the capability set
-//! itself, so it carries from one set to another:
+//! unrelated ones score 0.33 on another. The rule here is derived from the
+//! capability set itself, so it carries from one set to another:
 //!
 //! - the **background** score of a capability: how high generic requests
 //!   (`background.txt`, shipped with the node) score on it, on average;

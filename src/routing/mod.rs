@@ -50,6 +50,13 @@ pub struct Entry {
     pub reference: Option<f32>,
 }
 
+impl Entry {
+    /// Its main vector, then its prototypes: a request scores the best of them.
+    pub fn vectors(&self) -> impl Iterator<Item = &[f32]> {
+        std::iter::once(self.vector.as_slice()).chain(self.prototypes.iter().map(Vec::as_slice))
+    }
+}
+
 /// All routable capabilities with a search index over their vectors. Immutable:
 /// a change builds a new table, which replaces the old one atomically.
 pub struct Table {
@@ -105,7 +112,7 @@ impl Table {
     pub fn indexed_vectors(entries: &[Entry]) -> Vec<Vec<f32>> {
         entries
             .iter()
-            .flat_map(|e| std::iter::once(&e.vector).chain(&e.prototypes).cloned())
+            .flat_map(|e| e.vectors().map(<[f32]>::to_vec))
             .collect()
     }
 
@@ -117,11 +124,7 @@ impl Table {
     ) -> Self {
         let scales = entries
             .iter()
-            .map(|e| {
-                let vectors = std::iter::once(e.vector.as_slice())
-                    .chain(e.prototypes.iter().map(Vec::as_slice));
-                Scale::new(vectors, e.reference, background)
-            })
+            .map(|e| Scale::new(e.vectors(), e.reference, background))
             .collect::<Vec<_>>();
         let unjudged = (0..entries.len())
             .filter(|&i| scales[i].is_none())
@@ -401,8 +404,8 @@ impl Router {
             .map(|&i| &table.entries[i])
             .filter(|e| kind_fits(e, need) && available(e))
             .map(|e| {
-                let sim = std::iter::once(&e.vector)
-                    .chain(&e.prototypes)
+                let sim = e
+                    .vectors()
                     .filter(|v| v.len() == query.len())
                     .map(|v| index::dot(v, query))
                     .fold(f32::MIN, f32::max);

@@ -13,14 +13,19 @@ use atmosphere::node::Node;
 /// Every wait in a test is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// Starts an echo backend on a free loopback port.
-pub async fn spawn_echo(echo: Echo) -> SocketAddr {
+/// Serves `app` on a free loopback port.
+pub async fn serve(app: axum::Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(echo.serve(listener));
+    tokio::spawn(async move { axum::serve(listener, app).await });
     addr
+}
+
+/// Starts an echo backend on a free loopback port.
+pub async fn spawn_echo(echo: Echo) -> SocketAddr {
+    serve(echo.router()).await
 }
 
 /// Starts an echo backend on a given address (to bring a "dead" backend back).
