@@ -42,17 +42,14 @@ pub async fn dead_addr() -> SocketAddr {
     l.local_addr().expect("addr")
 }
 
+/// A backend probed every 200 ms, with short timeouts.
 pub fn backend(name: &str, kind: BackendKind, addr: SocketAddr, discover: bool) -> BackendConfig {
     BackendConfig {
-        name: name.into(),
-        kind,
-        url: format!("http://{addr}"),
         discover,
-        api_key: None,
-        namespace: "default".into(),
         refresh: Duration::from_millis(200),
         connect_timeout: Duration::from_secs(1),
         timeout: Duration::from_secs(5),
+        ..BackendConfig::new(name, kind, &format!("http://{addr}"))
     }
 }
 
