@@ -213,6 +213,9 @@ pub enum BackendKind {
     Ollama,
     /// LlamaFarm (projects under `/v1/projects/{namespace}`).
     Llamafarm,
+    /// Anthropic's Messages API (`/v1/messages`), translated to and from
+    /// OpenAI's chat shape.
+    Anthropic,
 }
 
 /// `[[backend]]`
@@ -269,6 +272,7 @@ impl BackendKind {
             BackendKind::Openai => "openai",
             BackendKind::Ollama => "ollama",
             BackendKind::Llamafarm => "llamafarm",
+            BackendKind::Anthropic => "anthropic",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Atmosphere: a peer-to-peer capability mesh that routes OpenAI-compatible
 //! requests by meaning.
 
+pub mod answer;
 pub mod backend;
 pub mod capability;
 pub mod catalog;
@@ -8,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod echo;
 pub mod embed;
+pub mod exec;
 pub mod http;
 pub mod identity;
 pub mod index;

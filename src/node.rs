@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -19,15 +19,13 @@ use crate::backend::Backend;
 use crate::catalog::{self, Catalog};
 use crate::config::{Config, MeshConfig};
 use crate::embed::Embedder;
+use crate::exec::{self, Core};
 use crate::http::{self, AppState};
 use crate::identity;
 use crate::mesh;
 use crate::metrics::Metrics;
 use crate::network;
 use crate::routing::Router;
-
-/// Forwarded requests served at once; more wait in the mesh's bounded queue.
-const INBOUND_CONCURRENCY: usize = 64;
 
 struct MeshTasks {
     mesh: JoinHandle<()>,
@@ -128,31 +126,39 @@ impl Node {
         )
         .await
         .context("building the route table")?;
-        let state = AppState::new(http::Inner {
-            http: config.http.clone(),
+        let core = Core::new(exec::Parts {
             catalog: catalog.clone(),
             router: Router::new(config.routing.clone()),
             embedder,
             backends,
             metrics,
-            node_id: peer_id.to_base58(),
-            node_name: config.node.name.clone(),
-            started_unix: http::unix_now(),
-            started: Instant::now(),
+            request_timeout: config.http.request_timeout,
             network: network_client.clone(),
-            mesh: remote_view,
             lookups: mesh_lookups,
         });
         if let Some(client) = &network_client {
-            tokio::spawn(serve_forwarded(
-                state.clone(),
+            tokio::spawn(exec::serve_intents(
+                core.clone(),
                 client.clone(),
                 intents_rx,
                 cancel.child_token(),
             ));
             let incoming = client.accept_streams()?;
-            tokio::spawn(serve_streams(state.clone(), incoming, cancel.child_token()));
+            tokio::spawn(exec::serve_streams(
+                core.clone(),
+                incoming,
+                cancel.child_token(),
+            ));
         }
+        let state = AppState::new(http::Inner {
+            http: config.http.clone(),
+            core,
+            node_id: peer_id.to_base58(),
+            node_name: config.node.name.clone(),
+            started_unix: http::unix_now(),
+            started: Instant::now(),
+            mesh: remote_view,
+        });
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.http.listen))?;
@@ -196,59 +202,5 @@ impl Node {
             let _ = m.network.await;
         }
         tracing::info!("node stopped");
-    }
-}
-
-/// Serves requests that peers forward to this node, a bounded number at once.
-async fn serve_forwarded(
-    state: AppState,
-    client: network::Client,
-    mut inbound: mpsc::Receiver<mesh::Inbound>,
-    cancel: CancellationToken,
-) {
-    let permits = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return,
-            n = inbound.recv() => match n { Some(n) => n, None => return },
-        };
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let state = state.clone();
-        let client = client.clone();
-        tokio::spawn(async move {
-            let response = http::serve_forwarded(&state, next.request).await;
-            let _ = client.answer_intent(next.id, response).await;
-            drop(permit);
-        });
-    }
-}
-
-/// Serves streamed requests that peers open to this node, a bounded number at once.
-async fn serve_streams(
-    state: AppState,
-    mut incoming: libp2p_stream::IncomingStreams,
-    cancel: CancellationToken,
-) {
-    use futures::StreamExt;
-    let permits = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
-    loop {
-        let (peer, stream) = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return,
-            n = incoming.next() => match n { Some(n) => n, None => return },
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            // Full: dropping the stream resets it; the peer tries another node.
-            tracing::warn!(%peer, "too many streamed requests; one refused");
-            continue;
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            http::serve_stream(state, peer, stream).await;
-            drop(permit);
-        });
     }
 }

@@ -1,22 +1,28 @@
 //! Backends: the servers that actually run requests. One [`Adapter`] per protocol
-//! (one file each) knows the URLs and the discovery format; [`Backend`] holds the
-//! HTTP client, the timeouts and the availability state shared by all of them.
+//! (one file each) knows the URLs, the discovery format, the headers and how
+//! its requests, answers and stream events translate to and from OpenAI's
+//! shape; [`Backend`] holds the HTTP client, the timeouts and the availability
+//! state shared by all of them, and turns a call into an [`Reply`].
 
+mod anthropic;
 mod llamafarm;
 pub mod local;
 mod names;
 mod ollama;
 mod openai;
+pub mod sse;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use reqwest::Url;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
+use crate::answer::{MAX_WHOLE_BYTES, Reply};
 use crate::capability::{CapabilityId, Kind};
 use crate::config::{BackendConfig, BackendKind};
 
@@ -65,6 +71,10 @@ pub enum Error {
     /// The backend answered something that is not what its protocol promises.
     #[error("backend {backend} returned an invalid response: {message}")]
     BadResponse { backend: String, message: String },
+    /// The backend answered with an error status and no error of its own
+    /// that the client could use.
+    #[error("backend {backend} answered HTTP {status}")]
+    Status { backend: String, status: u16 },
     /// The backend does not offer this operation.
     #[error("backend {backend} ({kind:?}) does not support {op}")]
     Unsupported {
@@ -72,6 +82,19 @@ pub enum Error {
         kind: BackendKind,
         op: &'static str,
     },
+}
+
+impl Error {
+    /// The `error` label of `atmosphere_backend_errors_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Unreachable { .. } => "unreachable",
+            Error::Timeout { .. } => "timeout",
+            Error::BadResponse { .. } => "bad_response",
+            Error::Status { .. } => "status",
+            Error::Unsupported { .. } => "unsupported",
+        }
+    }
 }
 
 /// Protocol specifics of one kind of backend.
@@ -89,6 +112,49 @@ pub trait Adapter: Send + Sync {
     }
     /// Adds what that request answered to the model's description.
     fn apply_detail(&self, _found: &mut Discovered, _detail: &Value) {}
+    /// Puts the API key (and any header the protocol wants) on a request.
+    fn authorize(
+        &self,
+        req: reqwest::RequestBuilder,
+        api_key: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        match api_key {
+            Some(key) => req.bearer_auth(key),
+            None => req,
+        }
+    }
+    /// The body to send for an OpenAI request body, `model` being the
+    /// backend's name for the model.
+    fn request_body(
+        &self,
+        _op: Op,
+        model: &str,
+        mut body: Map<String, Value>,
+    ) -> Result<Value, String> {
+        body.insert("model".into(), Value::String(model.to_owned()));
+        Ok(Value::Object(body))
+    }
+    /// The OpenAI answer for the backend's successful whole answer.
+    fn response_body(&self, _op: Op, _model: &str, body: Bytes) -> Result<Bytes, String> {
+        Ok(body)
+    }
+    /// The OpenAI error body for a backend's client-error answer, when the
+    /// backend explained itself (it is then the most useful answer the client
+    /// can get, e.g. a 400 for a bad parameter).
+    fn error_body(&self, body: &Bytes) -> Option<Bytes> {
+        #[derive(serde::Deserialize)]
+        struct ErrorBody {
+            #[allow(dead_code)]
+            error: Map<String, Value>,
+        }
+        serde_json::from_slice::<ErrorBody>(body)
+            .is_ok()
+            .then(|| body.clone())
+    }
+    /// Translates the events of one streamed answer.
+    fn stream(&self, _op: Op, _model: &str) -> Box<dyn sse::Translate> {
+        Box::new(sse::Passthrough)
+    }
 }
 
 /// Most models per listing whose details are asked for.
@@ -174,6 +240,7 @@ impl Backend {
             BackendKind::Llamafarm => Box::new(llamafarm::LlamaFarm {
                 namespace: config.namespace.clone(),
             }),
+            BackendKind::Anthropic => Box::new(anthropic::Anthropic),
         };
         let api_key = match config.api_key.as_deref() {
             Some(k) if k.starts_with("env:") => std::env::var(&k[4..]).ok(),
@@ -254,11 +321,8 @@ impl Backend {
     }
 
     fn request(&self, method: reqwest::Method, url: Url) -> reqwest::RequestBuilder {
-        let mut req = self.client.request(method, url);
-        if let Some(key) = &self.api_key {
-            req = req.bearer_auth(key);
-        }
-        req
+        self.adapter
+            .authorize(self.client.request(method, url), self.api_key.as_deref())
     }
 
     /// Lists the backend's models; marks it available or not.
@@ -377,13 +441,80 @@ impl Backend {
             })
     }
 
-    /// Sends an OpenAI-shaped request body for `model`, with the model field set to
-    /// the backend's name for it, and returns the response head (body unread).
-    pub async fn send(
+    /// Runs an OpenAI-shaped request body on `model` (the backend's name for
+    /// it) and returns the answer in OpenAI's shape: a stream of events when
+    /// `stream` and the backend streams, else a whole body. A client error the
+    /// backend explained is an answer too (its status and OpenAI error body).
+    /// `deadline` bounds the wait for the answer's head and for a whole body;
+    /// a stream's events are bounded by the backend's read timeout.
+    pub async fn call(
         &self,
         op: Op,
         model: &str,
-        mut body: serde_json::Map<String, Value>,
+        body: Map<String, Value>,
+        stream: bool,
+        deadline: std::time::Duration,
+    ) -> Result<Reply, Error> {
+        let timed_out = || Error::Timeout {
+            backend: self.config.name.clone(),
+        };
+        let bad = |message: String| Error::BadResponse {
+            backend: self.config.name.clone(),
+            message,
+        };
+        let resp = tokio::time::timeout(deadline, self.send(op, model, body))
+            .await
+            .map_err(|_| timed_out())??;
+        let status = resp.status();
+        let is_sse = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        if status.is_success() && stream && is_sse {
+            let translate = self.adapter.stream(op, model);
+            return Ok(Reply::Stream(sse::events(
+                Box::pin(resp.bytes_stream()),
+                translate,
+            )));
+        }
+        let bytes = tokio::time::timeout(deadline, read_limited(resp, MAX_WHOLE_BYTES))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(bad)?;
+        if !status.is_success() {
+            if status.is_client_error()
+                && let Some(body) = self.adapter.error_body(&bytes)
+            {
+                return Ok(Reply::Whole {
+                    status: status.as_u16(),
+                    body,
+                });
+            }
+            return Err(Error::Status {
+                backend: self.config.name.clone(),
+                status: status.as_u16(),
+            });
+        }
+        if stream {
+            return Err(bad("answered a streaming request without streaming".into()));
+        }
+        let body = self.adapter.response_body(op, model, bytes).map_err(bad)?;
+        // Validated without building a tree: the bytes go out unchanged.
+        let object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+            && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok();
+        if !object {
+            return Err(bad("the body is not a JSON object".into()));
+        }
+        Ok(Reply::Whole { status: 200, body })
+    }
+
+    /// Sends the request for `model` and returns the response head (body unread).
+    async fn send(
+        &self,
+        op: Op,
+        model: &str,
+        body: Map<String, Value>,
     ) -> Result<reqwest::Response, Error> {
         let url = self
             .adapter
@@ -393,11 +524,12 @@ impl Backend {
                 kind: self.config.kind,
                 op: op.as_str(),
             })?;
-        body.insert("model".into(), Value::String(model.to_owned()));
-        let bytes = serde_json::to_vec(&body).map_err(|e| Error::BadResponse {
+        let bad = |message: String| Error::BadResponse {
             backend: self.config.name.clone(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let body = self.adapter.request_body(op, model, body).map_err(bad)?;
+        let bytes = serde_json::to_vec(&body).map_err(|e| bad(e.to_string()))?;
         let result = self
             .request(reqwest::Method::POST, url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")

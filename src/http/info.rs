@@ -8,9 +8,9 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::proxy::{self, AUTO};
 use super::{ApiError, ApiJson, AppState};
 use crate::embed::MODEL_ID;
+use crate::exec::AUTO;
 use crate::routing::{Entry, Need};
 
 fn model_object(state: &AppState, e: &Entry, available: bool) -> Value {
@@ -43,8 +43,8 @@ fn pseudo_model(state: &AppState, id: &str, what: &str) -> Value {
 /// `GET /v1/models`: `auto`, the node's embedder, and every known capability
 /// (one per id; the local one if several nodes offer it).
 pub async fn models(State(state): State<AppState>) -> Json<Value> {
-    let table = state.catalog.table();
-    let up = proxy::available(&state);
+    let table = state.core.catalog.table();
+    let up = state.core.available();
     let mut seen = std::collections::HashSet::new();
     let mut data = vec![
         pseudo_model(&state, AUTO, "router"),
@@ -71,13 +71,13 @@ pub async fn model(
     if id == MODEL_ID {
         return Ok(Json(pseudo_model(&state, MODEL_ID, "llm/embed")));
     }
-    let table = state.catalog.table();
+    let table = state.core.catalog.table();
     let parsed = id.parse().map_err(|_| ApiError::model_not_found(&id))?;
     let entry = table
         .lookup(&parsed)
         .next()
         .ok_or_else(|| ApiError::model_not_found(&id))?;
-    let up = proxy::available(&state)(entry);
+    let up = state.core.available()(entry);
     Ok(Json(model_object(&state, entry, up)))
 }
 
@@ -118,7 +118,7 @@ pub async fn route(
         }
     };
     let started = std::time::Instant::now();
-    let decision = proxy::decide(&state, texts, need).await?;
+    let decision = state.core.decide(texts, need).await?;
     Ok(Json(json!({
         "decision": decision,
         "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
@@ -127,7 +127,7 @@ pub async fn route(
 
 /// `GET /v1/mesh/peers`: connected peers and this node's listen addresses.
 pub async fn peers(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let Some(client) = &state.network else {
+    let Some(client) = &state.core.network else {
         return Ok(Json(
             json!({"object": "list", "mesh": false, "peer_id": state.node_id, "listen": [], "data": []}),
         ));
@@ -155,8 +155,8 @@ pub async fn peers(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
 /// `GET /v1/mesh/capabilities`: every capability in the route table, with the
 /// node that offers it and, for other nodes', the age and seq of their update.
 pub async fn capabilities(State(state): State<AppState>) -> Json<Value> {
-    let table = state.catalog.table();
-    let up = proxy::available(&state);
+    let table = state.core.catalog.table();
+    let up = state.core.available();
     let origins: std::collections::HashMap<String, (u64, u64, String)> = state
         .mesh
         .as_ref()
@@ -202,6 +202,7 @@ pub async fn capabilities(State(state): State<AppState>) -> Json<Value> {
 /// `GET /health`: always answers while the node serves; details for operators.
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
     let backends: BTreeMap<&str, Value> = state
+        .core
         .backends
         .iter()
         .map(|(name, b)| (name.as_str(), json!(b.health())))
@@ -211,15 +212,15 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
         "node": state.node_name,
         "peer_id": state.node_id,
         "uptime_secs": state.started.elapsed().as_secs(),
-        "capabilities": state.catalog.table().len(),
-        "embedder": {"model": MODEL_ID, "dim": state.embedder.dim()},
+        "capabilities": state.core.catalog.table().len(),
+        "embedder": {"model": MODEL_ID, "dim": state.core.embedder.dim()},
         "backends": backends,
     }))
 }
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let mut r = state.metrics.encode().into_response();
+    let mut r = state.core.metrics.encode().into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

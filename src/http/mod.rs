@@ -1,15 +1,12 @@
 //! The OpenAI-compatible HTTP facade (axum). [`app`] builds the router from an
-//! [`AppState`]; handlers reach the rest of the node only through the handles in
-//! that state.
+//! [`AppState`]. Handlers only parse requests and render answers: what runs a
+//! request is the core ([`crate::exec`]), which peers' requests go through too.
 
 mod error;
 mod info;
-mod mesh;
 mod openai;
-mod proxy;
-pub mod sse;
+mod render;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -20,15 +17,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-pub use error::{ApiError, ApiJson};
-pub use mesh::{serve_forwarded, serve_stream};
+pub use error::{ApiError, ApiJson, ApiObject};
 
-use crate::backend::Backend;
-use crate::catalog::Catalog;
 use crate::config::HttpConfig;
-use crate::embed::Embedder;
-use crate::metrics::{Metrics, RequestLabels, RouteLabel};
-use crate::routing::Router as Decider;
+use crate::exec::Core;
+use crate::metrics::{RequestLabels, RouteLabel};
 
 /// Everything handlers need, cheap to clone.
 #[derive(Clone)]
@@ -36,11 +29,8 @@ pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
     pub http: HttpConfig,
-    pub catalog: Catalog,
-    pub router: Decider,
-    pub embedder: Embedder,
-    pub backends: HashMap<String, Arc<Backend>>,
-    pub metrics: Arc<Metrics>,
+    /// What runs requests.
+    pub core: Core,
     /// This node's PeerId (base58).
     pub node_id: String,
     /// This node's display name.
@@ -48,12 +38,8 @@ pub struct Inner {
     /// Unix seconds at start, reported as `created` of models.
     pub started_unix: u64,
     pub started: Instant,
-    /// The network, when the node is part of a mesh.
-    pub network: Option<crate::network::Client>,
     /// What other nodes offer, when the node is part of a mesh.
     pub mesh: Option<tokio::sync::watch::Receiver<crate::mesh::View>>,
-    /// DHT provider lookups, when the node is part of a mesh.
-    pub lookups: Option<crate::mesh::Lookups>,
 }
 
 impl AppState {
@@ -175,6 +161,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     let started = Instant::now();
     let resp = next.run(req).await;
     state
+        .core
         .metrics
         .request_seconds
         .get_or_create(&RouteLabel {
@@ -182,6 +169,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         })
         .observe(started.elapsed().as_secs_f64());
     state
+        .core
         .metrics
         .requests
         .get_or_create(&RequestLabels {

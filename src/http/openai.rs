@@ -11,11 +11,10 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
-use super::proxy::{self, AUTO};
-use super::{ApiError, ApiJson, AppState};
+use super::{ApiError, ApiObject, AppState, render};
 use crate::backend::Op;
 use crate::embed::MODEL_ID;
-use crate::routing::Need;
+use crate::exec::{AUTO, Request};
 
 /// User turns used to route a conversation (newest first weighs most).
 const ROUTING_TURNS: usize = 3;
@@ -23,16 +22,6 @@ const ROUTING_TURNS: usize = 3;
 const ROUTING_CHARS: usize = 4000;
 /// Inputs accepted in one embeddings request (OpenAI's own limit).
 const MAX_EMBED_INPUTS: usize = 2048;
-
-pub(crate) fn object(body: Value) -> Result<Map<String, Value>, ApiError> {
-    match body {
-        Value::Object(map) => Ok(map),
-        _ => Err(ApiError::invalid(
-            "body",
-            "The request body must be a JSON object.",
-        )),
-    }
-}
 
 fn model_field(body: &Map<String, Value>) -> Result<String, ApiError> {
     match body.get("model") {
@@ -145,17 +134,33 @@ fn need_text(texts: Vec<String>, param: &str) -> Result<Vec<String>, ApiError> {
     }
 }
 
-pub async fn chat(
-    State(state): State<AppState>,
-    ApiJson(body): ApiJson<Value>,
+/// Resolves the request's model and runs it; the answer as a response.
+async fn run(
+    state: &AppState,
+    op: Op,
+    ApiObject { body, raw }: ApiObject,
+    model: &str,
+    texts: impl FnOnce() -> Result<Vec<String>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let body = object(body)?;
-    let model = model_field(&body)?;
     let stream = stream_field(&body)?;
-    let texts = chat_texts(&body)?;
-    let target =
-        proxy::resolve(&state, &model, Need::Text, || need_text(texts, "messages")).await?;
-    proxy::dispatch(&state, target, Op::Chat, body, stream).await
+    let target = state.core.resolve(model, op, texts).await?;
+    let request = Request {
+        op,
+        body,
+        raw,
+        stream,
+    };
+    Ok(render::answer(state.core.run(target, request).await?))
+}
+
+pub async fn chat(State(state): State<AppState>, request: ApiObject) -> Result<Response, ApiError> {
+    let model = model_field(&request.body)?;
+    stream_field(&request.body)?;
+    let texts = chat_texts(&request.body)?;
+    run(&state, Op::Chat, request, &model, || {
+        need_text(texts, "messages")
+    })
+    .await
 }
 
 fn prompt_texts(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
@@ -182,20 +187,18 @@ fn prompt_texts(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
 
 pub async fn completions(
     State(state): State<AppState>,
-    ApiJson(body): ApiJson<Value>,
+    request: ApiObject,
 ) -> Result<Response, ApiError> {
-    let body = object(body)?;
-    let model = model_field(&body)?;
-    let stream = stream_field(&body)?;
-    let texts = prompt_texts(&body)?;
-    let target = proxy::resolve(&state, &model, Need::Text, || {
+    let model = model_field(&request.body)?;
+    stream_field(&request.body)?;
+    let texts = prompt_texts(&request.body)?;
+    run(&state, Op::Completions, request, &model, || {
         need_text(
             texts.into_iter().filter(|t| !t.trim().is_empty()).collect(),
             "prompt",
         )
     })
-    .await?;
-    proxy::dispatch(&state, target, Op::Completions, body, stream).await
+    .await
 }
 
 /// Model names the node's own embedder answers to.
@@ -239,22 +242,14 @@ fn embedding_inputs(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> 
 
 pub async fn embeddings(
     State(state): State<AppState>,
-    ApiJson(body): ApiJson<Value>,
+    request: ApiObject,
 ) -> Result<Response, ApiError> {
-    let body = object(body)?;
-    let model = model_field(&body)?;
+    let model = model_field(&request.body)?;
     if !is_own_embedder(&model) {
         // An `llm/embed` capability on a backend serves other embedding models.
-        let target = proxy::resolve(&state, &model, Need::Any, || Ok(Vec::new())).await?;
-        if target.entry.capability.kind.as_str() != "llm/embed" {
-            return Err(ApiError::invalid(
-                "model",
-                format!("The model `{model}` is not an embedding model."),
-            )
-            .code("wrong_capability_kind"));
-        }
-        return proxy::dispatch(&state, target, Op::Embeddings, body, false).await;
+        return run(&state, Op::Embeddings, request, &model, || Ok(Vec::new())).await;
     }
+    let body = request.body;
     let inputs = embedding_inputs(&body)?;
     let base64 = match body.get("encoding_format") {
         None | Some(Value::Null) => false,
@@ -268,17 +263,17 @@ pub async fn embeddings(
         }
     };
     if let Some(d) = body.get("dimensions").filter(|d| !d.is_null())
-        && d.as_u64() != Some(state.embedder.dim() as u64)
+        && d.as_u64() != Some(state.core.embedder.dim() as u64)
     {
         return Err(ApiError::invalid(
             "dimensions",
             format!(
                 "{MODEL_ID} produces {}-dimensional vectors; dimensions cannot be changed.",
-                state.embedder.dim()
+                state.core.embedder.dim()
             ),
         ));
     }
-    let out = state.embedder.embed(inputs).await?;
+    let out = state.core.embedder.embed(inputs).await?;
     let data: Vec<Value> = out
         .vectors
         .iter()
@@ -307,7 +302,10 @@ mod tests {
     use super::*;
 
     fn map(v: Value) -> Map<String, Value> {
-        object(v).expect("object")
+        match v {
+            Value::Object(m) => m,
+            _ => panic!("not an object"),
+        }
     }
 
     #[test]

@@ -9,10 +9,10 @@ use super::codec::Error;
 pub const VERSION: u8 = 1;
 /// Largest forwarded request: the HTTP body limit (4 MiB) plus headroom.
 pub const MAX_REQUEST_BYTES: usize = 5 * 1024 * 1024;
-/// Largest answer: the proxy's own backend-body limit.
-pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
-/// Largest stream frame: one SSE event (the relay's own limit) plus headroom.
-pub const MAX_FRAME_BYTES: usize = 1024 * 1024 + 1024;
+/// Largest answer: the largest whole answer a node reads from its backend.
+pub const MAX_RESPONSE_BYTES: usize = crate::answer::MAX_WHOLE_BYTES;
+/// Largest stream frame: one event plus headroom for the frame's own fields.
+pub const MAX_FRAME_BYTES: usize = crate::answer::MAX_EVENT_BYTES + 1024;
 /// Most hops a request may still travel; a node forwards only with hops > 0.
 pub const MAX_HOPS: u8 = 4;
 

@@ -1,0 +1,191 @@
+//! The sending side of `/atmosphere/intent/1.0.0` (a whole answer) and
+//! `/atmosphere/stream/1.0.0` (events as they are produced), with failover:
+//! while none of the answer has arrived, an unreachable node or a 503 moves
+//! the request on to the next candidate. Spec: `protocols/intent.md`.
+
+use std::time::Instant;
+
+use ::http::StatusCode;
+use bytes::Bytes;
+use libp2p::PeerId;
+
+use super::{Answer, ApiError, Core, Request, Target};
+use crate::answer::{Event, Reply};
+use crate::backend::Op;
+use crate::network::{self, frames};
+use crate::wire::Message;
+use crate::wire::intent::{self, IntentRequest, Operation, StreamFrame};
+
+pub(super) fn operation(op: Op) -> Operation {
+    match op {
+        Op::Chat => Operation::Chat,
+        Op::Completions => Operation::Completions,
+        Op::Embeddings => Operation::Embeddings,
+    }
+}
+
+/// Sends the request to the node that offers the capability, then to the
+/// fallbacks in order while a node cannot be reached or answers 503 before
+/// any of its answer arrived.
+pub(super) async fn forward(
+    core: &Core,
+    target: Target,
+    request: Request,
+) -> Result<Answer, ApiError> {
+    let Some(client) = core.network.clone() else {
+        return Err(ApiError::internal(
+            "forward",
+            "remote entry without a network",
+        ));
+    };
+    let started = Instant::now();
+    let mut candidates = vec![(target.entry, target.score)];
+    candidates.extend(target.fallbacks);
+    let mut last_error = None;
+    for (i, (entry, score)) in candidates.into_iter().enumerate() {
+        if i > 0 {
+            core.metrics.forward("failover");
+        }
+        if entry.local {
+            return core.run_local(&entry, score, request).await;
+        }
+        let Ok(peer) = entry.node.parse::<PeerId>() else {
+            continue;
+        };
+        let remaining = core.request_timeout.saturating_sub(started.elapsed());
+        let intent = IntentRequest {
+            version: intent::VERSION,
+            capability: entry.capability.id.to_string(),
+            operation: operation(request.op),
+            body: request.raw.to_vec(),
+            deadline_ms: remaining.as_millis().min(u128::from(u32::MAX)) as u32,
+            hops: intent::MAX_HOPS - 1,
+        };
+        let attempt = if request.stream {
+            tokio::time::timeout(remaining, open_stream(core, &client, peer, intent)).await
+        } else {
+            tokio::time::timeout(remaining, whole(&client, peer, intent)).await
+        };
+        match attempt {
+            Ok(Ok(reply)) => {
+                core.metrics.forward("ok");
+                return Ok(Answer {
+                    capability: entry.capability.id.clone(),
+                    node: entry.node.clone(),
+                    score,
+                    reply,
+                });
+            }
+            Ok(Err(reason)) => {
+                tracing::warn!(%peer, %reason, "forwarding failed before the answer began");
+                last_error = Some(reason);
+            }
+            Err(_) => {
+                core.metrics.forward("timeout");
+                return Err(ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "api_error",
+                    format!("Node {peer} did not answer in time."),
+                )
+                .code("forward_timeout"));
+            }
+        }
+    }
+    core.metrics.forward("failed");
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "api_error",
+        format!(
+            "No node that offers this capability could serve it: {}.",
+            last_error.unwrap_or_else(|| "no reachable node".into())
+        ),
+    )
+    .code("capability_unreachable"))
+}
+
+/// A whole answer; `Err` (try the next node) when nothing usable came back.
+async fn whole(
+    client: &network::Client,
+    peer: PeerId,
+    request: IntentRequest,
+) -> Result<Reply, String> {
+    let answer = client
+        .forward(peer, request)
+        .await
+        .map_err(|e| e.to_string())?;
+    if answer.status == 503 {
+        return Err(format!("node {peer} is overloaded or its backend is down"));
+    }
+    Ok(Reply::Whole {
+        status: answer.status,
+        body: Bytes::from(answer.body),
+    })
+}
+
+async fn read_frame(io: &mut libp2p::Stream) -> Result<Option<StreamFrame>, String> {
+    match frames::read(io, intent::MAX_FRAME_BYTES).await {
+        Ok(Some(bytes)) => StreamFrame::decode(&bytes)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Opens a stream and waits for the answer's head; the events then follow as
+/// they arrive. `Err` (try the next node) before the head only.
+async fn open_stream(
+    core: &Core,
+    client: &network::Client,
+    peer: PeerId,
+    request: IntentRequest,
+) -> Result<Reply, String> {
+    let mut io = client.open_stream(peer).await.map_err(|e| e.to_string())?;
+    let bytes = request.encode().map_err(|e| e.to_string())?;
+    frames::write(&mut io, &bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = match read_frame(&mut io).await? {
+        Some(StreamFrame::Head { status }) => status,
+        other => return Err(format!("expected the answer's head, got {other:?}")),
+    };
+    if status == 503 {
+        return Err(format!("node {peer} is overloaded or its backend is down"));
+    }
+    if status != 200 {
+        // An error answer: its JSON body follows as one event.
+        let body = match read_frame(&mut io).await? {
+            Some(StreamFrame::Event(b)) => b,
+            _ => Vec::new(),
+        };
+        return Ok(Reply::Whole {
+            status,
+            body: Bytes::from(body),
+        });
+    }
+    let idle = core.request_timeout;
+    let metrics = core.metrics.clone();
+    let events = futures::stream::unfold(Some(io), move |io| {
+        let metrics = metrics.clone();
+        async move {
+            let mut io = io?;
+            let event = match tokio::time::timeout(idle, read_frame(&mut io)).await {
+                Ok(Ok(Some(StreamFrame::Event(data)))) => Event::Data(Bytes::from(data)),
+                Ok(Ok(Some(StreamFrame::End))) => Event::Done,
+                Ok(Ok(Some(StreamFrame::Failed { code, message }))) => {
+                    Event::Failed { code, message }
+                }
+                Ok(Ok(Some(StreamFrame::Head { .. }) | None) | Err(_)) | Err(_) => {
+                    metrics.forward("stream_broken");
+                    Event::failed(
+                        "mesh_stream_error",
+                        "The node serving this request stopped answering mid-stream.",
+                    )
+                }
+            };
+            let more = !event.is_last();
+            Some((event, more.then_some(io)))
+        }
+    });
+    Ok(Reply::Stream(Box::pin(events)))
+}

@@ -1,0 +1,157 @@
+//! The request core: "run this request on that capability, here or on
+//! another node". A [`Request`] and a [`Target`] go in; an [`Answer`] comes
+//! out: a whole body or a stream of events, with the capability and node that
+//! served it. Resolving (`auto` by meaning, or an id), local dispatch to a
+//! backend, forwarding to peers with failover, and the serving side of the
+//! intent and stream protocols all live here, so every transport (the HTTP
+//! API, peers' forwarded requests) runs the same pipeline and only parses
+//! requests and renders answers.
+
+mod error;
+mod forward;
+mod resolve;
+mod serve;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::{Map, Value};
+
+pub use error::ApiError;
+pub use resolve::{AUTO, Target};
+pub use serve::{serve_intents, serve_streams};
+
+use crate::answer::{Event, Reply};
+use crate::backend::{Backend, Op};
+use crate::capability::CapabilityId;
+use crate::catalog::Catalog;
+use crate::embed::Embedder;
+use crate::metrics::Metrics;
+use crate::routing::{Entry, Router};
+
+/// What the core works with; shared by every request.
+pub struct Parts {
+    pub catalog: Catalog,
+    pub router: Router,
+    pub embedder: Embedder,
+    pub backends: HashMap<String, Arc<Backend>>,
+    pub metrics: Arc<Metrics>,
+    /// Longest wait for an answer's head (and a whole answer), end to end.
+    pub request_timeout: Duration,
+    /// The network, when the node is part of a mesh.
+    pub network: Option<crate::network::Client>,
+    /// DHT provider lookups, when the node is part of a mesh.
+    pub lookups: Option<crate::mesh::Lookups>,
+}
+
+/// The request core; cheap to clone.
+#[derive(Clone)]
+pub struct Core(Arc<Parts>);
+
+impl std::ops::Deref for Core {
+    type Target = Parts;
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
+/// A request for a capability, as a client sent it.
+pub struct Request {
+    pub op: Op,
+    /// The OpenAI body, checked by the transport that parsed it.
+    pub body: Map<String, Value>,
+    /// The body's bytes as the client sent them; forwarded unchanged.
+    pub raw: Bytes,
+    /// Whether the client wants the answer as a stream of events.
+    pub stream: bool,
+}
+
+/// A capability's answer, and who gave it.
+#[derive(Debug)]
+pub struct Answer {
+    pub capability: CapabilityId,
+    /// The PeerId (base58) of the node that served it.
+    pub node: String,
+    /// The routing score, for `auto`.
+    pub score: Option<f32>,
+    pub reply: Reply,
+}
+
+impl Core {
+    pub fn new(parts: Parts) -> Self {
+        Self(Arc::new(parts))
+    }
+
+    /// Runs the request on the target: on this node's backend, or forwarded
+    /// to the node that offers it (and on to the fallbacks while none of the
+    /// answer has arrived).
+    pub async fn run(&self, target: Target, request: Request) -> Result<Answer, ApiError> {
+        if target.entry.local {
+            return self.run_local(&target.entry, target.score, request).await;
+        }
+        forward::forward(self, target, request).await
+    }
+
+    /// Runs the request on the backend of a capability of this node.
+    async fn run_local(
+        &self,
+        entry: &Entry,
+        score: Option<f32>,
+        request: Request,
+    ) -> Result<Answer, ApiError> {
+        let backend = self
+            .backends
+            .get(&entry.capability.backend)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::internal(
+                    "dispatch",
+                    format!("no backend {}", entry.capability.backend),
+                )
+            })?;
+        let called = backend
+            .call(
+                request.op,
+                &entry.capability.model,
+                request.body,
+                request.stream,
+                self.request_timeout,
+            )
+            .await;
+        let reply = match called {
+            Ok(Reply::Stream(events)) => {
+                let metrics = self.metrics.clone();
+                let name = backend.name().to_owned();
+                Reply::Stream(Box::pin(events.inspect(move |event| {
+                    if let Event::Failed { code, .. } = event {
+                        let label = match code.as_str() {
+                            "backend_stream_error" => "stream",
+                            "backend_bad_response" => "bad_response",
+                            _ => "status",
+                        };
+                        metrics.backend_error(&name, label);
+                    }
+                })))
+            }
+            Ok(whole @ Reply::Whole { status, .. }) => {
+                if status >= 400 {
+                    self.metrics.backend_error(backend.name(), "status");
+                }
+                whole
+            }
+            Err(e) => {
+                self.metrics.backend_error(backend.name(), e.label());
+                return Err(e.into());
+            }
+        };
+        Ok(Answer {
+            capability: entry.capability.id.clone(),
+            node: entry.node.clone(),
+            score,
+            reply,
+        })
+    }
+}

@@ -1,0 +1,220 @@
+//! Which capability a request goes to: an id named by the client, or `auto`,
+//! decided by meaning (asking the DHT for providers when nothing known fits);
+//! with the candidates to fail over to.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ::http::StatusCode;
+
+use super::{ApiError, Core};
+use crate::backend::Op;
+use crate::capability::{CapabilityId, Kind};
+use crate::mesh::{LOOKUP_WAIT, Wanted};
+use crate::metrics::DecisionLabels;
+use crate::routing::{self, Decision, Entry, Need, Outcome};
+
+/// The pseudo-model that asks the node to route by meaning.
+pub const AUTO: &str = "auto";
+
+/// Where a request goes, and why.
+pub struct Target {
+    pub entry: Arc<Entry>,
+    /// Routing score for `auto`; `None` for an explicit model.
+    pub score: Option<f32>,
+    /// Where to go if `entry`'s node cannot be reached, best first.
+    pub fallbacks: Vec<(Arc<Entry>, Option<f32>)>,
+}
+
+impl Target {
+    /// A capability this node offers, named by id (no fallbacks).
+    pub fn local(entry: Arc<Entry>) -> Self {
+        Self {
+            entry,
+            score: None,
+            fallbacks: Vec::new(),
+        }
+    }
+}
+
+/// Whether a capability of `kind` can run `op`.
+pub fn runs(kind: &Kind, op: Op) -> bool {
+    match op {
+        Op::Chat | Op::Completions => kind.answers_text(),
+        Op::Embeddings => *kind == Kind::embed(),
+    }
+}
+
+/// The error for a capability asked to do what its kind does not.
+pub fn wrong_kind(model: &str, kind: &Kind, op: Op) -> ApiError {
+    let what = match op {
+        Op::Embeddings => "is not an embedding model".to_owned(),
+        Op::Chat | Op::Completions => {
+            format!("is a {kind} capability and cannot answer this request")
+        }
+    };
+    ApiError::invalid("model", format!("The model `{model}` {what}.")).code("wrong_capability_kind")
+}
+
+impl Core {
+    /// Whether an entry can be used now (its backend answers).
+    pub fn available(&self) -> impl Fn(&Entry) -> bool + '_ {
+        move |e: &Entry| {
+            (!e.local && e.available)
+                || e.local
+                    && self
+                        .backends
+                        .get(&e.capability.backend)
+                        .is_some_and(|b| b.is_available())
+        }
+    }
+
+    /// Embeds the texts and ranks capabilities; records the decision's metrics.
+    ///
+    /// When nothing known fits well enough and the node is part of a mesh, it
+    /// asks the DHT who provides the kind the request needs (and the domain of
+    /// the closest miss), fetches the routes of providers it did not know, and
+    /// ranks again (`protocols/kad.md`).
+    pub async fn decide(&self, texts: Vec<String>, need: Need) -> Result<Decision, ApiError> {
+        let started = Instant::now();
+        let embedded = self.embedder.embed(texts).await?;
+        self.metrics
+            .embed_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let query = routing::query_vector(&embedded.vectors);
+        let rank = || {
+            let table = self.catalog.table();
+            self.router.decide(&table, &query, need, &self.available())
+        };
+        let mut decision = rank();
+        if decision.outcome != Outcome::Matched
+            && need == Need::Text
+            && let Some(lookups) = &self.lookups
+        {
+            let mut wanted = Wanted::kind(Kind::chat().as_str());
+            if let Some(near) = decision.candidates.iter().find(|c| c.eligible) {
+                wanted = wanted.and_domain(&near.domain);
+            }
+            let found = lookups.discover(wanted).await;
+            if found.changed && self.catalog.caught_up(found.generation, LOOKUP_WAIT).await {
+                decision = rank();
+            }
+        }
+        self.metrics
+            .decision_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = match decision.outcome {
+            Outcome::Matched => "matched",
+            Outcome::Default => "default",
+            Outcome::General => "general",
+            Outcome::NoFit => "no_fit",
+        };
+        self.count_decision(
+            outcome,
+            decision
+                .chosen
+                .as_ref()
+                .map_or_else(String::new, |c| c.id.to_string()),
+        );
+        Ok(decision)
+    }
+
+    fn count_decision(&self, outcome: &str, capability: String) {
+        self.metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                outcome: outcome.into(),
+                capability,
+            })
+            .inc();
+    }
+
+    /// Resolves `model` for `op`: `auto` by the meaning of `texts`, else the
+    /// capability with that id (an available copy first).
+    pub async fn resolve(
+        &self,
+        model: &str,
+        op: Op,
+        texts: impl FnOnce() -> Result<Vec<String>, ApiError>,
+    ) -> Result<Target, ApiError> {
+        if model == AUTO {
+            let need = match op {
+                Op::Chat | Op::Completions => Need::Text,
+                Op::Embeddings => Need::Any,
+            };
+            return self.resolve_auto(texts()?, need).await;
+        }
+        let id: CapabilityId = model
+            .parse()
+            .map_err(|_| ApiError::model_not_found(model))?;
+        let table = self.catalog.table();
+        let all: Vec<Arc<Entry>> = table.lookup(&id).cloned().collect();
+        let first = all
+            .first()
+            .cloned()
+            .ok_or_else(|| ApiError::model_not_found(model))?;
+        if !runs(&first.capability.kind, op) {
+            return Err(wrong_kind(model, &first.capability.kind, op));
+        }
+        let up = self.available();
+        let mut usable = all.into_iter().filter(|e| up(e));
+        let entry = usable.next().unwrap_or(first);
+        let fallbacks = usable.map(|e| (e, None)).collect();
+        self.count_decision("explicit", id.to_string());
+        Ok(Target {
+            entry,
+            score: None,
+            fallbacks,
+        })
+    }
+
+    async fn resolve_auto(&self, texts: Vec<String>, need: Need) -> Result<Target, ApiError> {
+        let decision = self.decide(texts, need).await?;
+        let fallbacks = decision
+            .candidates
+            .iter()
+            .filter(|c| c.eligible && c.fits)
+            .filter(|c| {
+                decision
+                    .chosen
+                    .as_ref()
+                    .is_none_or(|ch| ch.id != c.id || ch.node != c.node)
+            })
+            .filter_map(|c| Some((c.entry.clone()?, Some(c.score))))
+            .collect();
+        match decision.chosen {
+            Some(c) => Ok(Target {
+                score: Some(c.score).filter(|s| s.is_finite()),
+                entry: c
+                    .entry
+                    .ok_or_else(|| ApiError::internal("route", "candidate without entry"))?,
+                fallbacks,
+            }),
+            None => Err(no_fit(&decision)),
+        }
+    }
+}
+
+fn no_fit(decision: &Decision) -> ApiError {
+    let best = decision
+        .candidates
+        .iter()
+        .find(|c| c.eligible)
+        .map(|c| match c.cutoff {
+            Some(cutoff) => format!(
+                " The closest was `{}` at {:.3}, below the {cutoff:.3} it needs.",
+                c.id, c.score
+            ),
+            None => format!(" The closest was `{}` at {:.3}.", c.id, c.score),
+        })
+        .unwrap_or_default();
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!(
+            "No capability fits this request well enough.{best} Name a model explicitly, or configure routing.default."
+        ),
+    )
+    .param("model")
+    .code("no_capability_fits")
+}

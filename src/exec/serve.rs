@@ -1,0 +1,293 @@
+//! The serving side of `/atmosphere/intent/1.0.0` and `/atmosphere/stream/1.0.0`:
+//! a peer's request runs on this node's own capability through the same core
+//! as the HTTP API's, and its answer goes back whole or frame by frame.
+//! Inbound work is bounded: a number of requests at once per node and per
+//! peer, a deadline for a stream's request frame and for every write, so a
+//! peer that opens streams and sends nothing cannot take the slots others
+//! need. Spec: `protocols/intent.md`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::http::StatusCode;
+use futures::{AsyncWriteExt, StreamExt};
+use libp2p::PeerId;
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::resolve::{runs, wrong_kind};
+use super::{ApiError, Core, Request, Target};
+use crate::answer::{Event, Reply};
+use crate::backend::Op;
+use crate::capability::CapabilityId;
+use crate::network::{self, frames};
+use crate::wire::Message;
+use crate::wire::intent::{self, IntentRequest, IntentResponse, Operation, StreamFrame};
+
+/// Forwarded requests served at once; more wait in the mesh's bounded queue.
+const INBOUND_CONCURRENCY: usize = 64;
+/// Streamed requests one peer may have open at once; more are refused.
+const STREAMS_PER_PEER: usize = 8;
+/// Longest wait for a stream's request frame after the stream opened.
+const REQUEST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for one frame to be taken by the peer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves requests that peers send over the intent protocol, a bounded
+/// number at once.
+pub async fn serve_intents(
+    core: Core,
+    client: network::Client,
+    mut inbound: mpsc::Receiver<crate::mesh::Inbound>,
+    cancel: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            n = inbound.recv() => match n { Some(n) => n, None => return },
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let core = core.clone();
+        let client = client.clone();
+        tokio::spawn(async move {
+            let response = serve_intent(&core, next.request).await;
+            let _ = client.answer_intent(next.id, response).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Serves streamed requests that peers open to this node, a bounded number
+/// at once and per peer.
+pub async fn serve_streams(
+    core: Core,
+    mut incoming: libp2p_stream::IncomingStreams,
+    cancel: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
+    let per_peer: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
+    loop {
+        let (peer, stream) = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            n = incoming.next() => match n { Some(n) => n, None => return },
+        };
+        let open = {
+            let mut counts = per_peer.lock();
+            let n = counts.entry(peer).or_default();
+            *n += 1;
+            *n
+        };
+        let release = {
+            let per_peer = per_peer.clone();
+            move || {
+                let mut counts = per_peer.lock();
+                if let Some(n) = counts.get_mut(&peer) {
+                    *n -= 1;
+                    if *n == 0 {
+                        counts.remove(&peer);
+                    }
+                }
+            }
+        };
+        let permit = permits.clone().try_acquire_owned();
+        let (Ok(permit), true) = (permit, open <= STREAMS_PER_PEER) else {
+            // Dropping the stream resets it; the peer tries another node.
+            core.metrics.forward("stream_refused");
+            tracing::debug!(%peer, open, "too many streamed requests; one refused");
+            release();
+            continue;
+        };
+        let core = core.clone();
+        tokio::spawn(async move {
+            serve_stream(&core, peer, stream).await;
+            release();
+            drop(permit);
+        });
+    }
+}
+
+/// Checks a forwarded request and finds the local capability it names.
+fn local_request(
+    core: &Core,
+    request: &IntentRequest,
+    stream: bool,
+) -> Result<(Target, Request), ApiError> {
+    let raw = bytes::Bytes::from(request.body.clone());
+    let body: Value = serde_json::from_slice(&raw).map_err(|e| {
+        ApiError::invalid("body", format!("The forwarded body is not JSON: {e}"))
+            .code("invalid_json")
+    })?;
+    let Value::Object(mut body) = body else {
+        return Err(ApiError::invalid(
+            "body",
+            "The request body must be a JSON object.",
+        ));
+    };
+    let id: CapabilityId = request
+        .capability
+        .parse()
+        .map_err(|_| ApiError::model_not_found(&request.capability))?;
+    let entry = core
+        .catalog
+        .table()
+        .lookup(&id)
+        .find(|e| e.local)
+        .cloned()
+        .ok_or_else(|| ApiError::model_not_found(&request.capability))?;
+    let op = match request.operation {
+        Operation::Chat => Op::Chat,
+        Operation::Completions => Op::Completions,
+        Operation::Embeddings => Op::Embeddings,
+    };
+    if !runs(&entry.capability.kind, op) {
+        return Err(wrong_kind(&request.capability, &entry.capability.kind, op));
+    }
+    if stream && op == Op::Embeddings {
+        return Err(ApiError::invalid("stream", "Embeddings are not streamed."));
+    }
+    // The protocol decides how the answer travels.
+    body.insert("stream".into(), Value::Bool(stream));
+    let request = Request {
+        op,
+        body,
+        raw,
+        stream,
+    };
+    Ok((Target::local(entry), request))
+}
+
+fn deadline_of(core: &Core, request: &IntentRequest) -> Duration {
+    Duration::from_millis(u64::from(request.deadline_ms)).min(core.request_timeout)
+}
+
+fn out_of_time() -> ApiError {
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "api_error",
+        "The request ran out of time.",
+    )
+    .code("deadline_exceeded")
+}
+
+/// Runs a forwarded request within its deadline.
+async fn run(core: &Core, request: &IntentRequest, stream: bool) -> Result<Reply, ApiError> {
+    let (target, local) = local_request(core, request, stream)?;
+    let answer = tokio::time::timeout(deadline_of(core, request), core.run(target, local))
+        .await
+        .map_err(|_| out_of_time())??;
+    Ok(answer.reply)
+}
+
+/// Serves a request a peer sent over `/atmosphere/intent/1.0.0`.
+pub async fn serve_intent(core: &Core, request: IntentRequest) -> IntentResponse {
+    core.metrics.forward("served");
+    let (status, body) = match run(core, &request, false).await {
+        Ok(Reply::Whole { status, body }) => (status, body.to_vec()),
+        Ok(Reply::Stream(_)) => {
+            let e = ApiError::internal("serve forwarded", "a stream for a whole request");
+            (e.status.as_u16(), e.to_bytes().to_vec())
+        }
+        Err(e) => (e.status.as_u16(), e.to_bytes().to_vec()),
+    };
+    IntentResponse {
+        version: intent::VERSION,
+        status,
+        body,
+    }
+}
+
+/// Writes one frame within [`WRITE_TIMEOUT`].
+async fn send(io: &mut libp2p::Stream, frame: &StreamFrame) -> std::io::Result<()> {
+    let bytes = frame
+        .encode()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+    tokio::time::timeout(WRITE_TIMEOUT, frames::write(io, &bytes))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))?
+}
+
+/// An answer that is not a stream: its head, its body as one event, `End`.
+async fn send_whole(io: &mut libp2p::Stream, status: u16, body: Vec<u8>) -> std::io::Result<()> {
+    send(io, &StreamFrame::Head { status }).await?;
+    send(io, &StreamFrame::Event(body)).await?;
+    send(io, &StreamFrame::End).await
+}
+
+/// Serves a request a peer sent over `/atmosphere/stream/1.0.0`: runs it with
+/// `stream: true` and writes each event as a frame the moment it exists; then
+/// closes its side of the stream (the peer reads to the end, nothing is reset).
+pub async fn serve_stream(core: &Core, peer: PeerId, mut io: libp2p::Stream) {
+    core.metrics.forward("served_stream");
+    let first = tokio::time::timeout(
+        REQUEST_FRAME_TIMEOUT,
+        frames::read(&mut io, intent::MAX_REQUEST_BYTES),
+    )
+    .await;
+    let written = match first {
+        Ok(Ok(Some(bytes))) => match IntentRequest::decode(&bytes) {
+            Ok(request) => answer_stream(core, &mut io, &request).await,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "invalid forwarded stream request");
+                let err = ApiError::invalid("body", format!("Invalid forwarded request: {e}."))
+                    .code("invalid_forwarded_request");
+                send_whole(&mut io, 400, err.to_bytes().to_vec()).await
+            }
+        },
+        Ok(Ok(None)) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "unreadable forwarded stream request");
+            return;
+        }
+        Err(_) => {
+            core.metrics.forward("stream_idle");
+            tracing::debug!(%peer, "no request on a stream in time; closed");
+            return;
+        }
+    };
+    if written.is_ok() {
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, io.close()).await;
+    }
+}
+
+async fn answer_stream(
+    core: &Core,
+    io: &mut libp2p::Stream,
+    request: &IntentRequest,
+) -> std::io::Result<()> {
+    let mut events = match run(core, request, true).await {
+        Ok(Reply::Stream(events)) => events,
+        Ok(Reply::Whole { status, body }) => return send_whole(io, status, body.to_vec()).await,
+        Err(e) => return send_whole(io, e.status.as_u16(), e.to_bytes().to_vec()).await,
+    };
+    send(io, &StreamFrame::Head { status: 200 }).await?;
+    while let Some(event) = events.next().await {
+        let last = event.is_last();
+        let frame = match event {
+            Event::Data(data) => StreamFrame::Event(data.to_vec()),
+            Event::Done => StreamFrame::End,
+            Event::Failed { code, message } => StreamFrame::Failed { code, message },
+        };
+        send(io, &frame).await?;
+        if last {
+            return Ok(());
+        }
+    }
+    // Streams from the core always end with `Done` or `Failed`; should one
+    // not, the peer still learns that the answer broke off.
+    send(
+        io,
+        &StreamFrame::Failed {
+            code: "backend_stream_error".into(),
+            message: "The answer ended before it finished.".into(),
+        },
+    )
+    .await
+}
