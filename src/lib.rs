@@ -17,6 +17,5 @@ pub mod mesh;
 pub mod metrics;
 pub mod network;
 pub mod node;
-pub mod remote;
 pub mod routing;
 pub mod wire;

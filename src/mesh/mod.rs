@@ -5,6 +5,9 @@
 //! every origin, expires origins that stopped refreshing, and publishes the
 //! remote entries for the route table through a watch channel.
 
+mod lookup;
+pub mod remote;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,12 +17,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::network::{self, Event, Verdict};
-use crate::remote::{Outcome, Remote};
 use crate::routing::Entry;
 use crate::wire::route::{
     self, CapabilityRecord, RouteBody, RouteUpdate, SignedRouteUpdate, WireVector,
 };
 use crate::wire::sync::{self, SyncResponse};
+use remote::{Outcome, Remote};
 
 /// How often expiry is checked.
 const EXPIRY_TICK: Duration = Duration::from_millis(500);
@@ -28,20 +31,6 @@ const EXPIRY_TICK: Duration = Duration::from_millis(500);
 const MIN_ANNOUNCE_GAP: Duration = Duration::from_secs(1);
 /// Longest a withdrawal may hold up shutdown.
 const WITHDRAW_WAIT: Duration = Duration::from_millis(500);
-/// Longest a provider lookup may hold up the request that needed it: the DHT
-/// query, then the syncs with the providers found, each bounded by this.
-pub const LOOKUP_WAIT: Duration = Duration::from_secs(3);
-/// The same keys are not looked up again sooner than this (a node with no
-/// fitting capability would otherwise query the DHT on every request).
-const LOOKUP_COOLDOWN: Duration = Duration::from_secs(30);
-/// A provider that could not be synced with is not tried by lookups again for
-/// this long: provider records outlive the nodes that made them (48 h), and a
-/// node that is gone would otherwise cost every lookup the full wait. A node
-/// that comes back syncs on connecting anyway.
-const UNREACHABLE_FOR: Duration = Duration::from_secs(300);
-/// Lookups waiting for the mesh task.
-const LOOKUP_CAPACITY: usize = 64;
-
 /// What other nodes offer, as last changed.
 #[cfg(test)]
 mod tests {
@@ -96,82 +85,9 @@ pub struct View {
     pub generation: u64,
 }
 
-/// What a request needs that the table has nothing good enough for: the DHT
-/// keys to look up (`protocols/kad.md`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Wanted {
-    /// Key texts, e.g. `kind:llm/chat`, `domain:camelids`.
-    pub keys: Vec<String>,
-}
-
-impl Wanted {
-    pub fn kind(kind: &str) -> Self {
-        Self {
-            keys: vec![format!("kind:{kind}")],
-        }
-    }
-
-    pub fn and_domain(mut self, domain: &str) -> Self {
-        let d = domain.trim().to_lowercase();
-        if !d.is_empty() {
-            self.keys.push(format!("domain:{d}"));
-        }
-        self
-    }
-}
-
-/// What a lookup found.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Discovery {
-    /// The keys were looked up recently; nothing was asked this time.
-    pub skipped: bool,
-    /// Providers the DHT named (other than this node).
-    pub providers: usize,
-    /// Providers whose routes were not held and were fetched now.
-    pub synced: usize,
-    /// Whether the route table changed; if so, the view with this generation
-    /// (or a later one) holds the new routes.
-    pub changed: bool,
-    pub generation: u64,
-}
-
-/// Asks the mesh task to look up providers (see [`Discovery`]).
-#[derive(Clone)]
-pub struct Lookups {
-    tx: mpsc::Sender<(Wanted, oneshot::Sender<Discovery>)>,
-}
-
-impl Lookups {
-    /// Looks up providers of `wanted` and fetches the routes of those not
-    /// known yet; answers within about [`LOOKUP_WAIT`] twice.
-    pub async fn discover(&self, wanted: Wanted) -> Discovery {
-        let (reply, rx) = oneshot::channel();
-        if self.tx.try_send((wanted, reply)).is_err() {
-            return Discovery {
-                skipped: true,
-                ..Discovery::default()
-            };
-        }
-        rx.await.unwrap_or(Discovery {
-            skipped: true,
-            ..Discovery::default()
-        })
-    }
-}
-
-/// A finished lookup, back in the mesh task.
-struct Found {
-    wanted: Wanted,
-    providers: usize,
-    synced: Vec<(crate::wire::route::Verified, SignedRouteUpdate)>,
-    /// Providers whose routes were not held when the lookup started.
-    unknown: Vec<PeerId>,
-    fetched: usize,
-    /// Providers that did not answer the sync.
-    unreachable: Vec<PeerId>,
-}
-
-pub use crate::remote::OriginState;
+pub use lookup::{Discovery, LOOKUP_WAIT, Lookups, Wanted};
+use lookup::{Found, LOOKUP_CAPACITY};
+pub use remote::OriginState;
 
 /// Everything the mesh task needs.
 pub struct Setup {
@@ -521,152 +437,5 @@ impl Task {
             origins: Arc::new(origins),
             generation: self.generation,
         });
-    }
-
-    /// Hands the DHT the keys of this node's kinds and domains when they change.
-    async fn provide(&mut self, local: &[Entry]) {
-        let mut texts: Vec<String> = Vec::new();
-        for e in local {
-            let c = &e.capability;
-            let mut wanted = Wanted::kind(c.kind.as_str()).and_domain(&c.domain);
-            for k in wanted.keys.drain(..) {
-                if !texts.contains(&k) {
-                    texts.push(k);
-                }
-            }
-        }
-        texts.truncate(crate::wire::kad::MAX_PROVIDED);
-        if texts == self.provided {
-            return;
-        }
-        let keys = texts
-            .iter()
-            .map(|t| libp2p::kad::RecordKey::new(&crate::wire::kad::key_bytes(t)))
-            .collect();
-        if self.setup.client.provide(keys).await.is_ok() {
-            tracing::debug!(keys = ?texts, "providing capability keys");
-            self.provided = texts;
-        }
-    }
-
-    /// Starts a lookup, joins one in flight for the same keys, or answers at
-    /// once when the keys were looked up recently.
-    fn on_lookup(&mut self, wanted: Wanted, reply: oneshot::Sender<Discovery>) {
-        if let Some(waiters) = self.waiting.get_mut(&wanted) {
-            waiters.push(reply);
-            return;
-        }
-        let now = Instant::now();
-        let recent = wanted.keys.iter().all(|k| {
-            self.looked_up
-                .get(k)
-                .is_some_and(|t| now.duration_since(*t) < LOOKUP_COOLDOWN)
-        });
-        if recent {
-            self.setup.metrics.lookup("skipped");
-            let _ = reply.send(Discovery {
-                skipped: true,
-                generation: self.generation,
-                ..Discovery::default()
-            });
-            return;
-        }
-        self.looked_up
-            .retain(|_, t| now.duration_since(*t) < LOOKUP_COOLDOWN);
-        for k in &wanted.keys {
-            self.looked_up.insert(k.clone(), now);
-        }
-        self.waiting.insert(wanted.clone(), vec![reply]);
-        let client = self.setup.client.clone();
-        self.unreachable
-            .retain(|_, t| now.duration_since(*t) < UNREACHABLE_FOR);
-        let mut skip: Vec<PeerId> = self.remote.origins().iter().map(|o| o.peer).collect();
-        skip.extend(self.unreachable.keys().copied());
-        let found_tx = self.found_tx.clone();
-        tokio::spawn(async move {
-            let keys = wanted
-                .keys
-                .iter()
-                .map(|t| libp2p::kad::RecordKey::new(&crate::wire::kad::key_bytes(t)))
-                .collect();
-            let providers = tokio::time::timeout(LOOKUP_WAIT, client.lookup(keys))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
-            let unknown: Vec<PeerId> = providers
-                .iter()
-                .filter(|p| !skip.contains(p))
-                .copied()
-                .collect();
-            let answers = futures::future::join_all(unknown.iter().map(|p| {
-                let client = client.clone();
-                async move { tokio::time::timeout(LOOKUP_WAIT, client.sync(*p)).await }
-            }))
-            .await;
-            let mut synced = Vec::new();
-            let mut fetched = 0;
-            let mut unreachable = Vec::new();
-            for (peer, answer) in unknown.iter().zip(answers) {
-                match answer {
-                    Ok(Ok(updates)) => {
-                        fetched += 1;
-                        synced.extend(updates);
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "provider sync failed");
-                        unreachable.push(*peer);
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "provider sync timed out");
-                        unreachable.push(*peer);
-                    }
-                }
-            }
-            let _ = found_tx
-                .send(Found {
-                    wanted,
-                    providers: providers.len(),
-                    synced,
-                    unknown,
-                    fetched,
-                    unreachable,
-                })
-                .await;
-        });
-    }
-
-    /// Applies what a lookup fetched and answers everyone who waited for it.
-    fn on_found(&mut self, found: Found) {
-        let now = Instant::now();
-        for peer in &found.unreachable {
-            self.unreachable.insert(*peer, now);
-        }
-        let mut changed = false;
-        for (verified, signed) in found.synced {
-            changed |= self.remote.apply(verified, signed, now).changed();
-        }
-        if changed {
-            self.publish_view();
-        }
-        // A provider dialled during the lookup also syncs on connecting, and
-        // that answer may have been applied first.
-        changed |= found.unknown.iter().any(|p| self.remote.holds(p));
-        self.setup.metrics.lookup(match (found.providers, changed) {
-            (0, _) => "no_providers",
-            (_, true) => "found",
-            (_, false) => "nothing_new",
-        });
-        tracing::debug!(keys = ?found.wanted.keys, providers = found.providers, fetched = found.fetched, changed, "provider lookup finished");
-        let discovery = Discovery {
-            skipped: false,
-            providers: found.providers,
-            synced: found.fetched,
-            changed,
-            generation: self.generation,
-        };
-        for reply in self.waiting.remove(&found.wanted).unwrap_or_default() {
-            let _ = reply.send(discovery);
-        }
     }
 }
