@@ -1,0 +1,111 @@
+//! `/atmosphere/sync/1.0.0`: a peer's whole route table, asked for on every
+//! new connection and on demand; and answers to peers that ask for ours
+//! (`protocols/sync.md`).
+
+use libp2p::identity::PeerId;
+use libp2p::request_response;
+
+use super::{EventLoop, SyncReply};
+use crate::network::{Error, Event, InboundId};
+use crate::wire::sync::{self, SyncRequest, SyncResponse};
+
+/// Sync answers the node has not given yet; older requests time out at the peer.
+const MAX_PENDING_SYNC: usize = 64;
+
+impl EventLoop {
+    /// Asks a peer for its table (once per connection unless asked again).
+    pub(super) fn request_sync(
+        &mut self,
+        peer: PeerId,
+    ) -> libp2p::request_response::OutboundRequestId {
+        self.synced.insert(peer);
+        self.swarm.behaviour_mut().sync.send_request(
+            &peer,
+            SyncRequest {
+                version: sync::VERSION,
+            },
+        )
+    }
+
+    /// Asks a peer for its table on the node's behalf.
+    pub(super) fn sync_with(&mut self, peer: PeerId, reply: SyncReply) {
+        // The connection's own sync is not needed on top of this one.
+        let id = self.request_sync(peer);
+        self.outbound_sync.insert(id, reply);
+    }
+
+    pub(super) fn answer_sync(&mut self, id: InboundId, response: SyncResponse) {
+        if let Some(channel) = self.pending_sync.remove(&id) {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .sync
+                .send_response(channel, response);
+        }
+    }
+
+    pub(super) fn on_sync(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message: request_response::Message::Request { channel, .. },
+                ..
+            } => {
+                if self.pending_sync.len() >= MAX_PENDING_SYNC {
+                    tracing::warn!(%peer, "too many sync requests waiting; one dropped");
+                    return;
+                }
+                let id = InboundId(self.next_inbound);
+                self.next_inbound += 1;
+                self.pending_sync.insert(id, channel);
+                self.emit(Event::SyncRequested { id, peer });
+            }
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        response,
+                        request_id,
+                    },
+                ..
+            } => {
+                let mut updates = Vec::with_capacity(response.updates.len());
+                for signed in response.updates {
+                    match signed.verify(self.dim) {
+                        Ok(v) => {
+                            self.learn_addresses(&v);
+                            updates.push((v, signed));
+                        }
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "invalid update in a sync answer")
+                        }
+                    }
+                }
+                match self.outbound_sync.remove(&request_id) {
+                    Some(reply) => {
+                        let _ = reply.send(Ok(updates));
+                    }
+                    None => self.emit(Event::Synced { peer, updates }),
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                error,
+                request_id,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "sync request failed");
+                if let Some(reply) = self.outbound_sync.remove(&request_id) {
+                    let _ = reply.send(Err(Error::Sync {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "sync answer failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+}
