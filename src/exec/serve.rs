@@ -186,10 +186,26 @@ async fn run(core: &Core, request: &IntentRequest, stream: bool) -> Result<Reply
     Ok(answer.reply)
 }
 
+/// The refusal of a request that could not be read.
+fn unreadable(e: &crate::wire::Error) -> ApiError {
+    ApiError::invalid("body", format!("Invalid forwarded request: {e}."))
+        .code("invalid_forwarded_request")
+}
+
 /// Serves a request a peer sent over `/atmosphere/intent/1.0.0`.
-pub async fn serve_intent(core: &Core, request: IntentRequest) -> IntentResponse {
+pub async fn serve_intent(
+    core: &Core,
+    request: Result<IntentRequest, crate::wire::Error>,
+) -> IntentResponse {
     core.metrics.forward("served");
-    let (status, body) = match run(core, &request, false).await {
+    let ran = match &request {
+        Ok(request) => run(core, request, false).await,
+        Err(e) => {
+            core.metrics.forward("refused");
+            Err(unreadable(e))
+        }
+    };
+    let (status, body) = match ran {
         Ok(Reply::Whole { status, body }) => (status, body.to_vec()),
         Ok(Reply::Stream(_)) => {
             let e = ApiError::internal("serve forwarded", "a stream for a whole request");
@@ -236,9 +252,8 @@ pub async fn serve_stream(core: &Core, peer: PeerId, mut io: libp2p::Stream) {
             Ok(request) => answer_stream(core, &mut io, &request).await,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "invalid forwarded stream request");
-                let err = ApiError::invalid("body", format!("Invalid forwarded request: {e}."))
-                    .code("invalid_forwarded_request");
-                send_whole(&mut io, 400, err.to_bytes().to_vec()).await
+                core.metrics.forward("refused");
+                send_whole(&mut io, 400, unreadable(&e).to_bytes().to_vec()).await
             }
         },
         Ok(Ok(None)) => Ok(()),

@@ -110,7 +110,8 @@ pub struct Setup {
 pub struct Inbound {
     pub id: network::InboundId,
     pub peer: PeerId,
-    pub request: crate::wire::intent::IntentRequest,
+    /// The request, or why it could not be read (answered as a refusal).
+    pub request: Result<crate::wire::intent::IntentRequest, crate::wire::Error>,
 }
 
 /// Forwarded requests waiting to be served; when full, new ones are answered

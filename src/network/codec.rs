@@ -11,6 +11,15 @@ use libp2p::StreamProtocol;
 
 use crate::wire::{self, Message};
 
+/// A request as read from a peer: decoded and checked, or refused with the
+/// reason, so that the node can answer a refusal instead of closing the
+/// stream without a word. (A request over its size limit is not read at all.)
+#[derive(Debug)]
+pub enum Decoded<M> {
+    Valid(M),
+    Refused(wire::Error),
+}
+
 /// Codec for a request type and a response type.
 pub struct Codec<Req, Resp>(PhantomData<fn() -> (Req, Resp)>);
 
@@ -49,15 +58,18 @@ impl<Req: Message + Send + 'static, Resp: Message + Send + 'static> libp2p::requ
     for Codec<Req, Resp>
 {
     type Protocol = StreamProtocol;
-    type Request = Req;
+    type Request = Decoded<Req>;
     type Response = Resp;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Decoded<Req>>
     where
         T: AsyncRead + Unpin + Send,
     {
         let bytes = read_limited(io, Req::MAX_BYTES).await?;
-        Req::decode(&bytes).map_err(invalid)
+        Ok(match Req::decode(&bytes) {
+            Ok(m) => Decoded::Valid(m),
+            Err(e) => Decoded::Refused(e),
+        })
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp>
@@ -68,10 +80,19 @@ impl<Req: Message + Send + 'static, Resp: Message + Send + 'static> libp2p::requ
         Resp::decode(&bytes).map_err(invalid)
     }
 
-    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Req) -> io::Result<()>
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Decoded<Req>,
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
+        let req = match req {
+            Decoded::Valid(m) => m,
+            Decoded::Refused(e) => return Err(invalid(e)),
+        };
         io.write_all(&req.encode().map_err(invalid)?).await?;
         io.close().await
     }

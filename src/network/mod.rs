@@ -12,7 +12,7 @@
 //! table (sync) and hands the verified updates to the node.
 
 mod behaviour;
-mod codec;
+pub(crate) mod codec;
 mod event_loop;
 pub mod frames;
 
@@ -120,11 +120,12 @@ pub enum Event {
         id: InboundId,
         peer: PeerId,
     },
-    /// A peer forwards a request; answer with [`Client::answer_intent`].
+    /// A peer forwards a request (or one that could not be read: answer
+    /// the refusal); answer with [`Client::answer_intent`].
     Intent {
         id: InboundId,
         peer: PeerId,
-        request: IntentRequest,
+        request: Result<IntentRequest, crate::wire::Error>,
     },
     PeerConnected(PeerId),
     PeerDisconnected(PeerId),

@@ -6,6 +6,7 @@ use libp2p::request_response;
 use tokio::sync::oneshot;
 
 use super::EventLoop;
+use crate::network::codec::Decoded;
 use crate::network::{Error, Event, InboundId};
 use crate::wire::intent::{IntentRequest, IntentResponse};
 
@@ -20,7 +21,7 @@ impl EventLoop {
             .swarm
             .behaviour_mut()
             .intent
-            .send_request(&peer, request);
+            .send_request(&peer, Decoded::Valid(request));
         self.outbound_intents.insert(id, (peer, reply));
     }
 
@@ -36,7 +37,7 @@ impl EventLoop {
 
     pub(super) fn on_intent(
         &mut self,
-        event: request_response::Event<IntentRequest, IntentResponse>,
+        event: request_response::Event<Decoded<IntentRequest>, IntentResponse>,
     ) {
         match event {
             request_response::Event::Message {
@@ -50,6 +51,10 @@ impl EventLoop {
                 let id = InboundId(self.next_inbound);
                 self.next_inbound += 1;
                 self.inbound_intents.insert(id, channel);
+                let request = match request {
+                    Decoded::Valid(r) => Ok(r),
+                    Decoded::Refused(e) => Err(e),
+                };
                 self.emit(Event::Intent { id, peer, request });
             }
             request_response::Event::Message {

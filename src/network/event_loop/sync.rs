@@ -6,6 +6,7 @@ use libp2p::identity::PeerId;
 use libp2p::request_response;
 
 use super::{EventLoop, SyncReply};
+use crate::network::codec::Decoded;
 use crate::network::{Error, Event, InboundId};
 use crate::wire::sync::{self, SyncRequest, SyncResponse};
 
@@ -21,9 +22,9 @@ impl EventLoop {
         self.synced.insert(peer);
         self.swarm.behaviour_mut().sync.send_request(
             &peer,
-            SyncRequest {
+            Decoded::Valid(SyncRequest {
                 version: sync::VERSION,
-            },
+            }),
         )
     }
 
@@ -44,13 +45,25 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn on_sync(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
+    pub(super) fn on_sync(
+        &mut self,
+        event: request_response::Event<Decoded<SyncRequest>, SyncResponse>,
+    ) {
         match event {
             request_response::Event::Message {
                 peer,
-                message: request_response::Message::Request { channel, .. },
+                message:
+                    request_response::Message::Request {
+                        channel, request, ..
+                    },
                 ..
             } => {
+                if let Decoded::Refused(e) = request {
+                    // Nothing to answer with: a sync answer is the table.
+                    tracing::debug!(%peer, error = %e, "invalid sync request");
+                    self.metrics.gossip("invalid_sync_request");
+                    return;
+                }
                 if self.pending_sync.len() >= MAX_PENDING_SYNC {
                     tracing::warn!(%peer, "too many sync requests waiting; one dropped");
                     return;

@@ -1,0 +1,345 @@
+//! Forwarded requests as a peer sees them. `/atmosphere/stream/1.0.0`: every
+//! answer, refusals included, is a head, events and an end, then the end of
+//! the stream; a peer that opens streams and sends nothing cannot take the
+//! slots other peers' streamed requests need. `/atmosphere/intent/1.0.0`: a
+//! request that cannot be read is answered with a refusal and its code, not
+//! a closed stream. The peers are bare libp2p swarms with one behaviour each,
+//! as any implementation could be.
+//!
+//! The node half-closes its side after the last frame instead of dropping
+//! the stream (a reset). rust-libp2p's yamux delivers buffered data before a
+//! reset and then reads it as an end, so this peer cannot tell the two
+//! apart; a peer whose library discards data on reset can.
+
+mod common;
+
+use std::time::Duration;
+
+use atmosphere::config::BackendKind;
+use atmosphere::echo::{Echo, Flavour};
+use atmosphere::network::frames;
+use atmosphere::node::Node;
+use atmosphere::wire::Message;
+use atmosphere::wire::intent::{self, IntentRequest, Operation, StreamFrame};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, StreamProtocol, noise, request_response, tcp, yamux};
+use serde_json::{Value, json};
+
+use common::*;
+
+/// Node A: the llama expert (an `llm/chat` capability) on an echo backend.
+async fn farm_node(dir: &std::path::Path) -> Node {
+    let farm = spawn_echo(Echo::new("farm-backend", Flavour::Openai, &["llama3.2"])).await;
+    start(mesh_config(
+        vec![backend("farm", BackendKind::Openai, farm, false)],
+        vec![farm_capabilities("farm").remove(0)],
+        dir,
+        Vec::new(),
+    ))
+    .await
+}
+
+/// A bare peer connected to `addr`; its swarm runs in the background.
+async fn bare_peer(addr: &str) -> libp2p_stream::Control {
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    let control = swarm.behaviour().new_control();
+    swarm
+        .dial(addr.parse::<Multiaddr>().expect("multiaddr"))
+        .expect("dial");
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    control
+}
+
+fn protocol() -> StreamProtocol {
+    StreamProtocol::new(atmosphere::wire::STREAM_PROTOCOL)
+}
+
+fn request(capability: &str, operation: Operation, body: Value) -> Vec<u8> {
+    IntentRequest {
+        version: intent::VERSION,
+        capability: capability.into(),
+        operation,
+        body: serde_json::to_vec(&body).expect("json"),
+        deadline_ms: 10_000,
+        hops: 0,
+    }
+    .encode()
+    .expect("encode")
+}
+
+/// Sends one request frame and reads the answer to its end: the frames, and
+/// whether the stream then ended cleanly (end of stream, not a reset).
+async fn ask(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    bytes: &[u8],
+) -> (Vec<StreamFrame>, bool) {
+    let mut io = control
+        .open_stream(peer, protocol())
+        .await
+        .expect("stream opens");
+    frames::write(&mut io, bytes)
+        .await
+        .expect("request written");
+    io.close().await.expect("our side closed");
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match frames::read(&mut io, intent::MAX_FRAME_BYTES).await {
+                Ok(Some(b)) => got.push(StreamFrame::decode(&b).expect("a valid frame")),
+                Ok(None) => return (got, true),
+                Err(_) => return (got, false),
+            }
+        }
+    })
+    .await
+    .expect("the answer ends in time")
+}
+
+fn error_code(frames: &[StreamFrame]) -> Option<String> {
+    match frames {
+        [
+            StreamFrame::Head { .. },
+            StreamFrame::Event(body),
+            StreamFrame::End,
+        ] => {
+            let v: Value = serde_json::from_slice(body).ok()?;
+            v["error"]["code"].as_str().map(str::to_owned)
+        }
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn every_answer_ends_with_a_clean_close() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = farm_node(dir.path()).await;
+    let peer = a.peer_id;
+    let mut control = bare_peer(&mesh_addr(&a).await).await;
+    let chat = json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}]});
+
+    let (answer, clean) = ask(
+        &mut control,
+        peer,
+        &request("farm/llama-expert", Operation::Chat, chat.clone()),
+    )
+    .await;
+    assert!(
+        matches!(answer.first(), Some(StreamFrame::Head { status: 200 })),
+        "{answer:?}"
+    );
+    assert!(answer.iter().any(|f| matches!(f, StreamFrame::Event(_))));
+    assert_eq!(answer.last(), Some(&StreamFrame::End));
+    assert!(clean, "the stream ends after End");
+
+    let cases = [
+        (b"\x07garbage".to_vec(), "invalid_forwarded_request"),
+        (
+            request("farm/nobody", Operation::Chat, chat.clone()),
+            "model_not_found",
+        ),
+        (
+            request(
+                "farm/llama-expert",
+                Operation::Embeddings,
+                json!({"input": "hi"}),
+            ),
+            "wrong_capability_kind",
+        ),
+    ];
+    for (bytes, code) in cases {
+        let (answer, clean) = ask(&mut control, peer, &bytes).await;
+        assert_eq!(error_code(&answer).as_deref(), Some(code), "{answer:?}");
+        assert!(clean, "a refusal ends the stream too: {code}");
+    }
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn silent_streams_from_one_peer_do_not_block_another_peers_forward() {
+    let da = tempfile::tempdir().expect("tempdir");
+    let db = tempfile::tempdir().expect("tempdir");
+    let a = farm_node(da.path()).await;
+    let addr = mesh_addr(&a).await;
+    let mut control = bare_peer(&addr).await;
+    // 100 streams that never send their request, held open.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            control.open_stream(a.peer_id, protocol()),
+        )
+        .await
+        {
+            held.push(s);
+        }
+    }
+    let b = start(mesh_config(Vec::new(), Vec::new(), db.path(), vec![addr])).await;
+    eventually("b learns the llama expert", || async {
+        b.catalog
+            .table()
+            .entries()
+            .iter()
+            .any(|e| e.capability.id.as_str() == "farm/llama-expert")
+    })
+    .await;
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", b.http_addr))
+        .json(&json!({"model": "farm/llama-expert", "stream": true,
+            "messages": [{"role": "user", "content": "How do I care for my llama?"}]}))
+        .send()
+        .await
+        .expect("b answers");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["x-atmosphere-node"],
+        a.peer_id.to_base58().as_str()
+    );
+    let text = resp.text().await.expect("body");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(
+        metric(&a, "atmosphere_forwards_total{result=\"stream_refused\"}").await >= 50,
+        "most of the silent streams were refused at once"
+    );
+    drop(held);
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+/// Request-response with raw bytes, to send what a node would never send.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        io.read_to_end(&mut buf).await?;
+        Ok(buf)
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        io.take(1 << 20).read_to_end(&mut buf).await?;
+        Ok(buf)
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> std::io::Result<()> {
+        io.write_all(&req).await?;
+        io.close().await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        resp: Vec<u8>,
+    ) -> std::io::Result<()> {
+        io.write_all(&resp).await?;
+        io.close().await
+    }
+}
+
+#[tokio::test]
+async fn unreadable_intents_are_refused_with_a_code() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = farm_node(dir.path()).await;
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                RawCodec,
+                [(
+                    StreamProtocol::new(atmosphere::wire::INTENT_PROTOCOL),
+                    request_response::ProtocolSupport::Outbound,
+                )],
+                request_response::Config::default(),
+            )
+        })
+        .expect("behaviour")
+        .build();
+    swarm
+        .dial(mesh_addr(&a).await.parse::<Multiaddr>().expect("multiaddr"))
+        .expect("dial");
+    let chat = json!({"messages": [{"role": "user", "content": "hi"}]});
+    // The last byte of an encoded request is its hops; the first its version.
+    let valid = request("farm/llama-expert", Operation::Chat, chat);
+    let mut too_many_hops = valid.clone();
+    *too_many_hops.last_mut().expect("bytes") = intent::MAX_HOPS + 5;
+    let mut bad_version = valid.clone();
+    bad_version[0] = 9;
+    let mut trailing = valid.clone();
+    trailing.push(0);
+    for bytes in [
+        b"\x01\x02garbage".to_vec(),
+        too_many_hops,
+        bad_version,
+        trailing,
+    ] {
+        swarm.behaviour_mut().send_request(&a.peer_id, bytes);
+        let answer = tokio::time::timeout(WAIT, async {
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::Behaviour(request_response::Event::Message {
+                        message: request_response::Message::Response { response, .. },
+                        ..
+                    }) => return Ok(response),
+                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                        error,
+                        ..
+                    }) => {
+                        return Err(error.to_string());
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("answered in time")
+        .expect("an answer, not a closed stream");
+        let response = intent::IntentResponse::decode(&answer).expect("an intent response");
+        assert_eq!(response.status, 400);
+        let v: Value = serde_json::from_slice(&response.body).expect("error JSON");
+        assert_eq!(v["error"]["code"], "invalid_forwarded_request", "{v}");
+    }
+    assert!(metric(&a, "atmosphere_forwards_total{result=\"refused\"}").await >= 4);
+    a.shutdown().await;
+}
