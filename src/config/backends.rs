@@ -1,0 +1,127 @@
+//! `[[backend]]` and `[[capability]]`: the servers that run requests and
+//! the capabilities this node offers on them.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::capability::{CapabilityId, Kind};
+
+/// The protocol a backend speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// OpenAI-compatible: vLLM, llama.cpp server, LM Studio, OpenAI.
+    Openai,
+    /// Ollama (`/api/tags`, chat through its `/v1`).
+    Ollama,
+    /// LlamaFarm (projects under `/v1/projects/{namespace}`).
+    Llamafarm,
+    /// Anthropic's Messages API (`/v1/messages`), translated to and from
+    /// OpenAI's chat shape.
+    Anthropic,
+}
+
+/// `[[backend]]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Name capabilities refer to.
+    pub name: String,
+    /// Protocol spoken by the backend.
+    pub kind: BackendKind,
+    /// Base URL, e.g. `http://127.0.0.1:11434`.
+    pub url: String,
+    /// Turn the backend's models (or projects) into capabilities.
+    #[serde(default)]
+    pub discover: bool,
+    /// Bearer token sent to the backend; `env:NAME` reads it from the environment.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// LlamaFarm namespace to list.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// How often models are listed again (also the health probe).
+    #[serde(default = "default_refresh", with = "humantime_serde")]
+    pub refresh: Duration,
+    /// Time to connect.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for the response head, and between two streamed chunks.
+    #[serde(default = "default_backend_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl BackendConfig {
+    /// A backend with the defaults of every optional key.
+    pub fn new(name: &str, kind: BackendKind, url: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            kind,
+            url: url.to_owned(),
+            discover: false,
+            api_key: None,
+            namespace: default_namespace(),
+            refresh: default_refresh(),
+            connect_timeout: default_connect_timeout(),
+            timeout: default_backend_timeout(),
+        }
+    }
+}
+
+impl BackendKind {
+    /// The name used in the config (`kind = "..."`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Openai => "openai",
+            BackendKind::Ollama => "ollama",
+            BackendKind::Llamafarm => "llamafarm",
+            BackendKind::Anthropic => "anthropic",
+        }
+    }
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+fn default_refresh() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_backend_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+/// `[[capability]]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapabilityConfig {
+    /// `namespace/name`, unique on this node.
+    pub id: CapabilityId,
+    /// What it does, e.g. `llm/chat`.
+    #[serde(default = "default_kind")]
+    pub kind: Kind,
+    /// Subject area, e.g. `camelids`.
+    #[serde(default)]
+    pub domain: String,
+    /// Keywords.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// One or two sentences on what it is good at.
+    #[serde(default)]
+    pub description: String,
+    /// Requests it should receive; the strongest routing signal.
+    #[serde(default)]
+    pub examples: Vec<String>,
+    /// Name of the `[[backend]]` that runs it.
+    pub backend: String,
+    /// Model name at the backend; defaults to the id's name part.
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+fn default_kind() -> Kind {
+    Kind::chat()
+}
