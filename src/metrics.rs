@@ -49,6 +49,7 @@ pub struct Metrics {
     pub backend_errors: Family<BackendErrorLabels, Counter>,
     pub capabilities: Gauge,
     pub gossip_updates: Family<ResultLabel, Counter>,
+    pub syncs: Family<ResultLabel, Counter>,
     pub peers: Gauge,
     pub remote_origins: Gauge,
     pub forwards: Family<ResultLabel, Counter>,
@@ -108,6 +109,12 @@ impl Default for Metrics {
             "Capabilities in the route table",
             capabilities.clone(),
         );
+        let syncs = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "sync",
+            "Table syncs, by result (answered, received, failed, invalid_request, invalid_update, busy)",
+            syncs.clone(),
+        );
         let gossip_updates = Family::<ResultLabel, Counter>::default();
         registry.register(
             "gossip_updates",
@@ -153,6 +160,7 @@ impl Default for Metrics {
             forwards,
             lookups,
             gossip_updates,
+            syncs,
             peers,
             remote_origins,
             requests,
@@ -178,6 +186,14 @@ impl Metrics {
 
     pub fn gossip(&self, result: &str) {
         self.gossip_updates
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn sync(&self, result: &str) {
+        self.syncs
             .get_or_create(&ResultLabel {
                 result: result.to_owned(),
             })

@@ -343,3 +343,76 @@ async fn unreadable_intents_are_refused_with_a_code() {
     assert!(metric(&a, "atmosphere_forwards_total{result=\"refused\"}").await >= 4);
     a.shutdown().await;
 }
+
+#[tokio::test]
+async fn sync_requests_are_answered_and_unreadable_ones_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = farm_node(dir.path()).await;
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                RawCodec,
+                [(
+                    StreamProtocol::new(atmosphere::wire::SYNC_PROTOCOL),
+                    request_response::ProtocolSupport::Outbound,
+                )],
+                request_response::Config::default(),
+            )
+        })
+        .expect("behaviour")
+        .build();
+    swarm
+        .dial(mesh_addr(&a).await.parse::<Multiaddr>().expect("multiaddr"))
+        .expect("dial");
+    let valid = atmosphere::wire::sync::SyncRequest {
+        version: atmosphere::wire::sync::VERSION,
+    }
+    .encode()
+    .expect("encode");
+    let mut answers = Vec::new();
+    for bytes in [valid, b"\x09garbage".to_vec()] {
+        swarm.behaviour_mut().send_request(&a.peer_id, bytes);
+        let answer = tokio::time::timeout(WAIT, async {
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::Behaviour(request_response::Event::Message {
+                        message: request_response::Message::Response { response, .. },
+                        ..
+                    }) => return Ok(response),
+                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                        error,
+                        ..
+                    }) => {
+                        return Err(error.to_string());
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("the exchange ends in time");
+        answers.push(answer);
+    }
+    let table =
+        atmosphere::wire::sync::SyncResponse::decode(answers[0].as_ref().expect("answered"))
+            .expect("a sync response");
+    assert_eq!(table.updates.len(), 1, "the node's own update");
+    assert!(
+        answers[1].as_ref().is_err() || answers[1].as_ref().is_ok_and(Vec::is_empty),
+        "no table for an unreadable request: {:?}",
+        answers[1]
+    );
+    eventually("both counted", || async {
+        metric(&a, "atmosphere_sync_total{result=\"answered\"}").await >= 1
+            && metric(&a, "atmosphere_sync_total{result=\"invalid_request\"}").await == 1
+    })
+    .await;
+    a.shutdown().await;
+}

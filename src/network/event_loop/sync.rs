@@ -61,11 +61,12 @@ impl EventLoop {
                 if let Decoded::Refused(e) = request {
                     // Nothing to answer with: a sync answer is the table.
                     tracing::debug!(%peer, error = %e, "invalid sync request");
-                    self.metrics.gossip("invalid_sync_request");
+                    self.metrics.sync("invalid_request");
                     return;
                 }
                 if self.pending_sync.len() >= MAX_PENDING_SYNC {
                     tracing::warn!(%peer, "too many sync requests waiting; one dropped");
+                    self.metrics.sync("busy");
                     return;
                 }
                 let id = InboundId(self.next_inbound);
@@ -82,6 +83,7 @@ impl EventLoop {
                     },
                 ..
             } => {
+                self.metrics.sync("received");
                 let mut updates = Vec::with_capacity(response.updates.len());
                 for signed in response.updates {
                     match signed.verify(self.dim) {
@@ -90,7 +92,8 @@ impl EventLoop {
                             updates.push((v, signed));
                         }
                         Err(e) => {
-                            tracing::debug!(%peer, error = %e, "invalid update in a sync answer")
+                            tracing::debug!(%peer, error = %e, "invalid update in a sync answer");
+                            self.metrics.sync("invalid_update");
                         }
                     }
                 }
@@ -108,6 +111,7 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(%peer, %error, "sync request failed");
+                self.metrics.sync("failed");
                 if let Some(reply) = self.outbound_sync.remove(&request_id) {
                     let _ = reply.send(Err(Error::Sync {
                         peer,
@@ -118,7 +122,7 @@ impl EventLoop {
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "sync answer failed");
             }
-            request_response::Event::ResponseSent { .. } => {}
+            request_response::Event::ResponseSent { .. } => self.metrics.sync("answered"),
         }
     }
 }
