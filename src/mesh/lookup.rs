@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Task;
 use crate::routing::Entry;
+use crate::wire::kad;
 use crate::wire::route::{SignedRouteUpdate, Verified};
 
 /// Longest a provider lookup may hold up the request that needed it: the DHT
@@ -36,15 +37,12 @@ pub struct Wanted {
 impl Wanted {
     pub fn kind(kind: &str) -> Self {
         Self {
-            keys: vec![format!("kind:{kind}")],
+            keys: vec![kad::kind_text(kind)],
         }
     }
 
     pub fn and_domain(mut self, domain: &str) -> Self {
-        let d = domain.trim().to_lowercase();
-        if !d.is_empty() {
-            self.keys.push(format!("domain:{d}"));
-        }
+        self.keys.extend(kad::domain_text(domain));
         self
     }
 }
@@ -117,10 +115,7 @@ impl Task {
         if texts == self.provided {
             return;
         }
-        let keys = texts
-            .iter()
-            .map(|t| libp2p::kad::RecordKey::new(&crate::wire::kad::key_bytes(t)))
-            .collect();
+        let keys = texts.iter().map(|t| kad::record_key(t)).collect();
         if self.setup.client.provide(keys).await.is_ok() {
             tracing::debug!(keys = ?texts, "providing capability keys");
             self.provided = texts;
@@ -162,11 +157,7 @@ impl Task {
         skip.extend(self.unreachable.keys().copied());
         let found_tx = self.found_tx.clone();
         tokio::spawn(async move {
-            let keys = wanted
-                .keys
-                .iter()
-                .map(|t| libp2p::kad::RecordKey::new(&crate::wire::kad::key_bytes(t)))
-                .collect();
+            let keys = wanted.keys.iter().map(|t| kad::record_key(t)).collect();
             let providers = tokio::time::timeout(LOOKUP_WAIT, client.lookup(keys))
                 .await
                 .ok()

@@ -22,18 +22,37 @@ pub fn key_bytes(text: &str) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-/// The key of a capability kind, e.g. `kind:llm/chat`.
-pub fn kind_key(kind: &str) -> RecordKey {
-    RecordKey::new(&key_bytes(&format!("kind:{kind}")))
+/// The key text of a capability kind, e.g. `kind:llm/chat`; kinds are
+/// normalised like domains (`llm/Chat` and `llm/chat` are one key).
+pub fn kind_text(kind: &str) -> String {
+    format!("kind:{}", normalised(kind))
 }
 
-/// The key of a domain, e.g. `domain:camelids`; domains are compared without
-/// regard to case or surrounding space.
+/// The key text of a domain, e.g. `domain:camelids`; `None` for no domain.
+pub fn domain_text(domain: &str) -> Option<String> {
+    let d = normalised(domain);
+    (!d.is_empty()).then(|| format!("domain:{d}"))
+}
+
+/// The DHT key of a key text.
+pub fn record_key(text: &str) -> RecordKey {
+    RecordKey::new(&key_bytes(text))
+}
+
+/// The key of a capability kind.
+pub fn kind_key(kind: &str) -> RecordKey {
+    record_key(&kind_text(kind))
+}
+
+/// Trimmed and lower-cased: the form key texts are hashed in.
+fn normalised(text: &str) -> String {
+    text.trim().to_lowercase()
+}
+
+/// The key of a domain; domains are compared without regard to case or
+/// surrounding space.
 pub fn domain_key(domain: &str) -> RecordKey {
-    RecordKey::new(&key_bytes(&format!(
-        "domain:{}",
-        domain.trim().to_lowercase()
-    )))
+    record_key(&format!("domain:{}", normalised(domain)))
 }
 
 #[cfg(test)]
@@ -46,6 +65,7 @@ mod tests {
         assert_eq!(k.len(), 34);
         assert_eq!(&k[..2], &[0x12, 0x20]);
         assert_eq!(kind_key("llm/chat").to_vec(), k);
+        assert_eq!(kind_key(" llm/Chat").to_vec(), k);
         assert_eq!(
             domain_key(" Camelids ").to_vec(),
             key_bytes("domain:camelids")
