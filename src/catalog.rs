@@ -73,11 +73,12 @@ pub struct Setup {
 }
 
 /// Builds the first table (config capabilities plus one discovery round, bounded
-/// by [`FIRST_ROUND_LIMIT`]) and starts the probes and the owner task.
+/// by [`FIRST_ROUND_LIMIT`]) and starts the probes and the owner task; their
+/// handles come back with the catalog (they end when `cancel` is).
 pub async fn start(
     setup: Setup,
     cancel: CancellationToken,
-) -> Result<Catalog, crate::embed::Error> {
+) -> Result<(Catalog, Vec<tokio::task::JoinHandle<()>>), crate::embed::Error> {
     // Embedded once: what generic requests score is measured against it.
     let background = setup.embedder.embed(fit::background_texts()).await?;
     let mut owner = Owner {
@@ -109,16 +110,21 @@ pub async fn start(
         remote_generation: owner.remote_generation.subscribe(),
     };
     let (tx, rx) = mpsc::channel(UPDATE_CAPACITY);
-    for backend in &owner.setup.backends {
-        tokio::spawn(probe_loop(
-            backend.clone(),
-            tx.clone(),
-            cancel.child_token(),
-        ));
-    }
+    let mut tasks: Vec<_> = owner
+        .setup
+        .backends
+        .iter()
+        .map(|backend| {
+            tokio::spawn(probe_loop(
+                backend.clone(),
+                tx.clone(),
+                cancel.child_token(),
+            ))
+        })
+        .collect();
     drop(tx);
-    tokio::spawn(owner.run(catalog.clone(), rx, cancel));
-    Ok(catalog)
+    tasks.push(tokio::spawn(owner.run(catalog.clone(), rx, cancel)));
+    Ok((catalog, tasks))
 }
 
 /// Lists a backend's models when it discovers, or just checks it answers.

@@ -45,6 +45,9 @@ pub struct Node {
     app: axum::Router,
     cancel: CancellationToken,
     server: JoinHandle<()>,
+    /// The catalog's probes and owner, and the loops serving peers' requests:
+    /// they end with `cancel`.
+    tasks: Vec<JoinHandle<()>>,
     mesh: Option<MeshTasks>,
 }
 
@@ -111,7 +114,7 @@ impl Node {
             mesh_lookups = Some(lookups);
         }
 
-        let catalog = catalog::start(
+        let (catalog, mut tasks) = catalog::start(
             catalog::Setup {
                 configured: config.capabilities.clone(),
                 backends: backends.values().cloned().collect(),
@@ -137,18 +140,18 @@ impl Node {
             lookups: mesh_lookups,
         });
         if let Some(client) = &network_client {
-            tokio::spawn(exec::serve_intents(
+            tasks.push(tokio::spawn(exec::serve_intents(
                 core.clone(),
                 client.clone(),
                 intents_rx,
                 cancel.child_token(),
-            ));
+            )));
             let incoming = client.accept_streams()?;
-            tokio::spawn(exec::serve_streams(
+            tasks.push(tokio::spawn(exec::serve_streams(
                 core.clone(),
                 incoming,
                 cancel.child_token(),
-            ));
+            )));
         }
         let state = AppState::new(http::Inner {
             http: config.http.clone(),
@@ -182,6 +185,7 @@ impl Node {
             app,
             cancel,
             server,
+            tasks,
             mesh: mesh_tasks,
         })
     }
@@ -196,6 +200,9 @@ impl Node {
     pub async fn shutdown(self) {
         self.cancel.cancel();
         let _ = self.server.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
         if let Some(m) = self.mesh {
             let _ = m.mesh.await;
             m.network_cancel.cancel();
