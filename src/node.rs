@@ -73,45 +73,19 @@ impl Node {
         let (local_tx, local_rx) = watch::channel(Arc::new(Vec::new()));
         let (intents_tx, intents_rx) = mpsc::channel(mesh::INBOUND_CAPACITY);
         let mut mesh_tasks = None;
-        let mut network_client = None;
-        let mut remote_view = None;
-        let mut mesh_lookups = None;
+        let mut link = None;
         if config.mesh.enabled {
-            let network_cancel = CancellationToken::new();
-            let net_config = network::Config {
-                listen: MeshConfig::addrs(&config.mesh.listen)?,
-                bootstrap: MeshConfig::addrs(&config.mesh.bootstrap)?,
-                external: MeshConfig::addrs(&config.mesh.external)?,
-                mdns: config.mesh.mdns,
-                node_name: config.node.name.clone(),
-                dim: embedder.dim(),
-                idle_timeout: config.mesh.idle_timeout,
-                metrics: metrics.clone(),
-            };
-            let (client, events, network_task) =
-                network::spawn(&keypair, net_config, network_cancel.clone())?;
-            let (view, lookups, mesh_task) = mesh::start(
-                mesh::Setup {
-                    key: keypair.clone(),
-                    client: client.clone(),
-                    events,
-                    local: local_rx,
-                    node_name: config.node.name.clone(),
-                    ttl: config.mesh.ttl,
-                    dim: embedder.dim(),
-                    metrics: metrics.clone(),
-                    intents: intents_tx,
-                },
-                cancel.child_token(),
-            );
-            mesh_tasks = Some(MeshTasks {
-                mesh: mesh_task,
-                network: network_task,
-                network_cancel,
-            });
-            network_client = Some(client);
-            remote_view = Some(view);
-            mesh_lookups = Some(lookups);
+            let (l, t) = start_mesh(
+                &config,
+                &keypair,
+                embedder.dim(),
+                &metrics,
+                local_rx,
+                intents_tx,
+                &cancel,
+            )?;
+            link = Some(l);
+            mesh_tasks = Some(t);
         }
 
         let (catalog, mut tasks) = catalog::start(
@@ -123,7 +97,7 @@ impl Node {
                 node_id: peer_id.to_base58(),
                 metrics: metrics.clone(),
                 local_out: local_tx,
-                remote: remote_view.clone(),
+                remote: link.as_ref().map(|l: &exec::Mesh| l.view.clone()),
             },
             cancel.child_token(),
         )
@@ -136,10 +110,9 @@ impl Node {
             backends,
             metrics,
             request_timeout: config.http.request_timeout,
-            network: network_client.clone(),
-            lookups: mesh_lookups,
+            mesh: link.clone(),
         });
-        if let Some(client) = &network_client {
+        if let Some(client) = link.as_ref().map(|l| &l.client) {
             tasks.push(tokio::spawn(exec::serve_intents(
                 core.clone(),
                 client.clone(),
@@ -160,7 +133,6 @@ impl Node {
             node_name: config.node.name.clone(),
             started_unix: http::unix_now(),
             started: Instant::now(),
-            mesh: remote_view,
         });
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
@@ -181,7 +153,7 @@ impl Node {
             http_addr,
             peer_id,
             catalog,
-            network: network_client,
+            network: link.map(|l| l.client),
             app,
             cancel,
             server,
@@ -210,4 +182,57 @@ impl Node {
         }
         tracing::info!("node stopped");
     }
+}
+
+/// Starts the network and the mesh task: the core's way into the mesh, and
+/// the tasks to stop on shutdown.
+fn start_mesh(
+    config: &Config,
+    keypair: &libp2p::identity::Keypair,
+    dim: usize,
+    metrics: &Arc<Metrics>,
+    local: watch::Receiver<Arc<Vec<crate::routing::Entry>>>,
+    intents: mpsc::Sender<mesh::Inbound>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(exec::Mesh, MeshTasks)> {
+    let network_cancel = CancellationToken::new();
+    let net_config = network::Config {
+        listen: MeshConfig::addrs(&config.mesh.listen)?,
+        bootstrap: MeshConfig::addrs(&config.mesh.bootstrap)?,
+        external: MeshConfig::addrs(&config.mesh.external)?,
+        mdns: config.mesh.mdns,
+        node_name: config.node.name.clone(),
+        dim,
+        idle_timeout: config.mesh.idle_timeout,
+        metrics: metrics.clone(),
+    };
+    let (client, events, network_task) =
+        network::spawn(keypair, net_config, network_cancel.clone())?;
+    let (view, lookups, mesh_task) = mesh::start(
+        mesh::Setup {
+            key: keypair.clone(),
+            client: client.clone(),
+            events,
+            local,
+            node_name: config.node.name.clone(),
+            ttl: config.mesh.ttl,
+            dim,
+            metrics: metrics.clone(),
+            intents,
+        },
+        cancel.child_token(),
+    );
+    let tasks = MeshTasks {
+        mesh: mesh_task,
+        network: network_task,
+        network_cancel,
+    };
+    Ok((
+        exec::Mesh {
+            client,
+            lookups,
+            view,
+        },
+        tasks,
+    ))
 }

@@ -32,7 +32,7 @@ pub(super) async fn forward(
     target: Target,
     request: Request,
 ) -> Result<Answer, ApiError> {
-    let Some(client) = core.network.clone() else {
+    let Some(client) = core.mesh.as_ref().map(|m| m.client.clone()) else {
         return Err(ApiError::internal(
             "forward",
             "remote entry without a network",

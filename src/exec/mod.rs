@@ -41,10 +41,19 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
     /// Longest wait for an answer's head (and a whole answer), end to end.
     pub request_timeout: Duration,
-    /// The network, when the node is part of a mesh.
-    pub network: Option<crate::network::Client>,
-    /// DHT provider lookups, when the node is part of a mesh.
-    pub lookups: Option<crate::mesh::Lookups>,
+    /// The way into the mesh, when the node is part of one.
+    pub mesh: Option<Mesh>,
+}
+
+/// What the core uses of the mesh.
+#[derive(Clone)]
+pub struct Mesh {
+    /// The network: forwards, streams, peers.
+    pub client: crate::network::Client,
+    /// DHT provider lookups.
+    pub lookups: crate::mesh::Lookups,
+    /// What other nodes offer, as last changed.
+    pub view: tokio::sync::watch::Receiver<crate::mesh::View>,
 }
 
 /// The request core; cheap to clone.

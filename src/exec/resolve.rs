@@ -89,13 +89,13 @@ impl Core {
         let mut decision = rank();
         if decision.outcome != Outcome::Matched
             && need == Need::Text
-            && let Some(lookups) = &self.lookups
+            && let Some(mesh) = &self.mesh
         {
             let mut wanted = Wanted::kind(Kind::chat().as_str());
             if let Some(near) = decision.candidates.iter().find(|c| c.eligible) {
                 wanted = wanted.and_domain(&near.domain);
             }
-            let found = lookups.discover(wanted).await;
+            let found = mesh.lookups.discover(wanted).await;
             if found.changed && self.catalog.caught_up(found.generation, LOOKUP_WAIT).await {
                 decision = rank();
             }

@@ -127,7 +127,7 @@ pub async fn route(
 
 /// `GET /v1/mesh/peers`: connected peers and this node's listen addresses.
 pub async fn peers(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let Some(client) = &state.core.network else {
+    let Some(client) = state.core.mesh.as_ref().map(|m| &m.client) else {
         return Ok(Json(
             json!({"object": "list", "mesh": false, "peer_id": state.node_id, "listen": [], "data": []}),
         ));
@@ -158,10 +158,12 @@ pub async fn capabilities(State(state): State<AppState>) -> Json<Value> {
     let table = state.core.catalog.table();
     let up = state.core.available();
     let origins: std::collections::HashMap<String, (u64, u64, String)> = state
+        .core
         .mesh
         .as_ref()
         .map(|m| {
-            m.borrow()
+            m.view
+                .borrow()
                 .origins
                 .iter()
                 .map(|o| {

@@ -38,8 +38,6 @@ pub struct Inner {
     /// Unix seconds at start, reported as `created` of models.
     pub started_unix: u64,
     pub started: Instant,
-    /// What other nodes offer, when the node is part of a mesh.
-    pub mesh: Option<tokio::sync::watch::Receiver<crate::mesh::View>>,
 }
 
 impl AppState {
