@@ -222,6 +222,64 @@ async fn silent_streams_from_one_peer_do_not_block_another_peers_forward() {
     a.shutdown().await;
 }
 
+type RawPeer = libp2p::Swarm<request_response::Behaviour<RawCodec>>;
+
+/// A bare request-response peer speaking `protocol` with raw bytes, dialling `node`.
+async fn raw_peer(node: &Node, protocol: &'static str) -> RawPeer {
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                RawCodec,
+                [(
+                    StreamProtocol::new(protocol),
+                    request_response::ProtocolSupport::Outbound,
+                )],
+                request_response::Config::default(),
+            )
+        })
+        .expect("behaviour")
+        .build();
+    swarm
+        .dial(
+            mesh_addr(node)
+                .await
+                .parse::<Multiaddr>()
+                .expect("multiaddr"),
+        )
+        .expect("dial");
+    swarm
+}
+
+/// Sends one request; its answer, or why none came (the stream closed).
+async fn exchange(swarm: &mut RawPeer, peer: PeerId, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    swarm.behaviour_mut().send_request(&peer, bytes);
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. },
+                    ..
+                }) => return Ok(response),
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    error, ..
+                }) => {
+                    return Err(error.to_string());
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the exchange ends in time")
+}
+
 /// Request-response with raw bytes, to send what a node would never send.
 #[derive(Clone, Default)]
 struct RawCodec;
@@ -276,29 +334,7 @@ impl request_response::Codec for RawCodec {
 async fn unreadable_intents_are_refused_with_a_code() {
     let dir = tempfile::tempdir().expect("tempdir");
     let a = farm_node(dir.path()).await;
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .expect("tcp")
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                RawCodec,
-                [(
-                    StreamProtocol::new(atmosphere::wire::INTENT_PROTOCOL),
-                    request_response::ProtocolSupport::Outbound,
-                )],
-                request_response::Config::default(),
-            )
-        })
-        .expect("behaviour")
-        .build();
-    swarm
-        .dial(mesh_addr(&a).await.parse::<Multiaddr>().expect("multiaddr"))
-        .expect("dial");
+    let mut swarm = raw_peer(&a, atmosphere::wire::INTENT_PROTOCOL).await;
     let chat = json!({"messages": [{"role": "user", "content": "hi"}]});
     // The last byte of an encoded request is its hops; the first its version.
     let valid = request("farm/llama-expert", Operation::Chat, chat);
@@ -314,27 +350,9 @@ async fn unreadable_intents_are_refused_with_a_code() {
         bad_version,
         trailing,
     ] {
-        swarm.behaviour_mut().send_request(&a.peer_id, bytes);
-        let answer = tokio::time::timeout(WAIT, async {
-            loop {
-                match swarm.select_next_some().await {
-                    SwarmEvent::Behaviour(request_response::Event::Message {
-                        message: request_response::Message::Response { response, .. },
-                        ..
-                    }) => return Ok(response),
-                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
-                        error,
-                        ..
-                    }) => {
-                        return Err(error.to_string());
-                    }
-                    _ => {}
-                }
-            }
-        })
-        .await
-        .expect("answered in time")
-        .expect("an answer, not a closed stream");
+        let answer = exchange(&mut swarm, a.peer_id, bytes)
+            .await
+            .expect("an answer, not a closed stream");
         let response = intent::IntentResponse::decode(&answer).expect("an intent response");
         assert_eq!(response.status, 400);
         let v: Value = serde_json::from_slice(&response.body).expect("error JSON");
@@ -348,29 +366,7 @@ async fn unreadable_intents_are_refused_with_a_code() {
 async fn sync_requests_are_answered_and_unreadable_ones_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let a = farm_node(dir.path()).await;
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .expect("tcp")
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                RawCodec,
-                [(
-                    StreamProtocol::new(atmosphere::wire::SYNC_PROTOCOL),
-                    request_response::ProtocolSupport::Outbound,
-                )],
-                request_response::Config::default(),
-            )
-        })
-        .expect("behaviour")
-        .build();
-    swarm
-        .dial(mesh_addr(&a).await.parse::<Multiaddr>().expect("multiaddr"))
-        .expect("dial");
+    let mut swarm = raw_peer(&a, atmosphere::wire::SYNC_PROTOCOL).await;
     let valid = atmosphere::wire::sync::SyncRequest {
         version: atmosphere::wire::sync::VERSION,
     }
@@ -378,27 +374,7 @@ async fn sync_requests_are_answered_and_unreadable_ones_counted() {
     .expect("encode");
     let mut answers = Vec::new();
     for bytes in [valid, b"\x09garbage".to_vec()] {
-        swarm.behaviour_mut().send_request(&a.peer_id, bytes);
-        let answer = tokio::time::timeout(WAIT, async {
-            loop {
-                match swarm.select_next_some().await {
-                    SwarmEvent::Behaviour(request_response::Event::Message {
-                        message: request_response::Message::Response { response, .. },
-                        ..
-                    }) => return Ok(response),
-                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
-                        error,
-                        ..
-                    }) => {
-                        return Err(error.to_string());
-                    }
-                    _ => {}
-                }
-            }
-        })
-        .await
-        .expect("the exchange ends in time");
-        answers.push(answer);
+        answers.push(exchange(&mut swarm, a.peer_id, bytes).await);
     }
     let table =
         atmosphere::wire::sync::SyncResponse::decode(answers[0].as_ref().expect("answered"))

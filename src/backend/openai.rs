@@ -12,7 +12,7 @@ use crate::capability::CapabilityId;
 pub struct OpenAi;
 
 /// The API root: the base itself if it ends in `/v1`, else `base/v1`.
-fn api_root(base: &Url) -> Url {
+pub(super) fn api_root(base: &Url) -> Url {
     if base.path().trim_end_matches('/').ends_with("/v1") {
         base.clone()
     } else {

@@ -7,14 +7,16 @@
 mod messages;
 mod stream;
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
 use reqwest::Url;
 use serde_json::{Map, Value, json};
 
-use super::names::describe_model;
+use super::openai::{OpenAi, api_root};
 use super::sse::Translate;
 use super::{Adapter, Discovered, Op, join};
-use crate::capability::{CapabilityId, Kind};
+use crate::capability::Kind;
 use messages::{chat_completion, messages_request};
 use stream::Chunks;
 
@@ -23,48 +25,28 @@ const API_VERSION: &str = "2023-06-01";
 
 pub struct Anthropic;
 
-/// The API root: the base itself if it ends in `/v1`, else `base/v1`.
-fn api_root(base: &Url) -> Url {
-    if base.path().trim_end_matches('/').ends_with("/v1") {
-        base.clone()
-    } else {
-        join(base, "v1")
-    }
-}
-
 impl Adapter for Anthropic {
     fn discovery_url(&self, base: &Url) -> Url {
         join(&api_root(base), "models")
     }
 
+    /// The same list as OpenAI's `/v1/models`; every model chats, and its
+    /// display name leads its description.
     fn parse_discovery(&self, backend: &str, body: &Value) -> Result<Vec<Discovered>, String> {
-        let data = body
-            .get("data")
-            .and_then(Value::as_array)
-            .ok_or("expected {\"data\": [...]} from /v1/models")?;
-        let mut out = Vec::new();
-        for model in data {
-            let Some(name) = model.get("id").and_then(Value::as_str) else {
-                continue;
-            };
-            let Ok(id) = CapabilityId::sanitized(backend, name) else {
-                continue;
-            };
-            let (mut description, domain, topics) = describe_model(name, backend, None);
-            if let Some(display) = model.get("display_name").and_then(Value::as_str) {
-                description = format!("{display}: {description}");
+        let mut found = OpenAi.parse_discovery(backend, body)?;
+        let display: HashMap<&str, &str> = body["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| Some((m.get("id")?.as_str()?, m.get("display_name")?.as_str()?)))
+            .collect();
+        for d in &mut found {
+            d.kind = Kind::chat();
+            if let Some(name) = display.get(d.model.as_str()) {
+                d.description = format!("{name}: {}", d.description);
             }
-            out.push(Discovered {
-                id,
-                model: name.to_owned(),
-                kind: Kind::chat(),
-                description,
-                domain,
-                topics,
-                revision: String::new(),
-            });
         }
-        Ok(out)
+        Ok(found)
     }
 
     fn endpoint(&self, base: &Url, op: Op, _model: &str) -> Option<Url> {
