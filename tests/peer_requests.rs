@@ -127,7 +127,7 @@ fn error_code(frames: &[StreamFrame]) -> Option<String> {
 }
 
 #[tokio::test]
-async fn every_answer_ends_with_a_clean_close() {
+async fn every_answer_and_refusal_is_framed_to_its_end() {
     let dir = tempfile::tempdir().expect("tempdir");
     let a = farm_node(dir.path()).await;
     let peer = a.peer_id;
