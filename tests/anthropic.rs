@@ -143,6 +143,18 @@ fn anthropic_backend(addr: std::net::SocketAddr, key: &str) -> BackendConfig {
     }
 }
 
+/// A node offering `claude/chat` (the server's model) on `backend`.
+async fn claude_chat_node(backend: BackendConfig, dir: &std::path::Path) -> atmosphere::node::Node {
+    let chat = capability(
+        "claude/chat",
+        "claude",
+        "claude-test-1",
+        "A general assistant.",
+        &[],
+    );
+    start(config(vec![backend], vec![chat], dir)).await
+}
+
 async fn post(node: &atmosphere::node::Node, body: Value) -> reqwest::Response {
     reqwest::Client::new()
         .post(format!("http://{}/v1/chat/completions", node.http_addr))
@@ -246,15 +258,7 @@ async fn events(resp: reqwest::Response) -> Vec<String> {
 async fn streamed_events_become_openai_chunks() {
     let (addr, _) = anthropic_server().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut c = config(vec![anthropic_backend(addr, KEY)], Vec::new(), dir.path());
-    c.capabilities = vec![capability(
-        "claude/chat",
-        "claude",
-        "claude-test-1",
-        "A general assistant.",
-        &[],
-    )];
-    let node = start(c).await;
+    let node = claude_chat_node(anthropic_backend(addr, KEY), dir.path()).await;
     let resp = post(
         &node,
         json!({"model": "claude/chat", "stream": true,
@@ -309,19 +313,7 @@ async fn streamed_events_become_openai_chunks() {
 async fn anthropic_errors_reach_the_client_in_openai_shape() {
     let (addr, _) = anthropic_server().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut c = config(
-        vec![anthropic_backend(addr, "wrong-key")],
-        Vec::new(),
-        dir.path(),
-    );
-    c.capabilities = vec![capability(
-        "claude/chat",
-        "claude",
-        "claude-test-1",
-        "A general assistant.",
-        &[],
-    )];
-    let node = start(c).await;
+    let node = claude_chat_node(anthropic_backend(addr, "wrong-key"), dir.path()).await;
     let resp = post(
         &node,
         json!({"model": "claude/chat",

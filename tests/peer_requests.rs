@@ -22,7 +22,7 @@ use atmosphere::node::Node;
 use atmosphere::wire::Message;
 use atmosphere::wire::intent::{self, IntentRequest, Operation, StreamFrame};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, noise, request_response, tcp, yamux};
 use serde_json::{Value, json};
 
@@ -40,8 +40,8 @@ async fn farm_node(dir: &std::path::Path) -> Node {
     .await
 }
 
-/// A bare peer connected to `addr`; its swarm runs in the background.
-async fn bare_peer(addr: &str) -> libp2p_stream::Control {
+/// A swarm with a fresh identity and only `behaviour`, dialling `addr`.
+fn bare_swarm<B: NetworkBehaviour>(behaviour: B, addr: &str) -> libp2p::Swarm<B> {
     let mut swarm = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
@@ -50,14 +50,20 @@ async fn bare_peer(addr: &str) -> libp2p_stream::Control {
             yamux::Config::default,
         )
         .expect("tcp")
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .with_behaviour(|_| behaviour)
         .expect("behaviour")
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
-    let control = swarm.behaviour().new_control();
     swarm
         .dial(addr.parse::<Multiaddr>().expect("multiaddr"))
         .expect("dial");
+    swarm
+}
+
+/// A bare stream peer connected to `addr`; its swarm runs in the background.
+async fn bare_peer(addr: &str) -> libp2p_stream::Control {
+    let mut swarm = bare_swarm(libp2p_stream::Behaviour::new(), addr);
+    let control = swarm.behaviour().new_control();
     tokio::spawn(async move {
         loop {
             swarm.select_next_some().await;
@@ -226,35 +232,15 @@ type RawPeer = libp2p::Swarm<request_response::Behaviour<RawCodec>>;
 
 /// A bare request-response peer speaking `protocol` with raw bytes, dialling `node`.
 async fn raw_peer(node: &Node, protocol: &'static str) -> RawPeer {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .expect("tcp")
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                RawCodec,
-                [(
-                    StreamProtocol::new(protocol),
-                    request_response::ProtocolSupport::Outbound,
-                )],
-                request_response::Config::default(),
-            )
-        })
-        .expect("behaviour")
-        .build();
-    swarm
-        .dial(
-            mesh_addr(node)
-                .await
-                .parse::<Multiaddr>()
-                .expect("multiaddr"),
-        )
-        .expect("dial");
-    swarm
+    let behaviour = request_response::Behaviour::with_codec(
+        RawCodec,
+        [(
+            StreamProtocol::new(protocol),
+            request_response::ProtocolSupport::Outbound,
+        )],
+        request_response::Config::default(),
+    );
+    bare_swarm(behaviour, &mesh_addr(node).await)
 }
 
 /// Sends one request; its answer, or why none came (the stream closed).
