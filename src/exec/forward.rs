@@ -11,18 +11,9 @@ use libp2p::PeerId;
 
 use super::{Answer, ApiError, Core, Request, Target};
 use crate::answer::{Event, Reply};
-use crate::backend::Op;
 use crate::network::{self, frames};
 use crate::wire::Message;
-use crate::wire::intent::{self, IntentRequest, Operation, StreamFrame};
-
-pub(super) fn operation(op: Op) -> Operation {
-    match op {
-        Op::Chat => Operation::Chat,
-        Op::Completions => Operation::Completions,
-        Op::Embeddings => Operation::Embeddings,
-    }
-}
+use crate::wire::intent::{self, IntentRequest, StreamFrame};
 
 /// Sends the request to the node that offers the capability, then to the
 /// fallbacks in order while a node cannot be reached or answers 503 before
@@ -56,7 +47,7 @@ pub(super) async fn forward(
         let intent = IntentRequest {
             version: intent::VERSION,
             capability: entry.capability.id.to_string(),
-            operation: operation(request.op),
+            operation: request.op.into(),
             body: request.raw.to_vec(),
             deadline_ms: remaining.as_millis().min(u128::from(u32::MAX)) as u32,
             hops: intent::MAX_HOPS - 1,

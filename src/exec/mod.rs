@@ -164,3 +164,25 @@ impl Core {
         })
     }
 }
+
+/// Operations as the intent protocol names them, and back.
+impl From<Op> for crate::wire::intent::Operation {
+    fn from(op: Op) -> Self {
+        match op {
+            Op::Chat => Self::Chat,
+            Op::Completions => Self::Completions,
+            Op::Embeddings => Self::Embeddings,
+        }
+    }
+}
+
+impl From<crate::wire::intent::Operation> for Op {
+    fn from(operation: crate::wire::intent::Operation) -> Self {
+        use crate::wire::intent::Operation;
+        match operation {
+            Operation::Chat => Op::Chat,
+            Operation::Completions => Op::Completions,
+            Operation::Embeddings => Op::Embeddings,
+        }
+    }
+}

@@ -25,7 +25,7 @@ use crate::backend::Op;
 use crate::capability::CapabilityId;
 use crate::network::{self, frames};
 use crate::wire::Message;
-use crate::wire::intent::{self, IntentRequest, IntentResponse, Operation, StreamFrame};
+use crate::wire::intent::{self, IntentRequest, IntentResponse, StreamFrame};
 
 /// Forwarded requests served at once; more wait in the mesh's bounded queue.
 const INBOUND_CONCURRENCY: usize = 64;
@@ -117,10 +117,10 @@ pub async fn serve_streams(
 /// Checks a forwarded request and finds the local capability it names.
 fn local_request(
     core: &Core,
-    request: &IntentRequest,
+    request: IntentRequest,
     stream: bool,
 ) -> Result<(Target, Request), ApiError> {
-    let raw = bytes::Bytes::from(request.body.clone());
+    let raw = bytes::Bytes::from(request.body);
     let body: Value = serde_json::from_slice(&raw).map_err(|e| {
         ApiError::invalid("body", format!("The forwarded body is not JSON: {e}"))
             .code("invalid_json")
@@ -142,11 +142,7 @@ fn local_request(
         .find(|e| e.local)
         .cloned()
         .ok_or_else(|| ApiError::model_not_found(&request.capability))?;
-    let op = match request.operation {
-        Operation::Chat => Op::Chat,
-        Operation::Completions => Op::Completions,
-        Operation::Embeddings => Op::Embeddings,
-    };
+    let op = Op::from(request.operation);
     if !runs(&entry.capability.kind, op) {
         return Err(wrong_kind(&request.capability, &entry.capability.kind, op));
     }
@@ -178,9 +174,10 @@ fn out_of_time() -> ApiError {
 }
 
 /// Runs a forwarded request within its deadline.
-async fn run(core: &Core, request: &IntentRequest, stream: bool) -> Result<Reply, ApiError> {
+async fn run(core: &Core, request: IntentRequest, stream: bool) -> Result<Reply, ApiError> {
+    let deadline = deadline_of(core, &request);
     let (target, local) = local_request(core, request, stream)?;
-    let answer = tokio::time::timeout(deadline_of(core, request), core.run(target, local))
+    let answer = tokio::time::timeout(deadline, core.run(target, local))
         .await
         .map_err(|_| out_of_time())??;
     Ok(answer.reply)
@@ -198,11 +195,11 @@ pub async fn serve_intent(
     request: Result<IntentRequest, crate::wire::Error>,
 ) -> IntentResponse {
     core.metrics.forward("served");
-    let ran = match &request {
+    let ran = match request {
         Ok(request) => run(core, request, false).await,
         Err(e) => {
             core.metrics.forward("refused");
-            Err(unreadable(e))
+            Err(unreadable(&e))
         }
     };
     let (status, body) = match ran {
@@ -249,7 +246,7 @@ pub async fn serve_stream(core: &Core, peer: PeerId, mut io: libp2p::Stream) {
     .await;
     let written = match first {
         Ok(Ok(Some(bytes))) => match IntentRequest::decode(&bytes) {
-            Ok(request) => answer_stream(core, &mut io, &request).await,
+            Ok(request) => answer_stream(core, &mut io, request).await,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "invalid forwarded stream request");
                 core.metrics.forward("refused");
@@ -275,7 +272,7 @@ pub async fn serve_stream(core: &Core, peer: PeerId, mut io: libp2p::Stream) {
 async fn answer_stream(
     core: &Core,
     io: &mut libp2p::Stream,
-    request: &IntentRequest,
+    request: IntentRequest,
 ) -> std::io::Result<()> {
     let mut events = match run(core, request, true).await {
         Ok(Reply::Stream(events)) => events,
