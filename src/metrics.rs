@@ -41,6 +41,10 @@ pub struct ResultLabel {
 /// All of the node's metrics, registered once.
 pub struct Metrics {
     pub registry: Registry,
+    /// Metrics libp2p keeps itself (gossipsub: messages dropped for a bad
+    /// envelope, mesh sizes, score penalties), registered when the swarm is
+    /// built, under `atmosphere_libp2p_`.
+    libp2p: std::sync::Mutex<Registry>,
     pub requests: Family<RequestLabels, Counter>,
     pub request_seconds: Family<RouteLabel, Histogram>,
     pub decisions: Family<DecisionLabels, Counter>,
@@ -155,6 +159,7 @@ impl Default for Metrics {
         );
         Self {
             registry,
+            libp2p: std::sync::Mutex::new(Registry::with_prefix("atmosphere_libp2p")),
             dead_connections,
             table_builds,
             forwards,
@@ -177,11 +182,23 @@ impl Default for Metrics {
 impl Metrics {
     /// The text exposition format.
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        let libp2p = self.libp2p.lock().unwrap_or_else(|e| e.into_inner());
+        let written = encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &libp2p))
+            .and_then(|()| encode_eof(&mut out));
+        if written.is_err() {
             out.clear();
         }
         out
+    }
+
+    /// Lends the registry for libp2p's own metrics (used once, when the
+    /// swarm is built).
+    pub fn with_libp2p_registry<T>(&self, register: impl FnOnce(&mut Registry) -> T) -> T {
+        let mut libp2p = self.libp2p.lock().unwrap_or_else(|e| e.into_inner());
+        register(&mut libp2p)
     }
 
     pub fn gossip(&self, result: &str) {

@@ -1,6 +1,6 @@
-//! A peer that sends garbage, forged and replayed route updates: every one is
-//! dropped and counted, the peer's gossip score goes negative, and the node
-//! keeps serving. The hostile peer is a bare libp2p gossipsub swarm, as a
+//! A peer that sends garbage, forged and replayed route updates, or a valid
+//! update in an unsigned gossipsub envelope: every one is dropped and counted,
+//! the peer's gossip score goes negative, and the node keeps serving. The hostile peer is a bare libp2p gossipsub swarm, as a
 //! peer built on any libp2p implementation could be.
 
 mod common;
@@ -35,8 +35,9 @@ fn update(seq: u64) -> RouteUpdate {
 type Hostile = libp2p::Swarm<gossipsub::Behaviour>;
 
 /// A bare gossipsub peer connected to the node, once the node's subscription
-/// to the route topic is known.
-async fn hostile(seed: u8, addr: &Multiaddr) -> Hostile {
+/// to the route topic is known. `signed: false` sends envelopes without
+/// `from`, `seqno` and signature.
+async fn hostile(seed: u8, addr: &Multiaddr, signed: bool) -> Hostile {
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key(seed))
         .with_tokio()
         .with_tcp(
@@ -46,13 +47,24 @@ async fn hostile(seed: u8, addr: &Multiaddr) -> Hostile {
         )
         .expect("tcp")
         .with_behaviour(|k| {
+            let (authenticity, mode) = if signed {
+                (
+                    gossipsub::MessageAuthenticity::Signed(k.clone()),
+                    gossipsub::ValidationMode::Strict,
+                )
+            } else {
+                (
+                    gossipsub::MessageAuthenticity::Anonymous,
+                    gossipsub::ValidationMode::Anonymous,
+                )
+            };
             let config = gossipsub::ConfigBuilder::default()
                 .heartbeat_interval(Duration::from_millis(200))
                 .max_transmit_size(2 * 1024 * 1024)
+                .validation_mode(mode)
                 .build()
                 .expect("config");
-            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(k.clone()), config)
-                .expect("gossipsub")
+            gossipsub::Behaviour::new(authenticity, config).expect("gossipsub")
         })
         .expect("behaviour")
         .build();
@@ -89,15 +101,32 @@ async fn send(swarm: &mut Hostile, messages: Vec<Vec<u8>>) {
 
 /// Drives the hostile swarms until the node's counters reach the wanted values.
 async fn wait_counts(node: &atmosphere::node::Node, swarms: &mut [Hostile], want: &[(&str, u64)]) {
+    wait_lines(
+        node,
+        swarms,
+        &want
+            .iter()
+            .map(|(result, n)| {
+                (
+                    format!("atmosphere_gossip_updates_total{{result=\"{result}\"}}"),
+                    *n,
+                )
+            })
+            .collect::<Vec<_>>(),
+    )
+    .await;
+}
+
+/// Drives the hostile swarms until each metric line reaches its value.
+async fn wait_lines(node: &atmosphere::node::Node, swarms: &mut [Hostile], want: &[(String, u64)]) {
     let check = async {
         loop {
             for s in swarms.iter_mut() {
                 let _ = tokio::time::timeout(Duration::from_millis(20), s.select_next_some()).await;
             }
             let mut ok = true;
-            for (result, n) in want {
-                let line = format!("atmosphere_gossip_updates_total{{result=\"{result}\"}}");
-                ok &= metric(node, &line).await >= *n;
+            for (line, n) in want {
+                ok &= metric(node, line).await >= *n;
             }
             if ok {
                 return;
@@ -128,7 +157,7 @@ async fn garbage_forgeries_and_replays_are_dropped_counted_and_penalised() {
     let signed = |seq| SignedRouteUpdate::sign(&update(seq), &origin).expect("sign");
 
     // A replay: a valid update, then an older one of the same origin.
-    let mut replayer = hostile(66, &addr).await;
+    let mut replayer = hostile(66, &addr, true).await;
     send(
         &mut replayer,
         vec![
@@ -138,26 +167,57 @@ async fn garbage_forgeries_and_replays_are_dropped_counted_and_penalised() {
     )
     .await;
     // Bytes that are no route update at all.
-    let mut garbler = hostile(68, &addr).await;
+    let mut garbler = hostile(68, &addr, true).await;
     send(&mut garbler, vec![b"\x00\xffnot a route update".to_vec()]).await;
     // A forgery: a valid update with its payload altered after signing.
-    let mut forger = hostile(69, &addr).await;
+    let mut forger = hostile(69, &addr, true).await;
     let mut forged = signed(3_000);
     forged.payload[3] ^= 0x55;
     send(&mut forger, vec![forged.encode().expect("e")]).await;
+    // A valid, newer update in an envelope without a gossipsub signature:
+    // gossipsub drops it before the node sees it, and counts it.
+    let mut unsigned = hostile(70, &addr, false).await;
+    send(&mut unsigned, vec![signed(4_000).encode().expect("e")]).await;
 
-    let mut swarms = [replayer, garbler, forger];
+    let mut swarms = [replayer, garbler, forger, unsigned];
     wait_counts(
         &node,
         &mut swarms,
         &[("accepted", 1), ("stale", 1), ("invalid", 2)],
     )
     .await;
+    // Gossipsub counts the unsigned envelope it dropped, beside the three
+    // updates the node rejected.
+    let topic = "{hash=\"atmosphere/routes/1\"}";
+    wait_lines(
+        &node,
+        &mut swarms,
+        &[
+            (
+                format!("atmosphere_libp2p_gossipsub_invalid_messages_per_topic_total{topic}"),
+                1,
+            ),
+            (
+                format!("atmosphere_libp2p_gossipsub_rejected_messages_per_topic_total{topic}"),
+                3,
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &node,
+            "atmosphere_gossip_updates_total{result=\"accepted\"}"
+        )
+        .await,
+        1,
+        "the unsigned envelope's update was applied"
+    );
 
     // Each sender of a bad update is scored down (graylisting ignores its
     // messages but keeps the connection, so it is still listed).
     let peers = get_json(&node, "/v1/mesh/peers").await;
-    for seed in [66u8, 68, 69] {
+    for seed in [66u8, 68, 69, 70] {
         let id = key(seed).public().to_peer_id().to_base58();
         let p = peers["data"]
             .as_array()

@@ -73,7 +73,14 @@ pub struct Behaviour {
 }
 
 impl Behaviour {
-    pub fn new(key: &Keypair, enable_mdns: bool, node_name: &str) -> Result<Self, String> {
+    /// `registry` receives gossipsub's own metrics (envelopes dropped before
+    /// the node sees them among them).
+    pub fn new(
+        key: &Keypair,
+        enable_mdns: bool,
+        node_name: &str,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> Result<Self, String> {
         let peer_id = key.public().to_peer_id();
         // Mesh parameters set together: the builder does not check them.
         let gossip_config = gossipsub::ConfigBuilder::default()
@@ -92,7 +99,11 @@ impl Behaviour {
             gossipsub::MessageAuthenticity::Signed(key.clone()),
             gossip_config,
         )
-        .map_err(|e| format!("gossipsub: {e}"))?;
+        .map_err(|e| format!("gossipsub: {e}"))?
+        .with_metrics(
+            registry.sub_registry_with_prefix("gossipsub"),
+            gossipsub::MetricsConfig::default(),
+        );
         gossipsub
             .with_peer_score(score_params(), gossipsub::PeerScoreThresholds::default())
             .map_err(|e| format!("gossipsub scoring: {e}"))?;

@@ -96,7 +96,9 @@ impl EventLoop {
             .with_dns()
             .map_err(|e| setup(&e))?
             .with_behaviour(|key| {
-                Behaviour::new(key, mdns, &name)
+                config
+                    .metrics
+                    .with_libp2p_registry(|registry| Behaviour::new(key, mdns, &name, registry))
                     .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
             })
             .map_err(|e| setup(&e))?
