@@ -72,21 +72,16 @@ impl Node {
 
         let (local_tx, local_rx) = watch::channel(Arc::new(Vec::new()));
         let (intents_tx, intents_rx) = mpsc::channel(mesh::INBOUND_CAPACITY);
-        let mut mesh_tasks = None;
-        let mut link = None;
-        if config.mesh.enabled {
-            let (l, t) = start_mesh(
-                &config,
-                &keypair,
-                embedder.dim(),
-                &metrics,
-                local_rx,
-                intents_tx,
-                &cancel,
-            )?;
-            link = Some(l);
-            mesh_tasks = Some(t);
-        }
+        let (link, mesh_tasks) = start_mesh(
+            &config,
+            &keypair,
+            embedder.dim(),
+            &metrics,
+            local_rx,
+            intents_tx,
+            &cancel,
+        )?
+        .unzip();
 
         let (catalog, mut tasks) = catalog::start(
             catalog::Setup {
@@ -148,7 +143,7 @@ impl Node {
                 tracing::error!(error = %e, "http server stopped");
             }
         });
-        tracing::info!(%peer_id, http = %http_addr, name = %config.node.name, mesh = config.mesh.enabled, "node started");
+        tracing::info!(%peer_id, http = %http_addr, name = %config.node.name, mesh = config.mesh.is_some(), "node started");
         Ok(Self {
             http_addr,
             peer_id,
@@ -184,8 +179,8 @@ impl Node {
     }
 }
 
-/// Starts the network and the mesh task: the core's way into the mesh, and
-/// the tasks to stop on shutdown.
+/// Starts the network and the mesh task, when the config has a mesh: the
+/// core's way into the mesh, and the tasks to stop on shutdown.
 fn start_mesh(
     config: &Config,
     keypair: &libp2p::identity::Keypair,
@@ -194,16 +189,20 @@ fn start_mesh(
     local: watch::Receiver<Arc<Vec<crate::routing::Entry>>>,
     intents: mpsc::Sender<mesh::Inbound>,
     cancel: &CancellationToken,
-) -> anyhow::Result<(exec::Mesh, MeshTasks)> {
+) -> anyhow::Result<Option<(exec::Mesh, MeshTasks)>> {
+    let Some(mesh_config) = &config.mesh else {
+        return Ok(None);
+    };
+    let node_name = &config.node.name;
     let network_cancel = CancellationToken::new();
     let net_config = network::Config {
-        listen: MeshConfig::addrs(&config.mesh.listen)?,
-        bootstrap: MeshConfig::addrs(&config.mesh.bootstrap)?,
-        external: MeshConfig::addrs(&config.mesh.external)?,
-        mdns: config.mesh.mdns,
-        node_name: config.node.name.clone(),
+        listen: MeshConfig::addrs(&mesh_config.listen)?,
+        bootstrap: MeshConfig::addrs(&mesh_config.bootstrap)?,
+        external: MeshConfig::addrs(&mesh_config.external)?,
+        mdns: mesh_config.mdns,
+        node_name: node_name.clone(),
         dim,
-        idle_timeout: config.mesh.idle_timeout,
+        idle_timeout: mesh_config.idle_timeout,
         metrics: metrics.clone(),
     };
     let (client, events, network_task) =
@@ -214,8 +213,8 @@ fn start_mesh(
             client: client.clone(),
             events,
             local,
-            node_name: config.node.name.clone(),
-            ttl: config.mesh.ttl,
+            node_name: node_name.clone(),
+            ttl: mesh_config.ttl,
             dim,
             metrics: metrics.clone(),
             intents,
@@ -227,12 +226,12 @@ fn start_mesh(
         network: network_task,
         network_cancel,
     };
-    Ok((
+    Ok(Some((
         exec::Mesh {
             client,
             lookups,
             view,
         },
         tasks,
-    ))
+    )))
 }

@@ -57,7 +57,7 @@ async fn farm_node(fault: Fault, dir: &std::path::Path, ttl: Duration) -> Node {
         dir,
         Vec::new(),
     );
-    config.mesh.ttl = ttl;
+    config.mesh.as_mut().expect("mesh").ttl = ttl;
     start(config).await
 }
 

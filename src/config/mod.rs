@@ -14,7 +14,7 @@ pub use backends::{BackendConfig, BackendKind, CapabilityConfig};
 use crate::capability::CapabilityId;
 
 /// Everything a node reads at start.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Who this node is.
@@ -25,14 +25,52 @@ pub struct Config {
     pub embedder: EmbedderConfig,
     /// How `model: "auto"` is decided.
     pub routing: RoutingConfig,
-    /// The peer-to-peer mesh.
-    pub mesh: MeshConfig,
+    /// The peer-to-peer mesh; `None` for a standalone node (`enabled = false`
+    /// in the file's `[mesh]`).
+    #[serde(deserialize_with = "mesh_section")]
+    pub mesh: Option<MeshConfig>,
     /// Backends that run requests (`[[backend]]`).
     #[serde(rename = "backend")]
     pub backends: Vec<BackendConfig>,
     /// Capabilities offered by this node (`[[capability]]`).
     #[serde(rename = "capability")]
     pub capabilities: Vec<CapabilityConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node: NodeConfig::default(),
+            http: HttpConfig::default(),
+            embedder: EmbedderConfig::default(),
+            routing: RoutingConfig::default(),
+            mesh: Some(MeshConfig::default()),
+            backends: Vec::new(),
+            capabilities: Vec::new(),
+        }
+    }
+}
+
+/// `[mesh]`: the mesh's settings, plus `enabled` (default `true`), which is
+/// read here and not kept: a node without a mesh has no mesh settings.
+fn mesh_section<'de, D>(de: D) -> Result<Option<MeshConfig>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let mut table = toml::Table::deserialize(de)?;
+    let enabled = match table.remove("enabled") {
+        None => true,
+        Some(toml::Value::Boolean(b)) => b,
+        Some(other) => {
+            return Err(D::Error::custom(format!(
+                "mesh.enabled: expected true or false, found {}",
+                other.type_str()
+            )));
+        }
+    };
+    let mesh = MeshConfig::deserialize(toml::Value::Table(table)).map_err(D::Error::custom)?;
+    Ok(enabled.then_some(mesh))
 }
 
 /// `[node]`
@@ -88,8 +126,6 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MeshConfig {
-    /// Join the mesh at all; `false` makes a standalone node.
-    pub enabled: bool,
     /// Multiaddrs to listen on (TCP and QUIC).
     pub listen: Vec<String>,
     /// Peers to join through, `/ip4/../tcp/../p2p/<id>`, `/dns4/..`, `/dnsaddr/..`;
@@ -112,7 +148,6 @@ pub struct MeshConfig {
 impl Default for MeshConfig {
     fn default() -> Self {
         Self {
-            enabled: true,
             listen: vec![
                 "/ip4/0.0.0.0/tcp/11450".into(),
                 "/ip4/0.0.0.0/udp/11450/quic-v1".into(),
@@ -284,12 +319,14 @@ impl Config {
         if !(8..=512).contains(&self.embedder.max_tokens) {
             return invalid("embedder.max_tokens must be between 8 and 512".into());
         }
-        MeshConfig::addrs(&self.mesh.listen)?;
-        MeshConfig::addrs(&self.mesh.bootstrap)?;
-        MeshConfig::addrs(&self.mesh.external)?;
-        let ttl = self.mesh.ttl.as_secs();
-        if !(5..=3600).contains(&ttl) {
-            return invalid("mesh.ttl must be between 5s and 1h".into());
+        if let Some(mesh) = &self.mesh {
+            MeshConfig::addrs(&mesh.listen)?;
+            MeshConfig::addrs(&mesh.bootstrap)?;
+            MeshConfig::addrs(&mesh.external)?;
+            let ttl = mesh.ttl.as_secs();
+            if !(5..=3600).contains(&ttl) {
+                return invalid("mesh.ttl must be between 5s and 1h".into());
+            }
         }
         if self.http.max_concurrent_requests == 0 {
             return invalid("http.max_concurrent_requests must be at least 1".into());
@@ -326,17 +363,21 @@ impl Overrides {
         if let Some(dir) = self.data_dir {
             config.node.data_dir = dir;
         }
+        // Mesh flags on a standalone node have nothing to change.
+        let Some(mesh) = &mut config.mesh else {
+            return;
+        };
         if !self.listen.is_empty() {
-            config.mesh.listen = self.listen;
+            mesh.listen = self.listen;
         }
         if !self.bootstrap.is_empty() {
-            config.mesh.bootstrap = self.bootstrap;
+            mesh.bootstrap = self.bootstrap;
         }
         if !self.external.is_empty() {
-            config.mesh.external = self.external;
+            mesh.external = self.external;
         }
         if self.no_mdns {
-            config.mesh.mdns = false;
+            mesh.mdns = false;
         }
     }
 }
@@ -436,8 +477,27 @@ mod tests {
         .apply(&mut config);
         assert_eq!(config.http.listen.port(), 9999);
         assert_eq!(config.data_dir(), PathBuf::from("/tmp/x"));
-        assert_eq!(config.mesh.listen, vec!["/ip4/127.0.0.1/tcp/0".to_owned()]);
-        assert_eq!(config.mesh.external.len(), 1);
-        assert!(!config.mesh.mdns);
+        let mesh = config.mesh.expect("a mesh by default");
+        assert_eq!(mesh.listen, vec!["/ip4/127.0.0.1/tcp/0".to_owned()]);
+        assert_eq!(mesh.external.len(), 1);
+        assert!(!mesh.mdns);
+    }
+
+    #[test]
+    fn mesh_section_enabled_or_not() {
+        let on: Config = toml::from_str("[mesh]\nttl = \"10s\"\n").expect("parses");
+        assert_eq!(on.mesh.expect("mesh").ttl, Duration::from_secs(10));
+        let absent: Config = toml::from_str("").expect("parses");
+        assert!(absent.mesh.is_some(), "a node joins a mesh by default");
+        let off: Config =
+            toml::from_str("[mesh]\nenabled = false\nttl = \"10s\"\n").expect("parses");
+        assert!(off.mesh.is_none());
+        for (text, says) in [
+            ("[mesh]\nenabled = \"no\"\n", "mesh.enabled"),
+            ("[mesh]\nenabled = true\nlisen = []\n", "lisen"),
+        ] {
+            let err = toml::from_str::<Config>(text).unwrap_err().to_string();
+            assert!(err.contains(says), "{text}: {err}");
+        }
     }
 }

@@ -6,7 +6,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use atmosphere::config::{BackendConfig, BackendKind, CapabilityConfig, Config, EmbedderConfig};
+use atmosphere::config::{
+    BackendConfig, BackendKind, CapabilityConfig, Config, EmbedderConfig, MeshConfig,
+};
 use atmosphere::echo::Echo;
 use atmosphere::node::Node;
 
@@ -117,7 +119,7 @@ pub fn config(
     c.backends = backends;
     c.capabilities = capabilities;
     // Single-node tests stay off the network (no fixed port, no mDNS cross-talk).
-    c.mesh.enabled = false;
+    c.mesh = None;
     c
 }
 
@@ -129,10 +131,12 @@ pub fn mesh_config(
     bootstrap: Vec<String>,
 ) -> Config {
     let mut c = config(backends, capabilities, data_dir);
-    c.mesh.enabled = true;
-    c.mesh.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
-    c.mesh.bootstrap = bootstrap;
-    c.mesh.mdns = false;
+    c.mesh = Some(MeshConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        bootstrap,
+        mdns: false,
+        ..MeshConfig::default()
+    });
     c
 }
 
