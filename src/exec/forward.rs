@@ -15,6 +15,38 @@ use crate::network::{self, frames};
 use crate::wire::Message;
 use crate::wire::intent::{self, IntentRequest, StreamFrame};
 
+/// Why an attempt on one node gave nothing to relay (the next node is tried).
+#[derive(Debug, thiserror::Error)]
+enum Miss {
+    /// No connection, no stream, or the request could not be sent or answered.
+    #[error(transparent)]
+    Unreachable(#[from] network::Error),
+    /// The stream broke before the answer's head.
+    #[error("stream: {0}")]
+    Stream(#[from] std::io::Error),
+    /// It answered 503: its queue is full or its backend is down.
+    #[error("node {0} is overloaded or its backend is down")]
+    Overloaded(PeerId),
+    /// The request does not fit the protocol's limits.
+    #[error("request cannot be sent: {0}")]
+    Unsendable(crate::wire::Error),
+    /// It answered something that is not the protocol.
+    #[error("bad answer: {0}")]
+    BadAnswer(String),
+}
+
+impl Miss {
+    /// Label for `atmosphere_forwards_total{result}`.
+    fn label(&self) -> &'static str {
+        match self {
+            Miss::Unreachable(_) | Miss::Stream(_) => "unreachable",
+            Miss::Overloaded(_) => "overloaded",
+            Miss::Unsendable(_) => "unsendable",
+            Miss::BadAnswer(_) => "bad_answer",
+        }
+    }
+}
+
 /// Sends the request to the node that offers the capability, then to the
 /// fallbacks in order while a node cannot be reached or answers 503 before
 /// any of its answer arrived.
@@ -67,9 +99,10 @@ pub(super) async fn forward(
                     reply,
                 });
             }
-            Ok(Err(reason)) => {
-                tracing::warn!(%peer, %reason, "forwarding failed before the answer began");
-                last_error = Some(reason);
+            Ok(Err(miss)) => {
+                tracing::warn!(%peer, reason = %miss, "forwarding failed before the answer began");
+                core.metrics.forward(miss.label());
+                last_error = Some(miss.to_string());
             }
             Err(_) => {
                 core.metrics.forward("timeout");
@@ -99,13 +132,10 @@ async fn whole(
     client: &network::Client,
     peer: PeerId,
     request: IntentRequest,
-) -> Result<Reply, String> {
-    let answer = client
-        .forward(peer, request)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<Reply, Miss> {
+    let answer = client.forward(peer, request).await?;
     if answer.status == 503 {
-        return Err(format!("node {peer} is overloaded or its backend is down"));
+        return Err(Miss::Overloaded(peer));
     }
     Ok(Reply::Whole {
         status: answer.status,
@@ -113,13 +143,12 @@ async fn whole(
     })
 }
 
-async fn read_frame(io: &mut libp2p::Stream) -> Result<Option<StreamFrame>, String> {
-    match frames::read(io, intent::MAX_FRAME_BYTES).await {
-        Ok(Some(bytes)) => StreamFrame::decode(&bytes)
+async fn read_frame(io: &mut libp2p::Stream) -> Result<Option<StreamFrame>, Miss> {
+    match frames::read(io, intent::MAX_FRAME_BYTES).await? {
+        Some(bytes) => StreamFrame::decode(&bytes)
             .map(Some)
-            .map_err(|e| e.to_string()),
-        Ok(None) => Ok(None),
-        Err(e) => Err(e.to_string()),
+            .map_err(|e| Miss::BadAnswer(e.to_string())),
+        None => Ok(None),
     }
 }
 
@@ -130,18 +159,20 @@ async fn open_stream(
     client: &network::Client,
     peer: PeerId,
     request: IntentRequest,
-) -> Result<Reply, String> {
-    let mut io = client.open_stream(peer).await.map_err(|e| e.to_string())?;
-    let bytes = request.encode().map_err(|e| e.to_string())?;
-    frames::write(&mut io, &bytes)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<Reply, Miss> {
+    let mut io = client.open_stream(peer).await?;
+    let bytes = request.encode().map_err(Miss::Unsendable)?;
+    frames::write(&mut io, &bytes).await?;
     let status = match read_frame(&mut io).await? {
         Some(StreamFrame::Head { status }) => status,
-        other => return Err(format!("expected the answer's head, got {other:?}")),
+        other => {
+            return Err(Miss::BadAnswer(format!(
+                "expected the answer's head, got {other:?}"
+            )));
+        }
     };
     if status == 503 {
-        return Err(format!("node {peer} is overloaded or its backend is down"));
+        return Err(Miss::Overloaded(peer));
     }
     if status != 200 {
         // An error answer: its JSON body follows as one event.
