@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine or a warm one:
 #   1. fetches the embedding model and ONNX Runtime into the cache (if missing),
-#   2. makes a Python venv in the cache with the official `openai` package,
+#   2. makes a Python venv in the cache with the official `openai` package and
+#      py-libp2p (the foreign peer of tests/interop.rs),
 #   3. runs every test with cargo-nextest (cargo test when nextest is absent),
 #   4. runs the docker-compose testnet test (scripts/testnet-test.sh).
 # Extra arguments go to the test runner (e.g. a filter) and skip step 4.
@@ -10,14 +11,20 @@ cd "$(dirname "$0")/.."
 
 CACHE="${ATMOSPHERE_CACHE:-$HOME/.cache/atmosphere}"
 OPENAI_SDK_VERSION="3.54.0"
+PY_LIBP2P_VERSION="0.8.1"
 
 scripts/fetch-model.sh
 
 VENV="$CACHE/venv"
-if ! "$VENV/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_SDK_VERSION')" 2>/dev/null; then
-  echo "test: installing openai==$OPENAI_SDK_VERSION into $VENV" >&2
+if ! "$VENV/bin/python" -c "
+import sys
+from importlib.metadata import version
+sys.exit(version('openai') != '$OPENAI_SDK_VERSION' or version('libp2p') != '$PY_LIBP2P_VERSION')
+" 2>/dev/null; then
+  echo "test: installing openai==$OPENAI_SDK_VERSION and libp2p==$PY_LIBP2P_VERSION into $VENV" >&2
   python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "openai==$OPENAI_SDK_VERSION"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
+    "openai==$OPENAI_SDK_VERSION" "libp2p==$PY_LIBP2P_VERSION"
 fi
 export ATMOSPHERE_PYTHON="$VENV/bin/python"
 
