@@ -335,3 +335,47 @@ async fn refreshes_that_change_nothing_do_not_rebuild_the_table() {
     );
     assert!(has_capability(&b, "farm/llama-expert").await);
 }
+
+/// A node that is shut down while it streams an answer to a peer finishes
+/// that answer before it leaves the mesh.
+#[tokio::test]
+async fn a_node_shutting_down_finishes_the_answers_it_streams_to_peers() {
+    let mut slow = Echo::new("farm-backend", Flavour::Openai, &["llama3.2"]);
+    slow.chunk_delay = Duration::from_millis(150);
+    let farm = spawn_echo(slow).await;
+    let da = tempfile::tempdir().expect("tempdir");
+    let db = tempfile::tempdir().expect("tempdir");
+    let a = start(mesh_config(
+        vec![backend("farm", BackendKind::Openai, farm, false)],
+        vec![farm_capabilities("farm").remove(0)],
+        da.path(),
+        Vec::new(),
+    ))
+    .await;
+    let b = joined_to(&a, db.path(), Vec::new(), Vec::new()).await;
+
+    let resp = post(
+        &b,
+        "/v1/chat/completions",
+        json!({"model": "farm/llama-expert", "stream": true, "messages": [{"role": "user", "content": "one two three four five six"}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["x-atmosphere-node"],
+        a.peer_id.to_base58().as_str()
+    );
+    // The answer has begun on a; a is told to stop.
+    let stopping = tokio::spawn(a.shutdown());
+    let text = tokio::time::timeout(WAIT, resp.text())
+        .await
+        .expect("the stream ends")
+        .expect("body");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(!text.contains("error"), "{text}");
+    assert!(text.contains("six"), "the whole answer arrived: {text}");
+    tokio::time::timeout(WAIT, stopping)
+        .await
+        .expect("a stops once its answer is done")
+        .expect("shutdown");
+}

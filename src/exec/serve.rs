@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::resolve::{runs, wrong_kind};
 use super::{ApiError, Core, Request, Target};
@@ -37,7 +38,8 @@ const REQUEST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves requests that peers send over the intent protocol, a bounded
-/// number at once.
+/// number at once. Ends on `cancel` once the requests being served are
+/// answered.
 pub async fn serve_intents(
     core: Core,
     client: network::Client,
@@ -45,27 +47,31 @@ pub async fn serve_intents(
     cancel: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
+    let running = TaskTracker::new();
     loop {
         let next = tokio::select! {
             biased;
-            _ = cancel.cancelled() => return,
-            n = inbound.recv() => match n { Some(n) => n, None => return },
+            _ = cancel.cancelled() => break,
+            n = inbound.recv() => match n { Some(n) => n, None => break },
         };
         let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
+            break;
         };
         let core = core.clone();
         let client = client.clone();
-        tokio::spawn(async move {
+        running.spawn(async move {
             let response = serve_intent(&core, next.request).await;
             let _ = client.answer_intent(next.id, response).await;
             drop(permit);
         });
     }
+    running.close();
+    running.wait().await;
 }
 
 /// Serves streamed requests that peers open to this node, a bounded number
-/// at once and per peer.
+/// at once and per peer. Ends on `cancel` once the answers being streamed
+/// have ended.
 pub async fn serve_streams(
     core: Core,
     mut incoming: libp2p_stream::IncomingStreams,
@@ -73,11 +79,12 @@ pub async fn serve_streams(
 ) {
     let permits = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
     let per_peer: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
+    let running = TaskTracker::new();
     loop {
         let (peer, stream) = tokio::select! {
             biased;
-            _ = cancel.cancelled() => return,
-            n = incoming.next() => match n { Some(n) => n, None => return },
+            _ = cancel.cancelled() => break,
+            n = incoming.next() => match n { Some(n) => n, None => break },
         };
         let open = {
             let mut counts = per_peer.lock();
@@ -106,12 +113,14 @@ pub async fn serve_streams(
             continue;
         };
         let core = core.clone();
-        tokio::spawn(async move {
+        running.spawn(async move {
             serve_stream(&core, peer, stream).await;
             release();
             drop(permit);
         });
     }
+    running.close();
+    running.wait().await;
 }
 
 /// Checks a forwarded request and finds the local capability it names.

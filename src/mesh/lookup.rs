@@ -156,7 +156,7 @@ impl Task {
         let mut skip: Vec<PeerId> = self.remote.origins().iter().map(|o| o.peer).collect();
         skip.extend(self.unreachable.keys().copied());
         let found_tx = self.found_tx.clone();
-        tokio::spawn(async move {
+        self.running.spawn(async move {
             let keys = wanted.keys.iter().map(|t| kad::record_key(t)).collect();
             let providers = tokio::time::timeout(LOOKUP_WAIT, client.lookup(keys))
                 .await

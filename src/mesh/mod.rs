@@ -137,6 +137,7 @@ pub fn start(
         lookups: lookup_rx,
         found_tx,
         found_rx,
+        running: tokio::task::JoinSet::new(),
         waiting: std::collections::HashMap::new(),
         looked_up: std::collections::HashMap::new(),
         unreachable: std::collections::HashMap::new(),
@@ -162,6 +163,9 @@ struct Task {
     lookups: mpsc::Receiver<(Wanted, oneshot::Sender<Discovery>)>,
     found_tx: mpsc::Sender<Found>,
     found_rx: mpsc::Receiver<Found>,
+    /// Lookups under way; aborted when the task ends (their requests are
+    /// being cancelled with the node).
+    running: tokio::task::JoinSet<()>,
     /// Requests waiting for a lookup in flight, by what they want.
     waiting: std::collections::HashMap<Wanted, Vec<oneshot::Sender<Discovery>>>,
     /// When each key text was last looked up.
@@ -231,6 +235,8 @@ impl Task {
                     None => break,
                 },
                 Some(found) = self.found_rx.recv() => self.on_found(found),
+                // Reaps finished lookups (a JoinSet keeps them until joined).
+                Some(_) = self.running.join_next(), if !self.running.is_empty() => {}
                 Some((wanted, reply)) = self.lookups.recv() => self.on_lookup(wanted, reply),
                 changed = self.setup.local.changed(), if local_alive => {
                     if changed.is_err() {
@@ -269,6 +275,7 @@ impl Task {
                 }
             }
         }
+        self.running.shutdown().await;
     }
 
     fn next_update(&mut self, body: RouteBody, addrs: Vec<String>) -> RouteUpdate {
