@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod backends;
+mod mesh;
 
 use serde::{Deserialize, Serialize};
 
 pub use backends::{BackendConfig, BackendKind, CapabilityConfig};
+pub use mesh::MeshConfig;
 
 use crate::capability::CapabilityId;
 
@@ -27,7 +29,7 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// The peer-to-peer mesh; `None` for a standalone node (`enabled = false`
     /// in the file's `[mesh]`).
-    #[serde(deserialize_with = "mesh_section")]
+    #[serde(deserialize_with = "mesh::section")]
     pub mesh: Option<MeshConfig>,
     /// Backends that run requests (`[[backend]]`).
     #[serde(rename = "backend")]
@@ -49,28 +51,6 @@ impl Default for Config {
             capabilities: Vec::new(),
         }
     }
-}
-
-/// `[mesh]`: the mesh's settings, plus `enabled` (default `true`), which is
-/// read here and not kept: a node without a mesh has no mesh settings.
-fn mesh_section<'de, D>(de: D) -> Result<Option<MeshConfig>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    use serde::de::Error;
-    let mut table = toml::Table::deserialize(de)?;
-    let enabled = match table.remove("enabled") {
-        None => true,
-        Some(toml::Value::Boolean(b)) => b,
-        Some(other) => {
-            return Err(D::Error::custom(format!(
-                "mesh.enabled: expected true or false, found {}",
-                other.type_str()
-            )));
-        }
-    };
-    let mesh = MeshConfig::deserialize(toml::Value::Table(table)).map_err(D::Error::custom)?;
-    Ok(enabled.then_some(mesh))
 }
 
 /// `[node]`
@@ -119,57 +99,6 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(300),
             max_concurrent_requests: 1024,
         }
-    }
-}
-
-/// `[mesh]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MeshConfig {
-    /// Multiaddrs to listen on (TCP and QUIC).
-    pub listen: Vec<String>,
-    /// Peers to join through, `/ip4/../tcp/../p2p/<id>`, `/dns4/..`, `/dnsaddr/..`;
-    /// dialled again with backoff while unreachable.
-    pub bootstrap: Vec<String>,
-    /// Addresses other nodes should dial to reach this one (behind NAT or a
-    /// published container port). Empty: the addresses it listens on.
-    pub external: Vec<String>,
-    /// Discover peers on the local network with mDNS.
-    pub mdns: bool,
-    /// How long other nodes keep this node's routes without a refresh (it
-    /// refreshes every third of it).
-    #[serde(with = "humantime_serde")]
-    pub ttl: Duration,
-    /// Connections without traffic are closed after this long.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
-}
-
-impl Default for MeshConfig {
-    fn default() -> Self {
-        Self {
-            listen: vec![
-                "/ip4/0.0.0.0/tcp/11450".into(),
-                "/ip4/0.0.0.0/udp/11450/quic-v1".into(),
-            ],
-            bootstrap: Vec::new(),
-            external: Vec::new(),
-            mdns: true,
-            ttl: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(120),
-        }
-    }
-}
-
-impl MeshConfig {
-    /// Parses the addresses, naming the first bad one.
-    pub fn addrs(list: &[String]) -> Result<Vec<libp2p::Multiaddr>, Error> {
-        list.iter()
-            .map(|a| {
-                a.parse()
-                    .map_err(|e| Error::Invalid(format!("mesh address {a:?}: {e}")))
-            })
-            .collect()
     }
 }
 

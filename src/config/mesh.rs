@@ -1,0 +1,80 @@
+//! `[mesh]`: how a node joins the peer-to-peer mesh.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::Error;
+
+/// `[mesh]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeshConfig {
+    /// Multiaddrs to listen on (TCP and QUIC).
+    pub listen: Vec<String>,
+    /// Peers to join through, `/ip4/../tcp/../p2p/<id>`, `/dns4/..`, `/dnsaddr/..`;
+    /// dialled again with backoff while unreachable.
+    pub bootstrap: Vec<String>,
+    /// Addresses other nodes should dial to reach this one (behind NAT or a
+    /// published container port). Empty: the addresses it listens on.
+    pub external: Vec<String>,
+    /// Discover peers on the local network with mDNS.
+    pub mdns: bool,
+    /// How long other nodes keep this node's routes without a refresh (it
+    /// refreshes every third of it).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Connections without traffic are closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/11450".into(),
+                "/ip4/0.0.0.0/udp/11450/quic-v1".into(),
+            ],
+            bootstrap: Vec::new(),
+            external: Vec::new(),
+            mdns: true,
+            ttl: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl MeshConfig {
+    /// Parses the addresses, naming the first bad one.
+    pub fn addrs(list: &[String]) -> Result<Vec<libp2p::Multiaddr>, Error> {
+        list.iter()
+            .map(|a| {
+                a.parse()
+                    .map_err(|e| Error::Invalid(format!("mesh address {a:?}: {e}")))
+            })
+            .collect()
+    }
+}
+
+/// `[mesh]`: the mesh's settings, plus `enabled` (default `true`), which is
+/// read here and not kept: a node without a mesh has no mesh settings.
+pub(super) fn section<'de, D>(de: D) -> Result<Option<MeshConfig>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let mut table = toml::Table::deserialize(de)?;
+    let enabled = match table.remove("enabled") {
+        None => true,
+        Some(toml::Value::Boolean(b)) => b,
+        Some(other) => {
+            return Err(D::Error::custom(format!(
+                "mesh.enabled: expected true or false, found {}",
+                other.type_str()
+            )));
+        }
+    };
+    let mesh = MeshConfig::deserialize(toml::Value::Table(table)).map_err(D::Error::custom)?;
+    Ok(enabled.then_some(mesh))
+}
