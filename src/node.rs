@@ -123,6 +123,7 @@ impl Node {
         }
         let state = AppState::new(http::Inner {
             http: config.http.clone(),
+            gates: http::Gates::new(&config.http),
             core,
             node_id: peer_id.to_base58(),
             node_name: config.node.name.clone(),
@@ -136,13 +137,12 @@ impl Node {
         let app = http::app(state);
         let stop = cancel.clone();
         let served = app.clone();
-        let server = tokio::spawn(async move {
-            let serve =
-                axum::serve(listener, served).with_graceful_shutdown(stop.cancelled_owned());
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "http server stopped");
-            }
-        });
+        let server = tokio::spawn(http::serve(
+            listener,
+            served,
+            config.http.header_timeout,
+            stop,
+        ));
         tracing::info!(%peer_id, http = %http_addr, name = %config.node.name, mesh = config.mesh.is_some(), "node started");
         Ok(Self {
             http_addr,

@@ -82,11 +82,22 @@ pub struct HttpConfig {
     pub api_keys: Vec<String>,
     /// Largest request body accepted, in bytes (larger: 413).
     pub max_body_bytes: usize,
+    /// Bytes of request bodies the node holds at once, over all requests
+    /// being read; further bodies wait for room (until `body_timeout`).
+    pub max_body_bytes_held: usize,
+    /// Deadline for a request's head (its line and headers), from its first
+    /// byte; a connection that takes longer is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Deadline for reading a request's whole body (408 after it).
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
     /// Deadline for a whole non-streaming request, and for the first byte of a
     /// streaming one.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Cap on requests served at once; more wait in line (bounded by the OS backlog).
+    /// Requests run at once by this node, over all routes (counted once their
+    /// body is read); more wait in line until `request_timeout`.
     pub max_concurrent_requests: usize,
 }
 
@@ -96,6 +107,9 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             api_keys: Vec::new(),
             max_body_bytes: 4 * 1024 * 1024,
+            max_body_bytes_held: 64 * 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(300),
             max_concurrent_requests: 1024,
         }
@@ -259,6 +273,15 @@ impl Config {
         }
         if self.http.max_concurrent_requests == 0 {
             return invalid("http.max_concurrent_requests must be at least 1".into());
+        }
+        if self.http.max_body_bytes_held < self.http.max_body_bytes {
+            return invalid("http.max_body_bytes_held must be at least http.max_body_bytes".into());
+        }
+        if self.http.max_body_bytes > u32::MAX as usize {
+            return invalid("http.max_body_bytes must be under 4 GiB".into());
+        }
+        if self.http.header_timeout.is_zero() || self.http.body_timeout.is_zero() {
+            return invalid("http.header_timeout and http.body_timeout must be over 0".into());
         }
         Ok(())
     }

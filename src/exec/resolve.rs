@@ -190,9 +190,32 @@ impl Core {
                     .ok_or_else(|| ApiError::internal("route", "candidate without entry"))?,
                 fallbacks,
             }),
-            None => Err(no_fit(&decision)),
+            None => Err(down(&decision, need).unwrap_or_else(|| no_fit(&decision))),
         }
     }
+}
+
+/// When what fits the request is there but cannot serve now (its backend is
+/// down, or its node says so), that is the answer: 503, not "nothing fits".
+fn down(decision: &Decision, need: Need) -> Option<ApiError> {
+    let fitting = decision.candidates.iter().find(|c| {
+        c.fits
+            && !c.available
+            && c.entry
+                .as_ref()
+                .is_some_and(|e| routing::kind_fits(e, need))
+    })?;
+    Some(
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            format!(
+                "`{}` fits this request (score {:.3}) but cannot serve it now; try again later or name another model.",
+                fitting.id, fitting.score
+            ),
+        )
+        .code("capability_unavailable"),
+    )
 }
 
 fn no_fit(decision: &Decision) -> ApiError {

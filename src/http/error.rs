@@ -3,14 +3,14 @@
 //! errors. Handlers return `Result<_, ApiError>` and use `?`.
 
 use axum::Json;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use super::AppState;
+use super::body::Held;
 pub use crate::exec::ApiError;
 
 impl IntoResponse for ApiError {
@@ -22,15 +22,11 @@ impl IntoResponse for ApiError {
 /// A JSON body extractor whose rejections are OpenAI-shaped errors.
 pub struct ApiJson<T>(pub T);
 
-impl<S, T> FromRequest<S> for ApiJson<T>
-where
-    S: Send + Sync,
-    T: DeserializeOwned,
-{
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Self::parse(&body_bytes(req, state).await?)
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        Self::parse(&state.gates.read(req).await?.bytes)
     }
 }
 
@@ -46,39 +42,27 @@ impl<T: DeserializeOwned> ApiJson<T> {
     }
 }
 
-async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
-    Bytes::from_request(req, state)
-        .await
-        .map_err(|r: BytesRejection| {
-            let status = r.status();
-            if status == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    status,
-                    "invalid_request_error",
-                    "The request body is too large.",
-                )
-                .code("request_too_large")
-            } else {
-                ApiError::new(status, "invalid_request_error", r.body_text())
-            }
-        })
-}
-
 /// A JSON object body, and its bytes as the client sent them (a forwarded
 /// request carries them unchanged).
 pub struct ApiObject {
     pub body: Map<String, Value>,
     pub raw: Bytes,
+    /// The body's room in the node's budget, kept while the request runs.
+    pub held: Held,
 }
 
-impl<S: Send + Sync> FromRequest<S> for ApiObject {
+impl FromRequest<AppState> for ApiObject {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let raw = body_bytes(req, state).await?;
-        let ApiJson(value) = ApiJson::<Value>::parse(&raw)?;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let read = state.gates.read(req).await?;
+        let ApiJson(value) = ApiJson::<Value>::parse(&read.bytes)?;
         match value {
-            Value::Object(body) => Ok(Self { body, raw }),
+            Value::Object(body) => Ok(Self {
+                body,
+                raw: read.bytes,
+                held: read.held,
+            }),
             _ => Err(ApiError::invalid(
                 "body",
                 "The request body must be a JSON object.",

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -117,6 +117,7 @@ pub async fn route(
             ));
         }
     };
+    let _slot = state.gates.slot().await?;
     let started = std::time::Instant::now();
     let decision = state.core.decide(texts, need).await?;
     Ok(Json(json!({
@@ -202,7 +203,12 @@ pub async fn capabilities(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// `GET /health`: always answers while the node serves; details for operators.
-pub async fn health(State(state): State<AppState>) -> Json<Value> {
+pub async fn health(State(state): State<AppState>, headers: HeaderMap) -> Json<Value> {
+    // Open to load balancers and probes; what runs behind the node (backend
+    // names, their errors, the node's identity) only with a key.
+    if let super::Access::Denied { .. } = super::authorized(&state.http.api_keys, &headers) {
+        return Json(json!({"status": "ok"}));
+    }
     let backends: BTreeMap<&str, Value> = state
         .core
         .backends

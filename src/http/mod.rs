@@ -2,10 +2,12 @@
 //! [`AppState`]. Handlers only parse requests and render answers: what runs a
 //! request is the core ([`crate::exec`]), which peers' requests go through too.
 
+mod body;
 mod error;
 mod info;
 mod openai;
 mod render;
+mod serve;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -17,7 +19,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+pub use body::Gates;
 pub use error::{ApiError, ApiJson, ApiObject};
+pub use serve::serve;
 
 use crate::config::HttpConfig;
 use crate::exec::Core;
@@ -29,6 +33,8 @@ pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
     pub http: HttpConfig,
+    /// Bounds on request bodies and on requests run at once.
+    pub gates: Gates,
     /// What runs requests.
     pub core: Core,
     /// This node's PeerId (base58).
@@ -62,8 +68,6 @@ pub fn unix_now() -> u64 {
 
 /// The API's router with all middleware.
 pub fn app(state: AppState) -> Router {
-    let limit = state.http.max_body_bytes;
-    let concurrency = state.http.max_concurrent_requests;
     let api = Router::new()
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/completions", post(openai::completions))
@@ -80,9 +84,9 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(info::health))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(limit))
+        // Bodies are read by the extractors, within the node's own limits.
+        .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .layer(tower::limit::ConcurrencyLimitLayer::new(concurrency))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::internal("handler", "panicked").into_response()
         }))
@@ -114,25 +118,11 @@ async fn auth(
     req: Request,
     next: Next,
 ) -> Response {
-    if state.http.api_keys.is_empty() {
-        return next.run(req).await;
-    }
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let ok = given.is_some_and(|g| {
-        state
-            .http
-            .api_keys
-            .iter()
-            .any(|k| constant_time_eq(k.as_bytes(), g.as_bytes()))
-    });
-    if ok {
-        return next.run(req).await;
-    }
-    let message = if given.is_none() {
+    let given = match authorized(&state.http.api_keys, &headers) {
+        Access::Open | Access::Granted => return next.run(req).await,
+        Access::Denied { given } => given,
+    };
+    let message = if !given {
         "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
     } else {
         "Incorrect API key provided."
@@ -142,11 +132,50 @@ async fn auth(
         .into_response()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// Whether a request may use the API.
+pub(crate) enum Access {
+    /// No keys are configured.
+    Open,
+    Granted,
+    /// `given`: a key was sent (a wrong one).
+    Denied {
+        given: bool,
+    },
+}
+
+/// Checks the `Authorization: Bearer <key>` header (scheme in any case)
+/// against the configured keys. Keys are compared as SHA-256 digests, every
+/// configured key every time, so the time taken tells nothing of a key's
+/// length or content.
+pub(crate) fn authorized(keys: &[String], headers: &HeaderMap) -> Access {
+    use sha2::{Digest, Sha256};
+    if keys.is_empty() {
+        return Access::Open;
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim());
+    let Some(given) = given else {
+        return Access::Denied { given: false };
+    };
+    let digest = Sha256::digest(given.as_bytes());
+    let mut matched = 0u8;
+    for key in keys {
+        let want = Sha256::digest(key.as_bytes());
+        let differ = want
+            .iter()
+            .zip(digest.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        matched |= u8::from(differ == 0);
+    }
+    if matched == 1 {
+        Access::Granted
+    } else {
+        Access::Denied { given: true }
+    }
 }
 
 /// Counts requests and times them to the response head, by route template.

@@ -138,11 +138,16 @@ fn need_text(texts: Vec<String>, param: &str) -> Result<Vec<String>, ApiError> {
 async fn run(
     state: &AppState,
     op: Op,
-    ApiObject { body, raw }: ApiObject,
+    ApiObject {
+        body,
+        raw,
+        held: _held,
+    }: ApiObject,
     model: &str,
     texts: impl FnOnce() -> Result<Vec<String>, ApiError>,
 ) -> Result<Response, ApiError> {
     let stream = stream_field(&body)?;
+    let _slot = state.gates.slot().await?;
     let target = state.core.resolve(model, op, texts).await?;
     let request = Request {
         op,
@@ -249,6 +254,7 @@ pub async fn embeddings(
         // An `llm/embed` capability on a backend serves other embedding models.
         return run(&state, Op::Embeddings, request, &model, || Ok(Vec::new())).await;
     }
+    let _slot = state.gates.slot().await?;
     let body = request.body;
     let inputs = embedding_inputs(&body)?;
     let base64 = match body.get("encoding_format") {

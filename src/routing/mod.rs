@@ -434,7 +434,7 @@ impl Router {
     }
 }
 
-fn kind_fits(entry: &Entry, need: Need) -> bool {
+pub fn kind_fits(entry: &Entry, need: Need) -> bool {
     match need {
         Need::Text => entry.capability.kind.answers_text(),
         Need::Any => true,
