@@ -81,6 +81,8 @@ impl Echo {
                 "/v1/projects/{ns}/{name}/chat/completions",
                 post(project_chat),
             )
+            // Model servers take long prompts (axum's default is 2 MB).
+            .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(state)
     }
 

@@ -154,7 +154,12 @@ async fn garbage_forgeries_and_replays_are_dropped_counted_and_penalised() {
     let node = start(mesh_config(Vec::new(), Vec::new(), dir.path(), Vec::new())).await;
     let addr: Multiaddr = mesh_addr(&node).await.parse().expect("addr");
     let origin = key(67);
-    let signed = |seq| SignedRouteUpdate::sign(&update(seq), &origin).expect("sign");
+    // Sequence numbers are the origin's clock in ms: these are from now on.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let signed = |seq| SignedRouteUpdate::sign(&update(now_ms + seq), &origin).expect("sign");
 
     // A replay: a valid update, then an older one of the same origin.
     let mut replayer = hostile(66, &addr, true).await;
@@ -235,4 +240,48 @@ async fn garbage_forgeries_and_replays_are_dropped_counted_and_penalised() {
         .await
         .expect("health");
     assert_eq!(health.status(), 200, "the node keeps serving");
+}
+
+/// An origin that withdrew stays withdrawn: a replay of its earlier update,
+/// sent after the withdrawal's TTL has passed, is refused as stale.
+#[tokio::test]
+async fn a_withdrawn_origin_is_not_replayed_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(mesh_config(Vec::new(), Vec::new(), dir.path(), Vec::new())).await;
+    let addr: Multiaddr = mesh_addr(&node).await.parse().expect("addr");
+    let origin = key(71);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let at = |seq: u64, body: RouteBody| {
+        let mut u = update(now_ms + seq);
+        u.ttl_secs = 5;
+        u.body = body;
+        SignedRouteUpdate::sign(&u, &origin)
+            .expect("sign")
+            .encode()
+            .expect("encode")
+    };
+    let full = at(1, RouteBody::Full(Vec::new()));
+    let mut relay = hostile(72, &addr, true).await;
+    send(&mut relay, vec![full.clone(), at(2, RouteBody::Withdraw)]).await;
+    let mut swarms = [relay];
+    wait_counts(&node, &mut swarms, &[("accepted", 1), ("withdrawn", 1)]).await;
+    // Past the withdrawal's 5 s TTL, the first update comes again (a new
+    // gossip message: another relay's envelope).
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let mut replayer = hostile(73, &addr, true).await;
+    send(&mut replayer, vec![full]).await;
+    let mut swarms = [replayer];
+    wait_counts(&node, &mut swarms, &[("stale", 1)]).await;
+    assert_eq!(
+        metric(
+            &node,
+            "atmosphere_gossip_updates_total{result=\"accepted\"}"
+        )
+        .await,
+        1,
+        "the withdrawn origin came back"
+    );
 }

@@ -213,7 +213,10 @@ impl Task {
         }
         let mut changed = false;
         for (verified, signed) in found.synced {
-            changed |= self.remote.apply(verified, signed, now).changed();
+            changed |= self
+                .remote
+                .apply(verified, signed, now, super::unix_ms())
+                .changed();
         }
         if changed {
             self.publish_view();

@@ -362,7 +362,9 @@ impl Task {
                 message,
             } => {
                 let origin = verified.origin;
-                let outcome = self.remote.apply(*verified, signed, Instant::now());
+                let outcome = self
+                    .remote
+                    .apply(*verified, signed, Instant::now(), unix_ms());
                 tracing::debug!(%origin, outcome = outcome.as_str(), "route update");
                 self.setup.metrics.gossip(outcome.as_str());
                 let verdict = match outcome {
@@ -381,7 +383,7 @@ impl Task {
                 let now = Instant::now();
                 let mut changed = false;
                 for (verified, signed) in updates {
-                    let outcome = self.remote.apply(verified, signed, now);
+                    let outcome = self.remote.apply(verified, signed, now, unix_ms());
                     changed |= outcome.changed();
                 }
                 tracing::debug!(%peer, changed, "synced with a peer");

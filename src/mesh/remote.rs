@@ -15,6 +15,16 @@ use crate::wire::route::{RouteBody, SignedRouteUpdate, Verified};
 
 /// Most origins held; updates from further origins are ignored.
 pub const MAX_ORIGINS: usize = 512;
+/// How far an origin's clock may lag this node's: an update whose `seq`
+/// (the origin's unix time in ms when it signed) is older than its TTL plus
+/// this is stale, whoever relays it.
+pub const CLOCK_GRACE: Duration = Duration::from_secs(600);
+/// How long the last `seq` of an origin that withdrew or went silent is
+/// remembered: as long as any of its updates could still pass the age check.
+const TOMBSTONE_FOR: Duration =
+    Duration::from_secs(crate::wire::route::MAX_TTL_SECS as u64 + CLOCK_GRACE.as_secs());
+/// Most such origins remembered (the oldest are forgotten first).
+const MAX_TOMBSTONES: usize = 4096;
 /// Sustained updates accepted per origin and second, and the burst allowed.
 const RATE_PER_SEC: f64 = 1.0;
 const BURST: f64 = 5.0;
@@ -28,7 +38,8 @@ pub enum Outcome {
     Withdrawn,
     /// Same `seq` as held: nothing new (no penalty; gossip delivers duplicates).
     Duplicate,
-    /// Lower `seq` than held: stale or replayed.
+    /// Lower `seq` than held or remembered, or older than its TTL: stale or
+    /// replayed.
     Stale,
     /// The origin sent too many updates too fast.
     RateLimited,
@@ -74,6 +85,9 @@ struct Origin {
 pub struct Remote {
     me: PeerId,
     origins: HashMap<PeerId, Origin>,
+    /// Origins that withdrew or expired: their last `seq`, and until when it
+    /// is kept, so that replays of their older updates stay refused.
+    gone: HashMap<PeerId, (u64, Instant)>,
 }
 
 /// One origin held, as the API shows it.
@@ -92,19 +106,33 @@ impl Remote {
         Self {
             me,
             origins: HashMap::new(),
+            gone: HashMap::new(),
         }
     }
 
-    /// Applies a verified update (`signed` is kept to serve sync requests).
+    /// Applies a verified update (`signed` is kept to serve sync requests);
+    /// `unix_ms` is this node's wall clock, for the age check.
     pub fn apply(
         &mut self,
         verified: Verified,
         signed: SignedRouteUpdate,
         now: Instant,
+        unix_ms: u64,
     ) -> Outcome {
         let Verified { origin, update } = verified;
         if origin == self.me {
             return Outcome::Own;
+        }
+        let lifetime_ms = (u64::from(update.ttl_secs) + CLOCK_GRACE.as_secs()) * 1000;
+        if update.seq.saturating_add(lifetime_ms) < unix_ms {
+            return Outcome::Stale;
+        }
+        if let Some(&(seq, _)) = self.gone.get(&origin) {
+            match update.seq.cmp(&seq) {
+                std::cmp::Ordering::Less => return Outcome::Stale,
+                std::cmp::Ordering::Equal => return Outcome::Duplicate,
+                std::cmp::Ordering::Greater => {}
+            }
         }
         if let Some(held) = self.origins.get_mut(&origin) {
             if update.seq == held.seq {
@@ -125,7 +153,11 @@ impl Remote {
         }
         let ttl = Duration::from_secs(u64::from(update.ttl_secs));
         let (entries, outcome) = match update.body {
-            RouteBody::Withdraw => (Vec::new(), Outcome::Withdrawn),
+            RouteBody::Withdraw => {
+                self.origins.remove(&origin);
+                self.forget(origin, update.seq, now);
+                return Outcome::Withdrawn;
+            }
             RouteBody::Full(records) => {
                 let node = origin.to_base58();
                 let entries = records
@@ -155,6 +187,7 @@ impl Remote {
                 (entries, Outcome::Accepted)
             }
         };
+        self.gone.remove(&origin);
         let tokens = self.origins.get(&origin).map_or(BURST - 1.0, |o| o.tokens);
         self.origins.insert(
             origin,
@@ -172,21 +205,36 @@ impl Remote {
         outcome
     }
 
-    /// Drops origins whose entries expired; returns them.
-    ///
-    /// A withdrawn origin is kept (with no entries) until its TTL passes, so that
-    /// a replay of an older update cannot bring it back.
+    /// Drops origins whose entries expired; returns them. Their last `seq`
+    /// is remembered, as a withdrawn origin's is.
     pub fn expire(&mut self, now: Instant) -> Vec<PeerId> {
-        let gone: Vec<PeerId> = self
+        let gone: Vec<(PeerId, u64)> = self
             .origins
             .iter()
             .filter(|(_, o)| o.expires <= now)
-            .map(|(p, _)| *p)
+            .map(|(p, o)| (*p, o.seq))
             .collect();
-        for p in &gone {
+        for (p, seq) in &gone {
             self.origins.remove(p);
+            self.forget(*p, *seq, now);
         }
-        gone
+        self.gone.retain(|_, (_, until)| *until > now);
+        gone.into_iter().map(|(p, _)| p).collect()
+    }
+
+    /// Remembers the last `seq` of an origin that is no longer held.
+    fn forget(&mut self, origin: PeerId, seq: u64, now: Instant) {
+        if self.gone.len() >= MAX_TOMBSTONES
+            && !self.gone.contains_key(&origin)
+            && let Some(oldest) = self
+                .gone
+                .iter()
+                .min_by_key(|(_, (_, until))| *until)
+                .map(|(p, _)| *p)
+        {
+            self.gone.remove(&oldest);
+        }
+        self.gone.insert(origin, (seq, now + TOMBSTONE_FOR));
     }
 
     /// Whether routes of `peer` are held.
@@ -275,8 +323,11 @@ mod tests {
     ) -> Outcome {
         let signed = SignedRouteUpdate::sign(&u, k).expect("sign");
         let verified = signed.verify(2).expect("verify");
-        r.apply(verified, signed, now)
+        r.apply(verified, signed, now, CLOCK_MS)
     }
+
+    /// The wall clock of these tests: seqs near 0 are a few seconds old.
+    const CLOCK_MS: u64 = 5_000;
 
     #[test]
     fn newer_replaces_same_is_duplicate_older_is_stale() {
@@ -325,11 +376,50 @@ mod tests {
             Outcome::Withdrawn
         );
         assert_eq!(r.entries().count(), 0);
-        // A replay of the older full update cannot resurrect it.
+        assert!(r.origins().is_empty(), "a withdrawn origin is not listed");
+        // A replay of the older full update cannot resurrect it, even after
+        // the withdrawal's own TTL.
+        let later = t + Duration::from_secs(40);
+        r.expire(later);
         assert_eq!(
-            apply(&mut r, &peer, update(2, 30, full(&["a/x"])), t),
+            apply(&mut r, &peer, update(2, 30, full(&["a/x"])), later),
             Outcome::Stale
         );
+        // Nor can a replay of an expired origin's last update.
+        let other = key(3);
+        apply(&mut r, &other, update(7, 5, full(&["b/x"])), t);
+        r.expire(t + Duration::from_secs(6));
+        assert_eq!(
+            apply(
+                &mut r,
+                &other,
+                update(7, 5, full(&["b/x"])),
+                t + Duration::from_secs(7)
+            ),
+            Outcome::Duplicate
+        );
+        // The node itself coming back, with a newer seq, is welcome.
+        assert_eq!(
+            apply(&mut r, &peer, update(4, 30, full(&["a/x"])), later),
+            Outcome::Accepted
+        );
+    }
+
+    #[test]
+    fn updates_older_than_their_ttl_are_stale_wherever_they_come_from() {
+        let mut r = Remote::new(key(1).public().to_peer_id());
+        let peer = key(2);
+        let t = Instant::now();
+        let now_ms = 10_000_000;
+        let old = CLOCK_GRACE.as_millis() as u64 + 30_000 + 1;
+        let u = update(now_ms - old, 30, full(&["a/x"]));
+        let signed = SignedRouteUpdate::sign(&u, &peer).expect("sign");
+        let verified = signed.verify(2).expect("verify");
+        assert_eq!(r.apply(verified, signed, t, now_ms), Outcome::Stale);
+        let u = update(now_ms - old + 2, 30, full(&["a/x"]));
+        let signed = SignedRouteUpdate::sign(&u, &peer).expect("sign");
+        let verified = signed.verify(2).expect("verify");
+        assert_eq!(r.apply(verified, signed, t, now_ms), Outcome::Accepted);
     }
 
     #[test]
