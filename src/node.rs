@@ -99,6 +99,8 @@ impl Node {
         .await
         .context("building the route table")?;
         let core = Core::new(exec::Parts {
+            node_id: peer_id.to_base58(),
+            node_name: config.node.name.clone(),
             catalog: catalog.clone(),
             router: Router::new(config.routing.clone()),
             embedder,

@@ -379,3 +379,92 @@ async fn a_node_shutting_down_finishes_the_answers_it_streams_to_peers() {
         .expect("a stops once its answer is done")
         .expect("shutdown");
 }
+
+/// A mesh node named `name` offering the llama expert on `backend_addr`,
+/// joining through `through`.
+async fn llama_node(
+    name: &str,
+    backend_addr: std::net::SocketAddr,
+    dir: &std::path::Path,
+    through: Vec<String>,
+) -> Node {
+    let mut config = mesh_config(
+        vec![backend("farm", BackendKind::Openai, backend_addr, false)],
+        vec![farm_capabilities("farm").remove(0)],
+        dir,
+        through,
+    );
+    config.node.name = name.into();
+    start(config).await
+}
+
+async fn served_by(node: &Node, model: &str) -> (u16, Option<String>) {
+    let resp = post(
+        node,
+        "/v1/chat/completions",
+        json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    let at = resp
+        .headers()
+        .get("x-atmosphere-node")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (resp.status().as_u16(), at)
+}
+
+/// Copies of one id on several nodes: the local one is never shadowed, a
+/// later copy elsewhere does not take the requests of the one known longer,
+/// and `id@node` picks one.
+#[tokio::test]
+async fn a_capability_id_belongs_to_the_node_that_announces_it() {
+    let dirs: Vec<_> = (0..4)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let alpha_echo = spawn_echo(Echo::new("alpha-backend", Flavour::Openai, &["llama3.2"])).await;
+    let bravo_echo = spawn_echo(Echo::new("bravo-backend", Flavour::Openai, &["llama3.2"])).await;
+    let alpha = llama_node("alpha", alpha_echo, dirs[0].path(), Vec::new()).await;
+    let through = vec![mesh_addr(&alpha).await];
+    let charlie = joined_to(&alpha, dirs[1].path(), Vec::new(), Vec::new()).await;
+    // Later, two more nodes announce the same id: one that serves it, one
+    // whose backend is down.
+    let bravo = llama_node("bravo", bravo_echo, dirs[2].path(), through.clone()).await;
+    let delta = llama_node("delta", dead_addr().await, dirs[3].path(), through).await;
+    eventually("charlie holds all three copies", || async {
+        get_json(&charlie, "/v1/mesh/capabilities").await["data"]
+            .as_array()
+            .is_some_and(|d| d.iter().filter(|c| c["id"] == "farm/llama-expert").count() == 3)
+    })
+    .await;
+    eventually("delta holds the other copies", || async {
+        get_json(&delta, "/v1/mesh/capabilities").await["data"]
+            .as_array()
+            .is_some_and(|d| d.iter().filter(|c| c["id"] == "farm/llama-expert").count() == 3)
+    })
+    .await;
+    let id = |n: &Node| Some(n.peer_id.to_base58());
+
+    // Elsewhere only: the copy known longest, every time.
+    for _ in 0..10 {
+        assert_eq!(
+            served_by(&charlie, "farm/llama-expert").await,
+            (200, id(&alpha))
+        );
+    }
+    // Named: that node's copy, by name or PeerId.
+    assert_eq!(
+        served_by(&charlie, "farm/llama-expert@bravo").await,
+        (200, id(&bravo))
+    );
+    let by_peer = format!("farm/llama-expert@{}", bravo.peer_id);
+    assert_eq!(served_by(&charlie, &by_peer).await, (200, id(&bravo)));
+    let (status, _) = served_by(&charlie, "farm/llama-expert@nobody").await;
+    assert_eq!(status, 404);
+    // Offered here: this node's copy, even when its backend is down.
+    assert_eq!(
+        served_by(&bravo, "farm/llama-expert").await,
+        (200, id(&bravo))
+    );
+    let (status, at) = served_by(&delta, "farm/llama-expert").await;
+    assert_ne!(status, 200, "delta's request went to {at:?}");
+}

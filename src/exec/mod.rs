@@ -34,6 +34,9 @@ use crate::routing::{Entry, Router};
 
 /// What the core works with; shared by every request.
 pub struct Parts {
+    /// This node's PeerId (base58) and display name, as `id@node` names it.
+    pub node_id: String,
+    pub node_name: String,
     pub catalog: Catalog,
     pub router: Router,
     pub embedder: Embedder,

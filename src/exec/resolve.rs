@@ -2,6 +2,7 @@
 //! decided by meaning (asking the DHT for providers when nothing known fits);
 //! with the candidates to fail over to.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -130,7 +131,7 @@ impl Core {
     }
 
     /// Resolves `model` for `op`: `auto` by the meaning of `texts`, else the
-    /// capability with that id (an available copy first).
+    /// capability with that id, by [`Core::copies`].
     pub async fn resolve(
         &self,
         model: &str,
@@ -144,12 +145,8 @@ impl Core {
             };
             return self.resolve_auto(texts()?, need).await;
         }
-        let id: CapabilityId = model
-            .parse()
-            .map_err(|_| ApiError::model_not_found(model))?;
-        let table = self.catalog.table();
-        let all: Vec<Arc<Entry>> = table.lookup(&id).cloned().collect();
-        let first = all
+        let copies = self.copies(model)?;
+        let first = copies
             .first()
             .cloned()
             .ok_or_else(|| ApiError::model_not_found(model))?;
@@ -157,15 +154,105 @@ impl Core {
             return Err(wrong_kind(model, &first.capability.kind, op));
         }
         let up = self.available();
-        let mut usable = all.into_iter().filter(|e| up(e));
+        let mut usable = copies.into_iter().filter(|e| up(e));
         let entry = usable.next().unwrap_or(first);
         let fallbacks = usable.map(|e| (e, None)).collect();
-        self.count_decision("explicit", id.to_string());
+        self.count_decision("explicit", entry.capability.id.to_string());
         Ok(Target {
             entry,
             score: None,
             fallbacks,
         })
+    }
+
+    /// The copies of a capability a model name may run on, in the order to
+    /// try them. A capability id belongs to the node that announces it:
+    ///
+    /// - `id@node` (a PeerId or a node name): that node's copy only;
+    /// - `id`, offered here: this node's copy only (an announcement from
+    ///   elsewhere never shadows it);
+    /// - `id`, offered elsewhere only: every copy, the one whose node this
+    ///   node has known longest first (then by PeerId), so that a node that
+    ///   appears later with the same id does not take its requests.
+    pub fn copies(&self, model: &str) -> Result<Vec<Arc<Entry>>, ApiError> {
+        let (id, at) = match model.rsplit_once('@') {
+            Some((id, node)) => (id, Some(node)),
+            None => (model, None),
+        };
+        let id: CapabilityId = id.parse().map_err(|_| ApiError::model_not_found(model))?;
+        let table = self.catalog.table();
+        let all: Vec<Arc<Entry>> = table.lookup(&id).cloned().collect();
+        if let Some(node) = at {
+            let peer = self.node_named(node)?;
+            return Ok(all.into_iter().filter(|e| e.node == peer).collect());
+        }
+        if all.iter().any(|e| e.local) {
+            return Ok(all.into_iter().filter(|e| e.local).collect());
+        }
+        let since: HashMap<String, Instant> = self
+            .mesh
+            .as_ref()
+            .map(|m| {
+                m.view
+                    .borrow()
+                    .origins
+                    .iter()
+                    .map(|o| (o.peer.to_base58(), o.since))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut remote = all;
+        remote.sort_by(|a, b| {
+            let known = |e: &Entry| since.get(&e.node).copied();
+            // Known origins before unknown ones, the longest known first.
+            match (known(a), known(b)) {
+                (Some(x), Some(y)) => x.cmp(&y),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            }
+            .then_with(|| a.node.cmp(&b.node))
+        });
+        Ok(remote)
+    }
+
+    /// The PeerId (base58) of a node named by PeerId or by name: this node,
+    /// or an origin it holds. A name that several nodes use is refused.
+    fn node_named(&self, node: &str) -> Result<String, ApiError> {
+        if node == self.node_id || node == self.node_name {
+            return Ok(self.node_id.clone());
+        }
+        let origins = self
+            .mesh
+            .as_ref()
+            .map(|m| m.view.borrow().origins.clone())
+            .unwrap_or_default();
+        if let Some(o) = origins.iter().find(|o| o.peer.to_base58() == node) {
+            return Ok(o.peer.to_base58());
+        }
+        let named: Vec<String> = origins
+            .iter()
+            .filter(|o| o.node_name == node)
+            .map(|o| o.peer.to_base58())
+            .collect();
+        match named.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!("No known node is called `{node}`; GET /v1/mesh/capabilities lists them."),
+            )
+            .param("model")
+            .code("node_not_found")),
+            many => Err(ApiError::invalid(
+                "model",
+                format!(
+                    "Several nodes are called `{node}`: {}. Name one by its PeerId.",
+                    many.join(", ")
+                ),
+            )
+            .code("ambiguous_node")),
+        }
     }
 
     async fn resolve_auto(&self, texts: Vec<String>, need: Need) -> Result<Target, ApiError> {

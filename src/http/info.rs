@@ -54,6 +54,13 @@ pub async fn models(State(state): State<AppState>) -> Json<Value> {
     entries.sort_by_key(|e| (!e.local, e.capability.id.clone()));
     for e in entries {
         if seen.insert(e.capability.id.clone()) {
+            // The copy the id resolves to (this node's, else the one known longest).
+            let chosen = state
+                .core
+                .copies(e.capability.id.as_str())
+                .ok()
+                .and_then(|c| c.into_iter().next());
+            let e = chosen.as_ref().unwrap_or(e);
             data.push(model_object(&state, e, up(e)));
         }
     }
@@ -71,14 +78,14 @@ pub async fn model(
     if id == MODEL_ID {
         return Ok(Json(pseudo_model(&state, MODEL_ID, "llm/embed")));
     }
-    let table = state.core.catalog.table();
-    let parsed = id.parse().map_err(|_| ApiError::model_not_found(&id))?;
-    let entry = table
-        .lookup(&parsed)
+    let entry = state
+        .core
+        .copies(&id)?
+        .into_iter()
         .next()
         .ok_or_else(|| ApiError::model_not_found(&id))?;
-    let up = state.core.available()(entry);
-    Ok(Json(model_object(&state, entry, up)))
+    let up = state.core.available()(&entry);
+    Ok(Json(model_object(&state, &entry, up)))
 }
 
 /// `POST /v1/route`: explains what `auto` would choose, without running it.
@@ -196,6 +203,8 @@ pub async fn capabilities(State(state): State<AppState>) -> Json<Value> {
                 "node_name": if e.local { Some(state.node_name.clone()) } else { origins.get(&e.node).map(|o| o.2.clone()) },
                 "seq": origins.get(&e.node).map(|o| o.0),
                 "age_secs": origins.get(&e.node).map(|o| o.1),
+                // What names this very copy in a request (`model`).
+                "address": format!("{}@{}", c.id, e.node),
             })
         })
         .collect();

@@ -74,6 +74,8 @@ struct Origin {
     node_name: String,
     expires: Instant,
     received: Instant,
+    /// When this node first accepted an update of it (kept across updates).
+    since: Instant,
     entries: Vec<Entry>,
     /// The update as received, for sync.
     signed: Option<SignedRouteUpdate>,
@@ -98,6 +100,9 @@ pub struct OriginState {
     pub seq: u64,
     /// When its last accepted update arrived.
     pub received: Instant,
+    /// Since when this node has held it: from its first accepted update
+    /// until it withdraws or expires.
+    pub since: Instant,
     pub capabilities: usize,
 }
 
@@ -189,6 +194,7 @@ impl Remote {
         };
         self.gone.remove(&origin);
         let tokens = self.origins.get(&origin).map_or(BURST - 1.0, |o| o.tokens);
+        let since = self.origins.get(&origin).map_or(now, |o| o.since);
         self.origins.insert(
             origin,
             Origin {
@@ -196,6 +202,7 @@ impl Remote {
                 node_name: update.node_name,
                 expires: now + ttl,
                 received: now,
+                since,
                 entries,
                 signed: (outcome == Outcome::Accepted).then_some(signed),
                 tokens,
@@ -265,6 +272,7 @@ impl Remote {
                 node_name: o.node_name.clone(),
                 seq: o.seq,
                 received: o.received,
+                since: o.since,
                 capabilities: o.entries.len(),
             })
             .collect();
