@@ -37,7 +37,6 @@ pub async fn serve(
                 continue;
             }
         };
-        let _ = socket.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone().map_request(
             |req: axum::http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new),
         ));
