@@ -37,6 +37,9 @@ pub enum Fault {
     Stall,
     /// Streams two chunks, then drops the connection.
     BreakStream,
+    /// Streams the whole answer and ends the response cleanly, but never
+    /// sends `data: [DONE]` (a server whose stream just ends).
+    NoDone,
     /// 400 with an OpenAI-shaped error, as a backend refusing a parameter does.
     Reject,
 }
@@ -241,7 +244,9 @@ fn stream_reply(e: Arc<Echo>, model: String, text: String, chat: bool) -> Respon
             }
         }
         let _ = tx.send(Ok(chunk(None, Some("stop")))).await;
-        let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+        if fault != Fault::NoDone {
+            let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+        }
     });
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     let mut r = Response::new(body);

@@ -261,6 +261,29 @@ async fn broken_stream_ends_with_an_error_event() {
     assert!(!text.contains("[DONE]"));
 }
 
+/// A backend stream that simply ends, without `[DONE]`, is not passed on as
+/// a silent end: the client learns the answer may be cut short.
+#[tokio::test]
+async fn a_stream_that_ends_without_done_ends_with_an_error_event() {
+    let (node, _dir) = faulty_node(Fault::NoDone, Duration::from_secs(5)).await;
+    let resp = post(
+        &node,
+        "/v1/chat/completions",
+        chat("farm/coder", "one two three", true),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.expect("body");
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    let last = events.last().expect("events");
+    assert!(last.contains("backend_stream_error"), "{events:?}");
+    assert!(
+        text.contains("three"),
+        "the chunks came through first: {text}"
+    );
+    assert!(!text.contains("[DONE]"));
+}
+
 #[tokio::test]
 async fn request_deadline_bounds_a_slow_backend() {
     let mut echo = Echo::new("slow", Flavour::Openai, &["m"]);

@@ -11,6 +11,7 @@ mod error;
 mod forward;
 mod resolve;
 mod serve;
+pub mod texts;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -107,7 +107,7 @@ pub async fn route(
         }
     } else if body.get("messages").is_some() {
         let map = body.as_object().cloned().unwrap_or_default();
-        super::openai::chat_texts_for_route(&map)?
+        crate::exec::texts::need_text(crate::exec::texts::chat_texts(&map)?, "messages")?
     } else {
         return Err(ApiError::invalid(
             "input",
