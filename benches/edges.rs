@@ -12,7 +12,6 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -32,57 +31,15 @@ fn main() {
     rt.block_on(bench());
 }
 
-/// Starts `atmosphere start` with the farm capability on an echo backend;
-/// `http` lines go into its `[http]` section.
+/// A node process on `node_port` with the farm capabilities on the echo
+/// backend; `http` lines go into its `[http]` section.
 fn node(backend_port: u16, node_port: u16, http: &str) -> (Killed, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!(
         "atmosphere-bench-edges-{}-{node_port}",
         std::process::id()
     ));
-    std::fs::create_dir_all(&dir).expect("tmp");
-    let config = dir.join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[node]
-name = "bench"
-data_dir = "{dir}"
-[http]
-listen = "127.0.0.1:{node_port}"
-{http}
-[embedder]
-threads = 2
-[mesh]
-enabled = false
-[[backend]]
-name = "echo"
-kind = "openai"
-url = "http://127.0.0.1:{backend_port}"
-[[capability]]
-id = "farm/llama-expert"
-description = "Expert on raising llamas and alpacas."
-examples = ["What should I feed my alpacas in winter?", "How do I care for my llama?"]
-backend = "echo"
-model = "llama3.2"
-"#,
-            dir = dir.display()
-        ),
-    )
-    .expect("config");
-    let child = Command::new(bin("atmosphere"))
-        .args([
-            "start",
-            "--config",
-            config.to_str().expect("utf8"),
-            "--log",
-            "warn",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("atmosphere");
-    (Killed(child), dir)
+    let n = atmosphere(&farm_config(&dir, node_port, backend_port, http));
+    (n, dir)
 }
 
 /// A connection that sends a request head (and, with `body`, the start of a
@@ -137,19 +94,7 @@ async fn one_chat(client: &reqwest::Client, url: &str, body: &[u8]) -> (Duration
 
 async fn bench() {
     let backend_port = free_port();
-    let _backend = Killed(
-        Command::new(bin("echo-backend"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{backend_port}"),
-                "--model",
-                "llama3.2",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("echo-backend"),
-    );
+    let _backend = echo_backend(backend_port);
     let client = reqwest::Client::new();
 
     // 1. Trickling connections.

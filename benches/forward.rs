@@ -14,7 +14,6 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -53,23 +52,6 @@ ttl = "{TTL_SECS}s"
     path
 }
 
-fn start(config: &std::path::Path) -> Killed {
-    Killed(
-        Command::new(bin("atmosphere"))
-            .args([
-                "start",
-                "--config",
-                config.to_str().expect("utf8"),
-                "--log",
-                "warn",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("atmosphere"),
-    )
-}
-
 async fn get(client: &reqwest::Client, url: &str) -> Option<Value> {
     client.get(url).send().await.ok()?.json().await.ok()
 }
@@ -87,23 +69,11 @@ async fn capability_count(client: &reqwest::Client, port: u16) -> usize {
 async fn bench() {
     let client = reqwest::Client::new();
     let backend_port = free_port();
-    let _backend = Killed(
-        Command::new(bin("echo-backend"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{backend_port}"),
-                "--model",
-                "llama3.2",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("echo-backend"),
-    );
+    let _backend = echo_backend(backend_port);
     let dir = std::env::temp_dir().join(format!("atmosphere-fwd-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
     let (pa, pb) = (free_port(), free_port());
-    let a = start(&node_config(
+    let a = atmosphere(&node_config(
         &dir,
         "a",
         pa,
@@ -130,7 +100,7 @@ model = "llama3.2"
         peers["listen"][0].as_str().expect("listen"),
         peers["peer_id"].as_str().expect("peer id")
     );
-    let b = start(&node_config(
+    let b = atmosphere(&node_config(
         &dir,
         "b",
         pb,

@@ -12,7 +12,6 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::*;
@@ -28,70 +27,9 @@ fn main() {
 async fn bench() {
     let backend_port = free_port();
     let node_port = free_port();
-    let _backend = Killed(
-        Command::new(bin("echo-backend"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{backend_port}"),
-                "--model",
-                "llama3.2",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("echo-backend"),
-    );
+    let _backend = echo_backend(backend_port);
     let dir = std::env::temp_dir().join(format!("atmosphere-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp");
-    let config = dir.join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[node]
-name = "bench"
-data_dir = "{dir}"
-[http]
-listen = "127.0.0.1:{node_port}"
-[embedder]
-threads = 2
-[mesh]
-enabled = false
-[[backend]]
-name = "echo"
-kind = "openai"
-url = "http://127.0.0.1:{backend_port}"
-[[capability]]
-id = "farm/llama-expert"
-description = "Expert on raising llamas and alpacas."
-examples = ["What should I feed my alpacas in winter?", "How do I care for my llama?"]
-backend = "echo"
-model = "llama3.2"
-[[capability]]
-id = "farm/coder"
-description = "Writes and fixes code."
-examples = ["Write a Rust function that reverses a string."]
-backend = "echo"
-model = "llama3.2"
-"#,
-            dir = dir.display()
-        ),
-    )
-    .expect("config");
-    let node = Killed(
-        Command::new(bin("atmosphere"))
-            .args([
-                "start",
-                "--config",
-                config.to_str().expect("utf8"),
-                "--log",
-                "warn",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("atmosphere"),
-    );
+    let node = atmosphere(&farm_config(&dir, node_port, backend_port, ""));
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()

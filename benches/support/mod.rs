@@ -132,3 +132,87 @@ pub async fn chat_load(
         .flatten()
         .collect()
 }
+
+/// Starts `echo-backend` on loopback `port`, serving `llama3.2`.
+pub fn echo_backend(port: u16) -> Killed {
+    Killed(
+        std::process::Command::new(bin("echo-backend"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--model",
+                "llama3.2",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("echo-backend"),
+    )
+}
+
+/// Starts `atmosphere start --config <config>` (warnings to stderr).
+pub fn atmosphere(config: &std::path::Path) -> Killed {
+    Killed(
+        std::process::Command::new(bin("atmosphere"))
+            .args([
+                "start",
+                "--config",
+                config.to_str().expect("utf8"),
+                "--log",
+                "warn",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("atmosphere"),
+    )
+}
+
+/// Writes the config of a standalone node on `node_port` with the two farm
+/// capabilities on an echo backend at `backend_port`; `http` lines go into
+/// its `[http]` section. Returns the config's path.
+pub fn farm_config(
+    dir: &std::path::Path,
+    node_port: u16,
+    backend_port: u16,
+    http: &str,
+) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("tmp");
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[node]
+name = "bench"
+data_dir = "{dir}"
+[http]
+listen = "127.0.0.1:{node_port}"
+{http}
+[embedder]
+threads = 2
+[mesh]
+enabled = false
+[[backend]]
+name = "echo"
+kind = "openai"
+url = "http://127.0.0.1:{backend_port}"
+[[capability]]
+id = "farm/llama-expert"
+description = "Expert on raising llamas and alpacas."
+examples = ["What should I feed my alpacas in winter?", "How do I care for my llama?"]
+backend = "echo"
+model = "llama3.2"
+[[capability]]
+id = "farm/coder"
+description = "Writes and fixes code."
+examples = ["Write a Rust function that reverses a string."]
+backend = "echo"
+model = "llama3.2"
+"#,
+            dir = dir.display()
+        ),
+    )
+    .expect("config");
+    config
+}

@@ -190,17 +190,10 @@ impl Core {
             return Ok(all.into_iter().filter(|e| e.local).collect());
         }
         let since: HashMap<String, Instant> = self
-            .mesh
-            .as_ref()
-            .map(|m| {
-                m.view
-                    .borrow()
-                    .origins
-                    .iter()
-                    .map(|o| (o.peer.to_base58(), o.since))
-                    .collect()
-            })
-            .unwrap_or_default();
+            .origins()
+            .iter()
+            .map(|o| (o.peer.to_base58(), o.since))
+            .collect();
         let mut remote = all;
         remote.sort_by(|a, b| {
             let known = |e: &Entry| since.get(&e.node).copied();
@@ -216,17 +209,21 @@ impl Core {
         Ok(remote)
     }
 
+    /// The other nodes whose routes this node holds (none outside a mesh).
+    pub fn origins(&self) -> Arc<Vec<crate::mesh::OriginState>> {
+        self.mesh
+            .as_ref()
+            .map(|m| m.view.borrow().origins.clone())
+            .unwrap_or_default()
+    }
+
     /// The PeerId (base58) of a node named by PeerId or by name: this node,
     /// or an origin it holds. A name that several nodes use is refused.
     fn node_named(&self, node: &str) -> Result<String, ApiError> {
         if node == self.node_id || node == self.node_name {
             return Ok(self.node_id.clone());
         }
-        let origins = self
-            .mesh
-            .as_ref()
-            .map(|m| m.view.borrow().origins.clone())
-            .unwrap_or_default();
+        let origins = self.origins();
         if let Some(o) = origins.iter().find(|o| o.peer.to_base58() == node) {
             return Ok(o.peer.to_base58());
         }

@@ -167,22 +167,15 @@ pub async fn capabilities(State(state): State<AppState>) -> Json<Value> {
     let up = state.core.available();
     let origins: std::collections::HashMap<String, (u64, u64, String)> = state
         .core
-        .mesh
-        .as_ref()
-        .map(|m| {
-            m.view
-                .borrow()
-                .origins
-                .iter()
-                .map(|o| {
-                    (
-                        o.peer.to_base58(),
-                        (o.seq, o.received.elapsed().as_secs(), o.node_name.clone()),
-                    )
-                })
-                .collect()
+        .origins()
+        .iter()
+        .map(|o| {
+            (
+                o.peer.to_base58(),
+                (o.seq, o.received.elapsed().as_secs(), o.node_name.clone()),
+            )
         })
-        .unwrap_or_default();
+        .collect();
     let data: Vec<Value> = table
         .entries()
         .iter()
