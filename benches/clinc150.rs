@@ -108,6 +108,7 @@ fn table_for(data: &Data, groups: &[Group], routing: &RoutingConfig) -> Table {
                     backend: "none".into(),
                     model: g.name.clone(),
                     source: Source::Config,
+                    share: Default::default(),
                 },
                 node: "bench".into(),
                 local: true,

@@ -65,6 +65,7 @@ fn entries(vectors: &[Vec<f32>]) -> Vec<Entry> {
                 backend: "b".into(),
                 model: "m".into(),
                 source: Source::Config,
+                share: Default::default(),
             },
             node: "bench".into(),
             local: true,

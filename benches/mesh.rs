@@ -43,6 +43,7 @@ fn entry(id: &str) -> Entry {
             backend: "b".into(),
             model: "m".into(),
             source: Source::Config,
+            share: Default::default(),
         },
         node: String::new(),
         local: true,

@@ -164,6 +164,68 @@ pub enum Source {
     Remote,
 }
 
+/// Who besides this node may run a capability (`share` in its config).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "ShareText", into = "ShareText")]
+pub enum Share {
+    /// This node's own clients only: not announced, refused to peers.
+    Local,
+    /// Any peer of the mesh.
+    #[default]
+    Mesh,
+    /// These peers only (PeerIds, base58): announced, refused to others.
+    Peers(Vec<String>),
+}
+
+impl Share {
+    /// Whether `peer` (a PeerId, base58) may run it.
+    pub fn allows(&self, peer: &str) -> bool {
+        match self {
+            Share::Local => false,
+            Share::Mesh => true,
+            Share::Peers(peers) => peers.iter().any(|p| p == peer),
+        }
+    }
+}
+
+/// `share` as written: `"local"`, `"mesh"` or a list of PeerIds.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum ShareText {
+    Word(String),
+    Peers(Vec<String>),
+}
+
+impl TryFrom<ShareText> for Share {
+    type Error = String;
+    fn try_from(text: ShareText) -> Result<Self, String> {
+        match text {
+            ShareText::Word(w) if w == "local" => Ok(Share::Local),
+            ShareText::Word(w) if w == "mesh" => Ok(Share::Mesh),
+            ShareText::Word(w) => Err(format!(
+                "share {w:?}: expected \"local\", \"mesh\" or a list of PeerIds"
+            )),
+            ShareText::Peers(peers) => {
+                for p in &peers {
+                    p.parse::<libp2p::PeerId>()
+                        .map_err(|_| format!("share: {p:?} is not a PeerId"))?;
+                }
+                Ok(Share::Peers(peers))
+            }
+        }
+    }
+}
+
+impl From<Share> for ShareText {
+    fn from(share: Share) -> Self {
+        match share {
+            Share::Local => ShareText::Word("local".into()),
+            Share::Mesh => ShareText::Word("mesh".into()),
+            Share::Peers(p) => ShareText::Peers(p),
+        }
+    }
+}
+
 /// A capability this node offers, with the text it is routed by.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Capability {
@@ -178,6 +240,9 @@ pub struct Capability {
     /// Model name at the backend.
     pub model: String,
     pub source: Source,
+    /// Who else may run it (for another node's capability: `Mesh`, what it
+    /// announced).
+    pub share: Share,
 }
 
 impl Capability {

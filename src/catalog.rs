@@ -275,6 +275,7 @@ impl Owner {
                     backend: c.backend.clone(),
                     model: c.model.clone().unwrap_or_else(|| c.id.name().to_owned()),
                     source: Source::Config,
+                    share: c.share.clone(),
                 };
                 if let Some(d) = found(c) {
                     if c.model.is_none() {
@@ -309,6 +310,7 @@ impl Owner {
                     backend: backend.clone(),
                     model: d.model.clone(),
                     source: Source::Discovered,
+                    share: Default::default(),
                 });
             }
         }

@@ -50,6 +50,7 @@ fn entry(id: &str, seed: u8) -> Entry {
             backend: "b".into(),
             model: "m".into(),
             source: Source::Config,
+            share: Default::default(),
         },
         node: String::new(),
         local: true,

@@ -468,3 +468,70 @@ async fn a_capability_id_belongs_to_the_node_that_announces_it() {
     let (status, at) = served_by(&delta, "farm/llama-expert").await;
     assert_ne!(status, 200, "delta's request went to {at:?}");
 }
+
+/// `share`: a local capability is neither announced nor run for peers; one
+/// shared with a list of peers runs for them and is refused to others.
+#[tokio::test]
+async fn capabilities_are_shared_only_as_configured() {
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    // b's identity exists before a is configured to share with it.
+    let b_id = atmosphere::identity::peer_id(
+        &atmosphere::identity::load_or_create(dirs[1].path()).expect("identity"),
+    )
+    .to_base58();
+    let farm = spawn_echo(Echo::new("farm-backend", Flavour::Openai, &["llama3.2"])).await;
+    let mut caps = farm_capabilities("farm");
+    caps[0].share = atmosphere::capability::Share::Local;
+    caps[1].share = atmosphere::capability::Share::Peers(vec![b_id.clone()]);
+    let a = start(mesh_config(
+        vec![backend("farm", BackendKind::Openai, farm, false)],
+        caps,
+        dirs[0].path(),
+        Vec::new(),
+    ))
+    .await;
+    let through = vec![mesh_addr(&a).await];
+    let b = start(mesh_config(
+        Vec::new(),
+        Vec::new(),
+        dirs[1].path(),
+        through.clone(),
+    ))
+    .await;
+    assert_eq!(b.peer_id.to_base58(), b_id);
+    let c = start(mesh_config(Vec::new(), Vec::new(), dirs[2].path(), through)).await;
+    for n in [&b, &c] {
+        eventually("the shared capability is announced", || {
+            has_capability(n, "farm/coder")
+        })
+        .await;
+        assert!(
+            !has_capability(n, "farm/llama-expert").await,
+            "a local capability was announced"
+        );
+    }
+    let coder = |n: &Node| {
+        let url = format!("http://{}/v1/chat/completions", n.http_addr);
+        async move {
+            let resp = reqwest::Client::new()
+                .post(url)
+                .json(&json!({"model": "farm/coder", "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .expect("answered");
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.expect("json"))
+        }
+    };
+    assert_eq!(coder(&a).await.0, 200, "a's own clients use everything");
+    assert_eq!(coder(&b).await.0, 200, "b is on the list");
+    let (status, v) = coder(&c).await;
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["error"]["code"], "capability_not_shared");
+    assert_eq!(
+        served_by(&a, "farm/llama-expert").await,
+        (200, Some(a.peer_id.to_base58()))
+    );
+}

@@ -50,6 +50,7 @@ fn configured(caps: &[Cap], backend: &str) -> Vec<CapabilityConfig> {
             examples: c.examples.clone(),
             backend: backend.into(),
             model: Some("m".into()),
+            share: Default::default(),
         })
         .collect()
 }

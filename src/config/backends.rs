@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::capability::{CapabilityId, Kind};
+use crate::capability::{CapabilityId, Kind, Share};
 
 /// The protocol a backend speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +120,10 @@ pub struct CapabilityConfig {
     /// Model name at the backend; defaults to the id's name part.
     #[serde(default)]
     pub model: Option<String>,
+    /// Who else may run it: `"mesh"` (every peer, the default), `"local"`
+    /// (this node's clients only; not announced) or a list of PeerIds.
+    #[serde(default)]
+    pub share: Share,
 }
 
 fn default_kind() -> Kind {

@@ -373,6 +373,7 @@ impl EmbedderConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capability::Share;
 
     #[test]
     fn default_is_valid() {
@@ -433,6 +434,34 @@ mod tests {
         assert_eq!(mesh.listen, vec!["/ip4/127.0.0.1/tcp/0".to_owned()]);
         assert_eq!(mesh.external.len(), 1);
         assert!(!mesh.mdns);
+    }
+
+    #[test]
+    fn share_is_local_mesh_or_peers() {
+        let cap = |share: &str| {
+            format!("[[capability]]\nid = \"farm/x\"\nbackend = \"b\"\nshare = {share}\n")
+        };
+        let parsed = |share: &str| {
+            toml::from_str::<Config>(&cap(share)).map(|c| c.capabilities[0].share.clone())
+        };
+        assert_eq!(parsed("\"local\"").expect("local"), Share::Local);
+        assert_eq!(parsed("\"mesh\"").expect("mesh"), Share::Mesh);
+        let peer = "12D3KooWEEwzsW6nmHmWPMnqFpvBbiiMLXdbEYGLrCHUTQzE7CU9";
+        assert_eq!(
+            parsed(&format!("[\"{peer}\"]")).expect("peers"),
+            Share::Peers(vec![peer.into()])
+        );
+        let absent: Config =
+            toml::from_str("[[capability]]\nid = \"farm/x\"\nbackend = \"b\"\n").expect("parses");
+        assert_eq!(
+            absent.capabilities[0].share,
+            Share::Mesh,
+            "shared by default"
+        );
+        for bad in ["\"everyone\"", "[\"not-a-peer\"]", "3"] {
+            let err = parsed(bad).unwrap_err().to_string();
+            assert!(err.contains("share"), "{bad}: {err}");
+        }
     }
 
     #[test]

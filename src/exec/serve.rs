@@ -60,7 +60,7 @@ pub async fn serve_intents(
         let core = core.clone();
         let client = client.clone();
         running.spawn(async move {
-            let response = serve_intent(&core, next.request).await;
+            let response = serve_intent(&core, next.peer, next.request).await;
             let _ = client.answer_intent(next.id, response).await;
             drop(permit);
         });
@@ -126,6 +126,7 @@ pub async fn serve_streams(
 /// Checks a forwarded request and finds the local capability it names.
 fn local_request(
     core: &Core,
+    peer: PeerId,
     request: IntentRequest,
     stream: bool,
 ) -> Result<(Target, Request), ApiError> {
@@ -151,6 +152,9 @@ fn local_request(
         .find(|e| e.local)
         .cloned()
         .ok_or_else(|| ApiError::model_not_found(&request.capability))?;
+    if !entry.capability.share.allows(&peer.to_base58()) {
+        return Err(not_shared(&request.capability));
+    }
     let op = Op::from(request.operation);
     if !runs(&entry.capability.kind, op) {
         return Err(wrong_kind(&request.capability, &entry.capability.kind, op));
@@ -169,6 +173,17 @@ fn local_request(
     Ok((Target::local(entry), request))
 }
 
+/// The refusal of a capability this node does not share with the peer.
+fn not_shared(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "invalid_request_error",
+        format!("The node does not share `{id}` with this peer."),
+    )
+    .param("model")
+    .code("capability_not_shared")
+}
+
 fn deadline_of(core: &Core, request: &IntentRequest) -> Duration {
     Duration::from_millis(u64::from(request.deadline_ms)).min(core.request_timeout)
 }
@@ -183,9 +198,14 @@ fn out_of_time() -> ApiError {
 }
 
 /// Runs a forwarded request within its deadline.
-async fn run(core: &Core, request: IntentRequest, stream: bool) -> Result<Reply, ApiError> {
+async fn run(
+    core: &Core,
+    peer: PeerId,
+    request: IntentRequest,
+    stream: bool,
+) -> Result<Reply, ApiError> {
     let deadline = deadline_of(core, &request);
-    let (target, local) = local_request(core, request, stream)?;
+    let (target, local) = local_request(core, peer, request, stream)?;
     let answer = tokio::time::timeout(deadline, core.run(target, local))
         .await
         .map_err(|_| out_of_time())??;
@@ -201,11 +221,12 @@ fn unreadable(e: &crate::wire::Error) -> ApiError {
 /// Serves a request a peer sent over `/atmosphere/intent/1.0.0`.
 pub async fn serve_intent(
     core: &Core,
+    peer: PeerId,
     request: Result<IntentRequest, crate::wire::Error>,
 ) -> IntentResponse {
     core.metrics.forward("served");
     let ran = match request {
-        Ok(request) => run(core, request, false).await,
+        Ok(request) => run(core, peer, request, false).await,
         Err(e) => {
             core.metrics.forward("refused");
             Err(unreadable(&e))
@@ -255,7 +276,7 @@ pub async fn serve_stream(core: &Core, peer: PeerId, mut io: libp2p::Stream) {
     .await;
     let written = match first {
         Ok(Ok(Some(bytes))) => match IntentRequest::decode(&bytes) {
-            Ok(request) => answer_stream(core, &mut io, request).await,
+            Ok(request) => answer_stream(core, peer, &mut io, request).await,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "invalid forwarded stream request");
                 core.metrics.forward("refused");
@@ -280,10 +301,11 @@ pub async fn serve_stream(core: &Core, peer: PeerId, mut io: libp2p::Stream) {
 
 async fn answer_stream(
     core: &Core,
+    peer: PeerId,
     io: &mut libp2p::Stream,
     request: IntentRequest,
 ) -> std::io::Result<()> {
-    let mut events = match run(core, request, true).await {
+    let mut events = match run(core, peer, request, true).await {
         Ok(Reply::Stream(events)) => events,
         Ok(Reply::Whole { status, body }) => return send_whole(io, status, body.to_vec()).await,
         Err(e) => return send_whole(io, e.status.as_u16(), e.to_bytes().to_vec()).await,

@@ -15,6 +15,7 @@ use libp2p::identity::{Keypair, PeerId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::capability::Share;
 use crate::metrics::Metrics;
 use crate::network::{self, Event, Verdict};
 use crate::routing::Entry;
@@ -53,6 +54,7 @@ mod tests {
                 backend: "b".into(),
                 model: "m".into(),
                 source: Source::Config,
+                share: Default::default(),
             },
             node: String::new(),
             local: true,
@@ -295,7 +297,15 @@ impl Task {
     }
 
     async fn announce(&mut self) {
-        let local = self.setup.local.borrow_and_update().clone();
+        // What is shared with no peer is not announced either.
+        let local: Vec<Entry> = self
+            .setup
+            .local
+            .borrow_and_update()
+            .iter()
+            .filter(|e| e.capability.share != Share::Local)
+            .cloned()
+            .collect();
         self.provide(&local).await;
         let records: Vec<CapabilityRecord> = local
             .iter()

@@ -179,6 +179,7 @@ impl Remote {
                                 backend: String::new(),
                                 model: r.id,
                                 source: Source::Remote,
+                                share: Default::default(),
                             },
                             node: node.clone(),
                             local: false,

@@ -17,6 +17,7 @@ fn entry(id: &str, kind: &str, vector: Vec<f32>, local: bool) -> Entry {
             backend: "b".into(),
             model: "m".into(),
             source: Source::Config,
+            share: Default::default(),
         },
         node: if local { "self".into() } else { "peer".into() },
         local,

@@ -71,6 +71,7 @@ pub fn capability(
         examples: examples.iter().map(|e| (*e).to_owned()).collect(),
         backend: backend.into(),
         model: Some(model.into()),
+        share: Default::default(),
     }
 }
 
