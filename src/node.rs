@@ -110,10 +110,12 @@ impl Node {
             mesh: link.clone(),
         });
         if let Some(client) = link.as_ref().map(|l| &l.client) {
+            let per_peer = config.mesh.as_ref().map_or(1, |m| m.peer_requests);
             tasks.push(tokio::spawn(exec::serve_intents(
                 core.clone(),
                 client.clone(),
                 intents_rx,
+                per_peer,
                 cancel.child_token(),
             )));
             let incoming = client.accept_streams()?;

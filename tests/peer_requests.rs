@@ -378,3 +378,78 @@ async fn sync_requests_are_answered_and_unreadable_ones_counted() {
     .await;
     a.shutdown().await;
 }
+
+/// One peer flooding a node with intents on a stalled backend holds at most
+/// its quota (`mesh.peer_requests`): the rest are refused at once with
+/// `peer_over_quota`, and another peer's intent is served meanwhile.
+#[tokio::test]
+async fn a_flooding_peer_gets_its_quota_and_another_peer_is_served() {
+    let mut slow = Echo::new("slow-backend", Flavour::Openai, &["qwen2.5-coder"]);
+    slow.fault = atmosphere::echo::Fault::Stall;
+    slow.stall = Duration::from_secs(60);
+    let slow = spawn_echo(slow).await;
+    let fast = spawn_echo(Echo::new("farm-backend", Flavour::Openai, &["llama3.2"])).await;
+    let caps = farm_capabilities("fast");
+    let mut coder = caps[1].clone();
+    coder.backend = "slow".into();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = mesh_config(
+        vec![
+            backend("fast", BackendKind::Openai, fast, false),
+            backend("slow", BackendKind::Openai, slow, false),
+        ],
+        vec![caps[0].clone(), coder],
+        dir.path(),
+        Vec::new(),
+    );
+    config.mesh.as_mut().expect("mesh").peer_requests = 4;
+    let node = start(config).await;
+    let chat = json!({"model": "x", "messages": [{"role": "user", "content": "hi"}]});
+
+    // The flood: 20 intents at once for the stalled capability.
+    let mut flooder = raw_peer(&node, atmosphere::wire::INTENT_PROTOCOL).await;
+    for _ in 0..20 {
+        flooder.behaviour_mut().send_request(
+            &node.peer_id,
+            request("farm/coder", Operation::Chat, chat.clone()),
+        );
+    }
+    let mut refused = 0;
+    tokio::time::timeout(WAIT, async {
+        while refused < 16 {
+            if let SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Response { response, .. },
+                ..
+            }) = flooder.select_next_some().await
+            {
+                let answer = intent::IntentResponse::decode(&response).expect("a response");
+                assert_eq!(
+                    answer.status, 429,
+                    "only refusals come back before the stall ends"
+                );
+                let v: Value = serde_json::from_slice(&answer.body).expect("json");
+                assert_eq!(v["error"]["code"], "peer_over_quota");
+                refused += 1;
+            }
+        }
+    })
+    .await
+    .expect("16 of 20 refused at once");
+
+    // Another peer, while the flooder's four are still running.
+    let mut honest = raw_peer(&node, atmosphere::wire::INTENT_PROTOCOL).await;
+    let node_id = node.peer_id;
+    let served = tokio::spawn(async move {
+        // Keep the flooder's connection alive meanwhile.
+        let _flooder = flooder;
+        exchange(
+            &mut honest,
+            node_id,
+            request("farm/llama-expert", Operation::Chat, chat),
+        )
+        .await
+    });
+    let answer = intent::IntentResponse::decode(&served.await.expect("task").expect("answered"))
+        .expect("a response");
+    assert_eq!(answer.status, 200);
+}

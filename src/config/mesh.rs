@@ -24,6 +24,10 @@ pub struct MeshConfig {
     /// refreshes every third of it).
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
+    /// Forwarded requests one peer may have running here at once; more are
+    /// answered 429 `peer_over_quota` (honest peers keep their share while
+    /// another floods).
+    pub peer_requests: usize,
     /// Connections without traffic are closed after this long.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -40,6 +44,7 @@ impl Default for MeshConfig {
             external: Vec::new(),
             mdns: true,
             ttl: Duration::from_secs(30),
+            peer_requests: 16,
             idle_timeout: Duration::from_secs(120),
         }
     }

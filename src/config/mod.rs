@@ -270,6 +270,9 @@ impl Config {
             if !(5..=3600).contains(&ttl) {
                 return invalid("mesh.ttl must be between 5s and 1h".into());
             }
+            if mesh.peer_requests == 0 {
+                return invalid("mesh.peer_requests must be at least 1".into());
+            }
         }
         if self.http.max_concurrent_requests == 0 {
             return invalid("http.max_concurrent_requests must be at least 1".into());

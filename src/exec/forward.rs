@@ -1,6 +1,7 @@
 //! The sending side of `/atmosphere/intent/1.0.0` (a whole answer) and
 //! `/atmosphere/stream/1.0.0` (events as they are produced), with failover:
-//! while none of the answer has arrived, an unreachable node or a 503 moves
+//! while none of the answer has arrived, an unreachable node, a 503 or a 429
+//! (this node's quota there is used up) moves
 //! the request on to the next candidate. Spec: `protocols/intent.md`.
 
 use std::time::Instant;
@@ -24,8 +25,9 @@ enum Miss {
     /// The stream broke before the answer's head.
     #[error("stream: {0}")]
     Stream(#[from] std::io::Error),
-    /// It answered 503: its queue is full or its backend is down.
-    #[error("node {0} is overloaded or its backend is down")]
+    /// It answered 503 (its queue is full or its backend is down) or 429
+    /// (this node already has its quota of requests running there).
+    #[error("node {0} is overloaded, over this node's quota, or its backend is down")]
     Overloaded(PeerId),
     /// The request does not fit the protocol's limits.
     #[error("request cannot be sent: {0}")]
@@ -48,7 +50,7 @@ impl Miss {
 }
 
 /// Sends the request to the node that offers the capability, then to the
-/// fallbacks in order while a node cannot be reached or answers 503 before
+/// fallbacks in order while a node cannot be reached or answers 503 or 429 before
 /// any of its answer arrived.
 pub(super) async fn forward(
     core: &Core,
@@ -127,6 +129,11 @@ pub(super) async fn forward(
     .code("capability_unreachable"))
 }
 
+/// Whether an answer says "not now" (try another node) rather than answering.
+fn busy(status: u16) -> bool {
+    status == 503 || status == 429
+}
+
 /// A whole answer; `Err` (try the next node) when nothing usable came back.
 async fn whole(
     client: &network::Client,
@@ -134,7 +141,7 @@ async fn whole(
     request: IntentRequest,
 ) -> Result<Reply, Miss> {
     let answer = client.forward(peer, request).await?;
-    if answer.status == 503 {
+    if busy(answer.status) {
         return Err(Miss::Overloaded(peer));
     }
     Ok(Reply::Whole {
@@ -171,7 +178,7 @@ async fn open_stream(
             )));
         }
     };
-    if status == 503 {
+    if busy(status) {
         return Err(Miss::Overloaded(peer));
     }
     if status != 200 {

@@ -37,22 +37,94 @@ const REQUEST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for one frame to be taken by the peer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Requests each peer has running here, within a limit per peer.
+#[derive(Clone)]
+struct PerPeer {
+    limit: usize,
+    counts: Arc<Mutex<HashMap<PeerId, usize>>>,
+}
+
+/// One request of a peer, counted until dropped.
+struct PeerTurn {
+    peer: PeerId,
+    counts: Arc<Mutex<HashMap<PeerId, usize>>>,
+}
+
+impl PerPeer {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            counts: Arc::default(),
+        }
+    }
+
+    /// A turn for `peer`, or `None` when it has `limit` requests running.
+    fn enter(&self, peer: PeerId) -> Option<PeerTurn> {
+        let mut counts = self.counts.lock();
+        let n = counts.entry(peer).or_default();
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(PeerTurn {
+            peer,
+            counts: self.counts.clone(),
+        })
+    }
+}
+
+impl Drop for PeerTurn {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock();
+        if let Some(n) = counts.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// The answer to a peer that has as many requests running as it may.
+fn over_quota(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_error",
+        format!("This peer already has {limit} forwarded requests running at this node."),
+    )
+    .code("peer_over_quota")
+}
+
 /// Serves requests that peers send over the intent protocol, a bounded
-/// number at once. Ends on `cancel` once the requests being served are
-/// answered.
+/// number at once and `per_peer` at most for each peer (more are answered
+/// 429 `peer_over_quota` at once). Ends on `cancel` once the requests being
+/// served are answered.
 pub async fn serve_intents(
     core: Core,
     client: network::Client,
     mut inbound: mpsc::Receiver<crate::mesh::Inbound>,
+    per_peer: usize,
     cancel: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
+    let peers = PerPeer::new(per_peer);
     let running = TaskTracker::new();
     loop {
         let next = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
             n = inbound.recv() => match n { Some(n) => n, None => break },
+        };
+        let Some(turn) = peers.enter(next.peer) else {
+            core.metrics.forward("peer_over_quota");
+            let e = over_quota(per_peer);
+            let refusal = IntentResponse {
+                version: intent::VERSION,
+                status: e.status.as_u16(),
+                body: e.to_bytes().to_vec(),
+            };
+            let _ = client.answer_intent(next.id, refusal).await;
+            continue;
         };
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
@@ -62,7 +134,7 @@ pub async fn serve_intents(
         running.spawn(async move {
             let response = serve_intent(&core, next.peer, next.request).await;
             let _ = client.answer_intent(next.id, response).await;
-            drop(permit);
+            drop((permit, turn));
         });
     }
     running.close();
@@ -78,7 +150,7 @@ pub async fn serve_streams(
     cancel: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
-    let per_peer: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
+    let peers = PerPeer::new(STREAMS_PER_PEER);
     let running = TaskTracker::new();
     loop {
         let (peer, stream) = tokio::select! {
@@ -86,37 +158,18 @@ pub async fn serve_streams(
             _ = cancel.cancelled() => break,
             n = incoming.next() => match n { Some(n) => n, None => break },
         };
-        let open = {
-            let mut counts = per_peer.lock();
-            let n = counts.entry(peer).or_default();
-            *n += 1;
-            *n
-        };
-        let release = {
-            let per_peer = per_peer.clone();
-            move || {
-                let mut counts = per_peer.lock();
-                if let Some(n) = counts.get_mut(&peer) {
-                    *n -= 1;
-                    if *n == 0 {
-                        counts.remove(&peer);
-                    }
-                }
-            }
-        };
+        let turn = peers.enter(peer);
         let permit = permits.clone().try_acquire_owned();
-        let (Ok(permit), true) = (permit, open <= STREAMS_PER_PEER) else {
+        let (Ok(permit), Some(turn)) = (permit, turn) else {
             // Dropping the stream resets it; the peer tries another node.
             core.metrics.forward("stream_refused");
-            tracing::debug!(%peer, open, "too many streamed requests; one refused");
-            release();
+            tracing::debug!(%peer, "too many streamed requests; one refused");
             continue;
         };
         let core = core.clone();
         running.spawn(async move {
             serve_stream(&core, peer, stream).await;
-            release();
-            drop(permit);
+            drop((permit, turn));
         });
     }
     running.close();
