@@ -87,6 +87,14 @@ async fn hostile(seed: u8, addr: &Multiaddr, signed: bool) -> Hostile {
     swarm
 }
 
+/// The wall clock in ms, as an origin's `seq` reads it.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
 fn topic() -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(atmosphere::wire::ROUTES_TOPIC)
 }
@@ -155,10 +163,7 @@ async fn garbage_forgeries_and_replays_are_dropped_counted_and_penalised() {
     let addr: Multiaddr = mesh_addr(&node).await.parse().expect("addr");
     let origin = key(67);
     // Sequence numbers are the origin's clock in ms: these are from now on.
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64;
+    let now_ms = unix_ms();
     let signed = |seq| SignedRouteUpdate::sign(&update(now_ms + seq), &origin).expect("sign");
 
     // A replay: a valid update, then an older one of the same origin.
@@ -250,10 +255,7 @@ async fn a_withdrawn_origin_is_not_replayed_back() {
     let node = start(mesh_config(Vec::new(), Vec::new(), dir.path(), Vec::new())).await;
     let addr: Multiaddr = mesh_addr(&node).await.parse().expect("addr");
     let origin = key(71);
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64;
+    let now_ms = unix_ms();
     let at = |seq: u64, body: RouteBody| {
         let mut u = update(now_ms + seq);
         u.ttl_secs = 5;

@@ -68,26 +68,13 @@ async fn a_py_libp2p_peer_written_from_the_specs_uses_the_mesh() {
     })
     .await;
 
-    let python = std::env::var("ATMOSPHERE_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/peer.py");
-    let out = tokio::time::timeout(
+    let seen = run_python(
+        "interop/peer.py",
+        &[&entry_addr, "llm/chat", CAPABILITY],
         Duration::from_secs(240),
-        tokio::process::Command::new(&python)
-            .arg(script)
-            .arg(&entry_addr)
-            .arg("llm/chat")
-            .arg(CAPABILITY)
-            .output(),
+        "py-libp2p",
     )
-    .await
-    .expect("the interop peer finished in time")
-    .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "interop peer failed (run scripts/test.sh, which installs py-libp2p, or set ATMOSPHERE_PYTHON):\n{stderr}"
-    );
-    let seen: Value = serde_json::from_slice(&out.stdout).expect("the peer prints JSON");
+    .await;
     let provider_id = provider.peer_id.to_base58();
 
     // Identify: the node says what it is and which protocols it serves, and

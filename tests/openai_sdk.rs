@@ -20,25 +20,14 @@ async fn official_openai_sdk_works_against_a_node() {
         dir.path(),
     ))
     .await;
-    let python = std::env::var("ATMOSPHERE_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_client.py");
     let base = format!("http://{}", node.http_addr);
-    let out = tokio::time::timeout(
+    let v = run_python(
+        "sdk/openai_client.py",
+        &[&base],
         std::time::Duration::from_secs(120),
-        tokio::process::Command::new(&python)
-            .arg(script)
-            .arg(&base)
-            .output(),
+        "the openai package",
     )
-    .await
-    .expect("SDK script finished in time")
-    .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK script failed (run scripts/test.sh, which installs the openai package, or set ATMOSPHERE_PYTHON):\n{stderr}"
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("script prints JSON");
+    .await;
 
     let models: Vec<&str> = v["models"]
         .as_array()

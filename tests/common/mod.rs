@@ -211,3 +211,32 @@ pub async fn metric(node: &Node, line: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// Runs one of the tests' Python scripts (`tests/<script>`) with the
+/// interpreter `ATMOSPHERE_PYTHON` names (scripts/test.sh makes a venv with
+/// what they need: `needs`), within `limit`; the JSON it prints.
+pub async fn run_python(
+    script: &str,
+    args: &[&str],
+    limit: Duration,
+    needs: &str,
+) -> serde_json::Value {
+    let python = std::env::var("ATMOSPHERE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let path = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::time::timeout(
+        limit,
+        tokio::process::Command::new(&python)
+            .arg(&path)
+            .args(args)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{script} did not finish within {limit:?}"))
+    .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    assert!(
+        out.status.success(),
+        "{script} failed (run scripts/test.sh, which installs {needs}, or set ATMOSPHERE_PYTHON):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{script} printed no JSON: {e}"))
+}
