@@ -205,13 +205,16 @@ impl TryFrom<ShareText> for Share {
             ShareText::Word(w) => Err(format!(
                 "share {w:?}: expected \"local\", \"mesh\" or a list of PeerIds"
             )),
-            ShareText::Peers(peers) => {
-                for p in &peers {
+            // Kept in the form peers are compared in (base58), however written.
+            ShareText::Peers(peers) => peers
+                .iter()
+                .map(|p| {
                     p.parse::<libp2p::PeerId>()
-                        .map_err(|_| format!("share: {p:?} is not a PeerId"))?;
-                }
-                Ok(Share::Peers(peers))
-            }
+                        .map(|id| id.to_base58())
+                        .map_err(|_| format!("share: {p:?} is not a PeerId"))
+                })
+                .collect::<Result<_, _>>()
+                .map(Share::Peers),
         }
     }
 }

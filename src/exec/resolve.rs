@@ -186,14 +186,27 @@ impl Core {
             let peer = self.node_named(node)?;
             return Ok(all.into_iter().filter(|e| e.node == peer).collect());
         }
-        if all.iter().any(|e| e.local) {
-            return Ok(all.into_iter().filter(|e| e.local).collect());
-        }
-        let since: HashMap<String, Instant> = self
-            .origins()
+        Ok(self.order_copies(all, &self.known_since()))
+    }
+
+    /// Since when this node has held each other node's routes, by PeerId.
+    pub fn known_since(&self) -> HashMap<String, Instant> {
+        self.origins()
             .iter()
             .map(|o| (o.peer.to_base58(), o.since))
-            .collect();
+            .collect()
+    }
+
+    /// The copies of one id in the order `copies` gives them (`since`: from
+    /// [`Core::known_since`]).
+    pub fn order_copies(
+        &self,
+        all: Vec<Arc<Entry>>,
+        since: &HashMap<String, Instant>,
+    ) -> Vec<Arc<Entry>> {
+        if all.iter().any(|e| e.local) {
+            return all.into_iter().filter(|e| e.local).collect();
+        }
         let mut remote = all;
         remote.sort_by(|a, b| {
             let known = |e: &Entry| since.get(&e.node).copied();
@@ -206,7 +219,7 @@ impl Core {
             }
             .then_with(|| a.node.cmp(&b.node))
         });
-        Ok(remote)
+        remote
     }
 
     /// The other nodes whose routes this node holds (none outside a mesh).

@@ -50,16 +50,14 @@ pub async fn models(State(state): State<AppState>) -> Json<Value> {
         pseudo_model(&state, AUTO, "router"),
         pseudo_model(&state, MODEL_ID, "llm/embed"),
     ];
+    let since = state.core.known_since();
     let mut entries: Vec<_> = table.entries().iter().collect();
     entries.sort_by_key(|e| (!e.local, e.capability.id.clone()));
     for e in entries {
         if seen.insert(e.capability.id.clone()) {
             // The copy the id resolves to (this node's, else the one known longest).
-            let chosen = state
-                .core
-                .copies(e.capability.id.as_str())
-                .ok()
-                .and_then(|c| c.into_iter().next());
+            let copies = table.lookup(&e.capability.id).cloned().collect();
+            let chosen = state.core.order_copies(copies, &since).into_iter().next();
             let e = chosen.as_ref().unwrap_or(e);
             data.push(model_object(&state, e, up(e)));
         }
