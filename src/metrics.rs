@@ -38,6 +38,18 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerRefusalLabels {
+    /// PeerId (base58), or `other` past [`MAX_LABELLED_PEERS`].
+    pub peer: String,
+    /// `peer_over_quota`, `stream_refused`, `capability_not_shared`.
+    pub reason: String,
+}
+
+/// Peers that get their own label in `atmosphere_peer_refusals_total`; the
+/// rest are counted as `other` (fresh keys cost nothing to make).
+pub const MAX_LABELLED_PEERS: usize = 1024;
+
 /// All of the node's metrics, registered once.
 pub struct Metrics {
     pub registry: Registry,
@@ -57,6 +69,9 @@ pub struct Metrics {
     pub peers: Gauge,
     pub remote_origins: Gauge,
     pub forwards: Family<ResultLabel, Counter>,
+    /// Peers' forwarded requests refused, by peer and reason.
+    pub peer_refusals: Family<PeerRefusalLabels, Counter>,
+    labelled_peers: parking_lot::Mutex<std::collections::HashSet<String>>,
     /// Provider lookups in the DHT when nothing local fitted, by result.
     pub lookups: Family<ResultLabel, Counter>,
     /// Connections closed because the peer stopped answering pings.
@@ -139,6 +154,12 @@ impl Default for Metrics {
             "Requests forwarded to other nodes, by result (ok, failover, failed, served)",
             forwards.clone(),
         );
+        let peer_refusals = Family::<PeerRefusalLabels, Counter>::default();
+        registry.register(
+            "peer_refusals",
+            "Peers' forwarded requests refused, by peer (the first 1024 peers; then `other`) and reason",
+            peer_refusals.clone(),
+        );
         let lookups = Family::<ResultLabel, Counter>::default();
         registry.register(
             "capability_lookups",
@@ -163,6 +184,8 @@ impl Default for Metrics {
             dead_connections,
             table_builds,
             forwards,
+            peer_refusals,
+            labelled_peers: parking_lot::Mutex::default(),
             lookups,
             gossip_updates,
             syncs,
@@ -221,6 +244,26 @@ impl Metrics {
         self.forwards
             .get_or_create(&ResultLabel {
                 result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a refusal of one of `peer`'s requests.
+    pub fn peer_refusal(&self, peer: &libp2p::PeerId, reason: &str) {
+        let peer = peer.to_base58();
+        let peer = {
+            let mut labelled = self.labelled_peers.lock();
+            if labelled.contains(&peer) || labelled.len() < MAX_LABELLED_PEERS {
+                labelled.insert(peer.clone());
+                peer
+            } else {
+                "other".to_owned()
+            }
+        };
+        self.peer_refusals
+            .get_or_create(&PeerRefusalLabels {
+                peer,
+                reason: reason.to_owned(),
             })
             .inc();
     }

@@ -530,6 +530,15 @@ async fn capabilities_are_shared_only_as_configured() {
     let (status, v) = coder(&c).await;
     assert_eq!(status, 403, "{v}");
     assert_eq!(v["error"]["code"], "capability_not_shared");
+    let counted = format!(
+        "atmosphere_peer_refusals_total{{peer=\"{}\",reason=\"capability_not_shared\"}}",
+        c.peer_id
+    );
+    assert_eq!(
+        metric(&a, &counted).await,
+        1,
+        "the refusal is counted by peer"
+    );
     assert_eq!(
         served_by(&a, "farm/llama-expert").await,
         (200, Some(a.peer_id.to_base58()))

@@ -435,6 +435,15 @@ async fn a_flooding_peer_gets_its_quota_and_another_peer_is_served() {
     })
     .await
     .expect("16 of 20 refused at once");
+    let counted = format!(
+        "atmosphere_peer_refusals_total{{peer=\"{}\",reason=\"peer_over_quota\"}}",
+        flooder.local_peer_id()
+    );
+    assert_eq!(
+        metric(&node, &counted).await,
+        16,
+        "refusals counted by peer"
+    );
 
     // Another peer, while the flooder's four are still running.
     let mut honest = raw_peer(&node, atmosphere::wire::INTENT_PROTOCOL).await;

@@ -117,6 +117,7 @@ pub async fn serve_intents(
         };
         let Some(turn) = peers.enter(next.peer) else {
             core.metrics.forward("peer_over_quota");
+            core.metrics.peer_refusal(&next.peer, "peer_over_quota");
             let e = over_quota(per_peer);
             let refusal = IntentResponse {
                 version: intent::VERSION,
@@ -163,6 +164,7 @@ pub async fn serve_streams(
         let (Ok(permit), Some(turn)) = (permit, turn) else {
             // Dropping the stream resets it; the peer tries another node.
             core.metrics.forward("stream_refused");
+            core.metrics.peer_refusal(&peer, "stream_refused");
             tracing::debug!(%peer, "too many streamed requests; one refused");
             continue;
         };
@@ -206,6 +208,7 @@ fn local_request(
         .cloned()
         .ok_or_else(|| ApiError::model_not_found(&request.capability))?;
     if !entry.capability.share.allows(&peer.to_base58()) {
+        core.metrics.peer_refusal(&peer, "capability_not_shared");
         return Err(not_shared(&request.capability));
     }
     let op = Op::from(request.operation);
