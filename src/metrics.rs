@@ -56,7 +56,7 @@ pub struct Metrics {
     /// Metrics libp2p keeps itself (gossipsub: messages dropped for a bad
     /// envelope, mesh sizes, score penalties), registered when the swarm is
     /// built, under `atmosphere_libp2p_`.
-    libp2p: std::sync::Mutex<Registry>,
+    libp2p: parking_lot::Mutex<Registry>,
     pub requests: Family<RequestLabels, Counter>,
     pub request_seconds: Family<RouteLabel, Histogram>,
     pub decisions: Family<DecisionLabels, Counter>,
@@ -180,7 +180,7 @@ impl Default for Metrics {
         );
         Self {
             registry,
-            libp2p: std::sync::Mutex::new(Registry::with_prefix("atmosphere_libp2p")),
+            libp2p: parking_lot::Mutex::new(Registry::with_prefix("atmosphere_libp2p")),
             dead_connections,
             table_builds,
             forwards,
@@ -207,7 +207,7 @@ impl Metrics {
     pub fn encode(&self) -> String {
         use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
-        let libp2p = self.libp2p.lock().unwrap_or_else(|e| e.into_inner());
+        let libp2p = self.libp2p.lock();
         let written = encode_registry(&mut out, &self.registry)
             .and_then(|()| encode_registry(&mut out, &libp2p))
             .and_then(|()| encode_eof(&mut out));
@@ -220,7 +220,7 @@ impl Metrics {
     /// Lends the registry for libp2p's own metrics (used once, when the
     /// swarm is built).
     pub fn with_libp2p_registry<T>(&self, register: impl FnOnce(&mut Registry) -> T) -> T {
-        let mut libp2p = self.libp2p.lock().unwrap_or_else(|e| e.into_inner());
+        let mut libp2p = self.libp2p.lock();
         register(&mut libp2p)
     }
 

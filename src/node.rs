@@ -128,6 +128,7 @@ impl Node {
         let state = AppState::new(http::Inner {
             http: config.http.clone(),
             gates: http::Gates::new(&config.http),
+            keys: http::ApiKeys::new(&config.http.api_keys),
             core,
             node_id: peer_id.to_base58(),
             node_name: config.node.name.clone(),

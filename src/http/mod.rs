@@ -35,6 +35,8 @@ pub struct Inner {
     pub http: HttpConfig,
     /// Bounds on request bodies and on requests run at once.
     pub gates: Gates,
+    /// `http.api_keys`, hashed.
+    pub keys: ApiKeys,
     /// What runs requests.
     pub core: Core,
     /// This node's PeerId (base58).
@@ -118,7 +120,7 @@ async fn auth(
     req: Request,
     next: Next,
 ) -> Response {
-    let given = match authorized(&state.http.api_keys, &headers) {
+    let given = match state.keys.check(&headers) {
         Access::Open | Access::Granted => return next.run(req).await,
         Access::Denied { given } => given,
     };
@@ -143,39 +145,49 @@ pub(crate) enum Access {
     },
 }
 
-/// Checks the `Authorization: Bearer <key>` header (scheme in any case)
-/// against the configured keys. Keys are compared as SHA-256 digests, every
-/// configured key every time, so the time taken tells nothing of a key's
-/// length or content.
-pub(crate) fn authorized(keys: &[String], headers: &HeaderMap) -> Access {
+/// The configured API keys, as SHA-256 digests (hashed once, at start).
+pub struct ApiKeys(Vec<[u8; 32]>);
+
+impl ApiKeys {
+    pub fn new(keys: &[String]) -> Self {
+        Self(keys.iter().map(|k| digest(k)).collect())
+    }
+
+    /// Checks the `Authorization: Bearer <key>` header (scheme in any case).
+    /// The key's digest is compared with every configured one, every byte,
+    /// so the time taken tells nothing of a key's length or content.
+    pub(crate) fn check(&self, headers: &HeaderMap) -> Access {
+        if self.0.is_empty() {
+            return Access::Open;
+        }
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key.trim());
+        let Some(given) = given else {
+            return Access::Denied { given: false };
+        };
+        let given = digest(given);
+        let matched = self.0.iter().fold(0u8, |found, want| {
+            let differ = want
+                .iter()
+                .zip(given.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            found | u8::from(differ == 0)
+        });
+        if matched == 1 {
+            Access::Granted
+        } else {
+            Access::Denied { given: true }
+        }
+    }
+}
+
+fn digest(key: &str) -> [u8; 32] {
     use sha2::{Digest, Sha256};
-    if keys.is_empty() {
-        return Access::Open;
-    }
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, key)| key.trim());
-    let Some(given) = given else {
-        return Access::Denied { given: false };
-    };
-    let digest = Sha256::digest(given.as_bytes());
-    let mut matched = 0u8;
-    for key in keys {
-        let want = Sha256::digest(key.as_bytes());
-        let differ = want
-            .iter()
-            .zip(digest.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        matched |= u8::from(differ == 0);
-    }
-    if matched == 1 {
-        Access::Granted
-    } else {
-        Access::Denied { given: true }
-    }
+    Sha256::digest(key.as_bytes()).into()
 }
 
 /// Counts requests and times them to the response head, by route template.
