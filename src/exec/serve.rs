@@ -118,12 +118,7 @@ pub async fn serve_intents(
         let Some(turn) = peers.enter(next.peer) else {
             core.metrics.forward("peer_over_quota");
             core.metrics.peer_refusal(&next.peer, "peer_over_quota");
-            let e = over_quota(per_peer);
-            let refusal = IntentResponse {
-                version: intent::VERSION,
-                status: e.status.as_u16(),
-                body: e.to_bytes().to_vec(),
-            };
+            let refusal = refused(&over_quota(per_peer));
             let _ = client.answer_intent(next.id, refusal).await;
             continue;
         };
@@ -288,18 +283,26 @@ pub async fn serve_intent(
             Err(unreadable(&e))
         }
     };
-    let (status, body) = match ran {
-        Ok(Reply::Whole { status, body }) => (status, body.to_vec()),
-        Ok(Reply::Stream(_)) => {
-            let e = ApiError::internal("serve forwarded", "a stream for a whole request");
-            (e.status.as_u16(), e.to_bytes().to_vec())
-        }
-        Err(e) => (e.status.as_u16(), e.to_bytes().to_vec()),
-    };
+    match ran {
+        Ok(Reply::Whole { status, body }) => IntentResponse {
+            version: intent::VERSION,
+            status,
+            body: body.to_vec(),
+        },
+        Ok(Reply::Stream(_)) => refused(&ApiError::internal(
+            "serve forwarded",
+            "a stream for a whole request",
+        )),
+        Err(e) => refused(&e),
+    }
+}
+
+/// An error as the intent protocol's answer.
+fn refused(e: &ApiError) -> IntentResponse {
     IntentResponse {
         version: intent::VERSION,
-        status,
-        body,
+        status: e.status.as_u16(),
+        body: e.to_bytes().to_vec(),
     }
 }
 
