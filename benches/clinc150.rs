@@ -116,6 +116,7 @@ fn table_for(data: &Data, groups: &[Group], routing: &RoutingConfig) -> Table {
                 vector: capability_vector(&examples, profile, w),
                 prototypes: capability_prototypes(&examples, profile, w, routing.prototypes),
                 reference: fit::reference(&examples, profile, w),
+                trust: atmosphere::routing::Trust::Local,
             }
         })
         .collect();

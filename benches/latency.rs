@@ -73,6 +73,7 @@ fn entries(vectors: &[Vec<f32>]) -> Vec<Entry> {
             vector: v.clone(),
             prototypes: Vec::new(),
             reference: None,
+            trust: atmosphere::routing::Trust::Local,
         })
         .collect()
 }

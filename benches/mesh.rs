@@ -51,6 +51,7 @@ fn entry(id: &str) -> Entry {
         vector: v,
         prototypes: Vec::new(),
         reference: None,
+        trust: atmosphere::routing::Trust::Local,
     }
 }
 
@@ -93,6 +94,8 @@ async fn spawn(i: usize, bootstrap: Vec<Multiaddr>) -> BenchNode {
             dim: DIM,
             metrics,
             intents: tokio::sync::mpsc::channel(1).0,
+            trusted: Default::default(),
+            refuted: tokio::sync::mpsc::channel(1).1,
         },
         cancel,
     );

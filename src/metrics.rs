@@ -68,6 +68,7 @@ pub struct Metrics {
     pub syncs: Family<ResultLabel, Counter>,
     pub peers: Gauge,
     pub remote_origins: Gauge,
+    pub remote_refusals: Family<ResultLabel, Counter>,
     pub forwards: Family<ResultLabel, Counter>,
     /// Peers' forwarded requests refused, by peer and reason.
     pub peer_refusals: Family<PeerRefusalLabels, Counter>,
@@ -137,7 +138,7 @@ impl Default for Metrics {
         let gossip_updates = Family::<ResultLabel, Counter>::default();
         registry.register(
             "gossip_updates",
-            "Route updates received, by outcome (accepted, duplicate, stale, invalid, ...)",
+            "Route updates received by gossip or sync, by outcome (accepted, duplicate, stale, invalid, ...)",
             gossip_updates.clone(),
         );
         let peers = Gauge::default();
@@ -147,6 +148,12 @@ impl Default for Metrics {
             "remote_origins",
             "Other nodes whose routes are held",
             remote_origins.clone(),
+        );
+        let remote_refusals = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "remote_refusals",
+            "Other nodes' routes refused or dropped after passing the wire checks, by reason (vector_mismatch, relay_full, table_full, evicted)",
+            remote_refusals.clone(),
         );
         let forwards = Family::<ResultLabel, Counter>::default();
         registry.register(
@@ -191,6 +198,7 @@ impl Default for Metrics {
             syncs,
             peers,
             remote_origins,
+            remote_refusals,
             requests,
             request_seconds,
             decisions,
@@ -236,6 +244,14 @@ impl Metrics {
         self.syncs
             .get_or_create(&ResultLabel {
                 result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn remote_refusal(&self, reason: &str) {
+        self.remote_refusals
+            .get_or_create(&ResultLabel {
+                result: reason.to_owned(),
             })
             .inc();
     }

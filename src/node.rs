@@ -72,16 +72,24 @@ impl Node {
 
         let (local_tx, local_rx) = watch::channel(Arc::new(Vec::new()));
         let (intents_tx, intents_rx) = mpsc::channel(mesh::INBOUND_CAPACITY);
+        let (refuted_tx, refuted_rx) = mpsc::channel(mesh::REFUTED_CAPACITY);
         let (link, mesh_tasks) = start_mesh(
             &config,
             &keypair,
             embedder.dim(),
             &metrics,
-            local_rx,
-            intents_tx,
+            MeshChannels {
+                local: local_rx,
+                intents: intents_tx,
+                refuted: refuted_rx,
+            },
             &cancel,
         )?
         .unzip();
+        let trusted: std::collections::HashSet<String> = trusted_peers(&config)
+            .iter()
+            .map(|p| p.to_base58())
+            .collect();
 
         let (catalog, mut tasks) = catalog::start(
             catalog::Setup {
@@ -93,6 +101,8 @@ impl Node {
                 metrics: metrics.clone(),
                 local_out: local_tx,
                 remote: link.as_ref().map(|l: &exec::Mesh| l.view.clone()),
+                trusted,
+                refuted: link.is_some().then_some(refuted_tx),
             },
             cancel.child_token(),
         )
@@ -111,17 +121,22 @@ impl Node {
         });
         if let Some(client) = link.as_ref().map(|l| &l.client) {
             let per_peer = config.mesh.as_ref().map_or(1, |m| m.peer_requests);
+            let rate = Arc::new(exec::PeerRate::new(
+                config.mesh.as_ref().map_or(1, |m| m.peer_rate),
+            ));
             tasks.push(tokio::spawn(exec::serve_intents(
                 core.clone(),
                 client.clone(),
                 intents_rx,
                 per_peer,
+                rate.clone(),
                 cancel.child_token(),
             )));
             let incoming = client.accept_streams()?;
             tasks.push(tokio::spawn(exec::serve_streams(
                 core.clone(),
                 incoming,
+                rate,
                 cancel.child_token(),
             )));
         }
@@ -184,6 +199,23 @@ impl Node {
     }
 }
 
+/// The PeerIds of `mesh.trusted` (checked when the config was loaded).
+fn trusted_peers(config: &Config) -> std::collections::HashSet<libp2p::PeerId> {
+    config
+        .mesh
+        .iter()
+        .flat_map(|m| &m.trusted)
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// What the mesh task exchanges with the rest of the node.
+struct MeshChannels {
+    local: watch::Receiver<Arc<Vec<crate::routing::Entry>>>,
+    intents: mpsc::Sender<mesh::Inbound>,
+    refuted: mpsc::Receiver<String>,
+}
+
 /// Starts the network and the mesh task, when the config has a mesh: the
 /// core's way into the mesh, and the tasks to stop on shutdown.
 fn start_mesh(
@@ -191,8 +223,7 @@ fn start_mesh(
     keypair: &libp2p::identity::Keypair,
     dim: usize,
     metrics: &Arc<Metrics>,
-    local: watch::Receiver<Arc<Vec<crate::routing::Entry>>>,
-    intents: mpsc::Sender<mesh::Inbound>,
+    channels: MeshChannels,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Option<(exec::Mesh, MeshTasks)>> {
     let Some(mesh_config) = &config.mesh else {
@@ -217,12 +248,14 @@ fn start_mesh(
             key: keypair.clone(),
             client: client.clone(),
             events,
-            local,
+            local: channels.local,
             node_name: node_name.clone(),
             ttl: mesh_config.ttl,
             dim,
             metrics: metrics.clone(),
-            intents,
+            intents: channels.intents,
+            trusted: trusted_peers(config),
+            refuted: channels.refuted,
         },
         cancel.child_token(),
     );

@@ -9,16 +9,10 @@ use std::time::Duration;
 
 use atmosphere::wire::Message;
 use atmosphere::wire::route::{RouteBody, RouteUpdate, SignedRouteUpdate, VERSION};
-use futures::StreamExt;
-use libp2p::identity::{Keypair, ed25519};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, gossipsub, noise, tcp, yamux};
+use libp2p::Multiaddr;
 
+use common::hostile::*;
 use common::*;
-
-fn key(seed: u8) -> Keypair {
-    ed25519::Keypair::from(ed25519::SecretKey::try_from_bytes([seed; 32]).expect("32 bytes")).into()
-}
 
 fn update(seq: u64) -> RouteUpdate {
     RouteUpdate {
@@ -29,130 +23,6 @@ fn update(seq: u64) -> RouteUpdate {
         addrs: Vec::new(),
         dim: 384,
         body: RouteBody::Full(Vec::new()),
-    }
-}
-
-type Hostile = libp2p::Swarm<gossipsub::Behaviour>;
-
-/// A bare gossipsub peer connected to the node, once the node's subscription
-/// to the route topic is known. `signed: false` sends envelopes without
-/// `from`, `seqno` and signature.
-async fn hostile(seed: u8, addr: &Multiaddr, signed: bool) -> Hostile {
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key(seed))
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .expect("tcp")
-        .with_behaviour(|k| {
-            let (authenticity, mode) = if signed {
-                (
-                    gossipsub::MessageAuthenticity::Signed(k.clone()),
-                    gossipsub::ValidationMode::Strict,
-                )
-            } else {
-                (
-                    gossipsub::MessageAuthenticity::Anonymous,
-                    gossipsub::ValidationMode::Anonymous,
-                )
-            };
-            let config = gossipsub::ConfigBuilder::default()
-                .heartbeat_interval(Duration::from_millis(200))
-                .max_transmit_size(2 * 1024 * 1024)
-                .validation_mode(mode)
-                .build()
-                .expect("config");
-            gossipsub::Behaviour::new(authenticity, config).expect("gossipsub")
-        })
-        .expect("behaviour")
-        .build();
-    swarm
-        .behaviour_mut()
-        .subscribe(&topic())
-        .expect("subscribe");
-    swarm.dial(addr.clone()).expect("dial");
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if let SwarmEvent::Behaviour(gossipsub::Event::Subscribed { .. }) =
-                swarm.select_next_some().await
-            {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("the node subscribes to the route topic");
-    swarm
-}
-
-/// The wall clock in ms, as an origin's `seq` reads it.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64
-}
-
-fn topic() -> gossipsub::IdentTopic {
-    gossipsub::IdentTopic::new(atmosphere::wire::ROUTES_TOPIC)
-}
-
-/// Publishes messages one after the other, driving the swarm meanwhile.
-async fn send(swarm: &mut Hostile, messages: Vec<Vec<u8>>) {
-    for m in messages {
-        swarm.behaviour_mut().publish(topic(), m).expect("publish");
-        let _ = tokio::time::timeout(Duration::from_millis(100), swarm.select_next_some()).await;
-    }
-}
-
-/// Drives the hostile swarms until the node's counters reach the wanted values.
-async fn wait_counts(node: &atmosphere::node::Node, swarms: &mut [Hostile], want: &[(&str, u64)]) {
-    wait_lines(
-        node,
-        swarms,
-        &want
-            .iter()
-            .map(|(result, n)| {
-                (
-                    format!("atmosphere_gossip_updates_total{{result=\"{result}\"}}"),
-                    *n,
-                )
-            })
-            .collect::<Vec<_>>(),
-    )
-    .await;
-}
-
-/// Drives the hostile swarms until each metric line reaches its value.
-async fn wait_lines(node: &atmosphere::node::Node, swarms: &mut [Hostile], want: &[(String, u64)]) {
-    let check = async {
-        loop {
-            for s in swarms.iter_mut() {
-                let _ = tokio::time::timeout(Duration::from_millis(20), s.select_next_some()).await;
-            }
-            let mut ok = true;
-            for (line, n) in want {
-                ok &= metric(node, line).await >= *n;
-            }
-            if ok {
-                return;
-            }
-        }
-    };
-    if tokio::time::timeout(WAIT, check).await.is_err() {
-        let text = reqwest::get(format!("http://{}/metrics", node.http_addr))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        let gossip: Vec<&str> = text
-            .lines()
-            .filter(|l| l.contains("gossip") || l.contains("peers"))
-            .collect();
-        panic!("counters never reached {want:?}: {gossip:#?}");
     }
 }
 

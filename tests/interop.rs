@@ -46,6 +46,7 @@ async fn a_py_libp2p_peer_written_from_the_specs_uses_the_mesh() {
 
     let mut llama = farm_capabilities("farm")[0].clone();
     llama.domain = "camelids".into();
+    let llama_examples = llama.examples.clone();
     let dir_provider = tempfile::tempdir().expect("tempdir");
     let mut provider_config = mesh_config(
         vec![backend("farm", BackendKind::Openai, farm, false)],
@@ -119,7 +120,7 @@ async fn a_py_libp2p_peer_written_from_the_specs_uses_the_mesh() {
     assert_eq!(update["origin"], provider_id.as_str(), "{update}");
     assert_eq!(update["envelope_from"], provider_id.as_str());
     assert_eq!(update["envelope_signed"], true);
-    assert_eq!(update["version"], 2);
+    assert_eq!(update["version"], 3);
     assert_eq!(update["ttl_secs"], 6);
     assert_eq!(update["dim"], 384);
     let cap = &update["capabilities"][0];
@@ -128,6 +129,17 @@ async fn a_py_libp2p_peer_written_from_the_specs_uses_the_mesh() {
     assert_eq!(cap["domain"], "camelids");
     assert_eq!(cap["available"], true);
     assert!(cap["reference"].is_f64(), "{cap}");
+    let examples: Vec<&str> = cap["examples"]
+        .as_array()
+        .expect("examples")
+        .iter()
+        .filter_map(|e| e.as_str())
+        .collect();
+    let configured: Vec<&str> = llama_examples.iter().map(String::as_str).collect();
+    assert_eq!(
+        examples, configured,
+        "the capability's examples travel with it"
+    );
 
     // Sync: the entry's table holds the provider's signed update.
     let table = seen["sync"].as_array().expect("sync");

@@ -58,6 +58,7 @@ fn entry(id: &str, seed: u8) -> Entry {
         vector: v,
         prototypes: Vec::new(),
         reference: None,
+        trust: atmosphere::routing::Trust::Local,
     }
 }
 
@@ -90,6 +91,8 @@ async fn spawn_node(seed: u8, bootstrap: Vec<Multiaddr>, ttl: Duration) -> TestN
             dim: DIM,
             metrics: Arc::new(Metrics::default()),
             intents: tokio::sync::mpsc::channel(1).0,
+            trusted: Default::default(),
+            refuted: tokio::sync::mpsc::channel(1).1,
         },
         mesh_cancel.clone(),
     );

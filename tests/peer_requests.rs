@@ -462,3 +462,66 @@ async fn a_flooding_peer_gets_its_quota_and_another_peer_is_served() {
         .expect("a response");
     assert_eq!(answer.status, 200);
 }
+
+/// A peer with as many streamed requests running as it may gets the next one
+/// refused with a framed 429 `peer_over_quota` (not a reset), and counted.
+#[tokio::test]
+async fn a_stream_over_the_peers_quota_is_refused_with_a_reason() {
+    let mut slow = Echo::new("slow-backend", Flavour::Openai, &["qwen2.5-coder"]);
+    slow.fault = atmosphere::echo::Fault::Stall;
+    slow.stall = Duration::from_secs(60);
+    let slow = spawn_echo(slow).await;
+    let mut coder = farm_capabilities("slow")[1].clone();
+    coder.backend = "slow".into();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(mesh_config(
+        vec![backend("slow", BackendKind::Openai, slow, false)],
+        vec![coder],
+        dir.path(),
+        Vec::new(),
+    ))
+    .await;
+    let addr = mesh_addr(&node).await;
+    let mut control = bare_peer(&addr).await;
+    let chat = json!({"model": "x", "messages": [{"role": "user", "content": "hi"}]});
+    // Eight streams whose answers stall: the peer's whole share.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut io = control
+            .open_stream(node.peer_id, protocol())
+            .await
+            .expect("stream opens");
+        frames::write(
+            &mut io,
+            &request("farm/coder", Operation::Chat, chat.clone()),
+        )
+        .await
+        .expect("request written");
+        held.push(io);
+    }
+    eventually("the eight are running", || async {
+        metric(&node, "atmosphere_forwards_total{result=\"served_stream\"}").await >= 8
+    })
+    .await;
+    let (frames, clean) = ask(
+        &mut control,
+        node.peer_id,
+        &request("farm/coder", Operation::Chat, chat),
+    )
+    .await;
+    assert!(clean, "the refusal ends the stream cleanly");
+    assert!(
+        matches!(frames.first(), Some(StreamFrame::Head { status: 429 })),
+        "{frames:?}"
+    );
+    assert_eq!(error_code(&frames).as_deref(), Some("peer_over_quota"));
+    assert_eq!(
+        metric(
+            &node,
+            "atmosphere_forwards_total{result=\"stream_refused\"}"
+        )
+        .await,
+        1
+    );
+    drop(held);
+}

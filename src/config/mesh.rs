@@ -28,6 +28,13 @@ pub struct MeshConfig {
     /// answered 429 `peer_over_quota` (honest peers keep their share while
     /// another floods).
     pub peer_requests: usize,
+    /// New forwarded requests (intents and streams together) one peer may
+    /// send per second; more are answered 429 `peer_over_rate`.
+    pub peer_rate: u32,
+    /// PeerIds of nodes this one trusts: their capabilities rank with this
+    /// node's own (`routing.stranger_margin`, `routing.auto_origins`) and
+    /// their routes are kept first when the table is full.
+    pub trusted: Vec<String>,
     /// Connections without traffic are closed after this long.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -45,6 +52,8 @@ impl Default for MeshConfig {
             mdns: true,
             ttl: Duration::from_secs(30),
             peer_requests: 16,
+            peer_rate: 100,
+            trusted: Vec::new(),
             idle_timeout: Duration::from_secs(120),
         }
     }

@@ -170,6 +170,21 @@ pub struct RoutingConfig {
     pub prototypes: usize,
     /// Candidates listed by `POST /v1/route`.
     pub explain_candidates: usize,
+    /// How much higher a capability of a stranger (a node neither this one
+    /// nor in `mesh.trusted`) must score to rank above a trusted one.
+    pub stranger_margin: f32,
+    /// Which nodes `auto` may route to: `"any"`, or `"trusted"` (this node
+    /// and `mesh.trusted`). Explicit ids are not limited.
+    pub auto_origins: AutoOrigins,
+}
+
+/// `routing.auto_origins`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AutoOrigins {
+    #[default]
+    Any,
+    Trusted,
 }
 
 impl Default for RoutingConfig {
@@ -181,6 +196,8 @@ impl Default for RoutingConfig {
             description_weight: 0.2,
             prototypes: 4,
             explain_candidates: 5,
+            stranger_margin: 0.02,
+            auto_origins: AutoOrigins::Any,
         }
     }
 }
@@ -253,6 +270,9 @@ impl Config {
         if !(0.0..=2.0).contains(&self.routing.min_fit) {
             return invalid("routing.min_fit must be between 0 and 2".into());
         }
+        if !(0.0..=1.0).contains(&self.routing.stranger_margin) {
+            return invalid("routing.stranger_margin must be between 0 and 1".into());
+        }
         if !(0.0..=1.0).contains(&self.routing.description_weight) {
             return invalid("routing.description_weight must be between 0 and 1".into());
         }
@@ -272,6 +292,16 @@ impl Config {
             }
             if mesh.peer_requests == 0 {
                 return invalid("mesh.peer_requests must be at least 1".into());
+            }
+            if mesh.peer_rate == 0 {
+                return invalid("mesh.peer_rate must be at least 1".into());
+            }
+            if let Some(bad) = mesh
+                .trusted
+                .iter()
+                .find(|p| p.parse::<libp2p::PeerId>().is_err())
+            {
+                return invalid(format!("mesh.trusted: {bad:?} is not a PeerId"));
             }
         }
         if self.http.max_concurrent_requests == 0 {

@@ -9,6 +9,7 @@
 
 mod error;
 mod forward;
+mod quota;
 mod resolve;
 mod serve;
 pub mod texts;
@@ -22,6 +23,7 @@ use futures::StreamExt;
 use serde_json::{Map, Value};
 
 pub use error::ApiError;
+pub use quota::PeerRate;
 pub use resolve::{AUTO, Target};
 pub use serve::{serve_intents, serve_streams};
 

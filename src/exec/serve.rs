@@ -6,19 +6,18 @@
 //! peer that opens streams and sends nothing cannot take the slots others
 //! need. Spec: `protocols/intent.md`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::http::StatusCode;
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
-use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::quota::{PeerRate, PerPeer, over_quota};
 use super::resolve::{runs, wrong_kind};
 use super::{ApiError, Core, Request, Target};
 use crate::answer::{Event, Reply};
@@ -36,74 +35,22 @@ const STREAMS_PER_PEER: usize = 8;
 const REQUEST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for one frame to be taken by the peer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Requests each peer has running here, within a limit per peer.
-#[derive(Clone)]
-struct PerPeer {
-    limit: usize,
-    counts: Arc<Mutex<HashMap<PeerId, usize>>>,
-}
-
-/// One request of a peer, counted until dropped.
-struct PeerTurn {
-    peer: PeerId,
-    counts: Arc<Mutex<HashMap<PeerId, usize>>>,
-}
-
-impl PerPeer {
-    fn new(limit: usize) -> Self {
-        Self {
-            limit,
-            counts: Arc::default(),
-        }
-    }
-
-    /// A turn for `peer`, or `None` when it has `limit` requests running.
-    fn enter(&self, peer: PeerId) -> Option<PeerTurn> {
-        let mut counts = self.counts.lock();
-        let n = counts.entry(peer).or_default();
-        if *n >= self.limit {
-            return None;
-        }
-        *n += 1;
-        Some(PeerTurn {
-            peer,
-            counts: self.counts.clone(),
-        })
-    }
-}
-
-impl Drop for PeerTurn {
-    fn drop(&mut self) {
-        let mut counts = self.counts.lock();
-        if let Some(n) = counts.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.peer);
-            }
-        }
-    }
-}
-
-/// The answer to a peer that has as many requests running as it may.
-fn over_quota(limit: usize) -> ApiError {
-    ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate_limit_error",
-        format!("This peer already has {limit} forwarded requests running at this node."),
-    )
-    .code("peer_over_quota")
-}
+/// Refused streams answered at once (more are reset), and how long the
+/// request frame of one is waited for.
+const REFUSALS_AT_ONCE: usize = 64;
+const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves requests that peers send over the intent protocol, a bounded
-/// number at once and `per_peer` at most for each peer (more are answered
-/// 429 `peer_over_quota` at once). Ends on `cancel` once the requests being
-/// served are answered.
+/// number at once, `per_peer` at most for each peer (more are answered 429
+/// `peer_over_quota` at once) and within each peer's `rate` (429
+/// `peer_over_rate`). Ends on `cancel` once the requests being served are
+/// answered.
 pub async fn serve_intents(
     core: Core,
     client: network::Client,
     mut inbound: mpsc::Receiver<crate::mesh::Inbound>,
     per_peer: usize,
+    rate: Arc<PeerRate>,
     cancel: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
@@ -115,12 +62,22 @@ pub async fn serve_intents(
             _ = cancel.cancelled() => break,
             n = inbound.recv() => match n { Some(n) => n, None => break },
         };
-        let Some(turn) = peers.enter(next.peer) else {
-            core.metrics.forward("peer_over_quota");
-            core.metrics.peer_refusal(&next.peer, "peer_over_quota");
-            let refusal = refused(&over_quota(per_peer));
-            let _ = client.answer_intent(next.id, refusal).await;
-            continue;
+        let turn = if rate.allow(next.peer, Instant::now()) {
+            peers
+                .enter(next.peer)
+                .ok_or_else(|| over_quota(per_peer, "requests"))
+        } else {
+            Err(rate.refusal())
+        };
+        let turn = match turn {
+            Ok(turn) => turn,
+            Err(e) => {
+                let reason = e.code.unwrap_or("peer_over_quota");
+                core.metrics.forward(reason);
+                core.metrics.peer_refusal(&next.peer, reason);
+                let _ = client.answer_intent(next.id, refused(&e)).await;
+                continue;
+            }
         };
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
@@ -138,14 +95,18 @@ pub async fn serve_intents(
 }
 
 /// Serves streamed requests that peers open to this node, a bounded number
-/// at once and per peer. Ends on `cancel` once the answers being streamed
-/// have ended.
+/// at once, per peer and within each peer's `rate`. A refused stream is
+/// answered 429 (`peer_over_quota`, `peer_over_rate` or `overloaded`) in a
+/// whole-answer frame sequence; when even the refusals are at their bound,
+/// it is reset. Ends on `cancel` once the answers being streamed have ended.
 pub async fn serve_streams(
     core: Core,
     mut incoming: libp2p_stream::IncomingStreams,
+    rate: Arc<PeerRate>,
     cancel: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
+    let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
     let peers = PerPeer::new(STREAMS_PER_PEER);
     let running = TaskTracker::new();
     loop {
@@ -154,14 +115,37 @@ pub async fn serve_streams(
             _ = cancel.cancelled() => break,
             n = incoming.next() => match n { Some(n) => n, None => break },
         };
-        let turn = peers.enter(peer);
-        let permit = permits.clone().try_acquire_owned();
-        let (Ok(permit), Some(turn)) = (permit, turn) else {
-            // Dropping the stream resets it; the peer tries another node.
-            core.metrics.forward("stream_refused");
-            core.metrics.peer_refusal(&peer, "stream_refused");
-            tracing::debug!(%peer, "too many streamed requests; one refused");
-            continue;
+        let admitted = if !rate.allow(peer, Instant::now()) {
+            Err(rate.refusal())
+        } else {
+            match (peers.enter(peer), permits.clone().try_acquire_owned()) {
+                (Some(turn), Ok(permit)) => Ok((turn, permit)),
+                (None, _) => Err(over_quota(STREAMS_PER_PEER, "streams")),
+                (Some(_), Err(_)) => Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    "The node is serving as many streamed requests as it can.",
+                )
+                .code("overloaded")),
+            }
+        };
+        let (turn, permit) = match admitted {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                let reason = e.code.unwrap_or("stream_refused");
+                core.metrics.forward("stream_refused");
+                core.metrics.peer_refusal(&peer, reason);
+                tracing::debug!(%peer, reason, "a streamed request refused");
+                // Answered when a refusal slot is free; else dropped, which
+                // resets the stream (the peer tries another node either way).
+                if let Ok(slot) = refusals.clone().try_acquire_owned() {
+                    running.spawn(async move {
+                        refuse_stream(stream, e).await;
+                        drop(slot);
+                    });
+                }
+                continue;
+            }
         };
         let core = core.clone();
         running.spawn(async move {
@@ -171,6 +155,26 @@ pub async fn serve_streams(
     }
     running.close();
     running.wait().await;
+}
+
+/// Answers a refused stream: its request frame is read (briefly) and the
+/// refusal written as a whole answer, so the peer learns why.
+async fn refuse_stream(mut io: libp2p::Stream, refusal: ApiError) {
+    let read = tokio::time::timeout(
+        REFUSAL_READ_TIMEOUT,
+        frames::read(&mut io, intent::MAX_REQUEST_BYTES),
+    )
+    .await;
+    if !matches!(read, Ok(Ok(Some(_)))) {
+        return;
+    }
+    let status = refusal.status.as_u16();
+    if send_whole(&mut io, status, refusal.to_bytes().to_vec())
+        .await
+        .is_ok()
+    {
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, io.close()).await;
+    }
 }
 
 /// Checks a forwarded request and finds the local capability it names.

@@ -188,6 +188,7 @@ pub async fn capabilities(State(state): State<AppState>) -> Json<Value> {
                 "examples": c.examples.len(),
                 "node": e.node,
                 "local": e.local,
+                "trust": e.trust,
                 "available": up(e),
                 "source": c.source,
                 "backend": if e.local { Value::String(c.backend.clone()) } else { Value::Null },

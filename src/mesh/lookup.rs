@@ -90,7 +90,8 @@ impl Lookups {
 pub(super) struct Found {
     wanted: Wanted,
     providers: usize,
-    synced: Vec<(Verified, SignedRouteUpdate)>,
+    /// Updates fetched, with the provider that answered each.
+    synced: Vec<(Verified, SignedRouteUpdate, PeerId)>,
     /// Providers whose routes were not held when the lookup started.
     unknown: Vec<PeerId>,
     fetched: usize,
@@ -180,7 +181,7 @@ impl Task {
                 match answer {
                     Ok(Ok(updates)) => {
                         fetched += 1;
-                        synced.extend(updates);
+                        synced.extend(updates.into_iter().map(|(v, s)| (v, s, *peer)));
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "provider sync failed");
@@ -212,11 +213,13 @@ impl Task {
             self.unreachable.insert(*peer, now);
         }
         let mut changed = false;
-        for (verified, signed) in found.synced {
-            changed |= self
+        for (verified, signed, via) in found.synced {
+            let origin = verified.origin;
+            let outcome = self
                 .remote
-                .apply(verified, signed, now, super::unix_ms())
-                .changed();
+                .apply(verified, signed, via, now, super::unix_ms());
+            self.counted(outcome, origin, via);
+            changed |= outcome.changed();
         }
         if changed {
             self.publish_view();

@@ -50,7 +50,7 @@ mod tests {
                 domain: long.clone(),
                 topics: vec![long.clone(); 40],
                 description: long.clone(),
-                examples: Vec::new(),
+                examples: vec![long.clone(); 40],
                 backend: "b".into(),
                 model: "m".into(),
                 source: Source::Config,
@@ -62,6 +62,7 @@ mod tests {
             vector: vec![0.6, 0.8],
             prototypes: Vec::new(),
             reference: None,
+            trust: crate::routing::Trust::Local,
         };
         let update = RouteUpdate {
             version: route::VERSION,
@@ -104,7 +105,17 @@ pub struct Setup {
     pub metrics: Arc<Metrics>,
     /// Where forwarded requests go to be served (see [`Inbound`]).
     pub intents: mpsc::Sender<Inbound>,
+    /// Origins kept first when the table is full (`mesh.trusted`).
+    pub trusted: std::collections::HashSet<PeerId>,
+    /// Origins whose announced vectors their texts do not explain (base58),
+    /// found by the catalog: dropped, and not passed on in sync.
+    pub refuted: mpsc::Receiver<String>,
 }
+
+/// Refuted origins waiting for the mesh task; when full, a report is
+/// dropped: the origin's capabilities stay out of the table all the same,
+/// but the origin stays held (and passed on in sync) until it expires.
+pub const REFUTED_CAPACITY: usize = 256;
 
 /// A request forwarded by a peer, to be answered with
 /// [`network::Client::answer_intent`].
@@ -130,7 +141,8 @@ pub fn start(
     let (found_tx, found_rx) = mpsc::channel(LOOKUP_CAPACITY);
     let me = setup.key.public().to_peer_id();
     let task = Task {
-        remote: Remote::new(me),
+        remote: Remote::new(me, setup.trusted.clone()),
+        logged: lru::LruCache::new(LOGGED_REFUSALS),
         view: view_tx,
         own: None,
         seq: 0,
@@ -152,9 +164,13 @@ pub fn start(
     )
 }
 
+/// Refusals (origin or relay, reason) logged, so each is logged once.
+const LOGGED_REFUSALS: std::num::NonZeroUsize = std::num::NonZeroUsize::new(1024).expect("not 0");
+
 struct Task {
     setup: Setup,
     remote: Remote,
+    logged: lru::LruCache<(PeerId, &'static str), ()>,
     view: watch::Sender<View>,
     /// This node's latest signed update, served by sync.
     own: Option<SignedRouteUpdate>,
@@ -208,6 +224,12 @@ pub fn record(entry: &Entry) -> CapabilityRecord {
         available: entry.available,
         in_flight: 0,
         reference: entry.reference,
+        examples: c
+            .examples
+            .iter()
+            .take(route::MAX_EXAMPLES)
+            .map(|e| route::clip(e, route::MAX_EXAMPLE))
+            .collect(),
     }
 }
 
@@ -237,6 +259,13 @@ impl Task {
                     None => break,
                 },
                 Some(found) = self.found_rx.recv() => self.on_found(found),
+                Some(node) = self.setup.refuted.recv() => {
+                    if let Ok(peer) = node.parse::<PeerId>()
+                        && self.remote.refute(&peer, Instant::now())
+                    {
+                        self.publish_view();
+                    }
+                }
                 // Reaps finished lookups (a JoinSet keeps them until joined).
                 Some(_) = self.running.join_next(), if !self.running.is_empty() => {}
                 Some((wanted, reply)) = self.lookups.recv() => self.on_lookup(wanted, reply),
@@ -307,14 +336,35 @@ impl Task {
             .cloned()
             .collect();
         self.provide(&local).await;
-        let records: Vec<CapabilityRecord> = local
+        let mut records: Vec<CapabilityRecord> = local
             .iter()
             .take(route::MAX_CAPABILITIES)
             .map(record)
             .collect();
         let addrs = self.announced_addrs().await;
-        let update = self.next_update(RouteBody::Full(records), addrs);
-        match SignedRouteUpdate::sign(&update, &self.setup.key) {
+        let mut update = self.next_update(RouteBody::Full(Vec::new()), addrs);
+        // Texts of many capabilities can exceed what one update may carry:
+        // announce the first ones that fit rather than none.
+        let signed = loop {
+            let count = records.len();
+            update.body = RouteBody::Full(std::mem::take(&mut records));
+            match SignedRouteUpdate::sign(&update, &self.setup.key) {
+                Err(crate::wire::Error::TooLarge { .. }) if count > 1 => {
+                    let RouteBody::Full(all) = &mut update.body else {
+                        unreachable!("set above")
+                    };
+                    records = std::mem::take(all);
+                    records.truncate(count * 3 / 4);
+                    tracing::warn!(
+                        announced = records.len(),
+                        of = local.len(),
+                        "this node's capabilities do not fit in one route update; announcing the first"
+                    );
+                }
+                other => break other,
+            }
+        };
+        match signed {
             Ok(signed) => {
                 // Alone, publishing fails; peers that join get the update by sync.
                 match self.setup.client.publish(&signed).await {
@@ -372,17 +422,19 @@ impl Task {
                 message,
             } => {
                 let origin = verified.origin;
-                let outcome = self
-                    .remote
-                    .apply(*verified, signed, Instant::now(), unix_ms());
+                let outcome =
+                    self.remote
+                        .apply(*verified, signed, message.source, Instant::now(), unix_ms());
                 tracing::debug!(%origin, outcome = outcome.as_str(), "route update");
-                self.setup.metrics.gossip(outcome.as_str());
+                self.counted(outcome, origin, message.source);
                 let verdict = match outcome {
                     Outcome::Accepted | Outcome::Withdrawn => Verdict::Accept,
                     Outcome::Stale => Verdict::Reject,
-                    Outcome::Duplicate | Outcome::Own | Outcome::RateLimited | Outcome::Full => {
-                        Verdict::Ignore
-                    }
+                    Outcome::Duplicate
+                    | Outcome::Own
+                    | Outcome::RateLimited
+                    | Outcome::Full
+                    | Outcome::RelayFull => Verdict::Ignore,
                 };
                 let _ = self.setup.client.report(message, verdict).await;
                 if outcome.changed() {
@@ -393,7 +445,9 @@ impl Task {
                 let now = Instant::now();
                 let mut changed = false;
                 for (verified, signed) in updates {
-                    let outcome = self.remote.apply(verified, signed, now, unix_ms());
+                    let origin = verified.origin;
+                    let outcome = self.remote.apply(verified, signed, peer, now, unix_ms());
+                    self.counted(outcome, origin, peer);
                     changed |= outcome.changed();
                 }
                 tracing::debug!(%peer, changed, "synced with a peer");
@@ -401,10 +455,26 @@ impl Task {
                     self.publish_view();
                 }
             }
-            Event::SyncRequested { id, .. } => {
-                let mut updates = self.remote.snapshot();
-                updates.extend(self.own.clone());
-                updates.truncate(sync::MAX_ORIGINS);
+            Event::SyncRequested { id, peer } => {
+                // This node's own update first, then what it holds, most
+                // trusted and longest known first, up to what one answer
+                // may carry.
+                let mut updates: Vec<SignedRouteUpdate> = self.own.clone().into_iter().collect();
+                let mut bytes = updates.iter().map(|u| u.payload.len() + 128).sum::<usize>();
+                let held = self.remote.snapshot();
+                let total = held.len();
+                for u in held {
+                    let size = u.payload.len() + 128;
+                    if updates.len() >= sync::MAX_ORIGINS || bytes + size > sync::MAX_RESPONSE_BYTES
+                    {
+                        break;
+                    }
+                    bytes += size;
+                    updates.push(u);
+                }
+                if updates.len() < total + usize::from(self.own.is_some()) {
+                    tracing::info!(%peer, sent = updates.len(), held = total, "sync answer holds the first origins that fit");
+                }
                 let response = SyncResponse {
                     version: sync::VERSION,
                     updates,
@@ -428,11 +498,43 @@ impl Task {
                     let _ = self.setup.client.answer_intent(inbound.id, response).await;
                 }
             }
-            Event::PeerConnected(_) => {
+            Event::PeerConnected(peer) => {
+                self.remote.set_connected(peer, true);
                 self.setup.metrics.peers.inc();
             }
-            Event::PeerDisconnected(_) => {
+            Event::PeerDisconnected(peer) => {
+                self.remote.set_connected(peer, false);
                 self.setup.metrics.peers.dec();
+            }
+        }
+    }
+
+    /// Counts an update's outcome, and origins it evicted; logs each kind of
+    /// refusal once per origin or relay.
+    fn counted(&mut self, outcome: Outcome, origin: PeerId, via: PeerId) {
+        self.setup.metrics.gossip(outcome.as_str());
+        let refused = match outcome {
+            Outcome::Full => Some((origin, "the table is full")),
+            Outcome::RelayFull => Some((via, "the relay brought as many origins as one peer may")),
+            _ => None,
+        };
+        if let Some((who, why)) = refused {
+            let reason = outcome.as_str();
+            self.setup
+                .metrics
+                .remote_refusal(if outcome == Outcome::Full {
+                    "table_full"
+                } else {
+                    reason
+                });
+            if self.logged.put((who, reason), ()).is_none() {
+                tracing::warn!(%origin, relay = %via, "route update refused: {why}");
+            }
+        }
+        for evicted in self.remote.take_evicted() {
+            self.setup.metrics.remote_refusal("evicted");
+            if self.logged.put((evicted, "evicted"), ()).is_none() {
+                tracing::info!(origin = %evicted, "routes dropped to make way for a trusted, direct or better-spread origin");
             }
         }
     }

@@ -11,10 +11,14 @@
 //! examples the profile alone is used. Whether the best one fits at all is
 //! [`fit`]'s rule.
 
+mod candidate;
 pub mod fit;
 mod vectors;
 
-pub use vectors::{capability_prototypes, capability_vector, query_vector};
+pub use candidate::{Candidate, Trust};
+pub use vectors::{capability_prototypes, capability_vector, explained, query_vector};
+
+use candidate::Judge;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,9 +29,6 @@ use crate::capability::{Capability, CapabilityId};
 use crate::config::RoutingConfig;
 use crate::index::{self, VectorIndex};
 use fit::{Rule, Scale};
-
-/// Score bonus that makes a local capability win a tie with a remote one.
-const LOCAL_TIE_BONUS: f32 = 1e-4;
 
 /// One routable capability with the node that offers it.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +49,8 @@ pub struct Entry {
     /// its examples are (for a remote one, at its origin); none with fewer
     /// than two examples.
     pub reference: Option<f32>,
+    /// How far this node trusts `node`.
+    pub trust: Trust,
 }
 
 impl Entry {
@@ -193,43 +196,6 @@ pub enum Need {
     Any,
 }
 
-/// One scored capability in a decision.
-#[derive(Debug, Clone, Serialize)]
-pub struct Candidate {
-    pub id: CapabilityId,
-    pub node: String,
-    pub local: bool,
-    pub kind: String,
-    pub domain: String,
-    /// Cosine similarity of the request and the capability.
-    pub similarity: f32,
-    /// Similarity after adjustments (locality tie-break); what is ranked.
-    pub score: f32,
-    /// Score this capability needs to be chosen under the decision's rule
-    /// (absent when nothing is known to refuse by).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cutoff: Option<f32>,
-    /// Where the score lies between generic requests (0) and the
-    /// capability's own examples (1), when the table is calibrated.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fit: Option<f32>,
-    /// Mean score of the generic background requests on this capability.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub background: Option<f32>,
-    /// Score of the capability's own requests (leave-one-out on its examples).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reference: Option<f32>,
-    /// Whether the score reaches the cutoff.
-    pub fits: bool,
-    pub available: bool,
-    /// Whether the capability can serve this request (kind fits and it is available).
-    pub eligible: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<&'static str>,
-    #[serde(skip)]
-    pub entry: Option<Arc<Entry>>,
-}
-
 /// How the decision was reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -279,6 +245,21 @@ impl Router {
         }
     }
 
+    fn judge<'a>(
+        &'a self,
+        need: Need,
+        by_meaning: bool,
+        available: &'a dyn Fn(&Entry) -> bool,
+    ) -> Judge<'a> {
+        Judge {
+            rule: self.rule(),
+            need,
+            config: &self.config,
+            by_meaning,
+            available,
+        }
+    }
+
     /// Ranks the table's capabilities for `query` and picks one.
     ///
     /// `available(entry)` says whether the entry's backend (or node) answers now.
@@ -290,15 +271,15 @@ impl Router {
         available: &dyn Fn(&Entry) -> bool,
     ) -> Decision {
         let shown = self.config.explain_candidates.max(1);
-        let rule = self.rule();
-        let mut ranked = self.rank(table, query, need, available, rule, shown.max(16));
+        let judge = self.judge(need, true, available);
+        let mut ranked = self.rank(table, query, &judge, shown.max(16));
         // `rank` returns at most `shown`, best eligible first.
         let best = ranked.iter().position(|c| c.eligible);
         let (outcome, chosen) = match best {
             Some(i) if ranked[i].fits => (Outcome::Matched, Some(ranked[i].clone())),
-            _ => match self.default_candidate(table, need, available, rule) {
+            _ => match self.default_candidate(table, need, available) {
                 Some(c) => (Outcome::Default, Some(c)),
-                None => match self.general_candidate(table, query, need, available, rule) {
+                None => match self.general_candidate(table, query, &judge) {
                     Some(c) => (Outcome::General, Some(c)),
                     None => (Outcome::NoFit, None),
                 },
@@ -309,27 +290,20 @@ impl Router {
             outcome,
             chosen,
             candidates: ranked,
-            rule,
+            rule: judge.rule,
             index: table.index_name(),
         }
     }
 
-    fn rank(
-        &self,
-        table: &Table,
-        query: &[f32],
-        need: Need,
-        available: &dyn Fn(&Entry) -> bool,
-        rule: Rule,
-        k: usize,
-    ) -> Vec<Candidate> {
+    /// Best first: usable before unusable, then by score (similarity plus
+    /// the trust adjustment), then by trust, then by place in the table
+    /// (this node's entries first, then other nodes' by how long this node
+    /// has known them).
+    fn rank(&self, table: &Table, query: &[f32], judge: &Judge, k: usize) -> Vec<Candidate> {
         if table.is_empty() || query.is_empty() {
             return Vec::new();
         }
-        let usable = |i: usize| {
-            let e = &table.entries[i];
-            kind_fits(e, need) && available(e)
-        };
+        let usable = |i: usize| judge.usable(&table.entries[i]);
         let search = |k: usize| -> Vec<(usize, f32)> {
             // Best similarity per entry over its vectors, best first.
             let mut seen = vec![false; table.entries.len()];
@@ -353,83 +327,62 @@ impl Router {
         let mut ranked: Vec<(bool, f32, usize, f32)> = hits
             .into_iter()
             .map(|(i, sim)| {
-                let bonus = if table.entries[i].local {
-                    LOCAL_TIE_BONUS
-                } else {
-                    0.0
-                };
-                (usable(i), sim + bonus, i, sim)
+                let adjusted = sim + table.entries[i].trust.adjustment(&self.config);
+                (usable(i), adjusted, i, sim)
             })
             .collect();
         ranked.sort_by(|a, b| {
-            b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)).then(
-                table.entries[a.2]
-                    .capability
-                    .id
-                    .cmp(&table.entries[b.2].capability.id),
-            )
+            b.0.cmp(&a.0)
+                .then(b.1.total_cmp(&a.1))
+                .then(table.entries[a.2].trust.cmp(&table.entries[b.2].trust))
+                .then(a.2.cmp(&b.2))
         });
         ranked.truncate(self.config.explain_candidates.max(1));
         ranked
             .into_iter()
-            .map(|(_, _, i, sim)| {
-                candidate(
-                    &table.entries[i],
-                    table.scales[i],
-                    sim,
-                    rule,
-                    need,
-                    available,
-                )
-            })
+            .map(|(_, _, i, sim)| judge.candidate(&table.entries[i], table.scales[i], sim))
             .collect()
     }
 
-    /// The best-scoring eligible entry without a scale. When a threshold is
+    /// The best-scoring usable entry without a scale. When a threshold is
     /// set, every entry is judged by it: there is no general one.
-    fn general_candidate(
-        &self,
-        table: &Table,
-        query: &[f32],
-        need: Need,
-        available: &dyn Fn(&Entry) -> bool,
-        rule: Rule,
-    ) -> Option<Candidate> {
-        if matches!(rule, Rule::Threshold { .. }) || query.is_empty() {
+    fn general_candidate(&self, table: &Table, query: &[f32], judge: &Judge) -> Option<Candidate> {
+        if matches!(judge.rule, Rule::Threshold { .. }) || query.is_empty() {
             return None;
         }
         table
             .unjudged
             .iter()
-            .map(|&i| &table.entries[i])
-            .filter(|e| kind_fits(e, need) && available(e))
-            .map(|e| {
+            .filter(|&&i| judge.usable(&table.entries[i]))
+            .map(|&i| {
+                let e = &table.entries[i];
                 let sim = e
                     .vectors()
                     .filter(|v| v.len() == query.len())
                     .map(|v| index::dot(v, query))
                     .fold(f32::MIN, f32::max);
-                (e, sim)
+                (i, sim + e.trust.adjustment(&self.config), sim)
             })
             .max_by(|a, b| {
                 a.1.total_cmp(&b.1)
-                    .then(a.0.local.cmp(&b.0.local))
-                    .then(b.0.capability.id.cmp(&a.0.capability.id))
+                    .then(table.entries[b.0].trust.cmp(&table.entries[a.0].trust))
+                    .then(b.0.cmp(&a.0))
             })
-            .map(|(e, sim)| candidate(e, None, sim, rule, need, available))
+            .map(|(i, _, sim)| judge.candidate(&table.entries[i], None, sim))
     }
 
+    /// The configured default, whoever offers it (the operator named it).
     fn default_candidate(
         &self,
         table: &Table,
         need: Need,
         available: &dyn Fn(&Entry) -> bool,
-        rule: Rule,
     ) -> Option<Candidate> {
         let id = self.config.default.as_ref()?;
+        let judge = self.judge(need, false, available);
         table
             .lookup(id)
-            .map(|e| candidate(e, None, f32::NAN, rule, need, available))
+            .map(|e| judge.candidate(e, None, f32::NAN))
             .find(|c| c.eligible)
     }
 }
@@ -438,48 +391,6 @@ pub fn kind_fits(entry: &Entry, need: Need) -> bool {
     match need {
         Need::Text => entry.capability.kind.answers_text(),
         Need::Any => true,
-    }
-}
-
-fn candidate(
-    entry: &Arc<Entry>,
-    scale: Option<Scale>,
-    similarity: f32,
-    rule: Rule,
-    need: Need,
-    available: &dyn Fn(&Entry) -> bool,
-) -> Candidate {
-    let kind_ok = kind_fits(entry, need);
-    let up = available(entry);
-    let note = match (kind_ok, up) {
-        (false, _) => Some("kind does not answer this request"),
-        (true, false) => Some("unavailable"),
-        _ => None,
-    };
-    let bonus = if entry.local { LOCAL_TIE_BONUS } else { 0.0 };
-    let cutoff = match rule {
-        Rule::Threshold { threshold } => Some(threshold),
-        Rule::Relative { min_fit } => scale.map(|s| s.cutoff(min_fit)),
-    };
-    let score = similarity + bonus;
-    Candidate {
-        id: entry.capability.id.clone(),
-        node: entry.node.clone(),
-        local: entry.local,
-        kind: entry.capability.kind.to_string(),
-        domain: entry.capability.domain.clone(),
-        similarity,
-        score,
-        cutoff,
-        fit: scale.map(|s| s.fit(similarity)).filter(|f| f.is_finite()),
-        background: scale.map(|s| s.background),
-        reference: scale.map(|s| s.reference),
-        // Compared without the tie bonus, which only orders equal scores.
-        fits: similarity.is_finite() && cutoff.is_none_or(|c| similarity >= c),
-        available: up,
-        eligible: kind_ok && up,
-        note,
-        entry: Some(entry.clone()),
     }
 }
 

@@ -25,6 +25,7 @@ fn entry(id: &str, kind: &str, vector: Vec<f32>, local: bool) -> Entry {
         vector: v,
         prototypes: Vec::new(),
         reference: None,
+        trust: if local { Trust::Local } else { Trust::Stranger },
     }
 }
 
@@ -152,4 +153,81 @@ fn prototypes_let_a_varied_capability_match_each_kind_of_request() {
     let d = router(0.1, None).decide(&table, &q, Need::Text, &all_up);
     assert_eq!(d.chosen.expect("chosen").id.as_str(), "a/broad");
     assert!(capability_prototypes(&examples[..5], &profile, 0.0, 4).is_empty());
+}
+
+#[test]
+fn strangers_rank_below_trusted_nodes_by_the_margin() {
+    // Unit vectors at a chosen cosine to the query [1, 0].
+    let at = |cos: f32| vec![cos, (1.0 - cos * cos).sqrt()];
+    let trusted = |mut e: Entry| {
+        e.trust = Trust::Allowed;
+        e
+    };
+    let table = Table::new(vec![
+        entry("a/mine", "llm/chat", at(0.80), true),
+        entry("b/close", "llm/chat", at(0.81), false),
+        trusted(entry("c/friend", "llm/chat", at(0.79), false)),
+    ]);
+    let q = [1.0, 0.0];
+    let d = router(0.5, None).decide(&table, &q, Need::Text, &all_up);
+    // The stranger scores 0.01 higher than this node's own: not enough.
+    assert_eq!(d.chosen.as_ref().expect("chosen").id.as_str(), "a/mine");
+    let stranger = d
+        .candidates
+        .iter()
+        .find(|c| c.id.as_str() == "b/close")
+        .expect("listed");
+    assert_eq!(stranger.trust, Trust::Stranger);
+    assert!(
+        (stranger.score - (0.81 - 0.02)).abs() < 1e-4,
+        "{}",
+        stranger.score
+    );
+    // 0.05 higher is.
+    let table = Table::new(vec![
+        entry("a/mine", "llm/chat", at(0.80), true),
+        entry("b/better", "llm/chat", at(0.85), false),
+    ]);
+    let d = router(0.5, None).decide(&table, &q, Need::Text, &all_up);
+    assert_eq!(d.chosen.expect("chosen").id.as_str(), "b/better");
+    // Unless auto may only use trusted nodes.
+    let only_trusted = Router::new(RoutingConfig {
+        threshold: Some(0.5),
+        auto_origins: crate::config::AutoOrigins::Trusted,
+        ..Default::default()
+    });
+    let d = only_trusted.decide(&table, &q, Need::Text, &all_up);
+    assert_eq!(d.chosen.expect("chosen").id.as_str(), "a/mine");
+    let stranger = d
+        .candidates
+        .iter()
+        .find(|c| c.id.as_str() == "b/better")
+        .expect("listed");
+    assert!(!stranger.eligible);
+    assert!(stranger.note.is_some_and(|n| n.contains("trusted")));
+}
+
+#[test]
+fn an_announced_vector_is_checked_against_its_texts() {
+    let unit = |v: Vec<f32>| {
+        let mut v = v;
+        normalize(&mut v);
+        v
+    };
+    let profile = unit(vec![1.0, 0.2, 0.0, 0.0]);
+    let examples = vec![
+        unit(vec![0.3, 1.0, 0.1, 0.0]),
+        unit(vec![0.2, 0.9, 0.0, 0.3]),
+    ];
+    for w in [0.0, 0.2, 0.5, 1.0] {
+        let v = capability_vector(&examples, &profile, w);
+        assert!(explained(&v, &examples, &profile) > 0.999, "weight {w}");
+    }
+    // A vector made for other texts.
+    let elsewhere = unit(vec![0.0, 0.1, 0.2, 1.0]);
+    assert!(explained(&elsewhere, &examples, &profile) < 0.5);
+    // Outside the blends (a negative weight on the profile): the nearest end.
+    let beyond = unit(vec![-0.8, 1.0, 0.1, 0.1]);
+    let score = explained(&beyond, &examples, &profile);
+    assert!(score < 0.95, "{score}");
 }

@@ -37,6 +37,41 @@ pub fn capability_vector(
     blend(&centroid, profile, description_weight)
 }
 
+/// How well a capability's texts explain an announced `vector`: the cosine
+/// between it and the nearest blend `a * centroid + b * profile` with
+/// `a, b >= 0` (what [`capability_vector`] makes under any description
+/// weight). About 1 for a vector built from these texts; lower for one
+/// built from other texts.
+pub fn explained(vector: &[f32], examples: &[Vec<f32>], profile: &[f32]) -> f32 {
+    let centroid = if examples.is_empty() {
+        profile.to_vec()
+    } else {
+        let mut c = vec![0f32; profile.len()];
+        for e in examples {
+            for (s, x) in c.iter_mut().zip(e) {
+                *s += x;
+            }
+        }
+        normalize(&mut c);
+        c
+    };
+    let a = dot(&centroid, vector);
+    let b = dot(profile, vector);
+    let g = dot(&centroid, profile);
+    let edge = a.max(b);
+    let det = 1.0 - g * g;
+    if det < 1e-6 {
+        return edge;
+    }
+    let x = (a - g * b) / det;
+    let y = (b - g * a) / det;
+    if x < 0.0 || y < 0.0 {
+        // The nearest blend with both weights >= 0 is one of the two ends.
+        return edge;
+    }
+    (x * a + y * b).clamp(0.0, 1.0).sqrt().max(edge)
+}
+
 /// Examples per prototype: fewer would make prototypes of single sentences.
 const EXAMPLES_PER_PROTOTYPE: usize = 8;
 

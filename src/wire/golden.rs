@@ -39,6 +39,10 @@ pub fn sample_update(seq: u64) -> RouteUpdate {
             available: true,
             in_flight: 3,
             reference: Some(0.625),
+            examples: vec![
+                "How much hay does a llama eat?".into(),
+                "Can alpacas live alone?".into(),
+            ],
         }]),
     }
 }
@@ -103,11 +107,11 @@ fn route_update_and_signed_envelope() {
     );
 }
 
-/// What a version-1 peer sends (golden bytes from before version 2) is still
-/// accepted, read without reference scores.
+/// What a version-2 peer sends (golden bytes from before version 3) is still
+/// accepted, read without examples.
 #[test]
-fn version_1_updates_are_still_accepted() {
-    let path = vectors_dir().join("signed-route-update-v1.hex");
+fn version_2_updates_are_still_accepted() {
+    let path = vectors_dir().join("signed-route-update-v2.hex");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let text = text.trim();
     let bytes: Vec<u8> = (0..text.len())
@@ -115,11 +119,11 @@ fn version_1_updates_are_still_accepted() {
         .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
         .collect();
     let signed = SignedRouteUpdate::decode(&bytes).expect("decodes");
-    assert_eq!(signed.payload.first(), Some(&1), "a version 1 payload");
+    assert_eq!(signed.payload.first(), Some(&2), "a version 2 payload");
     let verified = signed.verify(4).expect("verifies");
     let mut expected = sample_update(1_700_000_000_000);
     if let RouteBody::Full(caps) = &mut expected.body {
-        caps[0].reference = None;
+        caps[0].examples.clear();
     }
     assert_eq!(verified.update, expected);
 }
@@ -243,8 +247,16 @@ fn tampering_and_limits_are_rejected() {
         let s = SignedRouteUpdate::sign(&bad, &test_keypair(7)).expect("sign");
         assert!(s.verify(4).unwrap_err().to_string().contains("reference"));
     }
+    for examples in [vec!["x".repeat(257)], vec!["x".to_owned(); 17]] {
+        let mut bad = sample_update(9);
+        if let RouteBody::Full(caps) = &mut bad.body {
+            caps[0].examples = examples;
+        }
+        let s = SignedRouteUpdate::sign(&bad, &test_keypair(7)).expect("sign");
+        assert!(s.verify(4).unwrap_err().to_string().contains("example"));
+    }
     let mut future = sample_update(9);
-    future.version = 3;
+    future.version = VERSION + 1;
     let s = SignedRouteUpdate::sign(&future, &test_keypair(7)).expect("sign");
     assert!(s.verify(4).is_err());
     assert!(SignedRouteUpdate::decode(b"\x01garbage").is_err());

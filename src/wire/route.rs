@@ -10,8 +10,9 @@ use super::codec::{self, Error};
 /// Version byte of [`SignedRouteUpdate`] (the envelope).
 pub const ENVELOPE_VERSION: u8 = 1;
 /// Version byte of [`RouteUpdate`]: 2 added each capability's reference
-/// score. Version 1 payloads are still accepted (read without it).
-pub const VERSION: u8 = 2;
+/// score, 3 its examples (receivers compute its vectors from its texts).
+/// Version 2 payloads are still accepted (read without examples).
+pub const VERSION: u8 = 3;
 /// Largest encoded [`SignedRouteUpdate`]: 256 capabilities with 5 vectors of
 /// 384 bytes each and their texts fit with room to spare.
 pub const MAX_SIGNED_BYTES: usize = 1024 * 1024;
@@ -19,6 +20,9 @@ pub const MAX_SIGNED_BYTES: usize = 1024 * 1024;
 pub const MAX_CAPABILITIES: usize = 256;
 /// Most prototype vectors per capability.
 pub const MAX_PROTOTYPES: usize = 8;
+/// Most examples per capability, and their length (bytes).
+pub const MAX_EXAMPLES: usize = 16;
+pub const MAX_EXAMPLE: usize = 256;
 /// Longest text fields (bytes).
 pub const MAX_ID: usize = 257;
 /// Same as a parsed `Kind` can be: category (<= 5) + `/` + name (<= 128).
@@ -92,8 +96,12 @@ pub struct CapabilityRecord {
     pub in_flight: u32,
     /// How high the capability's own requests score on `vector`, measured
     /// on its examples at the origin (leave-one-out); none without two
-    /// examples. Receivers judge fit with it (`routing::fit`).
+    /// examples. Receivers compute their own from `examples`.
     pub reference: Option<f32>,
+    /// Requests the capability is for (at most [`MAX_EXAMPLES`]): with the
+    /// description, domain and topics, what receivers embed to route by and
+    /// check `vector` against.
+    pub examples: Vec<String>,
 }
 
 /// What an origin says about itself.
@@ -193,8 +201,8 @@ impl SignedRouteUpdate {
         // Only verified bytes are decoded further. A payload starts with its
         // version byte (a `u8` is one byte in the codec).
         let update: RouteUpdate = match self.payload.first() {
-            Some(&v1::VERSION) => {
-                codec::decode::<v1::RouteUpdate>(&self.payload, MAX_SIGNED_BYTES)?.into()
+            Some(&v2::VERSION) => {
+                codec::decode::<v2::RouteUpdate>(&self.payload, MAX_SIGNED_BYTES)?.into()
             }
             _ => codec::decode(&self.payload, MAX_SIGNED_BYTES)?,
         };
@@ -290,6 +298,15 @@ impl RouteUpdate {
             for t in &c.topics {
                 check_len("topic", t, MAX_TOPIC)?;
             }
+            if c.examples.len() > MAX_EXAMPLES {
+                return Err(Error::Invalid(format!(
+                    "capability {}: more than {MAX_EXAMPLES} examples",
+                    c.id
+                )));
+            }
+            for e in &c.examples {
+                check_len("example", e, MAX_EXAMPLE)?;
+            }
             if c.prototypes.len() > MAX_PROTOTYPES {
                 return Err(Error::Invalid("too many prototypes".into()));
             }
@@ -314,14 +331,14 @@ impl RouteUpdate {
     }
 }
 
-/// Version 1 of the payload, read for peers that still send it: the same
-/// fields as version 2 without the capabilities' reference scores.
-mod v1 {
+/// Version 2 of the payload, read for peers that still send it: the same
+/// fields as version 3 without the capabilities' examples.
+mod v2 {
     use serde::Deserialize;
 
     use super::WireVector;
 
-    pub const VERSION: u8 = 1;
+    pub const VERSION: u8 = 2;
 
     #[derive(Deserialize)]
     pub struct CapabilityRecord {
@@ -334,6 +351,7 @@ mod v1 {
         prototypes: Vec<WireVector>,
         available: bool,
         in_flight: u32,
+        reference: Option<f32>,
     }
 
     #[derive(Deserialize)]
@@ -370,7 +388,8 @@ mod v1 {
                             prototypes: c.prototypes,
                             available: c.available,
                             in_flight: c.in_flight,
-                            reference: None,
+                            reference: c.reference,
+                            examples: Vec::new(),
                         })
                         .collect(),
                 ),

@@ -165,7 +165,7 @@ def verify_signed_update(data: bytes) -> dict:
 
     p = Reader(payload)
     version = p.u8()
-    if version not in (1, 2):
+    if version not in (2, 3):
         raise Failed(f"RouteUpdate version {version}")
     update = {
         "origin": peer_id_of(public_key).to_base58(),
@@ -188,8 +188,9 @@ def verify_signed_update(data: bytes) -> dict:
                 vector(p, update["dim"])
             cap["available"] = p.boolean()
             cap["in_flight"] = p.varint()
-            if version == 2:
-                cap["reference"] = p.f32() if p.u8() == 1 else None
+            cap["reference"] = p.f32() if p.u8() == 1 else None
+            if version == 3:
+                cap["examples"] = p.strings()
             update["capabilities"].append(cap)
     elif body == 1:
         update["withdraw"] = True

@@ -22,6 +22,15 @@ use crate::embed::Embedder;
 use crate::metrics::Metrics;
 use crate::routing::{Entry, Table, capability_prototypes, capability_vector, fit};
 
+mod remote;
+
+pub use remote::{MIN_EXPLAINED, TEXTS_PER_BUILD};
+
+/// Least time between two table builds for other nodes' changes: changes
+/// arriving sooner, and capabilities left waiting for their texts to be
+/// embedded, are taken by one build at the end of the gap.
+const REMOTE_BUILD_GAP: Duration = Duration::from_millis(500);
+
 /// Probe reports waiting for the owner; one per backend per refresh, so small.
 const UPDATE_CAPACITY: usize = 64;
 
@@ -70,6 +79,11 @@ pub struct Setup {
     pub local_out: watch::Sender<Arc<Vec<Entry>>>,
     /// Other nodes' entries, when the node is part of a mesh.
     pub remote: Option<watch::Receiver<crate::mesh::View>>,
+    /// PeerIds (base58) of the nodes this one trusts (`mesh.trusted`).
+    pub trusted: std::collections::HashSet<String>,
+    /// Where nodes whose announced vectors their texts do not explain are
+    /// reported (the mesh drops them).
+    pub refuted: Option<mpsc::Sender<String>>,
 }
 
 /// Builds the first table (config capabilities plus one discovery round, bounded
@@ -87,6 +101,9 @@ pub async fn start(
         cache: HashMap::new(),
         local: Arc::new(Vec::new()),
         remote_generation: watch::channel(0).0,
+        verifier: remote::Verifier::default(),
+        pending: false,
+        last_build: std::time::Instant::now(),
         setup,
     };
     let first = futures::future::join_all(owner.setup.backends.iter().map(|b| {
@@ -104,7 +121,9 @@ pub async fn start(
     }
     owner.build_local().await?;
     let (table, generation) = owner.assemble().await?;
-    owner.remote_generation.send_replace(generation);
+    if let Some(generation) = generation {
+        owner.remote_generation.send_replace(generation);
+    }
     let catalog = Catalog {
         table: Arc::new(ArcSwap::from_pointee(table)),
         remote_generation: owner.remote_generation.subscribe(),
@@ -181,6 +200,12 @@ struct Owner {
     /// Generation of the mesh view in the table last built (sent once the
     /// table is stored).
     remote_generation: watch::Sender<u64>,
+    /// Other nodes' capabilities, their vectors computed here.
+    verifier: remote::Verifier,
+    /// Whether other nodes' changes wait for a build.
+    pending: bool,
+    /// When the table was last built.
+    last_build: std::time::Instant,
 }
 
 impl Owner {
@@ -203,9 +228,12 @@ impl Owner {
                     None => std::future::pending().await,
                 }
             };
+            let pending = self.pending;
+            let due = tokio::time::Instant::from_std(self.last_build + REMOTE_BUILD_GAP);
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(due), if pending => {}
                 u = rx.recv(), if probes_alive => {
                     // No probes (no backends) or all stopped: keep following the mesh.
                     let Some(update) = u else {
@@ -232,10 +260,14 @@ impl Owner {
                     if !ok {
                         self.setup.remote = None;
                     } else if let Some(remote) = &self.setup.remote
+                        && !self.pending
                         && remote.borrow().generation == *self.remote_generation.borrow()
                     {
                         // Only the origins changed (a refresh repeating what
                         // it said): the table already holds these entries.
+                        continue;
+                    } else if self.last_build.elapsed() < REMOTE_BUILD_GAP {
+                        self.pending = true;
                         continue;
                     }
                 }
@@ -243,7 +275,9 @@ impl Owner {
             match self.assemble().await {
                 Ok((table, generation)) => {
                     catalog.table.store(Arc::new(table));
-                    self.remote_generation.send_replace(generation);
+                    if let Some(generation) = generation {
+                        self.remote_generation.send_replace(generation);
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not rebuild the route table; keeping the old one")
@@ -366,6 +400,7 @@ impl Owner {
                 vector: capability_vector(&examples, profile, weight),
                 prototypes: capability_prototypes(&examples, profile, weight, prototypes),
                 reference: fit::reference(&examples, profile, weight),
+                trust: crate::routing::Trust::Local,
                 node: self.setup.node_id.clone(),
                 local: true,
                 available,
@@ -383,14 +418,40 @@ impl Owner {
         Ok(changed)
     }
 
-    /// The table of local and remote entries (index built off the runtime).
-    async fn assemble(&mut self) -> Result<(Table, u64), crate::embed::Error> {
+    /// The table of local and remote entries (index built off the runtime),
+    /// and the mesh view's generation when every remote entry of it is in.
+    async fn assemble(&mut self) -> Result<(Table, Option<u64>), crate::embed::Error> {
+        self.last_build = std::time::Instant::now();
         let mut entries: Vec<Entry> = self.local.as_ref().clone();
-        let mut generation = 0;
+        let mut generation = Some(0);
         if let Some(remote) = &self.setup.remote {
-            let view = remote.borrow();
-            entries.extend(view.entries.iter().cloned());
-            generation = view.generation;
+            let view = remote.borrow().clone();
+            let prepared = self
+                .verifier
+                .prepare(
+                    &view.entries,
+                    &view.origins,
+                    &self.setup.trusted,
+                    &self.setup.embedder,
+                    &self.setup.routing,
+                )
+                .await?;
+            for (node, id, score) in prepared.refuted {
+                tracing::warn!(%node, capability = %id, explained = score, "announced vector does not match the capability's texts; the node's routes are dropped");
+                self.setup.metrics.remote_refusal("vector_mismatch");
+                if let Some(tx) = &self.setup.refuted {
+                    let _ = tx.try_send(node);
+                }
+            }
+            self.pending = prepared.pending > 0;
+            if self.pending {
+                tracing::debug!(
+                    waiting = prepared.pending,
+                    "other nodes' capabilities wait for their texts to be embedded"
+                );
+            }
+            entries.extend(prepared.entries);
+            generation = (!self.pending).then_some(view.generation);
         }
         self.setup.metrics.capabilities.set(entries.len() as i64);
         self.setup.metrics.table_builds.inc();
