@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Runs the benchmarks behind BENCHMARKS.md and prints their tables (Markdown).
-#   scripts/bench.sh                 # all: latency, proxy, clinc150, mesh, forward, edges
+#   scripts/bench.sh                 # all: latency, proxy, clinc150, mesh, forward, edges, vector_check
 #   scripts/bench.sh latency proxy   # some
-# Needs the model (scripts/fetch-model.sh) and, for clinc150, ../shared/datasets
+# Needs the model (scripts/fetch-model.sh) and, for clinc150 and vector_check, ../shared/datasets
 # or CLINC150_DIR. Figures depend on the machine: run on an otherwise idle one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-model.sh
 benches=("$@")
-[ ${#benches[@]} -gt 0 ] || benches=(latency proxy clinc150 mesh forward edges)
+[ ${#benches[@]} -gt 0 ] || benches=(latency proxy clinc150 mesh forward edges vector_check)
 cargo build --release --bins
 out="${CARGO_TARGET_DIR:-target}/bench-results.md"
 : > "$out"

@@ -126,7 +126,12 @@ async fn copied_and_crafted_capabilities_get_none_of_the_honest_traffic() {
         &["llama3.2", "qwen2.5-coder"],
     ))
     .await;
-    let [llama, coder] = <[_; 2]>::try_from(farm_capabilities("farm")).expect("two");
+    let [mut llama, coder] = <[_; 2]>::try_from(farm_capabilities("farm")).expect("two");
+    // More examples than a route update carries: B announces the first 16,
+    // and the vector it announces is theirs, so A does not refute it.
+    llama
+        .examples
+        .extend((0..17).map(|i| format!("Question {i} on shearing, feeding and housing llamas")));
 
     // A serves the coder itself; B, joined to A, the llama expert.
     let dir_a = tempfile::tempdir().expect("tempdir");
@@ -155,7 +160,11 @@ async fn copied_and_crafted_capabilities_get_none_of_the_honest_traffic() {
     .await;
 
     fn examples(c: &atmosphere::config::CapabilityConfig) -> Vec<&str> {
-        c.examples.iter().map(String::as_str).collect()
+        c.examples
+            .iter()
+            .take(atmosphere::wire::route::MAX_EXAMPLES)
+            .map(String::as_str)
+            .collect()
     }
     let llama_copy = honest_record(
         &embedder,
@@ -228,6 +237,15 @@ async fn copied_and_crafted_capabilities_get_none_of_the_honest_traffic() {
             .contains(&("mallory/llamas".into(), copier_id.clone()))
     })
     .await;
+    assert_eq!(
+        metric(
+            &a,
+            "atmosphere_remote_refusals_total{result=\"vector_mismatch\"}"
+        )
+        .await,
+        2,
+        "only the two lies are refuted"
+    );
     let nodes: Vec<String> = listed(&a).await.into_iter().map(|(_, n)| n).collect();
     for liar in [&lying, &crafting] {
         let id = liar.public().to_peer_id().to_base58();

@@ -75,7 +75,8 @@ pub struct Setup {
     pub routing: RoutingConfig,
     pub node_id: String,
     pub metrics: Arc<Metrics>,
-    /// Receives this node's entries whenever they change (the mesh announces them).
+    /// Receives this node's entries as the mesh is told of them (texts
+    /// clipped, vectors built from what is told) whenever they change.
     pub local_out: watch::Sender<Arc<Vec<Entry>>>,
     /// Other nodes' entries, when the node is part of a mesh.
     pub remote: Option<watch::Receiver<crate::mesh::View>>,
@@ -355,8 +356,11 @@ impl Owner {
     /// to the mesh when they changed; says whether they did.
     async fn build_local(&mut self) -> Result<bool, crate::embed::Error> {
         let caps = self.capabilities();
+        // What the mesh is told differs where texts are clipped or examples
+        // left out; its vectors are built from what is told.
+        let told: Vec<Capability> = caps.iter().map(crate::mesh::announced).collect();
         let mut wanted: Vec<String> = Vec::new();
-        for c in &caps {
+        for c in caps.iter().chain(&told) {
             wanted.push(c.profile_text());
             wanted.extend(c.examples.iter().cloned());
         }
@@ -375,37 +379,21 @@ impl Owner {
         let keep: std::collections::HashSet<&String> = wanted.iter().collect();
         self.cache.retain(|k, _| keep.contains(k));
 
-        let weight = self.setup.routing.description_weight;
-        let prototypes = self.setup.routing.prototypes;
         let mut entries: Vec<Entry> = Vec::with_capacity(caps.len());
-        for capability in caps {
+        let mut wire: Vec<Entry> = Vec::with_capacity(caps.len());
+        for (capability, told) in caps.into_iter().zip(told) {
             // Every text was embedded above; a miss would mean the embedder
             // returned fewer vectors than texts, so skip rather than guess.
-            let Some(profile) = self.cache.get(&capability.profile_text()) else {
-                tracing::warn!(capability = %capability.id, "no embedding for its profile; left out");
+            let Some(entry) = self.entry(capability) else {
                 continue;
             };
-            let examples: Vec<Vec<f32>> = capability
-                .examples
-                .iter()
-                .filter_map(|t| self.cache.get(t).cloned())
-                .collect();
-            let available = self
-                .setup
-                .backends
-                .iter()
-                .find(|b| b.name() == capability.backend)
-                .is_some_and(|b| b.is_available());
-            entries.push(Entry {
-                vector: capability_vector(&examples, profile, weight),
-                prototypes: capability_prototypes(&examples, profile, weight, prototypes),
-                reference: fit::reference(&examples, profile, weight),
-                trust: crate::routing::Trust::Local,
-                node: self.setup.node_id.clone(),
-                local: true,
-                available,
-                capability,
-            });
+            let told = if told == entry.capability {
+                Some(entry.clone())
+            } else {
+                self.entry(told)
+            };
+            wire.extend(told);
+            entries.push(entry);
         }
         let changed = entries.len() != self.local.len()
             || entries.iter().zip(self.local.iter()).any(|(a, b)| {
@@ -413,9 +401,44 @@ impl Owner {
             });
         if changed {
             self.local = Arc::new(entries);
-            self.setup.local_out.send_replace(self.local.clone());
+            self.setup.local_out.send_replace(Arc::new(wire));
         }
         Ok(changed)
+    }
+
+    /// This node's entry for a capability whose texts are embedded.
+    fn entry(&self, capability: Capability) -> Option<Entry> {
+        let Some(profile) = self.cache.get(&capability.profile_text()) else {
+            tracing::warn!(capability = %capability.id, "no embedding for its profile; left out");
+            return None;
+        };
+        let examples: Vec<Vec<f32>> = capability
+            .examples
+            .iter()
+            .filter_map(|t| self.cache.get(t).cloned())
+            .collect();
+        let available = self
+            .setup
+            .backends
+            .iter()
+            .find(|b| b.name() == capability.backend)
+            .is_some_and(|b| b.is_available());
+        let weight = self.setup.routing.description_weight;
+        Some(Entry {
+            vector: capability_vector(&examples, profile, weight),
+            prototypes: capability_prototypes(
+                &examples,
+                profile,
+                weight,
+                self.setup.routing.prototypes,
+            ),
+            reference: fit::reference(&examples, profile, weight),
+            trust: crate::routing::Trust::Local,
+            node: self.setup.node_id.clone(),
+            local: true,
+            available,
+            capability,
+        })
     }
 
     /// The table of local and remote entries (index built off the runtime),

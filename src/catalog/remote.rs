@@ -28,9 +28,11 @@ pub const TEXTS_PER_BUILD: usize = 256;
 /// Texts per call to the embedder.
 const BATCH: usize = 32;
 /// Least [`explained`] score of an announced vector by its own texts. Honest
-/// vectors score about 1 (less where a capability has more examples than
-/// it announces); a vector made for other texts scores well below.
-pub const MIN_EXPLAINED: f32 = 0.9;
+/// vectors are built from exactly the texts announced and score about 1
+/// (quantisation costs about 1e-4); a vector made for other texts scores
+/// below (at most 0.965 over all pairs of CLINC150's intents:
+/// `cargo bench --bench vector_check`).
+pub const MIN_EXPLAINED: f32 = 0.97;
 
 /// What was computed for one capability of another node.
 #[derive(Clone)]
