@@ -324,7 +324,9 @@ impl Remote {
                             local: false,
                             available: r.available,
                             vector: r.vector.dequantize(),
-                            prototypes: r.prototypes.iter().map(|p| p.dequantize()).collect(),
+                            // Receivers build their own from the texts
+                            // (`catalog`); announced ones are not kept.
+                            prototypes: Vec::new(),
                             reference: r.reference,
                             trust: Trust::Stranger,
                         })
