@@ -18,7 +18,7 @@ use atmosphere::wire::route::{
 };
 use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use common::hostile::*;
 use common::*;
@@ -83,16 +83,8 @@ fn signed(origin: &Keypair, records: Vec<CapabilityRecord>) -> Vec<u8> {
 
 /// The node `auto` chooses for `input`, per `POST /v1/route`.
 async fn routed_to(node: &atmosphere::node::Node, input: &str) -> (String, String) {
-    let d: Value = reqwest::Client::new()
-        .post(format!("http://{}/v1/route", node.http_addr))
-        .json(&json!({"input": input}))
-        .send()
-        .await
-        .expect("route")
-        .json()
-        .await
-        .expect("json");
-    let chosen = &d["decision"]["chosen"];
+    let d = route_decision(node, input).await;
+    let chosen = &d["chosen"];
     (
         chosen["id"].as_str().unwrap_or("none").to_owned(),
         chosen["node"].as_str().unwrap_or("none").to_owned(),

@@ -313,20 +313,11 @@ async fn discovered_models_are_routed_by_what_they_are_good_at() {
         dir.path(),
     ))
     .await;
-    let client = reqwest::Client::new();
     let mut right = 0;
     let mut wrong = Vec::new();
     for (text, to) in FOR_DISCOVERED {
-        let v: Value = client
-            .post(format!("http://{}/v1/route", node.http_addr))
-            .json(&json!({"input": text}))
-            .send()
-            .await
-            .expect("route")
-            .json()
-            .await
-            .expect("json");
-        let chosen = v["decision"]["chosen"]["id"].as_str().unwrap_or("");
+        let d = route_decision(&node, text).await;
+        let chosen = d["chosen"]["id"].as_str().unwrap_or("");
         if chosen == *to {
             right += 1;
         } else {
@@ -367,7 +358,7 @@ async fn discovered_models_are_routed_by_what_they_are_good_at() {
         dir.path(),
     ))
     .await;
-    let resp = client
+    let resp = reqwest::Client::new()
         .post(format!("http://{}/v1/chat/completions", node.http_addr))
         .json(&json!({"model": "auto", "messages": [{"role": "user", "content": "Prove that the square root of two is irrational"}]}))
         .send()

@@ -9,7 +9,7 @@ use libp2p::identity::{Keypair, ed25519};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, gossipsub, noise, tcp, yamux};
 
-use super::{WAIT, metric};
+use super::{WAIT, metric, metrics_text};
 
 pub fn key(seed: u8) -> Keypair {
     ed25519::Keypair::from(ed25519::SecretKey::try_from_bytes([seed; 32]).expect("32 bytes")).into()
@@ -133,12 +133,7 @@ pub async fn wait_lines(
         }
     };
     if tokio::time::timeout(WAIT, check).await.is_err() {
-        let text = reqwest::get(format!("http://{}/metrics", node.http_addr))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let text = metrics_text(node).await;
         let gossip: Vec<&str> = text
             .lines()
             .filter(|l| l.contains("gossip") || l.contains("peers"))

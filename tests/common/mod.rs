@@ -200,13 +200,32 @@ pub async fn get_json(node: &Node, path: &str) -> serde_json::Value {
 
 /// The value of the first line of a node's `/metrics` that starts with `line`
 /// (a metric name with its labels); 0 when absent.
-pub async fn metric(node: &Node, line: &str) -> u64 {
-    let text = reqwest::get(format!("http://{}/metrics", node.http_addr))
+/// The node's `/metrics` text.
+pub async fn metrics_text(node: &Node) -> String {
+    reqwest::get(format!("http://{}/metrics", node.http_addr))
         .await
         .expect("metrics")
         .text()
         .await
-        .expect("text");
+        .expect("text")
+}
+
+/// The decision `POST /v1/route` explains for `input`.
+pub async fn route_decision(node: &Node, input: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .post(format!("http://{}/v1/route", node.http_addr))
+        .json(&serde_json::json!({"input": input}))
+        .send()
+        .await
+        .expect("route")
+        .json::<serde_json::Value>()
+        .await
+        .expect("json")["decision"]
+        .take()
+}
+
+pub async fn metric(node: &Node, line: &str) -> u64 {
+    let text = metrics_text(node).await;
     text.lines()
         .find(|l| l.starts_with(line))
         .and_then(|l| l.rsplit(' ').next())
