@@ -210,14 +210,17 @@ impl Core {
         let mut remote = all;
         remote.sort_by(|a, b| {
             let known = |e: &Entry| since.get(&e.node).copied();
-            // Known origins before unknown ones, the longest known first.
-            match (known(a), known(b)) {
-                (Some(x), Some(y)) => x.cmp(&y),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (None, None) => std::cmp::Ordering::Equal,
-            }
-            .then_with(|| a.node.cmp(&b.node))
+            // Trusted nodes first; then known origins before unknown ones,
+            // the longest known first.
+            a.trust
+                .cmp(&b.trust)
+                .then_with(|| match (known(a), known(b)) {
+                    (Some(x), Some(y)) => x.cmp(&y),
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (None, None) => std::cmp::Ordering::Equal,
+                })
+                .then_with(|| a.node.cmp(&b.node))
         });
         remote
     }

@@ -214,32 +214,51 @@ impl Remote {
                 return Err(Outcome::RelayFull);
             }
         }
-        loop {
-            let total: usize = self.origins.values().map(|o| o.entries.len()).sum();
-            let origins = self.origins.len() + usize::from(is_new);
-            if origins <= MAX_ORIGINS
-                && total - held_before.min(total) + capabilities <= MAX_REMOTE_CAPABILITIES
-            {
-                return Ok(());
-            }
+        // Choose every origin that must make way first, and evict only if
+        // they make enough room.
+        let mut origins = self.origins.len() + usize::from(is_new);
+        let mut total: usize = self
+            .origins
+            .values()
+            .map(|o| o.entries.len())
+            .sum::<usize>()
+            - held_before;
+        let mut victims: HashSet<PeerId> = HashSet::new();
+        while origins > MAX_ORIGINS || total + capabilities > MAX_REMOTE_CAPABILITIES {
             let victim = self
-                .victim(origin, &relay, protected)
+                .victim(origin, &relay, protected, &victims)
                 .ok_or(Outcome::Full)?;
+            origins -= 1;
+            total -= self.origins.get(&victim).map_or(0, |o| o.entries.len());
+            victims.insert(victim);
+        }
+        let now = Instant::now();
+        for victim in victims {
             if let Some(o) = self.origins.remove(&victim) {
-                self.forget(victim, o.seq, Instant::now());
+                self.forget(victim, o.seq, now);
             }
             self.evicted.push(victim);
         }
+        Ok(())
     }
 
     /// The origin to evict for `origin` (relayed by `relay`): the most
     /// recently learnt unprotected origin of the relay holding the most
     /// unprotected ones, unless `origin` is unprotected and its own relay
     /// holds as many.
-    fn victim(&self, origin: &PeerId, relay: &PeerId, protected: bool) -> Option<PeerId> {
+    /// Origins in `chosen` count as gone already.
+    fn victim(
+        &self,
+        origin: &PeerId,
+        relay: &PeerId,
+        protected: bool,
+        chosen: &HashSet<PeerId>,
+    ) -> Option<PeerId> {
+        let candidate =
+            |p: &PeerId, o: &Origin| p != origin && !chosen.contains(p) && !self.protected(p, o);
         let mut load: HashMap<PeerId, usize> = HashMap::new();
         for (p, o) in &self.origins {
-            if p != origin && !self.protected(p, o) {
+            if candidate(p, o) {
                 *load.entry(o.via).or_default() += 1;
             }
         }
@@ -250,7 +269,7 @@ impl Remote {
         }
         self.origins
             .iter()
-            .filter(|(p, o)| *p != origin && o.via == biggest && !self.protected(p, o))
+            .filter(|(p, o)| o.via == biggest && candidate(p, o))
             .max_by(|a, b| a.1.since.cmp(&b.1.since).then(a.0.cmp(b.0)))
             .map(|(p, _)| *p)
     }
@@ -755,5 +774,30 @@ mod tests {
             1,
             "one origin of 256 made room for both"
         );
+    }
+
+    #[test]
+    fn a_newcomer_that_cannot_get_room_evicts_nobody() {
+        let mut r = Remote::new(key(1).public().to_peer_id(), HashSet::new());
+        let t = Instant::now();
+        let ids: Vec<String> = (0..128).map(|i| format!("c/x{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        // 64 origins of 128 capabilities: the first relay brought two, the
+        // others one each.
+        for n in 0..64u32 {
+            let via = wide_key(1000 + n.max(1)).public().to_peer_id();
+            let outcome = relayed(&mut r, &wide_key(n), via, update(1, 30, full(&ids)), t);
+            assert_eq!(outcome, Outcome::Accepted);
+        }
+        assert_eq!(r.entries().count(), MAX_REMOTE_CAPABILITIES);
+        // 256 capabilities need two to go; only one may (the first relay's
+        // second): nobody is evicted.
+        let big: Vec<String> = (0..256).map(|i| format!("n/x{i}")).collect();
+        let big: Vec<&str> = big.iter().map(String::as_str).collect();
+        let via = wide_key(5000).public().to_peer_id();
+        let outcome = relayed(&mut r, &wide_key(77), via, update(1, 30, full(&big)), t);
+        assert_eq!(outcome, Outcome::Full);
+        assert!(r.take_evicted().is_empty());
+        assert_eq!(r.origins().len(), 64);
     }
 }
