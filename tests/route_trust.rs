@@ -346,3 +346,97 @@ async fn a_node_joining_after_a_sybil_flood_is_listed() {
     let held = metric(&a, "atmosphere_remote_origins").await;
     assert!(held <= 257, "{held} origins held");
 }
+
+/// `mesh.trusted`: a copy of an id on a trusted node goes before the copy of a
+/// node known longer, ranks above it for `auto`, and shows as `allowed`;
+/// `routing.auto_origins = "trusted"` keeps `auto` off strangers.
+#[tokio::test]
+async fn trusted_nodes_go_before_strangers() {
+    let farm = spawn_echo(Echo::new("farm", Flavour::Openai, &["llama3.2"])).await;
+    let llama = farm_capabilities("farm")[0].clone();
+    let provider = |dir: &std::path::Path, bootstrap: Vec<String>| {
+        mesh_config(
+            vec![backend("farm", BackendKind::Openai, farm, false)],
+            vec![llama.clone()],
+            dir,
+            bootstrap,
+        )
+    };
+    // The stranger joins first (known longest), the trusted node later.
+    let dir_s = tempfile::tempdir().expect("tempdir");
+    let stranger = start(provider(dir_s.path(), Vec::new())).await;
+    let s_addr = mesh_addr(&stranger).await;
+    let dir_t = tempfile::tempdir().expect("tempdir");
+    let trusted = start(provider(dir_t.path(), vec![s_addr.clone()])).await;
+    let dir_a = tempfile::tempdir().expect("tempdir");
+    let mut config = mesh_config(Vec::new(), Vec::new(), dir_a.path(), vec![s_addr]);
+    config.mesh.as_mut().expect("mesh").trusted = vec![trusted.peer_id.to_base58()];
+    let a = start(config).await;
+    let (s_id, t_id) = (stranger.peer_id.to_base58(), trusted.peer_id.to_base58());
+    eventually("A lists both copies", || async {
+        let l = listed(&a).await;
+        l.contains(&("farm/llama-expert".into(), s_id.clone()))
+            && l.contains(&("farm/llama-expert".into(), t_id.clone()))
+    })
+    .await;
+    let d = route_decision(&a, LLAMA_QUESTIONS[0]).await;
+    assert_eq!(d["chosen"]["node"], t_id.as_str(), "{d}");
+    assert_eq!(d["chosen"]["trust"], "allowed");
+    let other = d["candidates"]
+        .as_array()
+        .expect("candidates")
+        .iter()
+        .find(|c| c["node"] == s_id.as_str())
+        .expect("the stranger's copy is listed");
+    assert_eq!(other["trust"], "stranger");
+    let chat = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", a.http_addr))
+        .json(&json!({"model": "farm/llama-expert",
+            "messages": [{"role": "user", "content": LLAMA_QUESTIONS[1]}]}))
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(chat.status(), 200);
+    assert_eq!(
+        chat.headers()["x-atmosphere-node"]
+            .to_str()
+            .expect("header"),
+        t_id
+    );
+
+    // Only trusted nodes for auto: once the trusted node is gone, auto
+    // refuses rather than use the stranger; the explicit id still works.
+    trusted.shutdown().await;
+    eventually("the trusted node's routes are withdrawn", || async {
+        !listed(&a)
+            .await
+            .contains(&("farm/llama-expert".into(), t_id.clone()))
+    })
+    .await;
+    let dir_b = tempfile::tempdir().expect("tempdir");
+    let mut config = mesh_config(
+        Vec::new(),
+        Vec::new(),
+        dir_b.path(),
+        vec![mesh_addr(&a).await],
+    );
+    config.routing.auto_origins = atmosphere::config::AutoOrigins::Trusted;
+    let b = start(config).await;
+    eventually("B lists the stranger's copy", || async {
+        listed(&b)
+            .await
+            .contains(&("farm/llama-expert".into(), s_id.clone()))
+    })
+    .await;
+    let d = route_decision(&b, LLAMA_QUESTIONS[0]).await;
+    assert!(d["chosen"].is_null(), "{d}");
+    assert_eq!(d["candidates"][0]["eligible"], false);
+    let chat = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", b.http_addr))
+        .json(&json!({"model": "farm/llama-expert",
+            "messages": [{"role": "user", "content": LLAMA_QUESTIONS[1]}]}))
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(chat.status(), 200);
+}
