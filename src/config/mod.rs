@@ -7,13 +7,13 @@ use std::time::Duration;
 
 mod backends;
 mod mesh;
+mod routing;
 
 use serde::{Deserialize, Serialize};
 
 pub use backends::{BackendConfig, BackendKind, CapabilityConfig};
 pub use mesh::MeshConfig;
-
-use crate::capability::CapabilityId;
+pub use routing::{AutoOrigins, RoutingConfig};
 
 /// Everything a node reads at start.
 #[derive(Debug, Clone, Deserialize)]
@@ -144,60 +144,6 @@ impl Default for EmbedderConfig {
             max_batch: 32,
             max_tokens: 256,
             cache_entries: 4096,
-        }
-    }
-}
-
-/// `[routing]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RoutingConfig {
-    /// A fixed score below which no capability fits, overriding the relative
-    /// rule (`min_fit`). Unset by default: no one cosine suits every
-    /// capability set.
-    pub threshold: Option<f32>,
-    /// How close to a capability's own examples a request must score for it
-    /// to fit, with generic requests at 0 and the examples themselves
-    /// (scored leave-one-out) at 1. Below it, `default` is used or the request
-    /// is refused.
-    pub min_fit: f32,
-    /// Capability used when nothing fits.
-    pub default: Option<CapabilityId>,
-    /// Weight of the description against the examples in a capability's vector
-    /// (0: examples only, 1: description only; without examples the description is used).
-    pub description_weight: f32,
-    /// Most extra vectors (clusters of examples) per capability; 0: one vector each.
-    pub prototypes: usize,
-    /// Candidates listed by `POST /v1/route`.
-    pub explain_candidates: usize,
-    /// How much higher a capability of a stranger (a node neither this one
-    /// nor in `mesh.trusted`) must score to rank above a trusted one.
-    pub stranger_margin: f32,
-    /// Which nodes `auto` may route to: `"any"`, or `"trusted"` (this node
-    /// and `mesh.trusted`). Explicit ids are not limited.
-    pub auto_origins: AutoOrigins,
-}
-
-/// `routing.auto_origins`
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AutoOrigins {
-    #[default]
-    Any,
-    Trusted,
-}
-
-impl Default for RoutingConfig {
-    fn default() -> Self {
-        Self {
-            threshold: None,
-            min_fit: 0.5,
-            default: None,
-            description_weight: 0.2,
-            prototypes: 4,
-            explain_candidates: 5,
-            stranger_margin: 0.02,
-            auto_origins: AutoOrigins::Any,
         }
     }
 }

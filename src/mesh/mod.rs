@@ -5,8 +5,11 @@
 //! every origin, expires origins that stopped refreshing, and publishes the
 //! remote entries for the route table through a watch channel.
 
+mod announce;
 mod lookup;
 pub mod remote;
+
+pub use announce::{announced, record};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -19,9 +22,7 @@ use crate::capability::Share;
 use crate::metrics::Metrics;
 use crate::network::{self, Event, Verdict};
 use crate::routing::Entry;
-use crate::wire::route::{
-    self, CapabilityRecord, RouteBody, RouteUpdate, SignedRouteUpdate, WireVector,
-};
+use crate::wire::route::{self, CapabilityRecord, RouteBody, RouteUpdate, SignedRouteUpdate};
 use crate::wire::sync::{self, SyncResponse};
 use remote::{Outcome, Remote};
 
@@ -32,53 +33,10 @@ const EXPIRY_TICK: Duration = Duration::from_millis(500);
 const MIN_ANNOUNCE_GAP: Duration = Duration::from_secs(1);
 /// Longest a withdrawal may hold up shutdown.
 const WITHDRAW_WAIT: Duration = Duration::from_millis(500);
-/// What other nodes offer, as last changed.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::capability::{Capability, Source};
+mod tests;
 
-    #[test]
-    fn long_configured_texts_still_make_a_valid_update() {
-        let long = "é".repeat(2000);
-        let entry = Entry {
-            capability: Capability {
-                id: format!("{}/{}", "n".repeat(128), "c".repeat(128))
-                    .parse()
-                    .expect("id"),
-                kind: format!("agent/{}", "k".repeat(128)).parse().expect("kind"),
-                domain: long.clone(),
-                topics: vec![long.clone(); 40],
-                description: long.clone(),
-                examples: vec![long.clone(); 40],
-                backend: "b".into(),
-                model: "m".into(),
-                source: Source::Config,
-                share: Default::default(),
-            },
-            node: String::new(),
-            local: true,
-            available: true,
-            vector: vec![0.6, 0.8],
-            prototypes: Vec::new(),
-            reference: None,
-            trust: crate::routing::Trust::Local,
-        };
-        let update = RouteUpdate {
-            version: route::VERSION,
-            seq: 1,
-            ttl_secs: 30,
-            node_name: route::clip(&long, route::MAX_NODE_NAME),
-            addrs: Vec::new(),
-            dim: 2,
-            body: RouteBody::Full(vec![record(&entry)]),
-        };
-        update
-            .check(2)
-            .expect("clipped texts pass the receiver's checks");
-    }
-}
-
+/// What other nodes offer, as last changed.
 #[derive(Clone, Default)]
 pub struct View {
     pub entries: Arc<Vec<Entry>>,
@@ -196,54 +154,6 @@ fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// A capability as the mesh is told of it: every text clipped to its wire
-/// limit (one over-long field would make peers reject the whole update, and
-/// score this node down), the first [`route::MAX_EXAMPLES`] examples.
-/// Receivers route by these texts, so the vectors announced with them are
-/// built from them too.
-pub fn announced(c: &crate::capability::Capability) -> crate::capability::Capability {
-    crate::capability::Capability {
-        domain: route::clip(&c.domain, route::MAX_DOMAIN),
-        topics: c
-            .topics
-            .iter()
-            .take(route::MAX_TOPICS)
-            .map(|t| route::clip(t, route::MAX_TOPIC))
-            .collect(),
-        description: route::clip(&c.description, route::MAX_DESCRIPTION),
-        examples: c
-            .examples
-            .iter()
-            .take(route::MAX_EXAMPLES)
-            .map(|e| route::clip(e, route::MAX_EXAMPLE))
-            .collect(),
-        ..c.clone()
-    }
-}
-
-/// The wire record of a local entry (whose capability is [`announced`]).
-pub fn record(entry: &Entry) -> CapabilityRecord {
-    let c = announced(&entry.capability);
-    CapabilityRecord {
-        id: c.id.to_string(),
-        kind: c.kind.to_string(),
-        domain: c.domain,
-        topics: c.topics,
-        description: c.description,
-        vector: WireVector::quantize(&entry.vector),
-        prototypes: entry
-            .prototypes
-            .iter()
-            .take(route::MAX_PROTOTYPES)
-            .map(|p| WireVector::quantize(p))
-            .collect(),
-        available: entry.available,
-        in_flight: 0,
-        reference: entry.reference,
-        examples: c.examples,
-    }
 }
 
 impl Task {

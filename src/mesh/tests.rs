@@ -1,0 +1,44 @@
+//! Updates this node makes pass its peers' checks.
+
+use super::*;
+use crate::capability::{Capability, Source};
+
+#[test]
+fn long_configured_texts_still_make_a_valid_update() {
+    let long = "é".repeat(2000);
+    let entry = Entry {
+        capability: Capability {
+            id: format!("{}/{}", "n".repeat(128), "c".repeat(128))
+                .parse()
+                .expect("id"),
+            kind: format!("agent/{}", "k".repeat(128)).parse().expect("kind"),
+            domain: long.clone(),
+            topics: vec![long.clone(); 40],
+            description: long.clone(),
+            examples: vec![long.clone(); 40],
+            backend: "b".into(),
+            model: "m".into(),
+            source: Source::Config,
+            share: Default::default(),
+        },
+        node: String::new(),
+        local: true,
+        available: true,
+        vector: vec![0.6, 0.8],
+        prototypes: Vec::new(),
+        reference: None,
+        trust: crate::routing::Trust::Local,
+    };
+    let update = RouteUpdate {
+        version: route::VERSION,
+        seq: 1,
+        ttl_secs: 30,
+        node_name: route::clip(&long, route::MAX_NODE_NAME),
+        addrs: Vec::new(),
+        dim: 2,
+        body: RouteBody::Full(vec![record(&entry)]),
+    };
+    update
+        .check(2)
+        .expect("clipped texts pass the receiver's checks");
+}
