@@ -91,6 +91,22 @@ async fn routed_to(node: &atmosphere::node::Node, input: &str) -> (String, Strin
     )
 }
 
+/// Runs a chat for `model` on `node`; the node that served it (the
+/// `x-atmosphere-node` header of a 200 answer).
+async fn served_by(node: &atmosphere::node::Node, model: &str, question: &str) -> String {
+    let chat = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", node.http_addr))
+        .json(&json!({"model": model, "messages": [{"role": "user", "content": question}]}))
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(chat.status(), 200);
+    chat.headers()["x-atmosphere-node"]
+        .to_str()
+        .expect("header")
+        .to_owned()
+}
+
 async fn listed(node: &atmosphere::node::Node) -> Vec<(String, String)> {
     get_json(node, "/v1/mesh/capabilities").await["data"]
         .as_array()
@@ -260,18 +276,8 @@ async fn copied_and_crafted_capabilities_get_none_of_the_honest_traffic() {
         );
     }
     // Explicit ids too, and a chat really runs on B.
-    let chat = reqwest::Client::new()
-        .post(format!("http://{}/v1/chat/completions", a.http_addr))
-        .json(&json!({"model": "farm/llama-expert",
-            "messages": [{"role": "user", "content": LLAMA_QUESTIONS[0]}]}))
-        .send()
-        .await
-        .expect("chat");
-    assert_eq!(chat.status(), 200);
     assert_eq!(
-        chat.headers()["x-atmosphere-node"]
-            .to_str()
-            .expect("header"),
+        served_by(&a, "farm/llama-expert", LLAMA_QUESTIONS[0]).await,
         b_id
     );
 }
@@ -389,18 +395,8 @@ async fn trusted_nodes_go_before_strangers() {
         .find(|c| c["node"] == s_id.as_str())
         .expect("the stranger's copy is listed");
     assert_eq!(other["trust"], "stranger");
-    let chat = reqwest::Client::new()
-        .post(format!("http://{}/v1/chat/completions", a.http_addr))
-        .json(&json!({"model": "farm/llama-expert",
-            "messages": [{"role": "user", "content": LLAMA_QUESTIONS[1]}]}))
-        .send()
-        .await
-        .expect("chat");
-    assert_eq!(chat.status(), 200);
     assert_eq!(
-        chat.headers()["x-atmosphere-node"]
-            .to_str()
-            .expect("header"),
+        served_by(&a, "farm/llama-expert", LLAMA_QUESTIONS[1]).await,
         t_id
     );
 
@@ -431,12 +427,8 @@ async fn trusted_nodes_go_before_strangers() {
     let d = route_decision(&b, LLAMA_QUESTIONS[0]).await;
     assert!(d["chosen"].is_null(), "{d}");
     assert_eq!(d["candidates"][0]["eligible"], false);
-    let chat = reqwest::Client::new()
-        .post(format!("http://{}/v1/chat/completions", b.http_addr))
-        .json(&json!({"model": "farm/llama-expert",
-            "messages": [{"role": "user", "content": LLAMA_QUESTIONS[1]}]}))
-        .send()
-        .await
-        .expect("chat");
-    assert_eq!(chat.status(), 200);
+    assert_eq!(
+        served_by(&b, "farm/llama-expert", LLAMA_QUESTIONS[1]).await,
+        s_id
+    );
 }
