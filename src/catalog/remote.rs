@@ -107,6 +107,9 @@ impl Verifier {
         order.sort_by(|a, b| {
             trust(&a.node)
                 .cmp(&trust(&b.node))
+                // Known nodes first (`None` would sort before `Some`),
+                // the longest known first, as `exec` orders copies of an id.
+                .then((!since.contains_key(&a.node)).cmp(&!since.contains_key(&b.node)))
                 .then(since.get(&a.node).cmp(&since.get(&b.node)))
                 .then(a.node.cmp(&b.node))
         });
