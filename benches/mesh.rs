@@ -79,6 +79,7 @@ async fn spawn(i: usize, bootstrap: Vec<Multiaddr>) -> BenchNode {
         dim: DIM,
         idle_timeout: Duration::from_secs(600),
         metrics: metrics.clone(),
+        gate: None,
     };
     let cancel = tokio_util::sync::CancellationToken::new();
     let (client, events, _) = network::spawn(&key, config, cancel.clone()).expect("network");
@@ -96,6 +97,7 @@ async fn spawn(i: usize, bootstrap: Vec<Multiaddr>) -> BenchNode {
             intents: tokio::sync::mpsc::channel(1).0,
             trusted: Default::default(),
             refuted: tokio::sync::mpsc::channel(1).1,
+            certificate: None,
         },
         cancel,
     );

@@ -173,17 +173,18 @@ pub enum Share {
     /// Any peer of the mesh.
     #[default]
     Mesh,
-    /// These peers only (PeerIds, base58): announced, refused to others.
+    /// These peers only, named by PeerId (base58) or, in a closed mesh, by
+    /// a role their certificate gives them: announced, refused to others.
     Peers(Vec<String>),
 }
 
 impl Share {
-    /// Whether `peer` (a PeerId, base58) may run it.
-    pub fn allows(&self, peer: &str) -> bool {
+    /// Whether `peer` (a PeerId, base58) may run it, holding `roles`.
+    pub fn allows(&self, peer: &str, roles: &[String]) -> bool {
         match self {
             Share::Local => false,
             Share::Mesh => true,
-            Share::Peers(peers) => peers.iter().any(|p| p == peer),
+            Share::Peers(peers) => peers.iter().any(|p| p == peer || roles.contains(p)),
         }
     }
 }
@@ -203,15 +204,18 @@ impl TryFrom<ShareText> for Share {
             ShareText::Word(w) if w == "local" => Ok(Share::Local),
             ShareText::Word(w) if w == "mesh" => Ok(Share::Mesh),
             ShareText::Word(w) => Err(format!(
-                "share {w:?}: expected \"local\", \"mesh\" or a list of PeerIds"
+                "share {w:?}: expected \"local\", \"mesh\" or a list of PeerIds and roles"
             )),
-            // Kept in the form peers are compared in (base58), however written.
+            // PeerIds kept in the form peers are compared in (base58),
+            // however written; anything else must be a role name.
             ShareText::Peers(peers) => peers
                 .iter()
-                .map(|p| {
-                    p.parse::<libp2p::PeerId>()
-                        .map(|id| id.to_base58())
-                        .map_err(|_| format!("share: {p:?} is not a PeerId"))
+                .map(|p| match p.parse::<libp2p::PeerId>() {
+                    Ok(id) => Ok(id.to_base58()),
+                    Err(_) if crate::wire::member::is_role(p) => Ok(p.clone()),
+                    Err(_) => Err(format!(
+                        "share: {p:?} is neither a PeerId nor a role (letters, digits, `-`, `_`)"
+                    )),
                 })
                 .collect::<Result<_, _>>()
                 .map(Share::Peers),

@@ -55,7 +55,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<Keypair, Error> {
 
 /// Writes a file readable by its owner only, atomically (temp file + rename), so a
 /// crash never leaves a half-written key behind.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

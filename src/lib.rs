@@ -13,6 +13,7 @@ pub mod exec;
 pub mod http;
 pub mod identity;
 pub mod index;
+pub mod member;
 pub mod mesh;
 pub mod metrics;
 pub mod network;

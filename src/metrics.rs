@@ -75,6 +75,7 @@ pub struct Metrics {
     labelled_peers: parking_lot::Mutex<std::collections::HashSet<String>>,
     /// Provider lookups in the DHT when nothing local fitted, by result.
     pub lookups: Family<ResultLabel, Counter>,
+    pub membership: Family<ResultLabel, Counter>,
     /// Connections closed because the peer stopped answering pings.
     pub dead_connections: Counter,
     /// Route tables built (index included): on local or mesh changes only.
@@ -173,6 +174,12 @@ impl Default for Metrics {
             "DHT provider lookups made because nothing known fitted a request, by result (found, nothing_new, no_providers, skipped)",
             lookups.clone(),
         );
+        let membership = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "membership",
+            "In a closed mesh, peers' hellos and origins' certificates checked, and revocations, by result (member, no_certificate, bad_certificate, wrong_peer, expired, revoked, no_hello, revocation_new, revocation_known, revocation_invalid)",
+            membership.clone(),
+        );
         let dead_connections = Counter::default();
         registry.register(
             "dead_connections",
@@ -194,6 +201,7 @@ impl Default for Metrics {
             peer_refusals,
             labelled_peers: parking_lot::Mutex::default(),
             lookups,
+            membership,
             gossip_updates,
             syncs,
             peers,
@@ -280,6 +288,14 @@ impl Metrics {
             .get_or_create(&PeerRefusalLabels {
                 peer,
                 reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn member(&self, result: &str) {
+        self.membership
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
             })
             .inc();
     }

@@ -102,6 +102,7 @@ impl Node {
                 local_out: local_tx,
                 remote: link.as_ref().map(|l: &exec::Mesh| l.view.clone()),
                 trusted,
+                members: link.as_ref().is_some_and(|l| l.gate.is_some()),
                 refuted: link.is_some().then_some(refuted_tx),
             },
             cancel.child_token(),
@@ -230,6 +231,15 @@ fn start_mesh(
         return Ok(None);
     };
     let node_name = &config.node.name;
+    let gate = crate::member::load(
+        mesh_config,
+        &config.data_dir(),
+        keypair.public().to_peer_id(),
+    )?
+    .map(Arc::new);
+    if let Some(gate) = &gate {
+        tracing::info!(roles = ?gate.own().roles, revocations = gate.revocations(), "closed mesh: only members are heard");
+    }
     let network_cancel = CancellationToken::new();
     let net_config = network::Config {
         listen: MeshConfig::addrs(&mesh_config.listen)?,
@@ -240,6 +250,7 @@ fn start_mesh(
         dim,
         idle_timeout: mesh_config.idle_timeout,
         metrics: metrics.clone(),
+        gate: gate.clone(),
     };
     let (client, events, network_task) =
         network::spawn(keypair, net_config, network_cancel.clone())?;
@@ -256,6 +267,7 @@ fn start_mesh(
             intents: channels.intents,
             trusted: trusted_peers(config),
             refuted: channels.refuted,
+            certificate: gate.as_ref().map(|g| g.certificate().clone()),
         },
         cancel.child_token(),
     );
@@ -269,6 +281,7 @@ fn start_mesh(
             client,
             lookups,
             view,
+            gate,
         },
         tasks,
     )))

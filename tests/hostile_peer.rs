@@ -23,6 +23,7 @@ fn update(seq: u64) -> RouteUpdate {
         addrs: Vec::new(),
         dim: 384,
         body: RouteBody::Full(Vec::new()),
+        certificate: None,
     }
 }
 

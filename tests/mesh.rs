@@ -76,6 +76,7 @@ async fn spawn_node(seed: u8, bootstrap: Vec<Multiaddr>, ttl: Duration) -> TestN
         dim: DIM,
         idle_timeout: Duration::from_secs(60),
         metrics: Arc::new(Metrics::default()),
+        gate: None,
     };
     let (client, events, net) = network::spawn(&key, config, net_cancel.clone()).expect("network");
     let entries = vec![entry(&format!("n{seed}/chat"), seed)];
@@ -93,6 +94,7 @@ async fn spawn_node(seed: u8, bootstrap: Vec<Multiaddr>, ttl: Duration) -> TestN
             intents: tokio::sync::mpsc::channel(1).0,
             trusted: Default::default(),
             refuted: tokio::sync::mpsc::channel(1).1,
+            certificate: None,
         },
         mesh_cancel.clone(),
     );

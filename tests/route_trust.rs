@@ -74,6 +74,7 @@ fn signed(origin: &Keypair, records: Vec<CapabilityRecord>) -> Vec<u8> {
         addrs: Vec::new(),
         dim: 384,
         body: RouteBody::Full(records),
+        certificate: None,
     };
     SignedRouteUpdate::sign(&update, origin)
         .expect("sign")

@@ -82,6 +82,9 @@ pub struct Setup {
     pub remote: Option<watch::Receiver<crate::mesh::View>>,
     /// PeerIds (base58) of the nodes this one trusts (`mesh.trusted`).
     pub trusted: std::collections::HashSet<String>,
+    /// Whether the mesh is closed: every other node whose routes are held
+    /// showed a certificate of the mesh key (trust `member`).
+    pub members: bool,
     /// Where nodes whose announced vectors their texts do not explain are
     /// reported (the mesh drops them).
     pub refuted: Option<mpsc::Sender<String>>,
@@ -455,6 +458,7 @@ impl Owner {
                     &view.entries,
                     &view.origins,
                     &self.setup.trusted,
+                    self.setup.members,
                     &self.setup.embedder,
                     &self.setup.routing,
                 )

@@ -81,7 +81,7 @@ fn digest(entry: &Entry) -> [u8; 32] {
 
 impl Verifier {
     /// Prepares `remote` (entries as announced) for the table: trust set from
-    /// `trusted` (base58 PeerIds), vectors computed here, refuted ones left
+    /// `trusted` (base58 PeerIds) and `members` (a closed mesh), vectors computed here, refuted ones left
     /// out. Ordered by trust, then by how long this node has known their
     /// node, then by PeerId: the order ties are broken in.
     pub async fn prepare(
@@ -89,6 +89,7 @@ impl Verifier {
         remote: &[Entry],
         origins: &[OriginState],
         trusted: &std::collections::HashSet<String>,
+        members: bool,
         embedder: &Embedder,
         routing: &RoutingConfig,
     ) -> Result<Prepared, crate::embed::Error> {
@@ -99,6 +100,8 @@ impl Verifier {
         let trust = |node: &str| {
             if trusted.contains(node) {
                 Trust::Allowed
+            } else if members {
+                Trust::Member
             } else {
                 Trust::Stranger
             }

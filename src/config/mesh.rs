@@ -35,6 +35,13 @@ pub struct MeshConfig {
     /// node's own (`routing.stranger_margin`, `routing.auto_origins`) and
     /// their routes are kept first when the table is full.
     pub trusted: Vec<String>,
+    /// The mesh key's public half (64 hex digits, from `atmosphere mesh
+    /// init`). When set, the mesh is closed: only peers and origins holding a
+    /// certificate it signed, in force, are heard.
+    pub authority: Option<String>,
+    /// This node's certificate (`atmosphere mesh admit`); default
+    /// `membership.cert` in the data dir.
+    pub certificate: Option<std::path::PathBuf>,
     /// Connections without traffic are closed after this long.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -54,6 +61,8 @@ impl Default for MeshConfig {
             peer_requests: 16,
             peer_rate: 100,
             trusted: Vec::new(),
+            authority: None,
+            certificate: None,
             idle_timeout: Duration::from_secs(120),
         }
     }

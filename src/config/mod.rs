@@ -249,6 +249,14 @@ impl Config {
             {
                 return invalid(format!("mesh.trusted: {bad:?} is not a PeerId"));
             }
+            if let Some(authority) = &mesh.authority {
+                crate::member::files::parse_authority(authority).map_err(Error::Invalid)?;
+            } else if mesh.certificate.is_some() {
+                return invalid(
+                    "mesh.certificate is set without mesh.authority (the mesh key it is checked against)"
+                        .into(),
+                );
+            }
         }
         if self.http.max_concurrent_requests == 0 {
             return invalid("http.max_concurrent_requests must be at least 1".into());
@@ -416,7 +424,7 @@ mod tests {
     }
 
     #[test]
-    fn share_is_local_mesh_or_peers() {
+    fn share_is_local_mesh_or_peers_and_roles() {
         let cap = |share: &str| {
             format!("[[capability]]\nid = \"farm/x\"\nbackend = \"b\"\nshare = {share}\n")
         };
@@ -427,8 +435,8 @@ mod tests {
         assert_eq!(parsed("\"mesh\"").expect("mesh"), Share::Mesh);
         let peer = "12D3KooWEEwzsW6nmHmWPMnqFpvBbiiMLXdbEYGLrCHUTQzE7CU9";
         assert_eq!(
-            parsed(&format!("[\"{peer}\"]")).expect("peers"),
-            Share::Peers(vec![peer.into()])
+            parsed(&format!("[\"{peer}\", \"gpu\"]")).expect("peers"),
+            Share::Peers(vec![peer.into(), "gpu".into()])
         );
         let absent: Config =
             toml::from_str("[[capability]]\nid = \"farm/x\"\nbackend = \"b\"\n").expect("parses");
@@ -437,7 +445,7 @@ mod tests {
             Share::Mesh,
             "shared by default"
         );
-        for bad in ["\"everyone\"", "[\"not-a-peer\"]", "3"] {
+        for bad in ["\"everyone\"", "[\"not a peer\"]", "[\"\"]", "3"] {
             let err = parsed(bad).unwrap_err().to_string();
             assert!(err.contains("share"), "{bad}: {err}");
         }

@@ -60,6 +60,8 @@ pub struct Mesh {
     pub lookups: crate::mesh::Lookups,
     /// What other nodes offer, as last changed.
     pub view: tokio::sync::watch::Receiver<crate::mesh::View>,
+    /// In a closed mesh, who belongs: peers' requests run only for members.
+    pub gate: Option<Arc<crate::member::Gate>>,
 }
 
 /// The request core; cheap to clone.

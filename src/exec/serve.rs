@@ -177,10 +177,38 @@ async fn refuse_stream(mut io: libp2p::Stream, refusal: ApiError) {
     }
 }
 
+/// Longest a peer's request waits for its hello to be judged (it is sent
+/// the moment the connection opens; a request may overtake it).
+const HELLO_WAIT: Duration = Duration::from_secs(5);
+
+/// In a closed mesh, the roles of `peer`'s certificate, or the refusal of a
+/// peer that is not a member; in an open mesh, no roles.
+async fn admitted(core: &Core, peer: PeerId) -> Result<Vec<String>, ApiError> {
+    let Some(gate) = core.mesh.as_ref().and_then(|m| m.gate.as_ref()) else {
+        return Ok(Vec::new());
+    };
+    match gate.admitted(peer, HELLO_WAIT).await {
+        Ok(member) => Ok(member.roles),
+        Err(refusal) => {
+            core.metrics.peer_refusal(&peer, "not_a_member");
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "invalid_request_error",
+                format!(
+                    "This node serves members of its mesh only ({}).",
+                    refusal.as_str().replace('_', " ")
+                ),
+            )
+            .code("not_a_member"))
+        }
+    }
+}
+
 /// Checks a forwarded request and finds the local capability it names.
 fn local_request(
     core: &Core,
     peer: PeerId,
+    roles: &[String],
     request: IntentRequest,
     stream: bool,
 ) -> Result<(Target, Request), ApiError> {
@@ -206,7 +234,7 @@ fn local_request(
         .find(|e| e.local)
         .cloned()
         .ok_or_else(|| ApiError::model_not_found(&request.capability))?;
-    if !entry.capability.share.allows(&peer.to_base58()) {
+    if !entry.capability.share.allows(&peer.to_base58(), roles) {
         core.metrics.peer_refusal(&peer, "capability_not_shared");
         return Err(not_shared(&request.capability));
     }
@@ -260,7 +288,8 @@ async fn run(
     stream: bool,
 ) -> Result<Reply, ApiError> {
     let deadline = deadline_of(core, &request);
-    let (target, local) = local_request(core, peer, request, stream)?;
+    let roles = admitted(core, peer).await?;
+    let (target, local) = local_request(core, peer, &roles, request, stream)?;
     let answer = tokio::time::timeout(deadline, core.run(target, local))
         .await
         .map_err(|_| out_of_time())??;

@@ -149,12 +149,66 @@ pub async fn peers(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
         .iter()
         .map(ToString::to_string)
         .collect();
+    let membership = state
+        .core
+        .mesh
+        .as_ref()
+        .and_then(|m| m.gate.as_ref())
+        .map(|g| {
+            json!({
+                "authority": crate::member::files::authority_text(g.authority()),
+                "roles": g.own().roles,
+                "expires_unix_ms": g.own().expires_ms,
+                "revocations": g.revocations(),
+            })
+        });
     Ok(Json(json!({
         "object": "list",
         "mesh": true,
         "peer_id": state.node_id,
         "listen": listen,
+        "membership": membership,
         "data": peers,
+    })))
+}
+
+/// `POST /v1/mesh/revocations` `{"revocation": "..."}`: takes in a
+/// revocation signed by the mesh key (`atmosphere mesh revoke` prints and
+/// sends it); the node keeps it, spreads it and drops the node it names.
+pub async fn revoke(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let mesh = state.core.mesh.as_ref();
+    let (Some(client), Some(gate)) = (mesh.map(|m| &m.client), mesh.and_then(|m| m.gate.as_ref()))
+    else {
+        return Err(ApiError::invalid(
+            "revocation",
+            "This node is not in a closed mesh (mesh.authority is not set).",
+        )
+        .code("not_a_closed_mesh"));
+    };
+    let refused = |why: String| ApiError::invalid("revocation", why).code("invalid_revocation");
+    let text = body
+        .get("revocation")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            refused("Send {\"revocation\": \"...\"} as `atmosphere mesh revoke` prints it.".into())
+        })?;
+    let revocation = crate::member::files::from_text(text)
+        .map_err(|e| refused(format!("Not a revocation: {e}.")))?;
+    let revoked = revocation
+        .revoked(gate.authority())
+        .map_err(|e| refused(format!("Not a revocation of this mesh: {e}.")))?;
+    let new = client.revoke(revocation).await.map_err(|e| match e {
+        crate::network::Error::Revoke(why) => refused(why),
+        other => ApiError::internal("revoke", other),
+    })?;
+    Ok(Json(json!({
+        "object": "mesh.revocation",
+        "peer_id": revoked.peer.to_base58(),
+        "before_unix_ms": revoked.before_ms,
+        "new": new,
     })))
 }
 

@@ -79,6 +79,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/route", post(info::route))
         .route("/v1/mesh/capabilities", get(info::capabilities))
         .route("/v1/mesh/peers", get(info::peers))
+        .route("/v1/mesh/revocations", post(info::revoke))
         .route("/metrics", get(info::metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()

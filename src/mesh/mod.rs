@@ -68,6 +68,8 @@ pub struct Setup {
     /// Origins whose announced vectors their texts do not explain (base58),
     /// found by the catalog: dropped, and not passed on in sync.
     pub refuted: mpsc::Receiver<String>,
+    /// The certificate this node's updates carry, in a closed mesh.
+    pub certificate: Option<crate::wire::member::Certificate>,
 }
 
 /// Refuted origins waiting for the mesh task; when full, a report is
@@ -245,6 +247,7 @@ impl Task {
             addrs,
             dim: self.setup.dim as u16,
             body,
+            certificate: self.setup.certificate.clone(),
         }
     }
 
@@ -428,6 +431,12 @@ impl Task {
             Event::PeerDisconnected(peer) => {
                 self.remote.set_connected(peer, false);
                 self.setup.metrics.peers.dec();
+            }
+            Event::Revoked(origin) => {
+                if self.remote.refute(&origin, Instant::now()) {
+                    tracing::info!(%origin, "routes of a revoked node dropped");
+                    self.publish_view();
+                }
             }
         }
     }

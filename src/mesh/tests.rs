@@ -37,6 +37,7 @@ fn long_configured_texts_still_make_a_valid_update() {
         addrs: Vec::new(),
         dim: 2,
         body: RouteBody::Full(vec![record(&entry)]),
+        certificate: None,
     };
     update
         .check(2)

@@ -8,7 +8,7 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{StreamProtocol, gossipsub, identify, kad, mdns, ping, request_response};
 
 use super::codec::Codec;
-use crate::wire::{self, intent, sync};
+use crate::wire::{self, intent, member, sync};
 
 /// Every connection is pinged this often; a ping unanswered within
 /// [`PING_TIMEOUT`] closes the connection (see the event loop), so a peer cut
@@ -23,6 +23,10 @@ const SYNC_CONCURRENT: usize = 8;
 
 pub type SyncCodec = Codec<sync::SyncRequest, sync::SyncResponse>;
 pub type IntentCodec = Codec<intent::IntentRequest, intent::IntentResponse>;
+pub type MemberCodec = Codec<member::Hello, member::Hello>;
+
+/// A hello is answered at once, or the peer is taken for a non-member.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest a forwarded request may take (the HTTP request deadline's ceiling).
 const INTENT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -55,6 +59,10 @@ fn score_params() -> gossipsub::PeerScoreParams {
         ip_colocation_factor_weight: 0.0,
         ..Default::default()
     };
+    // Revocations are rarer still, and scored alike.
+    params
+        .topics
+        .insert(super::members_topic().hash(), topic.clone());
     params.topics.insert(super::routes_topic().hash(), topic);
     params
 }
@@ -67,6 +75,8 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     pub sync: request_response::Behaviour<SyncCodec>,
     pub intent: request_response::Behaviour<IntentCodec>,
+    /// Hellos of closed meshes (`/atmosphere/member/1.0.0`).
+    pub member: request_response::Behaviour<MemberCodec>,
     /// Streamed answers (`/atmosphere/stream/1.0.0`), used through its `Control`.
     pub stream: libp2p_stream::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
@@ -136,6 +146,16 @@ impl Behaviour {
                 .with_request_timeout(INTENT_TIMEOUT)
                 .with_max_concurrent_streams(INTENT_CONCURRENT),
         );
+        let member = request_response::Behaviour::with_codec(
+            MemberCodec::default(),
+            [(
+                StreamProtocol::new(wire::MEMBER_PROTOCOL),
+                request_response::ProtocolSupport::Full,
+            )],
+            request_response::Config::default()
+                .with_request_timeout(HELLO_TIMEOUT)
+                .with_max_concurrent_streams(4),
+        );
         // A network without multicast (some containers) must not stop the node:
         // it still has its bootstrap peers.
         let mdns = if enable_mdns {
@@ -160,6 +180,7 @@ impl Behaviour {
             ),
             sync,
             intent,
+            member,
             stream: libp2p_stream::Behaviour::new(),
             mdns: mdns.into(),
         })

@@ -53,6 +53,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Where rejected messages and dropped events are counted.
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// In a closed mesh, who belongs: only members are heard.
+    pub gate: Option<std::sync::Arc<crate::member::Gate>>,
 }
 
 /// Why a network call failed.
@@ -65,6 +67,9 @@ pub enum Error {
     /// Publishing failed (e.g. no peer subscribed yet).
     #[error("publish: {0}")]
     Publish(String),
+    /// A revocation was refused.
+    #[error("revocation refused: {0}")]
+    Revoke(String),
     /// Dialing failed.
     #[error("dial: {0}")]
     Dial(String),
@@ -129,6 +134,8 @@ pub enum Event {
     },
     PeerConnected(PeerId),
     PeerDisconnected(PeerId),
+    /// A revocation voided this node's certificate: its routes must go.
+    Revoked(PeerId),
 }
 
 /// A connected peer.
@@ -188,6 +195,10 @@ pub(crate) enum Command {
     Sync {
         peer: PeerId,
         reply: oneshot::Sender<Result<Vec<(Verified, SignedRouteUpdate)>, Error>>,
+    },
+    Revoke {
+        revocation: crate::wire::member::Revocation,
+        reply: oneshot::Sender<Result<bool, Error>>,
     },
 }
 
@@ -317,6 +328,13 @@ impl Client {
         self.ask(|reply| Command::Sync { peer, reply }).await?
     }
 
+    /// Takes in a revocation (closed meshes): kept, spread by gossip, the
+    /// node it names dropped. `Ok(false)`: it was known already.
+    pub async fn revoke(&self, revocation: crate::wire::member::Revocation) -> Result<bool, Error> {
+        self.ask(|reply| Command::Revoke { revocation, reply })
+            .await?
+    }
+
     /// Addresses other nodes are told to dial (configured, or the listen
     /// addresses), as put in route updates and provider records.
     pub async fn external_addrs(&self) -> Result<Vec<Multiaddr>, Error> {
@@ -360,4 +378,9 @@ impl From<Verdict> for MessageAcceptance {
 /// The route topic.
 pub fn routes_topic() -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(crate::wire::ROUTES_TOPIC)
+}
+
+/// The revocation topic of closed meshes.
+pub fn members_topic() -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(crate::wire::MEMBERS_TOPIC)
 }

@@ -15,7 +15,7 @@ use crate::config::{AutoOrigins, RoutingConfig};
 const LOCAL_TIE_BONUS: f32 = 1e-4;
 
 /// How far this node trusts the node that offers a capability. Ranked
-/// `self` > `allowed` > `stranger`.
+/// `self` > `allowed` > `member` > `stranger`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trust {
@@ -24,6 +24,8 @@ pub enum Trust {
     Local,
     /// Offered by a node whose PeerId is in `mesh.trusted`.
     Allowed,
+    /// Offered by a member of this node's closed mesh.
+    Member,
     /// Offered by any other node.
     #[default]
     Stranger,
@@ -34,6 +36,7 @@ impl Trust {
         match self {
             Trust::Local => "self",
             Trust::Allowed => "allowed",
+            Trust::Member => "member",
             Trust::Stranger => "stranger",
         }
     }
@@ -44,7 +47,7 @@ impl Trust {
     pub fn adjustment(self, config: &RoutingConfig) -> f32 {
         match self {
             Trust::Local => LOCAL_TIE_BONUS,
-            Trust::Allowed => 0.0,
+            Trust::Allowed | Trust::Member => 0.0,
             Trust::Stranger => -config.stranger_margin.max(0.0),
         }
     }

@@ -9,6 +9,7 @@ use libp2p::identity::{Keypair, ed25519};
 
 use super::Message;
 use super::intent::{IntentRequest, IntentResponse, Operation, StreamFrame};
+use super::member::{self, Certificate, Grant, Hello, Revocation, Revoke, Signed};
 use super::route::{
     CapabilityRecord, RouteBody, RouteUpdate, SignedRouteUpdate, VERSION, WireVector,
 };
@@ -44,7 +45,61 @@ pub fn sample_update(seq: u64) -> RouteUpdate {
                 "Can alpacas live alone?".into(),
             ],
         }]),
+        certificate: Some(sample_certificate()),
     }
+}
+
+/// A fixed mesh key (ed25519 signatures are deterministic).
+pub fn test_mesh_key(seed: u8) -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+}
+
+/// The certificate mesh key 9 gives node key 7, with a role and an expiry.
+pub fn sample_certificate() -> Certificate {
+    let key = test_mesh_key(9);
+    let grant = Grant {
+        version: member::VERSION,
+        mesh: key.verifying_key().to_bytes(),
+        peer: test_keypair(7).public().to_peer_id().to_bytes(),
+        roles: vec!["gpu".into()],
+        issued_ms: 1_700_000_000_000,
+        expires_ms: Some(1_731_536_000_000),
+    };
+    Signed::certify(&grant, &key).expect("sign")
+}
+
+pub fn sample_revocation() -> Revocation {
+    let key = test_mesh_key(9);
+    let revoke = Revoke {
+        version: member::VERSION,
+        mesh: key.verifying_key().to_bytes(),
+        peer: test_keypair(7).public().to_peer_id().to_bytes(),
+        before_ms: 1_700_000_600_000,
+    };
+    Signed::revoke(&revoke, &key).expect("sign")
+}
+
+#[test]
+fn membership_messages() {
+    let encode = |v: &Signed| v.encode().expect("encode");
+    let decode = |b: &[u8]| Signed::decode(b).expect("decode");
+    check("member-certificate", &sample_certificate(), encode, decode);
+    check("member-revocation", &sample_revocation(), encode, decode);
+    check(
+        "member-hello",
+        &Hello {
+            version: member::VERSION,
+            certificate: Some(sample_certificate()),
+            revocations: vec![sample_revocation()],
+        },
+        |v| v.encode().expect("encode"),
+        |b| Hello::decode(b).expect("decode"),
+    );
+    let mesh = test_mesh_key(9).verifying_key();
+    let member = sample_certificate().member(&mesh).expect("valid");
+    assert_eq!(member.peer, test_keypair(7).public().to_peer_id());
+    let revoked = sample_revocation().revoked(&mesh).expect("valid");
+    assert!(revoked.voids(&member));
 }
 
 fn vectors_dir() -> PathBuf {
@@ -107,11 +162,11 @@ fn route_update_and_signed_envelope() {
     );
 }
 
-/// What a version-2 peer sends (golden bytes from before version 3) is still
-/// accepted, read without examples.
+/// What a version-3 peer sends (golden bytes from before version 4) is still
+/// accepted, read without a certificate.
 #[test]
-fn version_2_updates_are_still_accepted() {
-    let path = vectors_dir().join("signed-route-update-v2.hex");
+fn version_3_updates_are_still_accepted() {
+    let path = vectors_dir().join("signed-route-update-v3.hex");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let text = text.trim();
     let bytes: Vec<u8> = (0..text.len())
@@ -119,12 +174,12 @@ fn version_2_updates_are_still_accepted() {
         .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
         .collect();
     let signed = SignedRouteUpdate::decode(&bytes).expect("decodes");
-    assert_eq!(signed.payload.first(), Some(&2), "a version 2 payload");
+    assert_eq!(signed.payload.first(), Some(&3), "a version 3 payload");
     let verified = signed.verify(4).expect("verifies");
-    let mut expected = sample_update(1_700_000_000_000);
-    if let RouteBody::Full(caps) = &mut expected.body {
-        caps[0].examples.clear();
-    }
+    let expected = RouteUpdate {
+        certificate: None,
+        ..sample_update(1_700_000_000_000)
+    };
     assert_eq!(verified.update, expected);
 }
 

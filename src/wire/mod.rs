@@ -6,6 +6,7 @@
 pub mod codec;
 pub mod intent;
 pub mod kad;
+pub mod member;
 pub mod route;
 pub mod sync;
 
@@ -17,6 +18,10 @@ pub const PREFIX: &str = "/atmosphere";
 
 /// Gossipsub topic of route updates (`protocols/route-gossip.md`).
 pub const ROUTES_TOPIC: &str = "atmosphere/routes/1";
+/// Gossipsub topic of revocations in closed meshes (`protocols/membership.md`).
+pub const MEMBERS_TOPIC: &str = "atmosphere/members/1";
+/// The hello two nodes of a closed mesh exchange (`protocols/membership.md`).
+pub const MEMBER_PROTOCOL: &str = "/atmosphere/member/1.0.0";
 /// Kademlia protocol (`protocols/kad.md`).
 pub const KAD_PROTOCOL: &str = "/atmosphere/kad/1.0.0";
 /// Full route-table snapshot on join (`protocols/sync.md`).

@@ -10,9 +10,10 @@ use super::codec::{self, Error};
 /// Version byte of [`SignedRouteUpdate`] (the envelope).
 pub const ENVELOPE_VERSION: u8 = 1;
 /// Version byte of [`RouteUpdate`]: 2 added each capability's reference
-/// score, 3 its examples (receivers compute its vectors from its texts).
-/// Version 2 payloads are still accepted (read without examples).
-pub const VERSION: u8 = 3;
+/// score, 3 its examples (receivers compute its vectors from its texts), 4
+/// the origin's membership certificate. Version 3 payloads are still
+/// accepted (read without a certificate: heard in open meshes only).
+pub const VERSION: u8 = 4;
 /// Largest encoded [`SignedRouteUpdate`]: 256 capabilities with 5 vectors of
 /// 384 bytes each and their texts fit with room to spare.
 pub const MAX_SIGNED_BYTES: usize = 1024 * 1024;
@@ -130,6 +131,9 @@ pub struct RouteUpdate {
     /// Width of every vector.
     pub dim: u16,
     pub body: RouteBody,
+    /// The origin's certificate from the mesh key, in a closed mesh
+    /// (`protocols/membership.md`).
+    pub certificate: Option<super::member::Certificate>,
 }
 
 /// A [`RouteUpdate`] with its origin's public key and signature; what travels.
@@ -201,8 +205,8 @@ impl SignedRouteUpdate {
         // Only verified bytes are decoded further. A payload starts with its
         // version byte (a `u8` is one byte in the codec).
         let update: RouteUpdate = match self.payload.first() {
-            Some(&v2::VERSION) => {
-                codec::decode::<v2::RouteUpdate>(&self.payload, MAX_SIGNED_BYTES)?.into()
+            Some(&v3::VERSION) => {
+                codec::decode::<v3::RouteUpdate>(&self.payload, MAX_SIGNED_BYTES)?.into()
             }
             _ => codec::decode(&self.payload, MAX_SIGNED_BYTES)?,
         };
@@ -257,6 +261,11 @@ impl RouteUpdate {
                 "{} addresses (max {MAX_ADDRS})",
                 self.addrs.len()
             )));
+        }
+        if let Some(c) = &self.certificate
+            && (c.body.len() > super::member::MAX_SIGNED_BYTES || c.signature.len() != 64)
+        {
+            return Err(Error::Invalid("malformed certificate".into()));
         }
         for a in &self.addrs {
             check_len("address", a, MAX_ADDR)?;
@@ -331,34 +340,15 @@ impl RouteUpdate {
     }
 }
 
-/// Version 2 of the payload, read for peers that still send it: the same
-/// fields as version 3 without the capabilities' examples.
-mod v2 {
+/// Version 3 of the payload, read for peers that still send it: the same
+/// fields as version 4 without the origin's certificate.
+mod v3 {
     use serde::Deserialize;
 
-    use super::WireVector;
+    // The body and its records are the same in both versions.
+    use super::RouteBody;
 
-    pub const VERSION: u8 = 2;
-
-    #[derive(Deserialize)]
-    pub struct CapabilityRecord {
-        id: String,
-        kind: String,
-        domain: String,
-        topics: Vec<String>,
-        description: String,
-        vector: WireVector,
-        prototypes: Vec<WireVector>,
-        available: bool,
-        in_flight: u32,
-        reference: Option<f32>,
-    }
-
-    #[derive(Deserialize)]
-    pub enum RouteBody {
-        Full(Vec<CapabilityRecord>),
-        Withdraw,
-    }
+    pub const VERSION: u8 = 3;
 
     #[derive(Deserialize)]
     pub struct RouteUpdate {
@@ -374,26 +364,6 @@ mod v2 {
     impl From<RouteUpdate> for super::RouteUpdate {
         fn from(u: RouteUpdate) -> Self {
             debug_assert_eq!(u.version, VERSION);
-            let body = match u.body {
-                RouteBody::Withdraw => super::RouteBody::Withdraw,
-                RouteBody::Full(caps) => super::RouteBody::Full(
-                    caps.into_iter()
-                        .map(|c| super::CapabilityRecord {
-                            id: c.id,
-                            kind: c.kind,
-                            domain: c.domain,
-                            topics: c.topics,
-                            description: c.description,
-                            vector: c.vector,
-                            prototypes: c.prototypes,
-                            available: c.available,
-                            in_flight: c.in_flight,
-                            reference: c.reference,
-                            examples: Vec::new(),
-                        })
-                        .collect(),
-                ),
-            };
             // Read as the current version: what it says is all there is.
             Self {
                 version: super::VERSION,
@@ -402,7 +372,8 @@ mod v2 {
                 node_name: u.node_name,
                 addrs: u.addrs,
                 dim: u.dim,
-                body,
+                body: u.body,
+                certificate: None,
             }
         }
     }

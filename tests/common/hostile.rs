@@ -21,6 +21,24 @@ pub type Hostile = libp2p::Swarm<gossipsub::Behaviour>;
 /// to the route topic is known. `signed: false` sends envelopes without
 /// `from`, `seqno` and signature.
 pub async fn hostile(seed: u8, addr: &Multiaddr, signed: bool) -> Hostile {
+    let mut swarm = bare(seed, signed);
+    swarm.dial(addr.clone()).expect("dial");
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let SwarmEvent::Behaviour(gossipsub::Event::Subscribed { .. }) =
+                swarm.select_next_some().await
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the node subscribes to the route topic");
+    swarm
+}
+
+/// The bare gossipsub peer, subscribed to the route topic, not connected.
+pub fn bare(seed: u8, signed: bool) -> Hostile {
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key(seed))
         .with_tokio()
         .with_tcp(
@@ -55,18 +73,6 @@ pub async fn hostile(seed: u8, addr: &Multiaddr, signed: bool) -> Hostile {
         .behaviour_mut()
         .subscribe(&topic())
         .expect("subscribe");
-    swarm.dial(addr.clone()).expect("dial");
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if let SwarmEvent::Behaviour(gossipsub::Event::Subscribed { .. }) =
-                swarm.select_next_some().await
-            {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("the node subscribes to the route topic");
     swarm
 }
 

@@ -18,6 +18,7 @@ fn update(seq: u64, ttl: u32, body: RouteBody) -> RouteUpdate {
         addrs: Vec::new(),
         dim: 2,
         body,
+        certificate: None,
     }
 }
 

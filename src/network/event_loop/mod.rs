@@ -5,6 +5,7 @@
 mod bootstrap;
 mod intent;
 mod kad;
+mod member;
 mod sync;
 
 use std::collections::{HashMap, HashSet};
@@ -20,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::{
-    Command, Config, Error, Event, InboundId, MessageRef, PeerInfo, Verdict, routes_topic,
+    Command, Config, Error, Event, InboundId, MessageRef, PeerInfo, Verdict, members_topic,
+    routes_topic,
 };
 use crate::wire::Message;
 use crate::wire::intent::IntentResponse;
@@ -69,6 +71,10 @@ pub struct EventLoop {
     lookup_queries: HashMap<libp2p::kad::QueryId, u64>,
     next_lookup: u64,
     outbound_sync: HashMap<OutboundRequestId, SyncReply>,
+    /// In a closed mesh, who belongs.
+    gate: Option<std::sync::Arc<crate::member::Gate>>,
+    /// Sync requests of peers whose hello is not judged yet.
+    parked_sync: Vec<(PeerId, InboundId)>,
 }
 
 type SyncReply = tokio::sync::oneshot::Sender<Result<Vec<(Verified, SignedRouteUpdate)>, Error>>;
@@ -114,6 +120,13 @@ impl EventLoop {
             .gossipsub
             .subscribe(&routes_topic())
             .map_err(|e| setup(&e))?;
+        if config.gate.is_some() {
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(&members_topic())
+                .map_err(|e| setup(&e))?;
+        }
         for addr in &config.external {
             swarm.add_external_address(addr.clone());
         }
@@ -146,6 +159,8 @@ impl EventLoop {
             lookup_queries: HashMap::new(),
             next_lookup: 0,
             outbound_sync: HashMap::new(),
+            gate: config.gate,
+            parked_sync: Vec::new(),
         })
     }
 
@@ -172,7 +187,10 @@ impl EventLoop {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.on_swarm(event),
-                _ = redial.tick() => self.redial(),
+                _ = redial.tick() => {
+                    self.redial();
+                    self.drop_lapsed();
+                }
                 _ = reprovide.tick() => self.provide_all(),
             }
         }
@@ -275,11 +293,19 @@ impl EventLoop {
             Command::Provide { keys } => self.set_provided(keys),
             Command::Lookup { keys, reply } => self.lookup(keys, reply),
             Command::Sync { peer, reply } => self.sync_with(peer, reply),
+            Command::Revoke { revocation, reply } => self.revoke(revocation, reply),
         }
     }
 
     fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) if message.topic == members_topic().hash() => {
+                self.on_revocation(propagation_source, message_id, &message.data)
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message_id,
@@ -339,6 +365,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync(event),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
             SwarmEvent::Behaviour(BehaviourEvent::Intent(event)) => self.on_intent(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Member(event)) => self.on_member(event),
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 num_established,
@@ -354,8 +381,11 @@ impl EventLoop {
                         .add_address(&peer_id, addr.clone());
                     self.provide_if_unannounced();
                 }
-                // Every new connection is asked for its table.
-                if !self.synced.contains(&peer_id) {
+                // Every new connection is asked for its table; in a closed
+                // mesh, once its hello shows it a member.
+                if self.gate.is_some() {
+                    self.greet(peer_id);
+                } else if !self.synced.contains(&peer_id) {
                     self.request_sync(peer_id);
                 }
                 self.emit(Event::PeerConnected(peer_id));
@@ -367,6 +397,19 @@ impl EventLoop {
             } => {
                 self.synced.remove(&peer_id);
                 self.peers.remove(&peer_id);
+                if let Some(gate) = &self.gate {
+                    gate.forget(&peer_id);
+                    let parked: Vec<InboundId> = self
+                        .parked_sync
+                        .iter()
+                        .filter(|(p, _)| *p == peer_id)
+                        .map(|(_, id)| *id)
+                        .collect();
+                    self.parked_sync.retain(|(p, _)| *p != peer_id);
+                    for id in parked {
+                        self.pending_sync.remove(&id);
+                    }
+                }
                 self.emit(Event::PeerDisconnected(peer_id));
             }
             SwarmEvent::NewListenAddr { address, .. } => {
@@ -391,6 +434,18 @@ impl EventLoop {
             SignedRouteUpdate::decode(&data).and_then(|s| s.verify(self.dim).map(|v| (v, s)));
         match checked {
             Ok((verified, signed)) => {
+                if let Some(verdict) =
+                    self.origin_refused(verified.origin, verified.update.certificate.as_ref())
+                {
+                    self.metrics.gossip("not_member");
+                    tracing::debug!(%source, origin = %verified.origin, "route update of a non-member dropped");
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .report_message_validation_result(&id, &source, verdict.into());
+                    return;
+                }
                 self.learn_addresses(&verified);
                 self.emit(Event::Route {
                     verified: Box::new(verified),

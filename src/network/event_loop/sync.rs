@@ -6,6 +6,7 @@ use libp2p::identity::PeerId;
 use libp2p::request_response;
 
 use super::{EventLoop, SyncReply};
+use crate::member::Standing;
 use crate::network::codec::Decoded;
 use crate::network::{Error, Event, InboundId};
 use crate::wire::sync::{self, SyncRequest, SyncResponse};
@@ -64,6 +65,11 @@ impl EventLoop {
                     self.metrics.sync("invalid_request");
                     return;
                 }
+                let standing = self.standing(&peer);
+                if matches!(standing, Some(Standing::Refused(_))) {
+                    self.metrics.sync("not_member");
+                    return;
+                }
                 if self.pending_sync.len() >= MAX_PENDING_SYNC {
                     tracing::warn!(%peer, "too many sync requests waiting; one dropped");
                     self.metrics.sync("busy");
@@ -72,7 +78,12 @@ impl EventLoop {
                 let id = InboundId(self.next_inbound);
                 self.next_inbound += 1;
                 self.pending_sync.insert(id, channel);
-                self.emit(Event::SyncRequested { id, peer });
+                if matches!(standing, Some(Standing::Pending)) {
+                    // Answered once its hello shows it a member.
+                    self.parked_sync.push((peer, id));
+                } else {
+                    self.emit(Event::SyncRequested { id, peer });
+                }
             }
             request_response::Event::Message {
                 peer,
@@ -87,6 +98,13 @@ impl EventLoop {
                 let mut updates = Vec::with_capacity(response.updates.len());
                 for signed in response.updates {
                     match signed.verify(self.dim) {
+                        Ok(v)
+                            if self
+                                .origin_refused(v.origin, v.update.certificate.as_ref())
+                                .is_some() =>
+                        {
+                            self.metrics.sync("not_member");
+                        }
                         Ok(v) => {
                             self.learn_addresses(&v);
                             updates.push((v, signed));

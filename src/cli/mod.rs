@@ -1,5 +1,8 @@
-//! The command line: `atmosphere start | id | route | capabilities | peers | health`.
-//! Client subcommands talk to a running node's HTTP API (`--node`).
+//! The command line: `atmosphere start | id | route | capabilities | peers |
+//! health | mesh`. Client subcommands talk to a running node's HTTP API
+//! (`--node`).
+
+mod mesh;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -62,6 +65,12 @@ pub enum Command {
     Health {
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// Close a mesh to all but admitted nodes: its key, certificates and
+    /// revocations.
+    Mesh {
+        #[command(subcommand)]
+        command: mesh::MeshCommand,
     },
 }
 
@@ -194,6 +203,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Mesh { command } => mesh::run(command).await,
         Command::Capabilities { client } => {
             let v = request(&client, reqwest::Method::GET, "/v1/mesh/capabilities", None).await?;
             if client.json {

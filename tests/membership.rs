@@ -1,0 +1,347 @@
+//! Closed meshes: nodes admitted by the mesh key hear each other and nobody
+//! else. A node of an open mesh, a node of another mesh and a bare libp2p
+//! peer publishing validly signed updates are all refused; a revocation
+//! handed to one member spreads and takes the revoked node out everywhere;
+//! a capability shared with a role runs only for members holding it.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use atmosphere::config::{BackendKind, Config};
+use atmosphere::echo::{Echo, Flavour};
+use atmosphere::member::files;
+use atmosphere::node::Node;
+use atmosphere::wire::Message;
+use atmosphere::wire::member::{self, Grant, Revoke, Signed};
+use atmosphere::wire::route::{RouteBody, RouteUpdate, SignedRouteUpdate, VERSION};
+use ed25519_dalek::SigningKey;
+use futures::StreamExt;
+use libp2p::PeerId;
+use serde_json::json;
+
+use common::hostile::*;
+use common::*;
+
+fn mesh_key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+/// Admits the node whose data dir is `dir` (as `atmosphere mesh admit` and
+/// `mesh join` would): its certificate is written where the node looks.
+fn admit(mesh: &SigningKey, dir: &Path, roles: &[&str]) -> PeerId {
+    let key = atmosphere::identity::load_or_create(dir).expect("identity");
+    let me = atmosphere::identity::peer_id(&key);
+    let grant = Grant {
+        version: member::VERSION,
+        mesh: mesh.verifying_key().to_bytes(),
+        peer: me.to_bytes(),
+        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        issued_ms: unix_ms(),
+        expires_ms: None,
+    };
+    let cert = Signed::certify(&grant, mesh).expect("sign");
+    files::write_certificate(&dir.join(files::CERTIFICATE_FILE), &cert).expect("write");
+    me
+}
+
+/// The config of a closed-mesh node under `mesh`.
+fn closed(mut config: Config, mesh: &SigningKey) -> Config {
+    config.mesh.as_mut().expect("mesh").authority =
+        Some(files::authority_text(&mesh.verifying_key()));
+    config
+}
+
+async fn listed(node: &Node) -> Vec<(String, String, String)> {
+    get_json(node, "/v1/mesh/capabilities").await["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+            (s("id"), s("node"), s("trust"))
+        })
+        .collect()
+}
+
+async fn lists(node: &Node, id: &str, of: &Node) -> bool {
+    let of = of.peer_id.to_base58();
+    listed(node)
+        .await
+        .iter()
+        .any(|(i, n, _)| i == id && *n == of)
+}
+
+/// A chat for `model` on `node`: status and body.
+async fn chat(node: &Node, model: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", node.http_addr))
+        .json(&json!({"model": model, "messages": [{"role": "user", "content": "Hello?"}]}))
+        .send()
+        .await
+        .expect("chat");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+fn membership(result: &str) -> String {
+    format!("atmosphere_membership_total{{result=\"{result}\"}}")
+}
+
+#[tokio::test]
+async fn only_members_are_heard_and_roles_decide_what_is_shared() {
+    let farm = spawn_echo(Echo::new(
+        "farm",
+        Flavour::Openai,
+        &["llama3.2", "qwen2.5-coder"],
+    ))
+    .await;
+    let caps = farm_capabilities("farm");
+    let backends = || vec![backend("farm", BackendKind::Openai, farm, false)];
+    let mesh = mesh_key(1);
+
+    let dir_a = tempfile::tempdir().expect("tempdir");
+    admit(&mesh, dir_a.path(), &["gpu"]);
+    let a = start(closed(
+        mesh_config(backends(), vec![caps[0].clone()], dir_a.path(), Vec::new()),
+        &mesh,
+    ))
+    .await;
+    let a_addr = mesh_addr(&a).await;
+
+    // B shares its coder with the `gpu` role only.
+    let dir_b = tempfile::tempdir().expect("tempdir");
+    admit(&mesh, dir_b.path(), &[]);
+    let mut coder = caps[1].clone();
+    coder.share = atmosphere::capability::Share::Peers(vec!["gpu".into()]);
+    let b = start(closed(
+        mesh_config(backends(), vec![coder], dir_b.path(), vec![a_addr.clone()]),
+        &mesh,
+    ))
+    .await;
+
+    // Outsiders: a node of an open mesh, a node of another mesh, and a bare
+    // libp2p peer that publishes a validly signed update of its own.
+    let mut rogue = caps[0].clone();
+    rogue.id = "rogue/llama".parse().expect("id");
+    let dir_o = tempfile::tempdir().expect("tempdir");
+    let open = start(mesh_config(
+        backends(),
+        vec![rogue.clone()],
+        dir_o.path(),
+        vec![a_addr.clone()],
+    ))
+    .await;
+    let other_mesh = mesh_key(2);
+    let dir_w = tempfile::tempdir().expect("tempdir");
+    admit(&other_mesh, dir_w.path(), &["gpu"]);
+    rogue.id = "rogue/other".parse().expect("id");
+    let foreign = start(closed(
+        mesh_config(backends(), vec![rogue], dir_w.path(), vec![a_addr.clone()]),
+        &other_mesh,
+    ))
+    .await;
+    // (Not waiting for A's subscription: A may disconnect it first.)
+    let mut hostile = bare(40, true);
+    hostile
+        .dial(a_addr.parse::<libp2p::Multiaddr>().expect("addr"))
+        .expect("dial");
+    let update = RouteUpdate {
+        version: VERSION,
+        seq: unix_ms(),
+        ttl_secs: 60,
+        node_name: "hostile".into(),
+        addrs: Vec::new(),
+        dim: 384,
+        body: RouteBody::Full(Vec::new()),
+        // A member's certificate, presented by another key.
+        certificate: Some(
+            files::read_certificate(&dir_b.path().join(files::CERTIFICATE_FILE)).expect("cert"),
+        ),
+    };
+    let signed = SignedRouteUpdate::sign(&update, &key(40))
+        .expect("sign")
+        .encode()
+        .expect("encode");
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            let _ = hostile.behaviour_mut().publish(topic(), signed.clone());
+            let _ =
+                tokio::time::timeout(Duration::from_millis(100), hostile.select_next_some()).await;
+        }
+    })
+    .await;
+
+    // The members hear each other, as members.
+    let b_id = b.peer_id.to_base58();
+    eventually("A lists B's coder", || lists(&a, "farm/coder", &b)).await;
+    eventually("B lists A's llama expert", || {
+        lists(&b, "farm/llama-expert", &a)
+    })
+    .await;
+    let trust = listed(&a)
+        .await
+        .into_iter()
+        .find(|(_, n, _)| *n == b_id)
+        .map(|(_, _, t)| t);
+    assert_eq!(trust.as_deref(), Some("member"));
+
+    // Each outsider was refused, for its own reason.
+    for result in ["no_certificate", "bad_certificate", "no_hello"] {
+        eventually(&format!("A refuses a peer: {result}"), || async {
+            metric(&a, &membership(result)).await >= 1
+        })
+        .await;
+    }
+    for node in [&a, &b] {
+        let held = listed(node).await;
+        assert!(
+            held.iter().all(|(id, _, _)| !id.starts_with("rogue/")),
+            "{held:?}"
+        );
+        let peers = get_json(node, "/v1/mesh/peers").await;
+        assert_eq!(
+            peers["membership"]["authority"],
+            files::authority_text(&mesh.verifying_key())
+        );
+    }
+    // Nor do the outsiders learn the members' capabilities.
+    for outsider in [&open, &foreign] {
+        let held = listed(outsider).await;
+        assert!(
+            held.iter().all(|(id, _, _)| id.starts_with("rogue/")),
+            "{held:?}"
+        );
+        assert_eq!(chat(outsider, "farm/llama-expert").await.0, 404);
+    }
+
+    // Shared by role: A holds `gpu`, so B runs its coder for A's clients;
+    // A's capability is shared with the whole mesh.
+    let (status, body) = chat(&a, "farm/coder").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = chat(&b, "farm/llama-expert").await;
+    assert_eq!(status, 200, "{body}");
+
+    for node in [open, foreign, b, a] {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_revocation_spreads_and_takes_the_node_out_everywhere() {
+    let farm = spawn_echo(Echo::new(
+        "farm",
+        Flavour::Openai,
+        &["llama3.2", "qwen2.5-coder"],
+    ))
+    .await;
+    let caps = farm_capabilities("farm");
+    let backends = || vec![backend("farm", BackendKind::Openai, farm, false)];
+    let mesh = mesh_key(3);
+    let dir_a = tempfile::tempdir().expect("tempdir");
+    admit(&mesh, dir_a.path(), &[]);
+    let a = start(closed(
+        mesh_config(backends(), vec![caps[0].clone()], dir_a.path(), Vec::new()),
+        &mesh,
+    ))
+    .await;
+    let a_addr = mesh_addr(&a).await;
+    let dir_b = tempfile::tempdir().expect("tempdir");
+    admit(&mesh, dir_b.path(), &[]);
+    let b = start(closed(
+        mesh_config(Vec::new(), Vec::new(), dir_b.path(), vec![a_addr.clone()]),
+        &mesh,
+    ))
+    .await;
+    let dir_c = tempfile::tempdir().expect("tempdir");
+    let c_id = admit(&mesh, dir_c.path(), &[]);
+    let c = start(closed(
+        mesh_config(
+            backends(),
+            vec![caps[1].clone()],
+            dir_c.path(),
+            vec![a_addr],
+        ),
+        &mesh,
+    ))
+    .await;
+    eventually("A and B list C's coder", || async {
+        lists(&a, "farm/coder", &c).await && lists(&b, "farm/coder", &c).await
+    })
+    .await;
+    eventually("C lists A's llama expert", || {
+        lists(&c, "farm/llama-expert", &a)
+    })
+    .await;
+    assert_eq!(chat(&c, "farm/llama-expert").await.0, 200);
+
+    // Revoked through B, which spreads it; A learns it by gossip.
+    let revocation = Signed::revoke(
+        &Revoke {
+            version: member::VERSION,
+            mesh: mesh.verifying_key().to_bytes(),
+            peer: c_id.to_bytes(),
+            before_ms: unix_ms(),
+        },
+        &mesh,
+    )
+    .expect("sign");
+    let text = files::to_text(&revocation).expect("text");
+    let post = |body: serde_json::Value| {
+        let url = format!("http://{}/v1/mesh/revocations", b.http_addr);
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .expect("post");
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.expect("json"))
+        }
+    };
+    let (status, body) = post(json!({"revocation": text.trim()})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["new"], true);
+    assert_eq!(body["peer_id"], c_id.to_base58());
+    let (_, again) = post(json!({"revocation": text.trim()})).await;
+    assert_eq!(again["new"], false);
+    // Not a revocation, or one of another mesh: refused, and said why.
+    let foreign = Signed::revoke(
+        &Revoke {
+            version: member::VERSION,
+            mesh: mesh_key(4).verifying_key().to_bytes(),
+            peer: c_id.to_bytes(),
+            before_ms: unix_ms(),
+        },
+        &mesh_key(4),
+    )
+    .expect("sign");
+    for bad in [
+        json!({"revocation": "bm90IGEgcmV2b2NhdGlvbg=="}),
+        json!({"revocation": files::to_text(&foreign).expect("text").trim()}),
+        json!({}),
+    ] {
+        let (status, body) = post(bad.clone()).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_revocation", "{body}");
+    }
+
+    eventually("A and B drop C's coder", || async {
+        !lists(&a, "farm/coder", &c).await && !lists(&b, "farm/coder", &c).await
+    })
+    .await;
+    eventually("A learnt the revocation by gossip", || async {
+        metric(&a, &membership("revocation_new")).await >= 1
+    })
+    .await;
+    // C may still hold A's route; A no longer runs anything for it.
+    let (status, body) = chat(&c, "farm/llama-expert").await;
+    assert_ne!(status, 200, "{body}");
+    assert_eq!(chat(&a, "farm/coder").await.0, 404);
+
+    for node in [c, b, a] {
+        node.shutdown().await;
+    }
+}
