@@ -120,7 +120,9 @@ async fn a_py_libp2p_peer_written_from_the_specs_uses_the_mesh() {
     assert_eq!(update["origin"], provider_id.as_str(), "{update}");
     assert_eq!(update["envelope_from"], provider_id.as_str());
     assert_eq!(update["envelope_signed"], true);
-    assert_eq!(update["version"], 3);
+    assert_eq!(update["version"], 4);
+    // An open mesh: no membership certificate.
+    assert!(update.get("certificate").is_none(), "{update}");
     assert_eq!(update["ttl_secs"], 6);
     assert_eq!(update["dim"], 384);
     let cap = &update["capabilities"][0];
