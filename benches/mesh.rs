@@ -80,6 +80,7 @@ async fn spawn(i: usize, bootstrap: Vec<Multiaddr>) -> BenchNode {
         idle_timeout: Duration::from_secs(600),
         metrics: metrics.clone(),
         gate: None,
+        swarm_key: None,
     };
     let cancel = tokio_util::sync::CancellationToken::new();
     let (client, events, _) = network::spawn(&key, config, cancel.clone()).expect("network");

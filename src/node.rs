@@ -241,16 +241,30 @@ fn start_mesh(
         tracing::info!(roles = ?gate.own().roles, revocations = gate.revocations(), "closed mesh: only members are heard");
     }
     let network_cancel = CancellationToken::new();
+    let swarm_key = match &mesh_config.swarm_key {
+        Some(path) => Some(crate::member::files::read_swarm_key(
+            &crate::config::expand_home(path),
+        )?),
+        None => None,
+    };
+    let transports = |addrs| match swarm_key {
+        Some(_) => MeshConfig::tcp_only(addrs),
+        None => addrs,
+    };
+    if let Some(key) = &swarm_key {
+        tracing::info!(fingerprint = %key.fingerprint(), "private network: only peers with the same swarm key connect");
+    }
     let net_config = network::Config {
-        listen: MeshConfig::addrs(&mesh_config.listen)?,
-        bootstrap: MeshConfig::addrs(&mesh_config.bootstrap)?,
-        external: MeshConfig::addrs(&mesh_config.external)?,
+        listen: transports(MeshConfig::addrs(&mesh_config.listen)?),
+        bootstrap: transports(MeshConfig::addrs(&mesh_config.bootstrap)?),
+        external: transports(MeshConfig::addrs(&mesh_config.external)?),
         mdns: mesh_config.mdns,
         node_name: node_name.clone(),
         dim,
         idle_timeout: mesh_config.idle_timeout,
         metrics: metrics.clone(),
         gate: gate.clone(),
+        swarm_key,
     };
     let (client, events, network_task) =
         network::spawn(keypair, net_config, network_cancel.clone())?;

@@ -345,3 +345,68 @@ async fn a_revocation_spreads_and_takes_the_node_out_everywhere() {
         node.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_swarm_key_closes_the_transport_to_everyone_else() {
+    let farm = spawn_echo(Echo::new("farm", Flavour::Openai, &["llama3.2"])).await;
+    let caps = farm_capabilities("farm");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let ours = keys.path().join("ours.key");
+    files::create_swarm_key(&ours).expect("key");
+    let theirs = keys.path().join("theirs.key");
+    files::create_swarm_key(&theirs).expect("key");
+    let private = |mut config: Config, key: Option<&Path>| {
+        config.mesh.as_mut().expect("mesh").swarm_key = key.map(Path::to_owned);
+        config
+    };
+
+    let dir_a = tempfile::tempdir().expect("tempdir");
+    let a = start(private(
+        mesh_config(
+            vec![backend("farm", BackendKind::Openai, farm, false)],
+            vec![caps[0].clone()],
+            dir_a.path(),
+            Vec::new(),
+        ),
+        Some(&ours),
+    ))
+    .await;
+    let a_addr = mesh_addr(&a).await;
+    let node = |key: Option<&Path>, dir: &Path| {
+        start(private(
+            mesh_config(Vec::new(), Vec::new(), dir, vec![a_addr.clone()]),
+            key,
+        ))
+    };
+    let (dir_b, dir_c, dir_d) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let outsider = node(None, dir_c.path()).await;
+    let other_network = node(Some(&theirs), dir_d.path()).await;
+    let b = node(Some(&ours), dir_b.path()).await;
+    eventually("B lists A's llama expert", || {
+        lists(&b, "farm/llama-expert", &a)
+    })
+    .await;
+    // The others have been dialling A all along, and never got through.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for node in [&outsider, &other_network] {
+        assert!(listed(node).await.is_empty());
+        let peers = get_json(node, "/v1/mesh/peers").await;
+        assert_eq!(peers["data"].as_array().map(Vec::len), Some(0), "{peers}");
+    }
+    let peers = get_json(&a, "/v1/mesh/peers").await;
+    let connected: Vec<&str> = peers["data"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .filter_map(|p| p["peer_id"].as_str())
+        .collect();
+    assert_eq!(connected, [b.peer_id.to_base58().as_str()]);
+
+    for node in [outsider, other_network, b, a] {
+        node.shutdown().await;
+    }
+}

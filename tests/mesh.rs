@@ -77,6 +77,7 @@ async fn spawn_node(seed: u8, bootstrap: Vec<Multiaddr>, ttl: Duration) -> TestN
         idle_timeout: Duration::from_secs(60),
         metrics: Arc::new(Metrics::default()),
         gate: None,
+        swarm_key: None,
     };
     let (client, events, net) = network::spawn(&key, config, net_cancel.clone()).expect("network");
     let entries = vec![entry(&format!("n{seed}/chat"), seed)];

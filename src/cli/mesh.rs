@@ -58,6 +58,15 @@ pub enum MeshCommand {
         #[command(flatten)]
         local: LocalArgs,
     },
+    /// Make a private network's swarm key: only nodes holding it can connect
+    /// at all (TCP only). Copy it to every node; `mesh.swarm_key` names it.
+    SwarmKey {
+        /// Where to write it (default: `swarm.key` in the data dir).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        local: LocalArgs,
+    },
     /// Take a node out of the mesh: every certificate it was given until now
     /// is void. The revocation is handed to a running node (`--node`), which
     /// keeps it and spreads it to the mesh.
@@ -237,6 +246,23 @@ pub async fn run(command: MeshCommand) -> anyhow::Result<()> {
                 },
                 path.display(),
                 config_lines(&mesh)
+            ))
+        }
+        MeshCommand::SwarmKey { out, local } => {
+            let path = match out {
+                Some(p) => p,
+                None => {
+                    data_dir(local.config.as_ref(), local.data_dir)?.join(files::SWARM_KEY_FILE)
+                }
+            };
+            let key = files::create_swarm_key(&path)?;
+            emit(&format!(
+                "Swarm key written to {} (fingerprint {}; keep it secret).\n\
+                 Copy it to every node of the mesh and set in its config:\n\n\
+                 [mesh]\nswarm_key = \"{}\"\n",
+                path.display(),
+                key.fingerprint(),
+                path.display()
             ))
         }
         MeshCommand::Revoke {

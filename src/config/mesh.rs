@@ -42,6 +42,10 @@ pub struct MeshConfig {
     /// This node's certificate (`atmosphere mesh admit`); default
     /// `membership.cert` in the data dir.
     pub certificate: Option<std::path::PathBuf>,
+    /// A libp2p private network's key file (`atmosphere mesh swarm-key`):
+    /// only peers holding the same key can connect at all. TCP only (QUIC
+    /// addresses are left out).
+    pub swarm_key: Option<std::path::PathBuf>,
     /// Connections without traffic are closed after this long.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -63,12 +67,30 @@ impl Default for MeshConfig {
             trusted: Vec::new(),
             authority: None,
             certificate: None,
+            swarm_key: None,
             idle_timeout: Duration::from_secs(120),
         }
     }
 }
 
 impl MeshConfig {
+    /// The addresses a private network can use: QUIC ones left out.
+    pub fn tcp_only(addrs: Vec<libp2p::Multiaddr>) -> Vec<libp2p::Multiaddr> {
+        use libp2p::multiaddr::Protocol;
+        addrs
+            .into_iter()
+            .filter(|a| {
+                let quic = a
+                    .iter()
+                    .any(|p| matches!(p, Protocol::Quic | Protocol::QuicV1 | Protocol::Udp(_)));
+                if quic {
+                    tracing::info!(addr = %a, "mesh.swarm_key is set: QUIC is not used");
+                }
+                !quic
+            })
+            .collect()
+    }
+
     /// Parses the addresses, naming the first bad one.
     pub fn addrs(list: &[String]) -> Result<Vec<libp2p::Multiaddr>, Error> {
         list.iter()

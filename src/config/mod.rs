@@ -249,6 +249,13 @@ impl Config {
             {
                 return invalid(format!("mesh.trusted: {bad:?} is not a PeerId"));
             }
+            if mesh.swarm_key.is_some()
+                && MeshConfig::tcp_only(MeshConfig::addrs(&mesh.listen)?).is_empty()
+            {
+                return invalid(
+                    "mesh.swarm_key works over TCP only, and mesh.listen has no TCP address".into(),
+                );
+            }
             if let Some(authority) = &mesh.authority {
                 crate::member::files::parse_authority(authority).map_err(Error::Invalid)?;
             } else if mesh.certificate.is_some() {

@@ -45,6 +45,35 @@ fn invalid(path: &Path, why: impl Into<String>) -> Error {
     }
 }
 
+/// Default file name of a private network's swarm key.
+pub const SWARM_KEY_FILE: &str = "swarm.key";
+
+/// Writes a new swarm key (libp2p's `swarm.key` format, mode 0600), never
+/// over an existing file.
+pub fn create_swarm_key(path: &Path) -> Result<libp2p::pnet::PreSharedKey, Error> {
+    if path.exists() {
+        return Err(invalid(path, "a file is already there; it is kept"));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let bytes: [u8; 32] = rand::random();
+    let key = libp2p::pnet::PreSharedKey::new(bytes);
+    crate::identity::write_private(path, key.to_string().as_bytes()).map_err(io(path))?;
+    Ok(key)
+}
+
+/// Reads a swarm key (`mesh.swarm_key`).
+pub fn read_swarm_key(path: &Path) -> Result<libp2p::pnet::PreSharedKey, Error> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    text.parse().map_err(|e| {
+        invalid(
+            path,
+            format!("not a swarm key ({e}); `atmosphere mesh swarm-key` makes one"),
+        )
+    })
+}
+
 /// The mesh key's public half as written in `mesh.authority`: 64 hex digits.
 pub fn authority_text(key: &VerifyingKey) -> String {
     key.to_bytes().iter().map(|b| format!("{b:02x}")).collect()
@@ -181,6 +210,24 @@ mod tests {
         std::fs::write(&path, b"short").expect("write");
         let err = load_mesh_key(&path).unwrap_err().to_string();
         assert!(err.contains("not a mesh key"), "{err}");
+    }
+
+    #[test]
+    fn a_swarm_key_is_made_once_and_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(SWARM_KEY_FILE);
+        let key = create_swarm_key(&path).expect("created");
+        assert_eq!(
+            read_swarm_key(&path)
+                .expect("reads")
+                .fingerprint()
+                .to_string(),
+            key.fingerprint().to_string()
+        );
+        assert!(create_swarm_key(&path).is_err());
+        std::fs::write(&path, "nonsense").expect("write");
+        let err = read_swarm_key(&path).unwrap_err().to_string();
+        assert!(err.contains("not a swarm key"), "{err}");
     }
 
     #[test]

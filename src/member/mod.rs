@@ -348,10 +348,10 @@ pub fn load(
         return Ok(None);
     };
     let authority = files::parse_authority(authority).map_err(Error::Certificate)?;
-    let path = mesh
-        .certificate
-        .clone()
-        .unwrap_or_else(|| data_dir.join(files::CERTIFICATE_FILE));
+    let path = mesh.certificate.as_deref().map_or_else(
+        || data_dir.join(files::CERTIFICATE_FILE),
+        crate::config::expand_home,
+    );
     let own = match files::read_certificate(&path) {
         Ok(cert) => cert,
         Err(files::Error::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {

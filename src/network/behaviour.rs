@@ -26,7 +26,7 @@ pub type IntentCodec = Codec<intent::IntentRequest, intent::IntentResponse>;
 pub type MemberCodec = Codec<member::Hello, member::Hello>;
 
 /// A hello is answered at once, or the peer is taken for a non-member.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Longest a forwarded request may take (the HTTP request deadline's ceiling).
 const INTENT_TIMEOUT: Duration = Duration::from_secs(300);

@@ -55,6 +55,9 @@ pub struct Config {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// In a closed mesh, who belongs: only members are heard.
     pub gate: Option<std::sync::Arc<crate::member::Gate>>,
+    /// A private network's pre-shared key (`mesh.swarm_key`): TCP only,
+    /// and only with peers that hold the same key.
+    pub swarm_key: Option<libp2p::pnet::PreSharedKey>,
 }
 
 /// Why a network call failed.

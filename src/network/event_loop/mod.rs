@@ -7,6 +7,7 @@ mod intent;
 mod kad;
 mod member;
 mod sync;
+mod transport;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use futures::StreamExt;
 use libp2p::identity::{Keypair, PeerId};
 use libp2p::request_response::{OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, Swarm, gossipsub, identify, mdns, noise, ping, tcp, yamux};
+use libp2p::{Multiaddr, Swarm, gossipsub, identify, mdns, ping};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -88,28 +89,7 @@ impl EventLoop {
         cancel: CancellationToken,
     ) -> Result<Self, Error> {
         let setup = |e: &dyn std::fmt::Display| Error::Setup(e.to_string());
-        let name = config.node_name.clone();
-        let mdns = config.mdns;
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .map_err(|e| setup(&e))?
-            .with_quic()
-            .with_dns()
-            .map_err(|e| setup(&e))?
-            .with_behaviour(|key| {
-                config
-                    .metrics
-                    .with_libp2p_registry(|registry| Behaviour::new(key, mdns, &name, registry))
-                    .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
-            })
-            .map_err(|e| setup(&e))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
-            .build();
+        let mut swarm = transport::swarm(key, &config)?;
         for addr in &config.listen {
             swarm
                 .listen_on(addr.clone())
@@ -316,8 +296,13 @@ impl EventLoop {
                 info,
                 ..
             })) => {
-                // Peers that dialled in are not in the DHT routing table by themselves.
-                for addr in &info.listen_addrs {
+                // Peers that dialled in are not in the DHT routing table by
+                // themselves; a peer refused by a closed mesh stays out.
+                let refused = matches!(
+                    self.standing(&peer_id),
+                    Some(crate::member::Standing::Refused(_))
+                );
+                for addr in info.listen_addrs.iter().filter(|_| !refused) {
                     self.swarm
                         .behaviour_mut()
                         .kad
