@@ -4,7 +4,7 @@
 //! (this node's quota there is used up) moves
 //! the request on to the next candidate. Spec: `protocols/intent.md`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ::http::StatusCode;
 use bytes::Bytes;
@@ -25,6 +25,11 @@ enum Miss {
     /// The stream broke before the answer's head.
     #[error("stream: {0}")]
     Stream(#[from] std::io::Error),
+    /// The stream was closed or reset before any of the answer came: the
+    /// receiver may have dropped it on arrival (its libp2p layer drops an
+    /// inbound stream that finds the acceptor busy), so it is worth another try.
+    #[error("stream dropped before the answer: {0}")]
+    Dropped(std::io::Error),
     /// It answered 503 (its queue is full or its backend is down) or 429
     /// (this node already has its quota of requests running there).
     #[error("node {0} is overloaded, over this node's quota, or its backend is down")]
@@ -41,7 +46,7 @@ impl Miss {
     /// Label for `atmosphere_forwards_total{result}`.
     fn label(&self) -> &'static str {
         match self {
-            Miss::Unreachable(_) | Miss::Stream(_) => "unreachable",
+            Miss::Unreachable(_) | Miss::Stream(_) | Miss::Dropped(_) => "unreachable",
             Miss::Overloaded(_) => "overloaded",
             Miss::Unsendable(_) => "unsendable",
             Miss::BadAnswer(_) => "bad_answer",
@@ -87,7 +92,21 @@ pub(super) async fn forward(
             hops: intent::MAX_HOPS - 1,
         };
         let attempt = if request.stream {
-            tokio::time::timeout(remaining, open_stream(core, &client, peer, intent)).await
+            tokio::time::timeout(remaining, async {
+                let mut tries = 0;
+                loop {
+                    match open_stream(core, &client, peer, intent.clone()).await {
+                        Err(Miss::Dropped(e)) if tries < STREAM_RETRIES => {
+                            tries += 1;
+                            tracing::debug!(%peer, error = %e, "stream dropped on arrival; opening another");
+                            core.metrics.forward("stream_retried");
+                            tokio::time::sleep(Duration::from_millis(5 * tries)).await;
+                        }
+                        other => break other,
+                    }
+                }
+            })
+            .await
         } else {
             tokio::time::timeout(remaining, whole(&client, peer, intent)).await
         };
@@ -129,6 +148,10 @@ pub(super) async fn forward(
     .code("capability_unreachable"))
 }
 
+/// Further streams opened to the same node when one is dropped before any of
+/// the answer came, before the next node is tried.
+const STREAM_RETRIES: u64 = 2;
+
 /// Whether an answer says "not now" (try another node) rather than answering.
 fn busy(status: u16) -> bool {
     status == 503 || status == 429
@@ -169,10 +192,20 @@ async fn open_stream(
 ) -> Result<Reply, Miss> {
     let mut io = client.open_stream(peer).await?;
     let bytes = request.encode().map_err(Miss::Unsendable)?;
-    frames::write(&mut io, &bytes).await?;
-    let status = match read_frame(&mut io).await? {
-        Some(StreamFrame::Head { status }) => status,
-        other => {
+    frames::write(&mut io, &bytes)
+        .await
+        .map_err(Miss::Dropped)?;
+    let status = match read_frame(&mut io).await {
+        Ok(Some(StreamFrame::Head { status })) => status,
+        Ok(None) => {
+            return Err(Miss::Dropped(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before the answer's head",
+            )));
+        }
+        Err(Miss::Stream(e)) => return Err(Miss::Dropped(e)),
+        Err(other) => return Err(other),
+        Ok(other) => {
             return Err(Miss::BadAnswer(format!(
                 "expected the answer's head, got {other:?}"
             )));
