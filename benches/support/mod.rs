@@ -159,7 +159,8 @@ pub fn atmosphere(config: &std::path::Path) -> Killed {
                 "--config",
                 config.to_str().expect("utf8"),
                 "--log",
-                "warn",
+                // ATMOSPHERE_BENCH_LOG: another filter, to see why.
+                &std::env::var("ATMOSPHERE_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
             ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())
