@@ -336,9 +336,14 @@ async fn a_revocation_spreads_and_takes_the_node_out_everywhere() {
         metric(&a, &membership("revocation_new")).await >= 1
     })
     .await;
-    // C may still hold A's route; A no longer runs anything for it.
+    // C may still hold A's route; A no longer runs anything for it, and
+    // turns it away whenever it connects again.
     let (status, body) = chat(&c, "farm/llama-expert").await;
     assert_ne!(status, 200, "{body}");
+    eventually("A refused C as revoked", || async {
+        metric(&a, &membership("revoked")).await >= 1
+    })
+    .await;
     assert_eq!(chat(&a, "farm/coder").await.0, 404);
 
     for node in [c, b, a] {

@@ -132,6 +132,10 @@ impl EventLoop {
     /// sync requests dropped, out of the DHT routing table.
     pub(super) fn refuse(&mut self, peer: PeerId, refusal: Refusal) {
         let Some(gate) = &self.gate else { return };
+        // Standings are kept for connected peers only.
+        if gate.standing(&peer, now_ms()).is_none() {
+            return;
+        }
         self.metrics.member(refusal.as_str());
         tracing::info!(%peer, reason = refusal.as_str(), "peer is not a member of this closed mesh; disconnected");
         gate.settle(peer, Standing::Refused(refusal));
@@ -171,7 +175,7 @@ impl EventLoop {
                 self.metrics.member("revocation_new");
                 tracing::warn!(%peer, "a revocation of the mesh key took a node out of the mesh");
                 self.emit(Event::Revoked(peer));
-                if let Some(Standing::Refused(r)) = self.standing(&peer) {
+                if let Some(Standing::Refused(r)) = gate.standing(&peer, now_ms()) {
                     self.refuse(peer, r);
                 }
                 Ok(true)
