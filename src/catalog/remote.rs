@@ -81,9 +81,10 @@ fn digest(entry: &Entry) -> [u8; 32] {
 
 impl Verifier {
     /// Prepares `remote` (entries as announced) for the table: trust set from
-    /// `trusted` (base58 PeerIds) and `members` (a closed mesh), vectors computed here, refuted ones left
-    /// out. Ordered by trust, then by how long this node has known their
-    /// node, then by PeerId: the order ties are broken in.
+    /// `trusted` (base58 PeerIds) and `members` (a closed mesh), vectors
+    /// computed here, refuted ones left out. Ordered by trust, then by how
+    /// long this node has known their node, then by PeerId: the order ties
+    /// are broken in.
     pub async fn prepare(
         &mut self,
         remote: &[Entry],

@@ -4,7 +4,7 @@
 //! revocation to a running node, which spreads it.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -14,7 +14,7 @@ use libp2p::PeerId;
 use super::{ClientArgs, emit, load_config, request};
 use crate::config::Overrides;
 use crate::identity;
-use crate::member::files;
+use crate::member::{files, now_ms};
 use crate::wire::member::{self, Grant, Revoke, Signed};
 
 #[derive(Debug, Subcommand)]
@@ -100,12 +100,6 @@ fn data_dir(config: Option<&PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Resu
     }
     .apply(&mut config);
     Ok(config.data_dir())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn parse_peer(text: &str) -> anyhow::Result<PeerId> {

@@ -87,7 +87,8 @@ pub enum Error {
     Certificate(String),
 }
 
-fn now_ms() -> u64 {
+/// The wall clock in unix milliseconds, as certificates read it.
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -10,17 +10,11 @@ use libp2p::request_response;
 use tokio::sync::oneshot;
 
 use super::EventLoop;
-use crate::member::{Gate, Refusal, Standing};
+use crate::member::{Gate, Refusal, Standing, now_ms};
 use crate::network::codec::Decoded;
 use crate::network::{Error, Event, Verdict, members_topic};
 use crate::wire::Message;
 use crate::wire::member::{self, Hello, Revocation};
-
-pub(super) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 impl EventLoop {
     /// A new connection in a closed mesh: the peer is pending until its
@@ -139,18 +133,21 @@ impl EventLoop {
         self.metrics.member(refusal.as_str());
         tracing::info!(%peer, reason = refusal.as_str(), "peer is not a member of this closed mesh; disconnected");
         gate.settle(peer, Standing::Refused(refusal));
-        let dropped: Vec<_> = self
-            .parked_sync
-            .iter()
-            .filter(|(p, _)| *p == peer)
-            .map(|(_, id)| *id)
-            .collect();
-        self.parked_sync.retain(|(p, _)| *p != peer);
-        for id in dropped {
-            self.pending_sync.remove(&id);
-        }
+        self.drop_parked(peer);
         self.swarm.behaviour_mut().kad.remove_peer(&peer);
         let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    /// Drops the sync requests of `peer` waiting for its hello (their
+    /// streams close unanswered).
+    pub(super) fn drop_parked(&mut self, peer: PeerId) {
+        let (dropped, kept) = std::mem::take(&mut self.parked_sync)
+            .into_iter()
+            .partition(|(p, _)| *p == peer);
+        self.parked_sync = kept;
+        for (_, id) in dropped {
+            self.pending_sync.remove(&id);
+        }
     }
 
     /// Members whose certificate expired (or was revoked) while connected.

@@ -384,16 +384,7 @@ impl EventLoop {
                 self.peers.remove(&peer_id);
                 if let Some(gate) = &self.gate {
                     gate.forget(&peer_id);
-                    let parked: Vec<InboundId> = self
-                        .parked_sync
-                        .iter()
-                        .filter(|(p, _)| *p == peer_id)
-                        .map(|(_, id)| *id)
-                        .collect();
-                    self.parked_sync.retain(|(p, _)| *p != peer_id);
-                    for id in parked {
-                        self.pending_sync.remove(&id);
-                    }
+                    self.drop_parked(peer_id);
                 }
                 self.emit(Event::PeerDisconnected(peer_id));
             }
