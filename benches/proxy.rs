@@ -95,6 +95,22 @@ async fn bench() {
         );
     }
     let busy = rss_kib(node.0.id());
+    // Long inputs in one embeddings call: the most a client can make the
+    // embedder hold (256 tokens each, the limit).
+    let long = ["llama alpaca hay fence shearing pasture"; 60].join(" ");
+    let mut embedded = Vec::new();
+    for n in [32, 128] {
+        let input: Vec<String> = (0..n).map(|i| format!("{long} {i}")).collect();
+        let r = client
+            .post(format!("http://127.0.0.1:{node_port}/v1/embeddings"))
+            .json(&serde_json::json!({"model": "auto", "input": input}))
+            .send()
+            .await
+            .expect("embeddings");
+        assert!(r.status().is_success(), "{}", r.status());
+        r.bytes().await.expect("body");
+        embedded.push((n, rss_kib(node.0.id())));
+    }
     println!();
     println!("## Node memory");
     println!();
@@ -105,6 +121,12 @@ async fn bench() {
         idle as f64 / 1024.0
     );
     println!("| after the load above | {:.1} |", busy as f64 / 1024.0);
+    for (n, rss) in embedded {
+        println!(
+            "| after one `/v1/embeddings` call of {n} inputs of 256 tokens | {:.1} |",
+            rss as f64 / 1024.0
+        );
+    }
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
 }
