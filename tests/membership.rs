@@ -346,7 +346,25 @@ async fn a_revocation_spreads_and_takes_the_node_out_everywhere() {
     .await;
     assert_eq!(chat(&a, "farm/coder").await.0, 404);
 
-    for node in [c, b, a] {
+    // A member that joins later learns the revocation from B's hello.
+    let dir_d = tempfile::tempdir().expect("tempdir");
+    admit(&mesh, dir_d.path(), &[]);
+    let d = start(closed(
+        mesh_config(
+            Vec::new(),
+            Vec::new(),
+            dir_d.path(),
+            vec![mesh_addr(&b).await],
+        ),
+        &mesh,
+    ))
+    .await;
+    eventually("D learnt the revocation in a hello", || async {
+        get_json(&d, "/v1/mesh/peers").await["membership"]["revocations"] == 1
+    })
+    .await;
+
+    for node in [d, c, b, a] {
         node.shutdown().await;
     }
 }

@@ -90,22 +90,31 @@ impl EventLoop {
     }
 
     /// A peer's hello (its request or its answer, whichever comes first):
-    /// its revocations taken in, its certificate judged.
+    /// its certificate judged; a member's revocations taken in (a stranger's
+    /// are not even checked: a thousand signatures per connection would be
+    /// work for anyone to make this node do).
     fn judge_hello(&mut self, peer: PeerId, hello: Hello) {
         let Some(gate) = self.gate.clone() else {
             return;
         };
-        for r in &hello.revocations {
-            let _ = self.learn(&gate, r);
-        }
-        if !matches!(self.standing(&peer), Some(Standing::Pending)) {
-            return;
+        match self.standing(&peer) {
+            Some(Standing::Pending) => {}
+            Some(Standing::Member(_)) => {
+                for r in &hello.revocations {
+                    let _ = self.learn(&gate, r);
+                }
+                return;
+            }
+            _ => return,
         }
         match gate.judge(hello.certificate.as_ref(), peer, now_ms()) {
             Ok(member) => {
                 self.metrics.member("member");
                 tracing::debug!(%peer, roles = ?member.roles, "a member of the mesh connected");
                 gate.settle(peer, Standing::Member(member));
+                for r in &hello.revocations {
+                    let _ = self.learn(&gate, r);
+                }
                 // Its table, and the sync requests it sent meanwhile.
                 if !self.synced.contains(&peer) {
                     self.request_sync(peer);
