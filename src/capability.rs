@@ -189,6 +189,17 @@ impl Share {
     }
 }
 
+/// Longest role name (bytes).
+pub const MAX_ROLE: usize = 32;
+
+/// Whether `s` is a well-formed role name (what a closed mesh's certificates
+/// give and `share` lists name): 1 to 32 letters, digits, `-` or `_`.
+pub fn is_role(s: &str) -> bool {
+    (1..=MAX_ROLE).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// `share` as written: `"local"`, `"mesh"` or a list of PeerIds.
 #[derive(Serialize, Deserialize)]
 #[serde(untagged)]
@@ -212,7 +223,7 @@ impl TryFrom<ShareText> for Share {
                 .iter()
                 .map(|p| match p.parse::<libp2p::PeerId>() {
                     Ok(id) => Ok(id.to_base58()),
-                    Err(_) if crate::wire::member::is_role(p) => Ok(p.clone()),
+                    Err(_) if is_role(p) => Ok(p.clone()),
                     Err(_) => Err(format!(
                         "share: {p:?} is neither a PeerId nor a role (letters, digits, `-`, `_`)"
                     )),

@@ -49,7 +49,7 @@ fn admit(mesh: &SigningKey, dir: &Path, roles: &[&str]) -> PeerId {
 /// The config of a closed-mesh node under `mesh`.
 fn closed(mut config: Config, mesh: &SigningKey) -> Config {
     config.mesh.as_mut().expect("mesh").authority =
-        Some(files::authority_text(&mesh.verifying_key()));
+        Some(atmosphere::config::authority_text(&mesh.verifying_key()));
     config
 }
 
@@ -203,7 +203,7 @@ async fn only_members_are_heard_and_roles_decide_what_is_shared() {
         let peers = get_json(node, "/v1/mesh/peers").await;
         assert_eq!(
             peers["membership"]["authority"],
-            files::authority_text(&mesh.verifying_key())
+            atmosphere::config::authority_text(&mesh.verifying_key())
         );
     }
     // Nor do the outsiders learn the members' capabilities.

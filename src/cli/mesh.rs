@@ -134,10 +134,10 @@ fn certify(
     roles: Vec<String>,
     expires_ms: Option<u64>,
 ) -> anyhow::Result<Signed> {
-    if let Some(bad) = roles.iter().find(|r| !member::is_role(r)) {
+    if let Some(bad) = roles.iter().find(|r| !crate::capability::is_role(r)) {
         bail!(
             "--role {bad:?}: a role is 1 to {} letters, digits, `-` or `_`",
-            member::MAX_ROLE
+            crate::capability::MAX_ROLE
         );
     }
     if roles.len() > member::MAX_ROLES {
@@ -162,7 +162,7 @@ fn load_key(path: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
 fn config_lines(authority: &VerifyingKey) -> String {
     format!(
         "Every node of the mesh needs in its config:\n\n[mesh]\nauthority = \"{}\"\n",
-        files::authority_text(authority)
+        crate::config::authority_text(authority)
     )
 }
 

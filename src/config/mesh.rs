@@ -123,3 +123,45 @@ where
     let mesh = MeshConfig::deserialize(toml::Value::Table(table)).map_err(D::Error::custom)?;
     Ok(enabled.then_some(mesh))
 }
+
+/// The mesh key's public half as written in `mesh.authority`: 64 hex digits.
+pub fn authority_text(key: &ed25519_dalek::VerifyingKey) -> String {
+    key.to_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads `mesh.authority`.
+pub fn parse_authority(text: &str) -> Result<ed25519_dalek::VerifyingKey, String> {
+    let text = text.trim();
+    let bytes: Option<Vec<u8>> = (text.len() == 64 && text.is_ascii())
+        .then(|| {
+            (0..64)
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+                .collect()
+        })
+        .flatten();
+    let bytes: [u8; 32] = bytes.and_then(|b| b.try_into().ok()).ok_or_else(|| {
+        format!(
+            "mesh.authority {text:?}: expected 64 hex digits (`atmosphere mesh init` prints it)"
+        )
+    })?;
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| format!("mesh.authority {text:?} is not an ed25519 public key"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_text_round_trips_and_bad_text_is_named() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]).verifying_key();
+        let text = authority_text(&key);
+        assert_eq!(text.len(), 64);
+        assert_eq!(parse_authority(&text).expect("parses"), key);
+        for bad in ["", "abc", &"zz".repeat(32), &"é".repeat(32)] {
+            let err = parse_authority(bad).unwrap_err();
+            assert!(err.contains("mesh.authority"), "{err}");
+        }
+    }
+}

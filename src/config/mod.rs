@@ -12,7 +12,7 @@ mod routing;
 use serde::{Deserialize, Serialize};
 
 pub use backends::{BackendConfig, BackendKind, CapabilityConfig};
-pub use mesh::MeshConfig;
+pub use mesh::{MeshConfig, authority_text, parse_authority};
 pub use routing::{AutoOrigins, RoutingConfig};
 
 /// Everything a node reads at start.
@@ -257,7 +257,7 @@ impl Config {
                 );
             }
             if let Some(authority) = &mesh.authority {
-                crate::member::files::parse_authority(authority).map_err(Error::Invalid)?;
+                parse_authority(authority).map_err(Error::Invalid)?;
             } else if mesh.certificate.is_some() {
                 return invalid(
                     "mesh.certificate is set without mesh.authority (the mesh key it is checked against)"

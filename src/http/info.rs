@@ -156,7 +156,7 @@ pub async fn peers(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
         .and_then(|m| m.gate.as_ref())
         .map(|g| {
             json!({
-                "authority": crate::member::files::authority_text(g.authority()),
+                "authority": crate::config::authority_text(g.authority()),
                 "roles": g.own().roles,
                 "expires_unix_ms": g.own().expires_ms,
                 "revocations": g.revocations(),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use ed25519_dalek::SigningKey;
 
 use crate::wire::codec;
 use crate::wire::member::{Certificate, MAX_HELLO_REVOCATIONS, MAX_SIGNED_BYTES, Revocation};
@@ -72,31 +72,6 @@ pub fn read_swarm_key(path: &Path) -> Result<libp2p::pnet::PreSharedKey, Error> 
             format!("not a swarm key ({e}); `atmosphere mesh swarm-key` makes one"),
         )
     })
-}
-
-/// The mesh key's public half as written in `mesh.authority`: 64 hex digits.
-pub fn authority_text(key: &VerifyingKey) -> String {
-    key.to_bytes().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Reads `mesh.authority`.
-pub fn parse_authority(text: &str) -> Result<VerifyingKey, String> {
-    let text = text.trim();
-    let bytes: Option<Vec<u8>> = (text.len() == 64 && text.is_ascii())
-        .then(|| {
-            (0..64)
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-                .collect()
-        })
-        .flatten();
-    let bytes: [u8; 32] = bytes.and_then(|b| b.try_into().ok()).ok_or_else(|| {
-        format!(
-            "mesh.authority {text:?}: expected 64 hex digits (`atmosphere mesh init` prints it)"
-        )
-    })?;
-    VerifyingKey::from_bytes(&bytes)
-        .map_err(|_| format!("mesh.authority {text:?} is not an ed25519 public key"))
 }
 
 /// Creates a new mesh key at `path` (never over an existing file).
@@ -180,18 +155,6 @@ pub fn write_revocations(path: &Path, revocations: &[Revocation]) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn authority_text_round_trips_and_bad_text_is_named() {
-        let key = SigningKey::from_bytes(&[3; 32]).verifying_key();
-        let text = authority_text(&key);
-        assert_eq!(text.len(), 64);
-        assert_eq!(parse_authority(&text).expect("parses"), key);
-        for bad in ["", "abc", &"zz".repeat(32), &"é".repeat(32)] {
-            let err = parse_authority(bad).unwrap_err();
-            assert!(err.contains("mesh.authority"), "{err}");
-        }
-    }
 
     #[test]
     fn a_mesh_key_is_made_once_and_never_overwritten() {

@@ -348,7 +348,7 @@ pub fn load(
     let Some(authority) = &mesh.authority else {
         return Ok(None);
     };
-    let authority = files::parse_authority(authority).map_err(Error::Certificate)?;
+    let authority = crate::config::parse_authority(authority).map_err(Error::Certificate)?;
     let path = mesh.certificate.as_deref().map_or_else(
         || data_dir.join(files::CERTIFICATE_FILE),
         crate::config::expand_home,

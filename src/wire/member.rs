@@ -7,15 +7,15 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
 use super::codec::{self, Error};
+use crate::capability::{MAX_ROLE, is_role};
 
 pub const VERSION: u8 = 1;
 /// Domain separation: a mesh-key signature of one kind is never valid as
 /// another kind, nor as a route update's (whose context differs too).
 pub const CERTIFICATE_CONTEXT: &[u8] = b"atmosphere/member/1\0";
 pub const REVOCATION_CONTEXT: &[u8] = b"atmosphere/revoke/1\0";
-/// Roles a certificate may carry, and their length (bytes).
+/// Roles a certificate may carry (each a [`crate::capability::is_role`] name).
 pub const MAX_ROLES: usize = 8;
-pub const MAX_ROLE: usize = 32;
 /// Largest encoded certificate or revocation.
 pub const MAX_SIGNED_BYTES: usize = 1024;
 /// Most revocations one hello carries (the newest), and the hello's size.
@@ -230,13 +230,6 @@ pub fn check_roles(roles: &[String]) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-/// Whether `s` is a well-formed role name.
-pub fn is_role(s: &str) -> bool {
-    (1..=MAX_ROLE).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
