@@ -9,13 +9,18 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use atmosphere::config::EmbedderConfig;
 use atmosphere::config::{BackendKind, Config};
 use atmosphere::echo::{Echo, Flavour};
+use atmosphere::embed::Embedder;
 use atmosphere::member::files;
 use atmosphere::node::Node;
+use atmosphere::routing::capability_vector;
 use atmosphere::wire::Message;
 use atmosphere::wire::member::{self, Grant, Revoke, Signed};
-use atmosphere::wire::route::{RouteBody, RouteUpdate, SignedRouteUpdate, VERSION};
+use atmosphere::wire::route::{
+    CapabilityRecord, RouteBody, RouteUpdate, SignedRouteUpdate, VERSION, WireVector,
+};
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
 use libp2p::PeerId;
@@ -89,6 +94,36 @@ fn membership(result: &str) -> String {
     format!("atmosphere_membership_total{{result=\"{result}\"}}")
 }
 
+/// `rogue/stolen`, announced with the vector its own texts give.
+async fn stolen_record() -> CapabilityRecord {
+    let embedder = Embedder::load(&EmbedderConfig {
+        threads: 1,
+        ..Default::default()
+    })
+    .expect("embedder");
+    let description = "Expert on raising llamas and alpacas.";
+    let examples = vec!["How much hay does a llama eat?".to_owned()];
+    let profile = embedder.embed_one(description).await.expect("embed");
+    let ex = embedder
+        .embed(examples.clone())
+        .await
+        .expect("embed")
+        .vectors;
+    CapabilityRecord {
+        id: "rogue/stolen".into(),
+        kind: "llm/chat".into(),
+        domain: String::new(),
+        topics: Vec::new(),
+        description: description.into(),
+        vector: WireVector::quantize(&capability_vector(&ex, &profile, 0.2)),
+        prototypes: Vec::new(),
+        available: true,
+        in_flight: 0,
+        reference: None,
+        examples,
+    }
+}
+
 #[tokio::test]
 async fn only_members_are_heard_and_roles_decide_what_is_shared() {
     let farm = spawn_echo(Echo::new(
@@ -154,8 +189,12 @@ async fn only_members_are_heard_and_roles_decide_what_is_shared() {
         node_name: "hostile".into(),
         addrs: Vec::new(),
         dim: 384,
-        body: RouteBody::Full(Vec::new()),
-        // A member's certificate, presented by another key.
+        // A capability whose vector its texts give, with a member's
+        // certificate presented by another key. (The peer is refused for
+        // sending no hello before its update is judged: in a mutation run
+        // that let any certificate through, this test still passed. The
+        // certificate check of updates is tested on the Gate, wrong_peer.)
+        body: RouteBody::Full(vec![stolen_record().await]),
         certificate: Some(
             files::read_certificate(&dir_b.path().join(files::CERTIFICATE_FILE)).expect("cert"),
         ),
