@@ -11,8 +11,7 @@ use clap::{Args, Subcommand};
 use ed25519_dalek::VerifyingKey;
 use libp2p::PeerId;
 
-use super::{ClientArgs, emit, load_config, request};
-use crate::config::Overrides;
+use super::{ClientArgs, data_dir, emit, request};
 use crate::identity;
 use crate::member::{files, now_ms};
 use crate::wire::member::{self, Grant, Revoke, Signed};
@@ -90,16 +89,6 @@ pub struct LocalArgs {
     pub config: Option<PathBuf>,
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-}
-
-fn data_dir(config: Option<&PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    let mut config = load_config(config)?;
-    Overrides {
-        data_dir,
-        ..Default::default()
-    }
-    .apply(&mut config);
-    Ok(config.data_dir())
 }
 
 fn parse_peer(text: &str) -> anyhow::Result<PeerId> {

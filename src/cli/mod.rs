@@ -124,6 +124,17 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     }
 }
 
+/// The data dir a config file and `--data-dir` name together.
+fn data_dir(config: Option<&PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let mut config = load_config(config)?;
+    Overrides {
+        data_dir,
+        ..Default::default()
+    }
+    .apply(&mut config);
+    Ok(config.data_dir())
+}
+
 /// Runs a parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -152,13 +163,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Id { config, data_dir } => {
-            let mut config = load_config(config.as_ref())?;
-            Overrides {
-                data_dir,
-                ..Default::default()
-            }
-            .apply(&mut config);
-            let keypair = identity::load_or_create(&config.data_dir())?;
+            let dir = self::data_dir(config.as_ref(), data_dir)?;
+            let keypair = identity::load_or_create(&dir)?;
             emit(&format!("{}\n", identity::peer_id(&keypair)))?;
             Ok(())
         }

@@ -128,8 +128,14 @@ pub fn read_certificate(path: &Path) -> Result<Certificate, Error> {
 /// Writes a certificate file (readable by anyone: it is not secret).
 pub fn write_certificate(path: &Path, cert: &Certificate) -> Result<(), Error> {
     let text = to_text(cert).map_err(|e| invalid(path, e.to_string()))?;
+    write_atomic(path, text.as_bytes())
+}
+
+/// Writes through a temporary file and a rename: a crash leaves the old
+/// file or the new, never half of one.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).map_err(io(&tmp))?;
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
@@ -147,9 +153,7 @@ pub fn read_revocations(path: &Path) -> Result<Vec<Revocation>, Error> {
 pub fn write_revocations(path: &Path, revocations: &[Revocation]) -> Result<(), Error> {
     let bytes = codec::encode(&revocations, (MAX_REVOCATIONS + 1) * MAX_SIGNED_BYTES)
         .map_err(|e| invalid(path, e.to_string()))?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    write_atomic(path, &bytes)
 }
 
 #[cfg(test)]

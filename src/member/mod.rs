@@ -87,7 +87,8 @@ pub enum Error {
     Certificate(String),
 }
 
-/// The wall clock in unix milliseconds, as certificates read it.
+/// The wall clock in unix milliseconds, as certificates (and route
+/// updates' sequence numbers) read it.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

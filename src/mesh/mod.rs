@@ -12,13 +12,15 @@ pub mod remote;
 pub use announce::{announced, record};
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use libp2p::identity::{Keypair, PeerId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::capability::Share;
+// Sequence numbers read the wall clock as certificates do.
+use crate::member::now_ms as unix_ms;
 use crate::metrics::Metrics;
 use crate::network::{self, Event, Verdict};
 use crate::routing::Entry;
@@ -150,12 +152,6 @@ struct Task {
     looked_up: std::collections::HashMap<String, Instant>,
     /// Providers whose sync failed, and when (see [`UNREACHABLE_FOR`]).
     unreachable: std::collections::HashMap<PeerId, Instant>,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Task {
