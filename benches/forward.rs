@@ -16,7 +16,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use support::*;
 
 const TTL_SECS: u64 = 30;
@@ -27,33 +26,6 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(bench());
-}
-
-fn node_config(dir: &std::path::Path, name: &str, http: u16, extra: &str) -> std::path::PathBuf {
-    let text = format!(
-        r#"
-[node]
-name = "{name}"
-data_dir = "{dir}/{name}"
-[http]
-listen = "127.0.0.1:{http}"
-[embedder]
-threads = 1
-[mesh]
-listen = ["/ip4/127.0.0.1/tcp/0"]
-mdns = false
-ttl = "{TTL_SECS}s"
-{extra}
-"#,
-        dir = dir.display()
-    );
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).expect("config");
-    path
-}
-
-async fn get(client: &reqwest::Client, url: &str) -> Option<Value> {
-    client.get(url).send().await.ok()?.json().await.ok()
 }
 
 async fn capability_count(client: &reqwest::Client, port: u16) -> usize {
@@ -78,7 +50,8 @@ async fn bench() {
         "a",
         pa,
         &format!(
-            r#"[[backend]]
+            r#"ttl = "{TTL_SECS}s"
+[[backend]]
 name = "echo"
 kind = "openai"
 url = "http://127.0.0.1:{backend_port}"
@@ -104,7 +77,7 @@ model = "llama3.2"
         &dir,
         "b",
         pb,
-        &format!("bootstrap = [\"{addr_a}\"]"),
+        &format!("ttl = \"{TTL_SECS}s\"\nbootstrap = [\"{addr_a}\"]"),
     ));
     wait_ready(&client, &format!("http://127.0.0.1:{pb}/health")).await;
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::*;
 
 const CLIENTS: usize = 8;
@@ -33,32 +33,6 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(bench());
-}
-
-fn node_config(dir: &std::path::Path, name: &str, http: u16, extra: &str) -> std::path::PathBuf {
-    let text = format!(
-        r#"
-[node]
-name = "{name}"
-data_dir = "{dir}/{name}"
-[http]
-listen = "127.0.0.1:{http}"
-[embedder]
-threads = 1
-[mesh]
-listen = ["/ip4/127.0.0.1/tcp/0"]
-mdns = false
-{extra}
-"#,
-        dir = dir.display()
-    );
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).expect("config");
-    path
-}
-
-async fn get(client: &reqwest::Client, url: &str) -> Option<Value> {
-    client.get(url).send().await.ok()?.json().await.ok()
 }
 
 /// Least-squares slope of `(seconds, kib)` in MiB per minute.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 pub struct Killed(pub Child);
 impl Drop for Killed {
@@ -216,4 +216,39 @@ model = "llama3.2"
     )
     .expect("config");
     config
+}
+
+/// Writes the config of a mesh node `name` on loopback (HTTP on `http`, an
+/// ephemeral TCP mesh port, no mDNS); `extra` goes into its `[mesh]` section
+/// and may add sections after it. Returns the config's path.
+pub fn node_config(
+    dir: &std::path::Path,
+    name: &str,
+    http: u16,
+    extra: &str,
+) -> std::path::PathBuf {
+    let text = format!(
+        r#"
+[node]
+name = "{name}"
+data_dir = "{dir}/{name}"
+[http]
+listen = "127.0.0.1:{http}"
+[embedder]
+threads = 1
+[mesh]
+listen = ["/ip4/127.0.0.1/tcp/0"]
+mdns = false
+{extra}
+"#,
+        dir = dir.display()
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+/// `GET url` as JSON; `None` on any failure.
+pub async fn get(client: &reqwest::Client, url: &str) -> Option<Value> {
+    client.get(url).send().await.ok()?.json().await.ok()
 }
