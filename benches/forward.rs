@@ -50,7 +50,10 @@ async fn bench() {
         "a",
         pa,
         &format!(
+            // The per-peer rate limit (100/s by default) is not what is
+            // measured: one client sends back to back, faster than that.
             r#"ttl = "{TTL_SECS}s"
+peer_rate = 100000
 [[backend]]
 name = "echo"
 kind = "openai"
