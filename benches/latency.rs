@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use atmosphere::capability::{Capability, Kind, Source};
 use atmosphere::config::{EmbedderConfig, RoutingConfig};
 use atmosphere::embed::{Embedder, normalize};
-use atmosphere::index::{Exact, Hnsw, VectorIndex};
+use atmosphere::index::{Exact, Hnsw, Quantized, VectorIndex};
 use atmosphere::routing::{Entry, Need, Router, Table};
 use rand::{Rng, SeedableRng};
 
@@ -197,12 +197,8 @@ async fn main() {
     println!();
     println!("| capabilities | index | build ms | p50 us | p99 us | recall@1 vs exact |");
     println!("|---|---|---|---|---|---|");
-    // BENCH_LARGE=1 adds 50k (the HNSW build then takes minutes).
-    let mut sizes = vec![100, 1_000, 10_000];
-    if std::env::var_os("BENCH_LARGE").is_some() {
-        sizes.push(50_000);
-    }
-    for n in sizes {
+    // HNSW at 50k takes minutes to build: BENCH_HNSW=1 includes it.
+    for n in [100, 1_000, 10_000, 50_000] {
         let vectors: Vec<Vec<f32>> = (0..n).map(|_| random_unit(&mut rng, dim)).collect();
         let queries: Vec<Vec<f32>> = (0..2000)
             .map(|_| {
@@ -218,12 +214,15 @@ async fn main() {
             let e = Exact::new(vectors.clone());
             queries.iter().map(|q| e.search(q, 1)[0].0).collect()
         };
-        for kind in ["exact", "hnsw"] {
+        for kind in ["exact", "quantized", "hnsw"] {
+            if kind == "hnsw" && n > 10_000 && std::env::var_os("BENCH_HNSW").is_none() {
+                continue; // minutes to build; BENCH_HNSW=1 includes it
+            }
             let t = Instant::now();
-            let index: Box<dyn VectorIndex> = if kind == "exact" {
-                Box::new(Exact::new(vectors.clone()))
-            } else {
-                Box::new(Hnsw::build(vectors.clone()))
+            let index: Box<dyn VectorIndex> = match kind {
+                "exact" => Box::new(Exact::new(vectors.clone())),
+                "quantized" => Box::new(Quantized::new(vectors.clone())),
+                _ => Box::new(Hnsw::build(vectors.clone())),
             };
             let build_ms = t.elapsed().as_secs_f64() * 1e3;
             let table = Table::with_index(entries(&vectors), index, &Default::default());

@@ -305,14 +305,20 @@ impl Router {
         }
         let usable = |i: usize| judge.usable(&table.entries[i]);
         let search = |k: usize| -> Vec<(usize, f32)> {
-            // Best similarity per entry over its vectors, best first.
+            // The entries of the nearest vectors, each scored by the best
+            // of its own vectors in full precision (the index may
+            // approximate: ties and near-ties are decided here).
             let mut seen = vec![false; table.entries.len()];
             let mut best: Vec<(usize, f32)> = Vec::new();
-            for (pos, sim) in table.index.search(query, k) {
+            for (pos, _) in table.index.search(query, k) {
                 let Some(&e) = table.owner.get(pos) else {
                     continue;
                 };
                 if !std::mem::replace(&mut seen[e], true) {
+                    let sim = table.entries[e]
+                        .vectors()
+                        .map(|v| index::dot(v, query))
+                        .fold(f32::MIN, f32::max);
                     best.push((e, sim));
                 }
             }
