@@ -7,20 +7,16 @@
 //! - scoring given an embedding at 100 / 1k / 10k capabilities, exact vs HNSW,
 //!   with HNSW build time and recall@1 against exact search.
 
-use std::time::{Duration, Instant};
+mod support;
 
-use atmosphere::capability::{Capability, Kind, Source};
+use std::time::Instant;
+
 use atmosphere::config::{EmbedderConfig, RoutingConfig};
 use atmosphere::embed::{Embedder, normalize};
 use atmosphere::index::{Exact, Hnsw, Quantized, VectorIndex};
 use atmosphere::routing::{Entry, Need, Router, Table};
 use rand::{Rng, SeedableRng};
-
-fn pct(samples: &mut [Duration], p: f64) -> f64 {
-    samples.sort();
-    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[i].as_secs_f64() * 1e3
-}
+use support::{local_entry, pct};
 
 const WORDS: &[&str] = &[
     "llama", "alpaca", "winter", "feed", "hay", "shearing", "the", "herd", "needs", "fresh",
@@ -55,25 +51,8 @@ fn entries(vectors: &[Vec<f32>]) -> Vec<Entry> {
         .iter()
         .enumerate()
         .map(|(i, v)| Entry {
-            capability: Capability {
-                id: format!("bench/cap-{i}").parse().expect("id"),
-                kind: Kind::chat(),
-                domain: String::new(),
-                topics: Vec::new(),
-                description: String::new(),
-                examples: Vec::new(),
-                backend: "b".into(),
-                model: "m".into(),
-                source: Source::Config,
-                share: Default::default(),
-            },
             node: "bench".into(),
-            local: true,
-            available: true,
-            vector: v.clone(),
-            prototypes: Vec::new(),
-            reference: None,
-            trust: atmosphere::routing::Trust::Local,
+            ..local_entry(&format!("bench/cap-{i}"), v.clone())
         })
         .collect()
 }

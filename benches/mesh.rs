@@ -14,7 +14,6 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use atmosphere::capability::{Capability, Kind, Source};
 use atmosphere::mesh::{self, View};
 use atmosphere::metrics::Metrics;
 use atmosphere::network;
@@ -22,7 +21,7 @@ use atmosphere::routing::Entry;
 use libp2p::Multiaddr;
 use libp2p::identity::{Keypair, ed25519};
 use rand::{Rng, SeedableRng};
-use support::{pct, rss_kib};
+use support::{local_entry, pct, rss_kib};
 use tokio::sync::watch;
 
 const DIM: usize = 8;
@@ -32,27 +31,7 @@ fn entry(id: &str) -> Entry {
         .map(|i| (i as f32 + id.len() as f32).sin())
         .collect();
     atmosphere::embed::normalize(&mut v);
-    Entry {
-        capability: Capability {
-            id: id.parse().expect("id"),
-            kind: Kind::chat(),
-            domain: String::new(),
-            topics: Vec::new(),
-            description: String::new(),
-            examples: Vec::new(),
-            backend: "b".into(),
-            model: "m".into(),
-            source: Source::Config,
-            share: Default::default(),
-        },
-        node: String::new(),
-        local: true,
-        available: true,
-        vector: v,
-        prototypes: Vec::new(),
-        reference: None,
-        trust: atmosphere::routing::Trust::Local,
-    }
+    local_entry(id, v)
 }
 
 struct BenchNode {

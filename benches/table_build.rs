@@ -9,12 +9,14 @@
 //! every remote capability the same (one announcement copied by many origins)
 //! and once with random vectors (all different).
 
+mod support;
+
 use std::time::Instant;
 
-use atmosphere::capability::{Capability, Kind, Source};
 use atmosphere::embed::normalize;
 use atmosphere::routing::{Entry, Table, Trust, fit};
 use rand::{Rng, SeedableRng};
+use support::{local_entry, rss_kib};
 
 const DIM: usize = 384;
 const PROTOTYPES: usize = 4;
@@ -27,39 +29,17 @@ fn random_unit(rng: &mut impl Rng) -> Vec<f32> {
 
 fn entry(i: usize, local: bool, vector: Vec<f32>, prototypes: Vec<Vec<f32>>) -> Entry {
     Entry {
-        capability: Capability {
-            id: format!("bench/cap-{i}").parse().expect("id"),
-            kind: Kind::chat(),
-            domain: String::new(),
-            topics: Vec::new(),
-            description: String::new(),
-            examples: Vec::new(),
-            backend: "b".into(),
-            model: "m".into(),
-            source: Source::Config,
-            share: Default::default(),
-        },
         node: if local {
             "self".into()
         } else {
             format!("node-{}", i / 16)
         },
         local,
-        available: true,
-        vector,
         prototypes,
         reference: Some(0.6),
         trust: if local { Trust::Local } else { Trust::Stranger },
+        ..local_entry(&format!("bench/cap-{i}"), vector)
     }
-}
-
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn main() {
@@ -93,7 +73,7 @@ fn main() {
                 "| {n} | {} | {} | {took:.0} | {:.0} |",
                 table.len(),
                 if same { "the same" } else { "random" },
-                rss_mib()
+                rss_kib(std::process::id()) as f64 / 1024.0
             );
             drop(table);
         }

@@ -221,7 +221,7 @@ impl VectorIndex for Quantized {
     }
 }
 
-/// Below this `k`, [`Exact`] keeps a running top-k instead of sorting all scores.
+/// Below this `k`, the scans keep a running top-k instead of sorting all scores.
 const SMALL_K: usize = 64;
 
 /// The `k` best of `scores` as `(position, score)`, best first; equal

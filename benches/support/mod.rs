@@ -252,3 +252,30 @@ mdns = false
 pub async fn get(client: &reqwest::Client, url: &str) -> Option<Value> {
     client.get(url).send().await.ok()?.json().await.ok()
 }
+
+/// A chat capability of this node with one vector, as the benches that
+/// build tables without a catalog need it.
+pub fn local_entry(id: &str, vector: Vec<f32>) -> atmosphere::routing::Entry {
+    use atmosphere::capability::{Capability, Kind, Source};
+    atmosphere::routing::Entry {
+        capability: Capability {
+            id: id.parse().expect("id"),
+            kind: Kind::chat(),
+            domain: String::new(),
+            topics: Vec::new(),
+            description: String::new(),
+            examples: Vec::new(),
+            backend: "b".into(),
+            model: "m".into(),
+            source: Source::Config,
+            share: Default::default(),
+        },
+        node: String::new(),
+        local: true,
+        available: true,
+        vector,
+        prototypes: Vec::new(),
+        reference: None,
+        trust: atmosphere::routing::Trust::Local,
+    }
+}
