@@ -98,7 +98,7 @@ fn table_for(data: &Data, groups: &[Group], routing: &RoutingConfig) -> Table {
                 .collect();
             let profile = &data.names[&g.name];
             Entry {
-                capability: Capability {
+                capability: std::sync::Arc::new(Capability {
                     id: format!("clinc/{}", g.name).parse().expect("id"),
                     kind: Kind::chat(),
                     domain: g.domain.clone(),
@@ -109,7 +109,7 @@ fn table_for(data: &Data, groups: &[Group], routing: &RoutingConfig) -> Table {
                     model: g.name.clone(),
                     source: Source::Config,
                     share: Default::default(),
-                },
+                }),
                 node: "bench".into(),
                 local: true,
                 available: true,

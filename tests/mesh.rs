@@ -40,7 +40,7 @@ fn entry(id: &str, seed: u8) -> Entry {
         .collect();
     atmosphere::embed::normalize(&mut v);
     Entry {
-        capability: Capability {
+        capability: std::sync::Arc::new(Capability {
             id: id.parse().expect("id"),
             kind: Kind::chat(),
             domain: "test".into(),
@@ -51,7 +51,7 @@ fn entry(id: &str, seed: u8) -> Entry {
             model: "m".into(),
             source: Source::Config,
             share: Default::default(),
-        },
+        }),
         node: String::new(),
         local: true,
         available: true,

@@ -258,7 +258,7 @@ pub async fn get(client: &reqwest::Client, url: &str) -> Option<Value> {
 pub fn local_entry(id: &str, vector: Vec<f32>) -> atmosphere::routing::Entry {
     use atmosphere::capability::{Capability, Kind, Source};
     atmosphere::routing::Entry {
-        capability: Capability {
+        capability: std::sync::Arc::new(Capability {
             id: id.parse().expect("id"),
             kind: Kind::chat(),
             domain: String::new(),
@@ -269,7 +269,7 @@ pub fn local_entry(id: &str, vector: Vec<f32>) -> atmosphere::routing::Entry {
             model: "m".into(),
             source: Source::Config,
             share: Default::default(),
-        },
+        }),
         node: String::new(),
         local: true,
         available: true,

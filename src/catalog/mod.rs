@@ -28,7 +28,8 @@ pub use remote::{MIN_EXPLAINED, TEXTS_PER_BUILD};
 
 /// Least time between two table builds for other nodes' changes: changes
 /// arriving sooner, and capabilities left waiting for their texts to be
-/// embedded, are taken by one build at the end of the gap.
+/// embedded, are taken by one build at the end of the gap. The gap grows to
+/// the last build's own time, so builds take at most half of the owner's.
 const REMOTE_BUILD_GAP: Duration = Duration::from_millis(500);
 
 /// Probe reports waiting for the owner; one per backend per refresh, so small.
@@ -108,6 +109,7 @@ pub async fn start(
         verifier: remote::Verifier::default(),
         pending: false,
         last_build: std::time::Instant::now(),
+        gap: REMOTE_BUILD_GAP,
         setup,
     };
     let first = futures::future::join_all(owner.setup.backends.iter().map(|b| {
@@ -210,6 +212,9 @@ struct Owner {
     pending: bool,
     /// When the table was last built.
     last_build: std::time::Instant,
+    /// Least time before the next build for other nodes' changes:
+    /// [`REMOTE_BUILD_GAP`], or the last build's time if longer.
+    gap: Duration,
 }
 
 impl Owner {
@@ -233,7 +238,7 @@ impl Owner {
                 }
             };
             let pending = self.pending;
-            let due = tokio::time::Instant::from_std(self.last_build + REMOTE_BUILD_GAP);
+            let due = tokio::time::Instant::from_std(self.last_build + self.gap);
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
@@ -270,13 +275,15 @@ impl Owner {
                         // Only the origins changed (a refresh repeating what
                         // it said): the table already holds these entries.
                         continue;
-                    } else if self.last_build.elapsed() < REMOTE_BUILD_GAP {
+                    } else if self.last_build.elapsed() < self.gap {
                         self.pending = true;
                         continue;
                     }
                 }
             }
-            match self.assemble().await {
+            let built = self.assemble().await;
+            self.gap = REMOTE_BUILD_GAP.max(self.last_build.elapsed());
+            match built {
                 Ok((table, generation)) => {
                     catalog.table.store(Arc::new(table));
                     if let Some(generation) = generation {
@@ -390,7 +397,7 @@ impl Owner {
             let Some(entry) = self.entry(capability) else {
                 continue;
             };
-            let told = if told == entry.capability {
+            let told = if told == *entry.capability {
                 Some(entry.clone())
             } else {
                 self.entry(told)
@@ -440,7 +447,7 @@ impl Owner {
             node: self.setup.node_id.clone(),
             local: true,
             available,
-            capability,
+            capability: Arc::new(capability),
         })
     }
 

@@ -7,10 +7,12 @@
 //!
 //! Work is bounded: texts are embedded once per change of a capability (the
 //! results are kept while the capability is), at most [`TEXTS_PER_BUILD`]
-//! per table build in small batches (requests' own embeddings interleave),
-//! trusted and long-known nodes first; what is left waits for the next
-//! build, at least `REMOTE_BUILD_GAP` later, so other nodes' texts take at most
-//! a bounded share of the embedder however many are announced.
+//! per table build in rounds of a few capabilities (requests' own embeddings
+//! interleave),
+//! and for at most [`EMBED_TIME_PER_BUILD`], protected origins (connected,
+//! allow-listed) first; what is left waits for the next build, at least as
+//! long after as the last build took, so other nodes' texts take at most
+//! about half of the embedder however many are announced.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -25,8 +27,15 @@ use crate::routing::{Entry, Trust, capability_prototypes, capability_vector, exp
 
 /// Most texts embedded for other nodes' capabilities per table build.
 pub const TEXTS_PER_BUILD: usize = 256;
-/// Texts per call to the embedder.
-const BATCH: usize = 32;
+/// Most texts per call to the embedder (whole capabilities: a call with one
+/// capability of more texts is made alone). The time limit is checked
+/// between calls.
+const ROUND: usize = 64;
+/// Longest a table build spends embedding other nodes' texts (checked
+/// between batches). With the owner's gap between builds at least as long
+/// as the build before, other nodes' texts take at most about half of the
+/// embedder's time, whatever their count and length.
+const EMBED_TIME_PER_BUILD: std::time::Duration = std::time::Duration::from_millis(1000);
 /// Least [`explained`] score of an announced vector by its own texts. Honest
 /// vectors are built from exactly the texts announced and score about 1
 /// (quantisation costs about 1e-4); a vector made for other texts scores
@@ -61,6 +70,24 @@ pub struct Prepared {
 #[derive(Default)]
 pub struct Verifier {
     memo: HashMap<(String, CapabilityId), ([u8; 32], Checked)>,
+}
+
+/// The vectors of `texts`, one each, in order.
+async fn embed_all(
+    embedder: &Embedder,
+    texts: Vec<String>,
+) -> Result<Vec<Vec<f32>>, crate::embed::Error> {
+    if texts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = texts.len();
+    let vectors = embedder.embed(texts).await?.vectors;
+    if vectors.len() != n {
+        return Err(crate::embed::Error::Output(
+            "fewer vectors than texts".into(),
+        ));
+    }
+    Ok(vectors)
 }
 
 /// What identifies an announcement's content: its texts and announced vector.
@@ -118,41 +145,71 @@ impl Verifier {
                 .then(a.node.cmp(&b.node))
         });
 
-        // Which entries need their texts embedded, within the budget.
+        // Which entries need their texts embedded, within the budget:
+        // protected origins (connected, heard directly, allow-listed) before
+        // the rest, so keys a relay brings by the hundred cannot delay them.
         let digests: Vec<[u8; 32]> = order.iter().map(|e| digest(e)).collect();
+        let protected: std::collections::HashSet<String> = origins
+            .iter()
+            .filter(|o| o.protected)
+            .map(|o| o.peer.to_base58())
+            .collect();
+        let mut first: Vec<usize> = (0..order.len()).collect();
+        first.sort_by_key(|&i| !protected.contains(&order[i].node));
         let mut todo: Vec<usize> = Vec::new();
-        let mut texts: Vec<String> = Vec::new();
+        let mut budget = TEXTS_PER_BUILD;
         let mut pending = 0;
-        for (i, e) in order.iter().enumerate() {
+        for i in first {
+            let e = order[i];
             let key = (e.node.clone(), e.capability.id.clone());
             if self.memo.get(&key).is_some_and(|(d, _)| *d == digests[i]) {
                 continue;
             }
             let needed = 1 + e.capability.examples.len();
-            if texts.len() + needed > TEXTS_PER_BUILD {
+            if needed > budget {
                 pending += 1;
                 continue;
             }
-            texts.push(e.capability.profile_text());
-            texts.extend(e.capability.examples.iter().cloned());
+            budget -= needed;
             todo.push(i);
         }
-        let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(BATCH) {
-            vectors.extend(embedder.embed(chunk.to_vec()).await?.vectors);
-        }
-        if vectors.len() != texts.len() {
-            return Err(crate::embed::Error::Output(
-                "fewer vectors than texts".into(),
-            ));
+
+        // A round of whole capabilities at a time, descriptions and examples
+        // in separate calls (a batch is padded to its longest text: a long
+        // description would make every short example cost as much), until
+        // the time is up.
+        let started = Instant::now();
+        let mut done: Vec<(usize, Vec<f32>, Vec<Vec<f32>>)> = Vec::with_capacity(todo.len());
+        let mut rounds = todo.iter().copied().peekable();
+        while rounds.peek().is_some() {
+            if started.elapsed() >= EMBED_TIME_PER_BUILD {
+                pending += rounds.count();
+                break; // the rest waits for the next build
+            }
+            let mut round: Vec<usize> = Vec::new();
+            let (mut profiles, mut examples) = (Vec::new(), Vec::new());
+            while let Some(&i) = rounds.peek() {
+                let c = &order[i].capability;
+                let texts = profiles.len() + examples.len();
+                if texts > 0 && texts + 1 + c.examples.len() > ROUND {
+                    break;
+                }
+                profiles.push(c.profile_text());
+                examples.extend(c.examples.iter().cloned());
+                round.push(i);
+                rounds.next();
+            }
+            let profiles = embed_all(embedder, profiles).await?;
+            let mut examples = embed_all(embedder, examples).await?.into_iter();
+            for (i, profile) in round.into_iter().zip(profiles) {
+                let n = order[i].capability.examples.len();
+                done.push((i, profile, examples.by_ref().take(n).collect()));
+            }
         }
 
         let mut refuted = Vec::new();
-        let mut next = vectors.into_iter();
-        for i in todo {
+        for (i, profile, examples) in done {
             let e = order[i];
-            let profile = next.next().unwrap_or_default();
-            let examples: Vec<Vec<f32>> = next.by_ref().take(e.capability.examples.len()).collect();
             let score = explained(&e.vector, &examples, &profile);
             let checked = if score >= MIN_EXPLAINED {
                 let w = routing.description_weight;
@@ -209,5 +266,106 @@ impl Verifier {
             pending,
             refuted,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use libp2p::PeerId;
+
+    use super::*;
+    use crate::capability::{Capability, Share, Source};
+    use crate::config::EmbedderConfig;
+
+    fn peer(seed: u8) -> PeerId {
+        libp2p::identity::Keypair::ed25519_from_bytes([seed; 32])
+            .expect("key")
+            .public()
+            .to_peer_id()
+    }
+
+    /// One capability of `node` with 16 examples (17 texts to embed), whose
+    /// announced vector its texts do not explain: checking it refutes it.
+    fn announced(node: PeerId) -> Entry {
+        Entry {
+            capability: Arc::new(Capability {
+                id: "herd/advice".parse().expect("id"),
+                kind: "llm/chat".parse().expect("kind"),
+                domain: "camelids".into(),
+                topics: Vec::new(),
+                description: "Advice on raising llamas".into(),
+                examples: (0..16).map(|i| format!("llama question {i}")).collect(),
+                backend: String::new(),
+                model: String::new(),
+                source: Source::Remote,
+                share: Share::Mesh,
+            }),
+            node: node.to_base58(),
+            local: false,
+            available: true,
+            vector: vec![0.0; 384],
+            prototypes: Vec::new(),
+            reference: None,
+            trust: Trust::Stranger,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connected_origin_is_checked_before_a_relay_s_many_older_keys() {
+        let embedder = Embedder::load(&EmbedderConfig {
+            threads: 1,
+            cache_entries: 0,
+            ..Default::default()
+        })
+        .expect("model fetched by scripts/fetch-model.sh");
+        let now = Instant::now();
+        // 20 relayed origins known for longer, then a connected newcomer
+        // whose PeerId is not the lowest: by seniority and PeerId alone it
+        // would wait behind all of them (one build takes 15 of these).
+        let mut origins: Vec<OriginState> = (1..=20)
+            .map(|i| OriginState {
+                peer: peer(i),
+                node_name: format!("relayed-{i}"),
+                seq: 1,
+                received: now,
+                since: now - Duration::from_secs(60),
+                capabilities: 1,
+                protected: false,
+            })
+            .collect();
+        let connected = peer(99);
+        origins.push(OriginState {
+            peer: connected,
+            node_name: "connected".into(),
+            seq: 1,
+            received: now,
+            since: now,
+            capabilities: 1,
+            protected: true,
+        });
+        let remote: Vec<Entry> = origins.iter().map(|o| announced(o.peer)).collect();
+        let prepared = Verifier::default()
+            .prepare(
+                &remote,
+                &origins,
+                &HashSet::new(),
+                false,
+                &embedder,
+                &RoutingConfig::default(),
+            )
+            .await
+            .expect("prepare");
+        assert!(prepared.pending > 0, "the budget left some waiting");
+        assert!(
+            prepared
+                .refuted
+                .iter()
+                .any(|(node, _, _)| *node == connected.to_base58()),
+            "the connected origin was checked in the first build"
+        );
     }
 }

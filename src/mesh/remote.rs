@@ -137,6 +137,9 @@ pub struct OriginState {
     /// until it withdraws or expires.
     pub since: Instant,
     pub capabilities: usize,
+    /// Directly connected, heard from itself or allow-listed: kept over
+    /// fresh unknown keys when the table is full, and checked first.
+    pub protected: bool,
 }
 
 impl Remote {
@@ -327,7 +330,7 @@ impl Remote {
                     .into_iter()
                     .filter_map(|r| {
                         Some(Entry {
-                            capability: Capability {
+                            capability: std::sync::Arc::new(Capability {
                                 id: r.id.parse().ok()?,
                                 kind: r.kind.parse().ok()?,
                                 domain: r.domain,
@@ -338,7 +341,7 @@ impl Remote {
                                 model: r.id,
                                 source: Source::Remote,
                                 share: Default::default(),
-                            },
+                            }),
                             node: node.clone(),
                             local: false,
                             available: r.available,
@@ -447,6 +450,7 @@ impl Remote {
                 received: o.received,
                 since: o.since,
                 capabilities: o.entries.len(),
+                protected: self.protected(p, o),
             })
             .collect();
         out.sort_by_key(|o| o.peer);

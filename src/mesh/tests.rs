@@ -7,7 +7,7 @@ use crate::capability::{Capability, Source};
 fn long_configured_texts_still_make_a_valid_update() {
     let long = "é".repeat(2000);
     let entry = Entry {
-        capability: Capability {
+        capability: std::sync::Arc::new(Capability {
             id: format!("{}/{}", "n".repeat(128), "c".repeat(128))
                 .parse()
                 .expect("id"),
@@ -20,7 +20,7 @@ fn long_configured_texts_still_make_a_valid_update() {
             model: "m".into(),
             source: Source::Config,
             share: Default::default(),
-        },
+        }),
         node: String::new(),
         local: true,
         available: true,

@@ -33,7 +33,8 @@ use fit::{Rule, Scale};
 /// One routable capability with the node that offers it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
-    pub capability: Capability,
+    /// Shared with the mesh's view and earlier tables: its texts are held once.
+    pub capability: std::sync::Arc<Capability>,
     /// PeerId (base58) of the node offering it.
     pub node: String,
     /// Whether this node offers it.

@@ -7,7 +7,7 @@ fn entry(id: &str, kind: &str, vector: Vec<f32>, local: bool) -> Entry {
     let mut v = vector;
     normalize(&mut v);
     Entry {
-        capability: Capability {
+        capability: std::sync::Arc::new(Capability {
             id: id.parse().expect("id"),
             kind: kind.parse::<Kind>().expect("kind"),
             domain: String::new(),
@@ -18,7 +18,7 @@ fn entry(id: &str, kind: &str, vector: Vec<f32>, local: bool) -> Entry {
             model: "m".into(),
             source: Source::Config,
             share: Default::default(),
-        },
+        }),
         node: if local { "self".into() } else { "peer".into() },
         local,
         available: true,
@@ -89,7 +89,7 @@ fn below_threshold_uses_default_or_fails() {
 fn a_model_known_by_name_only_takes_what_no_judged_capability_fits() {
     let mut judged = entry("a/judged", "llm/chat", vec![1.0, 0.0, 0.0], true);
     judged.reference = Some(0.9);
-    judged.capability.examples = vec!["e1".into(), "e2".into()];
+    std::sync::Arc::make_mut(&mut judged.capability).examples = vec!["e1".into(), "e2".into()];
     let general = entry("a/general", "llm/chat", vec![0.0, 0.0, 1.0], true);
     let background = fit::Background::new(&[vec![0.0, 1.0, 0.0]]);
     let table = Table::calibrated(vec![judged, general], &background);
