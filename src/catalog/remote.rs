@@ -7,12 +7,11 @@
 //!
 //! Work is bounded: texts are embedded once per change of a capability (the
 //! results are kept while the capability is), at most [`TEXTS_PER_BUILD`]
-//! per table build in rounds of a few capabilities (requests' own embeddings
-//! interleave),
-//! and for at most [`EMBED_TIME_PER_BUILD`], protected origins (connected,
-//! allow-listed) first; what is left waits for the next build, at least as
-//! long after as the last build took, so other nodes' texts take at most
-//! about half of the embedder however many are announced.
+//! per table build and for at most [`EMBED_TIME_PER_BUILD`], in rounds of a
+//! few capabilities (requests' own embeddings interleave), protected origins
+//! (connected, allow-listed) first; what is left waits for the next build,
+//! at least as long after as the last build took, so other nodes' texts take
+//! at most about half of the embedder however many are announced.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -32,7 +31,7 @@ pub const TEXTS_PER_BUILD: usize = 256;
 /// between calls.
 const ROUND: usize = 64;
 /// Longest a table build spends embedding other nodes' texts (checked
-/// between batches). With the owner's gap between builds at least as long
+/// between calls). With the owner's gap between builds at least as long
 /// as the build before, other nodes' texts take at most about half of the
 /// embedder's time, whatever their count and length.
 const EMBED_TIME_PER_BUILD: std::time::Duration = std::time::Duration::from_millis(1000);
