@@ -99,16 +99,15 @@ fn table_for(data: &Data, groups: &[Group], routing: &RoutingConfig) -> Table {
             let profile = &data.names[&g.name];
             Entry {
                 capability: std::sync::Arc::new(Capability {
-                    id: format!("clinc/{}", g.name).parse().expect("id"),
-                    kind: Kind::chat(),
                     domain: g.domain.clone(),
-                    topics: Vec::new(),
                     description: g.name.replace('_', " "),
-                    examples: Vec::new(),
-                    backend: "none".into(),
-                    model: g.name.clone(),
-                    source: Source::Config,
-                    share: Default::default(),
+                    ..Capability::new(
+                        format!("clinc/{}", g.name).parse().expect("id"),
+                        Kind::chat(),
+                        Source::Config,
+                        "none",
+                        &g.name,
+                    )
                 }),
                 node: "bench".into(),
                 local: true,

@@ -21,7 +21,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use atmosphere::capability::{Capability, Share, Source};
+use atmosphere::capability::{Capability, Kind, Source};
 use atmosphere::config::EmbedderConfig;
 use atmosphere::embed::Embedder;
 use atmosphere::routing::capability_vector;
@@ -147,16 +147,16 @@ async fn bench() {
         .map(|i| text(&format!("Question {i} about my herd:"), 256))
         .collect();
     let profile_text = Capability {
-        id: "x/y".parse().expect("id"),
-        kind: "llm/chat".parse().expect("kind"),
         domain: "camelids".into(),
         topics: topics.clone(),
         description: description.clone(),
-        examples: Vec::new(),
-        backend: String::new(),
-        model: String::new(),
-        source: Source::Remote,
-        share: Share::Mesh,
+        ..Capability::new(
+            "x/y".parse().expect("id"),
+            Kind::chat(),
+            Source::Remote,
+            "",
+            "",
+        )
     }
     .profile_text();
     let embedder =

@@ -264,6 +264,23 @@ pub struct Capability {
 }
 
 impl Capability {
+    /// A capability of `backend`'s `model` with no texts yet, shared with the
+    /// mesh: the fields a caller does not set.
+    pub fn new(id: CapabilityId, kind: Kind, source: Source, backend: &str, model: &str) -> Self {
+        Self {
+            id,
+            kind,
+            domain: String::new(),
+            topics: Vec::new(),
+            description: String::new(),
+            examples: Vec::new(),
+            backend: backend.into(),
+            model: model.into(),
+            source,
+            share: Share::Mesh,
+        }
+    }
+
     /// The text that stands for the capability when it has no examples, and is
     /// blended with them when it has: description, domain and topics.
     pub fn profile_text(&self) -> String {

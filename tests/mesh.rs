@@ -41,16 +41,15 @@ fn entry(id: &str, seed: u8) -> Entry {
     atmosphere::embed::normalize(&mut v);
     Entry {
         capability: std::sync::Arc::new(Capability {
-            id: id.parse().expect("id"),
-            kind: Kind::chat(),
             domain: "test".into(),
-            topics: Vec::new(),
             description: format!("capability {id}"),
-            examples: Vec::new(),
-            backend: "b".into(),
-            model: "m".into(),
-            source: Source::Config,
-            share: Default::default(),
+            ..Capability::new(
+                id.parse().expect("id"),
+                Kind::chat(),
+                Source::Config,
+                "b",
+                "m",
+            )
         }),
         node: String::new(),
         local: true,

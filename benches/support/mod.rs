@@ -258,18 +258,13 @@ pub async fn get(client: &reqwest::Client, url: &str) -> Option<Value> {
 pub fn local_entry(id: &str, vector: Vec<f32>) -> atmosphere::routing::Entry {
     use atmosphere::capability::{Capability, Kind, Source};
     atmosphere::routing::Entry {
-        capability: std::sync::Arc::new(Capability {
-            id: id.parse().expect("id"),
-            kind: Kind::chat(),
-            domain: String::new(),
-            topics: Vec::new(),
-            description: String::new(),
-            examples: Vec::new(),
-            backend: "b".into(),
-            model: "m".into(),
-            source: Source::Config,
-            share: Default::default(),
-        }),
+        capability: std::sync::Arc::new(Capability::new(
+            id.parse().expect("id"),
+            Kind::chat(),
+            Source::Config,
+            "b",
+            "m",
+        )),
         node: String::new(),
         local: true,
         available: true,

@@ -277,7 +277,7 @@ mod tests {
     use libp2p::PeerId;
 
     use super::*;
-    use crate::capability::{Capability, Share, Source};
+    use crate::capability::{Capability, Source};
     use crate::config::EmbedderConfig;
 
     fn peer(seed: u8) -> PeerId {
@@ -292,16 +292,16 @@ mod tests {
     fn announced(node: PeerId) -> Entry {
         Entry {
             capability: Arc::new(Capability {
-                id: "herd/advice".parse().expect("id"),
-                kind: "llm/chat".parse().expect("kind"),
                 domain: "camelids".into(),
-                topics: Vec::new(),
                 description: "Advice on raising llamas".into(),
                 examples: (0..16).map(|i| format!("llama question {i}")).collect(),
-                backend: String::new(),
-                model: String::new(),
-                source: Source::Remote,
-                share: Share::Mesh,
+                ..Capability::new(
+                    "herd/advice".parse().expect("id"),
+                    crate::capability::Kind::chat(),
+                    Source::Remote,
+                    "",
+                    "",
+                )
             }),
             node: node.to_base58(),
             local: false,

@@ -8,18 +8,19 @@ fn long_configured_texts_still_make_a_valid_update() {
     let long = "é".repeat(2000);
     let entry = Entry {
         capability: std::sync::Arc::new(Capability {
-            id: format!("{}/{}", "n".repeat(128), "c".repeat(128))
-                .parse()
-                .expect("id"),
-            kind: format!("agent/{}", "k".repeat(128)).parse().expect("kind"),
             domain: long.clone(),
             topics: vec![long.clone(); 40],
             description: long.clone(),
             examples: vec![long.clone(); 40],
-            backend: "b".into(),
-            model: "m".into(),
-            source: Source::Config,
-            share: Default::default(),
+            ..Capability::new(
+                format!("{}/{}", "n".repeat(128), "c".repeat(128))
+                    .parse()
+                    .expect("id"),
+                format!("agent/{}", "k".repeat(128)).parse().expect("kind"),
+                Source::Config,
+                "b",
+                "m",
+            )
         }),
         node: String::new(),
         local: true,

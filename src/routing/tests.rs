@@ -7,18 +7,13 @@ fn entry(id: &str, kind: &str, vector: Vec<f32>, local: bool) -> Entry {
     let mut v = vector;
     normalize(&mut v);
     Entry {
-        capability: std::sync::Arc::new(Capability {
-            id: id.parse().expect("id"),
-            kind: kind.parse::<Kind>().expect("kind"),
-            domain: String::new(),
-            topics: Vec::new(),
-            description: String::new(),
-            examples: Vec::new(),
-            backend: "b".into(),
-            model: "m".into(),
-            source: Source::Config,
-            share: Default::default(),
-        }),
+        capability: std::sync::Arc::new(Capability::new(
+            id.parse().expect("id"),
+            kind.parse::<Kind>().expect("kind"),
+            Source::Config,
+            "b",
+            "m",
+        )),
         node: if local { "self".into() } else { "peer".into() },
         local,
         available: true,
