@@ -2,7 +2,9 @@
 //! else. A node of an open mesh, a node of another mesh and a bare libp2p
 //! peer publishing validly signed updates are all refused; a revocation
 //! handed to one member spreads and takes the revoked node out everywhere;
-//! a capability shared with a role runs only for members holding it.
+//! a capability shared with a role runs only for members holding it; a
+//! member relaying an update under another member's certificate is refused
+//! and penalised.
 
 mod common;
 
@@ -96,6 +98,12 @@ fn membership(result: &str) -> String {
 
 /// `rogue/stolen`, announced with the vector its own texts give.
 async fn stolen_record() -> CapabilityRecord {
+    record("rogue/stolen").await
+}
+
+/// A llama capability with id `id`, announced with the vector its own texts
+/// give.
+async fn record(id: &str) -> CapabilityRecord {
     let embedder = Embedder::load(&EmbedderConfig {
         threads: 1,
         ..Default::default()
@@ -110,7 +118,7 @@ async fn stolen_record() -> CapabilityRecord {
         .expect("embed")
         .vectors;
     CapabilityRecord {
-        id: "rogue/stolen".into(),
+        id: id.into(),
         kind: "llm/chat".into(),
         domain: String::new(),
         topics: Vec::new(),
@@ -192,8 +200,9 @@ async fn only_members_are_heard_and_roles_decide_what_is_shared() {
         // A capability whose vector its texts give, with a member's
         // certificate presented by another key. (The peer is refused for
         // sending no hello before its update is judged: in a mutation run
-        // that let any certificate through, this test still passed. The
-        // certificate check of updates is tested on the Gate, wrong_peer.)
+        // that let any certificate through, this test still passed. A member
+        // relaying it is refused in
+        // a_member_relaying_an_update_under_a_stolen_certificate_is_refused_and_penalised.)
         body: RouteBody::Full(vec![stolen_record().await]),
         certificate: Some(
             files::read_certificate(&dir_b.path().join(files::CERTIFICATE_FILE)).expect("cert"),
@@ -265,6 +274,144 @@ async fn only_members_are_heard_and_roles_decide_what_is_shared() {
     for node in [open, foreign, b, a] {
         node.shutdown().await;
     }
+}
+
+/// A route update of `signer` announcing `record`, carrying `certificate`,
+/// encoded as gossiped.
+fn update(record: CapabilityRecord, signer: u8, certificate: Option<Signed>) -> Vec<u8> {
+    let update = RouteUpdate {
+        version: VERSION,
+        seq: unix_ms(),
+        ttl_secs: 60,
+        node_name: format!("node-{signer}"),
+        addrs: Vec::new(),
+        dim: 384,
+        body: RouteBody::Full(vec![record]),
+        certificate,
+    };
+    SignedRouteUpdate::sign(&update, &key(signer))
+        .expect("sign")
+        .encode()
+        .expect("encode")
+}
+
+/// The certificate of the peer with key `seed`.
+fn certificate(mesh: &SigningKey, seed: u8) -> Signed {
+    let grant = Grant {
+        version: member::VERSION,
+        mesh: mesh.verifying_key().to_bytes(),
+        peer: key(seed).public().to_peer_id().to_bytes(),
+        roles: Vec::new(),
+        issued_ms: unix_ms(),
+        expires_ms: None,
+    };
+    Signed::certify(&grant, mesh).expect("sign")
+}
+
+#[tokio::test]
+async fn a_member_relaying_an_update_under_a_stolen_certificate_is_refused_and_penalised() {
+    let mesh = mesh_key(4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    admit(&mesh, dir.path(), &[]);
+    let a = start(closed(
+        mesh_config(Vec::new(), Vec::new(), dir.path(), Vec::new()),
+        &mesh,
+    ))
+    .await;
+    let addr: libp2p::Multiaddr = mesh_addr(&a).await.parse().expect("addr");
+
+    // Peer 41 is a member (a bare libp2p peer saying hello as the protocol
+    // says); 43 is a member that is not connected; 42 is nobody.
+    let mut relay = Member::dial(41, certificate(&mesh, 41), &addr);
+    let owner = key(43).public().to_peer_id().to_base58();
+    let owner_certificate = certificate(&mesh, 43);
+    let stranger = key(42).public().to_peer_id().to_base58();
+    let held = |node: &Node| {
+        let node = node.http_addr;
+        async move {
+            let text = reqwest::get(format!("http://{node}/v1/mesh/capabilities"))
+                .await
+                .expect("get")
+                .text()
+                .await
+                .expect("text");
+            serde_json::from_str::<serde_json::Value>(&text).expect("json")["data"]
+                .as_array()
+                .expect("data")
+                .iter()
+                .map(|c| {
+                    let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+                    (s("id"), s("node"), s("trust"))
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let judged = tokio::time::timeout(WAIT, async {
+        while metric(&a, &membership("member")).await < 1 {
+            relay.run_for(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(judged.is_ok(), "A never took peer 41 for a member");
+
+    // Control: the member relays the other member's own update, and A takes
+    // it in, as that member's.
+    let relayed = update(
+        record("member/relayed").await,
+        43,
+        Some(owner_certificate.clone()),
+    );
+    let taken = tokio::time::timeout(WAIT, async {
+        loop {
+            relay.publish(relayed.clone());
+            relay.run_for(Duration::from_millis(200)).await;
+            let held = held(&a).await;
+            if let Some(found) = held.iter().find(|(id, _, _)| id == "member/relayed") {
+                return found.clone();
+            }
+        }
+    })
+    .await
+    .expect("A takes in a member's update relayed by another member");
+    assert_eq!(
+        taken,
+        ("member/relayed".into(), owner.clone(), "member".into())
+    );
+
+    // The same certificate on an update that key 42 signed: refused as
+    // another node's certificate, and the relay penalised for it.
+    let stolen = update(stolen_record().await, 42, Some(owner_certificate));
+    let refused = tokio::time::timeout(WAIT, async {
+        while metric(&a, &membership("wrong_peer")).await < 1 {
+            relay.publish(stolen.clone());
+            relay.run_for(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "A never refused the stolen certificate");
+    assert!(metric(&a, "atmosphere_gossip_updates_total{result=\"not_member\"}").await >= 1);
+    relay.run_for(Duration::from_secs(1)).await;
+    let held = held(&a).await;
+    assert!(
+        held.iter()
+            .all(|(id, node, _)| id != "rogue/stolen" && *node != stranger),
+        "{held:?}"
+    );
+    assert!(
+        held.iter().any(|(id, _, _)| id == "member/relayed"),
+        "{held:?}"
+    );
+    // One forged update takes the relay below gossipsub's graylist (-80).
+    let relay_id = key(41).public().to_peer_id().to_base58();
+    let peers = get_json(&a, "/v1/mesh/peers").await;
+    let score = peers["data"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .find(|p| p["peer_id"] == relay_id.as_str())
+        .and_then(|p| p["score"].as_f64());
+    assert!(score.is_some_and(|s| s < -80.0), "{peers}");
+    a.shutdown().await;
 }
 
 #[tokio::test]

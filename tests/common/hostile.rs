@@ -2,12 +2,15 @@
 //! peer built on any libp2p implementation could be, that publishes whatever
 //! the test gives it on the route topic.
 
+use std::io;
 use std::time::Duration;
 
-use futures::StreamExt;
+use atmosphere::wire::Message;
+use atmosphere::wire::member::{Certificate, Hello};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::identity::{Keypair, ed25519};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, gossipsub, noise, tcp, yamux};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, StreamProtocol, gossipsub, noise, request_response, tcp, yamux};
 
 use super::{WAIT, metric, metrics_text};
 
@@ -47,26 +50,7 @@ pub fn bare(seed: u8, signed: bool) -> Hostile {
             yamux::Config::default,
         )
         .expect("tcp")
-        .with_behaviour(|k| {
-            let (authenticity, mode) = if signed {
-                (
-                    gossipsub::MessageAuthenticity::Signed(k.clone()),
-                    gossipsub::ValidationMode::Strict,
-                )
-            } else {
-                (
-                    gossipsub::MessageAuthenticity::Anonymous,
-                    gossipsub::ValidationMode::Anonymous,
-                )
-            };
-            let config = gossipsub::ConfigBuilder::default()
-                .heartbeat_interval(Duration::from_millis(200))
-                .max_transmit_size(2 * 1024 * 1024)
-                .validation_mode(mode)
-                .build()
-                .expect("config");
-            gossipsub::Behaviour::new(authenticity, config).expect("gossipsub")
-        })
+        .with_behaviour(|k| gossip(k, signed))
         .expect("behaviour")
         .build();
     swarm
@@ -74,6 +58,28 @@ pub fn bare(seed: u8, signed: bool) -> Hostile {
         .subscribe(&topic())
         .expect("subscribe");
     swarm
+}
+
+/// Gossipsub as the hostile peers run it.
+fn gossip(k: &Keypair, signed: bool) -> gossipsub::Behaviour {
+    let (authenticity, mode) = if signed {
+        (
+            gossipsub::MessageAuthenticity::Signed(k.clone()),
+            gossipsub::ValidationMode::Strict,
+        )
+    } else {
+        (
+            gossipsub::MessageAuthenticity::Anonymous,
+            gossipsub::ValidationMode::Anonymous,
+        )
+    };
+    let config = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(Duration::from_millis(200))
+        .max_transmit_size(2 * 1024 * 1024)
+        .validation_mode(mode)
+        .build()
+        .expect("config");
+    gossipsub::Behaviour::new(authenticity, config).expect("gossipsub")
 }
 
 /// The wall clock in ms, as an origin's `seq` reads it.
@@ -145,5 +151,158 @@ pub async fn wait_lines(
             .filter(|l| l.contains("gossip") || l.contains("peers"))
             .collect();
         panic!("counters never reached {want:?}: {gossip:#?}");
+    }
+}
+
+/// The member hello (`/atmosphere/member/1.0.0`) as protocols/membership.md
+/// gives it: one encoded `Hello` each way, written whole and closed.
+#[derive(Clone, Default)]
+pub struct HelloCodec;
+
+impl request_response::Codec for HelloCodec {
+    type Protocol = StreamProtocol;
+    type Request = Hello;
+    type Response = Hello;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Hello> {
+        read_hello(io).await
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Hello> {
+        read_hello(io).await
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        hello: Hello,
+    ) -> io::Result<()> {
+        write_hello(io, &hello).await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        hello: Hello,
+    ) -> io::Result<()> {
+        write_hello(io, &hello).await
+    }
+}
+
+async fn read_hello<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Hello> {
+    let mut bytes = Vec::new();
+    io.read_to_end(&mut bytes).await?;
+    Hello::decode(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+}
+
+async fn write_hello<T: AsyncWrite + Unpin + Send>(io: &mut T, hello: &Hello) -> io::Result<()> {
+    let bytes = hello
+        .encode()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    io.write_all(&bytes).await?;
+    io.close().await
+}
+
+/// A bare peer that is a member of a closed mesh: it says hello with its
+/// certificate and gossips on the route topic whatever the test gives it.
+#[derive(NetworkBehaviour)]
+pub struct MemberPeer {
+    pub gossipsub: gossipsub::Behaviour,
+    pub hello: request_response::Behaviour<HelloCodec>,
+}
+
+pub struct Member {
+    pub swarm: libp2p::Swarm<MemberPeer>,
+    hello: Hello,
+}
+
+impl Member {
+    /// Peer `seed` holding `certificate`, connected to the node at `addr`.
+    pub fn dial(seed: u8, certificate: Certificate, addr: &Multiaddr) -> Self {
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key(seed))
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .expect("tcp")
+            .with_behaviour(|k| MemberPeer {
+                gossipsub: gossip(k, true),
+                hello: request_response::Behaviour::new(
+                    [(
+                        StreamProtocol::new(atmosphere::wire::MEMBER_PROTOCOL),
+                        request_response::ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default(),
+                ),
+            })
+            .expect("behaviour")
+            .build();
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic())
+            .expect("subscribe");
+        swarm.dial(addr.clone()).expect("dial");
+        let hello = Hello {
+            version: atmosphere::wire::member::VERSION,
+            certificate: Some(certificate),
+            revocations: Vec::new(),
+        };
+        Self { swarm, hello }
+    }
+
+    /// Publishes `message` on the route topic (again, until the node has
+    /// joined the topic's mesh with this peer).
+    pub fn publish(&mut self, message: Vec<u8>) {
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic(), message);
+    }
+
+    /// Drives the swarm for `time`, saying hello to each peer that connects
+    /// and answering its hello.
+    pub async fn run_for(&mut self, time: Duration) {
+        let _ = tokio::time::timeout(time, async {
+            loop {
+                match self.swarm.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                        let hello = self.hello.clone();
+                        self.swarm
+                            .behaviour_mut()
+                            .hello
+                            .send_request(&peer_id, hello);
+                    }
+                    SwarmEvent::Behaviour(MemberPeerEvent::Hello(
+                        request_response::Event::Message {
+                            message: request_response::Message::Request { channel, .. },
+                            ..
+                        },
+                    )) => {
+                        let hello = self.hello.clone();
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .hello
+                            .send_response(channel, hello);
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await;
     }
 }

@@ -198,8 +198,6 @@ pub async fn get_json(node: &Node, path: &str) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
 }
 
-/// The value of the first line of a node's `/metrics` that starts with `line`
-/// (a metric name with its labels); 0 when absent.
 /// The node's `/metrics` text.
 pub async fn metrics_text(node: &Node) -> String {
     reqwest::get(format!("http://{}/metrics", node.http_addr))
@@ -224,6 +222,8 @@ pub async fn route_decision(node: &Node, input: &str) -> serde_json::Value {
         .take()
 }
 
+/// The value of the first line of a node's `/metrics` that starts with `line`
+/// (a metric name with its labels); 0 when absent.
 pub async fn metric(node: &Node, line: &str) -> u64 {
     let text = metrics_text(node).await;
     text.lines()
