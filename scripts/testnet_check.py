@@ -10,7 +10,11 @@ verifies that
   * a question whose capability is offered by no node that is up gets a clear
     OpenAI-style error, or an answer from another capability that is up;
   * a question with no capability (nothing in the testnet fits it) is refused
-    with a 404 `no_capability_fits` by every node.
+    with a 404 `no_capability_fits` by every node;
+  * a capability offered by several nodes that are up has its requests spread
+    over them: SPREAD_REQUESTS requests naming it, SPREAD_CLIENTS at a time,
+    from a node that does not offer it; the count per provider is printed,
+    and a provider that got none is a problem.
 
 Which nodes are up is read from Docker, not assumed. With --wait it retries
 until everything holds or the time runs out, and prints how long that took.
@@ -29,6 +33,8 @@ import urllib.request
 from pathlib import Path
 
 REQUEST_TIMEOUT = 15
+SPREAD_REQUESTS = 40
+SPREAD_CLIENTS = 4
 
 
 def docker(*args):
@@ -46,7 +52,7 @@ class Node:
         self.container = container
         self.name = name  # node name peers see (config, or the host name)
         self.ip = ip  # on the testnet network; None when cut off or stopped
-        self.capabilities = capabilities  # capability id -> backend name
+        self.capabilities = capabilities  # capability id -> backend names
 
     @property
     def up(self):
@@ -68,7 +74,9 @@ def discover(project, testnet_dir):
             continue  # a backend
         config = tomllib.loads(config_path.read_text())
         name = config.get("node", {}).get("name") or info["Config"]["Hostname"]
-        caps = {c["id"]: c["backend"] for c in config.get("capability", [])}
+        # capability id -> its backends (one name, or a list of names)
+        caps = {c["id"]: c["backend"] if isinstance(c["backend"], list) else [c["backend"]]
+                for c in config.get("capability", [])}
         ip = None
         if info["State"]["Running"]:
             net = info["NetworkSettings"]["Networks"].get(network)
@@ -93,7 +101,7 @@ def check_once(nodes, questions):
     up = [n for n in nodes if n.up]
     down = [n for n in nodes if not n.up]
     expected = {(cap, n.name) for n in up for cap in n.capabilities}
-    owners = {}  # capability -> {name of an up node offering it: its backend}
+    owners = {}  # capability -> {name of an up node offering it: its backends}
     for n in up:
         for cap, backend in n.capabilities.items():
             owners.setdefault(cap, {})[n.name] = backend
@@ -148,7 +156,7 @@ def check_once(nodes, questions):
                 backend = content[1:].split("]", 1)[0] if content.startswith("[") else None
                 if status != 200:
                     problems.append(f"{n.service}: {q['text']!r}: {status} {reply.get('error', {}).get('message')}")
-                elif route != cap or owners[cap].get(answered_by) != backend:
+                elif route != cap or backend not in owners[cap].get(answered_by, []):
                     problems.append(f"{n.service}: {q['text']!r}: answered by {route} on {answered_by} "
                                     f"(backend {backend}), expected {cap}")
                 else:
@@ -167,6 +175,51 @@ def check_once(nodes, questions):
                 else:
                     answers += 1
     return problems, answers, True
+
+
+def spread(nodes):
+    """How requests naming a capability that several up nodes offer were
+    spread over them: (report lines, problems)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    up = [n for n in nodes if n.up]
+    owners = {}
+    for n in up:
+        for cap in n.capabilities:
+            owners.setdefault(cap, []).append(n.name)
+    lines, problems = [], []
+    for cap, names in sorted(owners.items()):
+        if len(names) < 2:
+            continue
+        sender = next((n for n in up if cap not in n.capabilities), up[0])
+        peer_names = {}
+        status, _, body = http("GET", sender.url("/v1/mesh/capabilities"))
+        if status == 200:
+            peer_names = {c["node"]: c.get("node_name") for c in json.loads(body)["data"]}
+
+        def one(_):
+            body = {"model": cap, "messages": [{"role": "user", "content": "Plan a day out."}]}
+            try:
+                status, headers, _ = http("POST", sender.url("/v1/chat/completions"), body)
+            except OSError as e:
+                return f"error: {e}"
+            if status != 200:
+                return f"status {status}"
+            node = {k.lower(): v for k, v in headers.items()}.get("x-atmosphere-node")
+            return peer_names.get(node, node)
+
+        with ThreadPoolExecutor(SPREAD_CLIENTS) as pool:
+            answers = list(pool.map(one, range(SPREAD_REQUESTS)))
+        counts = {name: answers.count(name) for name in sorted(names)}
+        failed = [a for a in answers if a not in counts]
+        lines.append(f"spread: {cap} from {sender.service}, {SPREAD_REQUESTS} requests {SPREAD_CLIENTS} at a time: "
+                     + ", ".join(f"{name} {k}" for name, k in counts.items())
+                     + (f"; {len(failed)} failed ({failed[0]})" if failed else ""))
+        problems += [f"{sender.service}: {cap}: {name} got none of {SPREAD_REQUESTS} requests"
+                     for name, k in counts.items() if k == 0]
+        if failed:
+            problems.append(f"{sender.service}: {cap}: {len(failed)} of {SPREAD_REQUESTS} requests failed: {failed[0]}")
+    return lines, problems
 
 
 def main():
@@ -189,10 +242,13 @@ def main():
             return 1
         up = [n for n in nodes if n.up]
         pass_started = time.monotonic() - start
+        spread_lines = []
         if not up:
             problems, answers, lists_ok = ["no node of the testnet is up"], 0, False
         else:
             problems, answers, lists_ok = check_once(nodes, questions)
+            if not problems:
+                spread_lines, problems = spread(nodes)
         elapsed = time.monotonic() - start
         if lists_ok and lists_agreed is None:
             lists_agreed = pass_started
@@ -203,6 +259,8 @@ def main():
                   f"{len(down)} down{' (' + ', '.join(down) + ')' if down else ''}; "
                   f"every node lists {len(caps)} capabilities ({', '.join(caps)}); "
                   f"{answers} answers as expected")
+            for line in spread_lines:
+                print(f"check: {line}")
             return 0
         if elapsed >= args.wait:
             print(f"check: FAILED after {elapsed:.1f} s ({len(problems)} problems):", file=sys.stderr)

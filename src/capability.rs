@@ -253,8 +253,9 @@ pub struct Capability {
     pub topics: Vec<String>,
     pub description: String,
     pub examples: Vec<String>,
-    /// Name of the backend that runs it.
-    pub backend: String,
+    /// Names of the backends that run it (one or more; requests are spread
+    /// over them).
+    pub backends: Vec<String>,
     /// Model name at the backend.
     pub model: String,
     pub source: Source,
@@ -274,7 +275,7 @@ impl Capability {
             topics: Vec::new(),
             description: String::new(),
             examples: Vec::new(),
-            backend: backend.into(),
+            backends: vec![backend.into()],
             model: model.into(),
             source,
             share: Share::Mesh,

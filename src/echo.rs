@@ -57,6 +57,15 @@ pub struct Echo {
     pub chunk_delay: Duration,
     /// Pause for [`Fault::Stall`].
     pub stall: Duration,
+    /// Time each answer takes before its first byte, like a model's time to
+    /// first token.
+    pub latency: Duration,
+    /// Answers worked on at once, like a GPU's batch slots; the rest wait
+    /// their turn. A slot is held until the answer is sent (a stream's,
+    /// until it starts). 0: no limit.
+    pub slots: usize,
+    /// Holds the slots while serving.
+    busy: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Echo {
@@ -68,11 +77,15 @@ impl Echo {
             fault: Fault::None,
             chunk_delay: Duration::ZERO,
             stall: Duration::from_secs(30),
+            latency: Duration::ZERO,
+            slots: 0,
+            busy: None,
         }
     }
 
     /// The server's routes.
-    pub fn router(self) -> Router {
+    pub fn router(mut self) -> Router {
+        self.busy = (self.slots > 0).then(|| Arc::new(tokio::sync::Semaphore::new(self.slots)));
         let state = Arc::new(self);
         Router::new()
             .route("/v1/models", get(list_openai))
@@ -150,6 +163,15 @@ async fn project_chat(
 }
 
 async fn answer(e: Arc<Echo>, raw: Bytes, project: Option<String>, chat: bool) -> Response {
+    // A slot is held while the answer is worked on (never closed: `acquire`
+    // cannot fail).
+    let _slot = match &e.busy {
+        Some(slots) => slots.clone().acquire_owned().await.ok(),
+        None => None,
+    };
+    if !e.latency.is_zero() {
+        tokio::time::sleep(e.latency).await;
+    }
     match e.fault {
         Fault::Error => {
             return (

@@ -3,6 +3,7 @@
 
 pub mod answer;
 pub mod backend;
+pub mod balance;
 pub mod capability;
 pub mod catalog;
 pub mod cli;

@@ -119,6 +119,7 @@ impl Node {
             metrics,
             request_timeout: config.http.request_timeout,
             mesh: link.clone(),
+            balancer: crate::balance::Balancer::new(config.balance.clone()),
         });
         if let Some(client) = link.as_ref().map(|l| &l.client) {
             let per_peer = config.mesh.as_ref().map_or(1, |m| m.peer_requests);

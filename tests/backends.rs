@@ -125,7 +125,7 @@ async fn down_backend_is_marked_unavailable_skipped_and_comes_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut caps = farm_capabilities("good");
     // The best match for llama questions lives on the dead backend.
-    caps[0].backend = "flaky".into();
+    caps[0].backend = vec!["flaky".into()];
     caps.push(capability(
         "farm/animals",
         "good",

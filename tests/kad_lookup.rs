@@ -129,7 +129,7 @@ async fn a_node_that_gossip_has_not_reached_finds_the_provider_in_the_dht() {
     // and domain there.
     let farm = spawn_echo(Echo::new("farm-backend", Flavour::Openai, &["llama3.2"])).await;
     let mut llama = farm_capabilities("farm")[0].clone();
-    llama.backend = "farm".into();
+    llama.backend = vec!["farm".into()];
     llama.domain = "Camelids".into();
     let dir_provider = tempfile::tempdir().expect("tempdir");
     let provider = start(mesh_config(

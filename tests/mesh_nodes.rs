@@ -413,9 +413,9 @@ async fn served_by(node: &Node, model: &str) -> (u16, Option<String>) {
     (resp.status().as_u16(), at)
 }
 
-/// Copies of one id on several nodes: the local one is never shadowed, a
-/// later copy elsewhere does not take the requests of the one known longer,
-/// and `id@node` picks one.
+/// Copies of one id on several nodes: the local one is never shadowed,
+/// copies elsewhere that are as trusted share the requests (a copy whose
+/// backend is down gets none), and `id@node` picks one.
 #[tokio::test]
 async fn a_capability_id_belongs_to_the_node_that_announces_it() {
     let dirs: Vec<_> = (0..4)
@@ -444,12 +444,11 @@ async fn a_capability_id_belongs_to_the_node_that_announces_it() {
     .await;
     let id = |n: &Node| Some(n.peer_id.to_base58());
 
-    // Elsewhere only: the copy known longest, every time.
-    for _ in 0..10 {
-        assert_eq!(
-            served_by(&charlie, "farm/llama-expert").await,
-            (200, id(&alpha))
-        );
+    // Elsewhere only: the copies that can serve it, never delta's.
+    for _ in 0..20 {
+        let (status, at) = served_by(&charlie, "farm/llama-expert").await;
+        assert_eq!(status, 200);
+        assert!(at == id(&alpha) || at == id(&bravo), "{at:?}");
     }
     // Named: that node's copy, by name or PeerId.
     assert_eq!(

@@ -391,7 +391,7 @@ async fn a_flooding_peer_gets_its_quota_and_another_peer_is_served() {
     let fast = spawn_echo(Echo::new("farm-backend", Flavour::Openai, &["llama3.2"])).await;
     let caps = farm_capabilities("fast");
     let mut coder = caps[1].clone();
-    coder.backend = "slow".into();
+    coder.backend = vec!["slow".into()];
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = mesh_config(
         vec![
@@ -472,7 +472,7 @@ async fn a_stream_over_the_peers_quota_is_refused_with_a_reason() {
     slow.stall = Duration::from_secs(60);
     let slow = spawn_echo(slow).await;
     let mut coder = farm_capabilities("slow")[1].clone();
-    coder.backend = "slow".into();
+    coder.backend = vec!["slow".into()];
     let dir = tempfile::tempdir().expect("tempdir");
     let node = start(mesh_config(
         vec![backend("slow", BackendKind::Openai, slow, false)],

@@ -48,7 +48,7 @@ fn configured(caps: &[Cap], backend: &str) -> Vec<CapabilityConfig> {
             topics: c.topics.clone(),
             description: c.description.clone(),
             examples: c.examples.clone(),
-            backend: backend.into(),
+            backend: vec![backend.into()],
             model: Some("m".into()),
             share: Default::default(),
         })

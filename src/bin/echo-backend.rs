@@ -29,6 +29,12 @@ struct Args {
     /// Milliseconds between streamed chunks.
     #[arg(long, default_value_t = 0)]
     chunk_delay_ms: u64,
+    /// Milliseconds each answer takes before its first byte.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Answers worked on at once (the rest queue); 0: no limit.
+    #[arg(long, default_value_t = 0)]
+    slots: usize,
 }
 
 #[tokio::main]
@@ -38,6 +44,8 @@ async fn main() {
     echo.models = args.model;
     echo.fault = args.fault;
     echo.chunk_delay = Duration::from_millis(args.chunk_delay_ms);
+    echo.latency = Duration::from_millis(args.latency_ms);
+    echo.slots = args.slots;
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {

@@ -302,7 +302,7 @@ impl Owner {
         // model: what it leaves out comes from the backend.
         let found = |c: &CapabilityConfig| {
             self.discovered
-                .get(&c.backend)
+                .get(&c.backend[0])
                 .and_then(|found| found.iter().find(|d| d.id == c.id))
         };
         let mut out: Vec<Capability> = self
@@ -317,7 +317,7 @@ impl Owner {
                     topics: c.topics.clone(),
                     description: c.description.clone(),
                     examples: c.examples.clone(),
-                    backend: c.backend.clone(),
+                    backends: c.backend.clone(),
                     model: c.model.clone().unwrap_or_else(|| c.id.name().to_owned()),
                     source: Source::Config,
                     share: c.share.clone(),
@@ -352,7 +352,7 @@ impl Owner {
                     topics: d.topics.clone(),
                     description: d.description.clone(),
                     examples: Vec::new(),
-                    backend: backend.clone(),
+                    backends: vec![backend.clone()],
                     model: d.model.clone(),
                     source: Source::Discovered,
                     share: Default::default(),
@@ -431,8 +431,8 @@ impl Owner {
             .setup
             .backends
             .iter()
-            .find(|b| b.name() == capability.backend)
-            .is_some_and(|b| b.is_available());
+            .filter(|b| capability.backends.iter().any(|n| n == b.name()))
+            .any(|b| b.is_available());
         let weight = self.setup.routing.description_weight;
         Some(Entry {
             vector: capability_vector(&examples, profile, weight),

@@ -115,8 +115,10 @@ pub struct CapabilityConfig {
     /// Requests it should receive; the strongest routing signal.
     #[serde(default)]
     pub examples: Vec<String>,
-    /// Name of the `[[backend]]` that runs it.
-    pub backend: String,
+    /// Name of the `[[backend]]` that runs it, or a list of them (the same
+    /// model on several backends: requests are spread over them).
+    #[serde(deserialize_with = "one_or_many")]
+    pub backend: Vec<String>,
     /// Model name at the backend; defaults to the id's name part.
     #[serde(default)]
     pub model: Option<String>,
@@ -128,4 +130,29 @@ pub struct CapabilityConfig {
 
 fn default_kind() -> Kind {
     Kind::chat()
+}
+
+/// A backend name, or a list of them.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct Names;
+    impl<'de> serde::de::Visitor<'de> for Names {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a backend name or a list of backend names")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<String>, E> {
+            Ok(vec![v.to_owned()])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<String>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(name) = seq.next_element::<String>()? {
+                out.push(name);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(Names)
 }

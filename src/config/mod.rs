@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub use backends::{BackendConfig, BackendKind, CapabilityConfig};
 pub use mesh::{MeshConfig, authority_text, parse_authority};
-pub use routing::{AutoOrigins, RoutingConfig};
+pub use routing::{AutoOrigins, BalanceConfig, RoutingConfig, Strategy};
 
 /// Everything a node reads at start.
 #[derive(Debug, Clone, Deserialize)]
@@ -27,6 +27,8 @@ pub struct Config {
     pub embedder: EmbedderConfig,
     /// How `model: "auto"` is decided.
     pub routing: RoutingConfig,
+    /// How requests are spread over providers of one service.
+    pub balance: BalanceConfig,
     /// The peer-to-peer mesh; `None` for a standalone node (`enabled = false`
     /// in the file's `[mesh]`).
     #[serde(deserialize_with = "mesh::section")]
@@ -46,6 +48,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             embedder: EmbedderConfig::default(),
             routing: RoutingConfig::default(),
+            balance: BalanceConfig::default(),
             mesh: Some(MeshConfig::default()),
             backends: Vec::new(),
             capabilities: Vec::new(),
@@ -201,12 +204,26 @@ impl Config {
             if !ids.insert(&c.id) {
                 return invalid(format!("capability {} is defined twice", c.id));
             }
-            if !names.contains(c.backend.as_str()) {
-                return invalid(format!(
-                    "capability {} names backend {:?}, which no [[backend]] defines",
-                    c.id, c.backend
-                ));
+            if c.backend.is_empty() {
+                return invalid(format!("capability {} names no backend", c.id));
             }
+            for b in &c.backend {
+                if !names.contains(b.as_str()) {
+                    return invalid(format!(
+                        "capability {} names backend {b:?}, which no [[backend]] defines",
+                        c.id
+                    ));
+                }
+            }
+        }
+        if !(0.0..=1.0).contains(&self.balance.margin) {
+            return invalid("balance.margin must be between 0 and 1".into());
+        }
+        if ::http::HeaderName::from_bytes(self.balance.session_header.as_bytes()).is_err() {
+            return invalid(format!(
+                "balance.session_header {:?} is not a valid header name",
+                self.balance.session_header
+            ));
         }
         if let Some(t) = self.routing.threshold
             && !(-1.0..=1.0).contains(&t)

@@ -57,3 +57,42 @@ impl Default for RoutingConfig {
         }
     }
 }
+
+/// `[balance]`: how requests are spread over the providers of one service
+/// (see `balance`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BalanceConfig {
+    /// `"least_cost"` (the default: the cheapest provider by time to first
+    /// byte, requests in flight and errors), `"power_of_two"` (the cheaper
+    /// of two drawn at random), `"round_robin"`, or `"first"` (always the
+    /// first in the order of `copies`, the others only when it fails).
+    pub strategy: Strategy,
+    /// For `auto`: capabilities scoring within this much of the best (and as
+    /// trusted) share its requests.
+    pub margin: f32,
+    /// The request header whose value keeps a client's requests on one
+    /// provider while it is healthy (the body's `user` field does too).
+    pub session_header: String,
+}
+
+/// `balance.strategy`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    #[default]
+    LeastCost,
+    PowerOfTwo,
+    RoundRobin,
+    First,
+}
+
+impl Default for BalanceConfig {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::LeastCost,
+            margin: 0.01,
+            session_header: "x-session-id".into(),
+        }
+    }
+}

@@ -1,17 +1,20 @@
-//! The sending side of `/atmosphere/intent/1.0.0` (a whole answer) and
-//! `/atmosphere/stream/1.0.0` (events as they are produced), with failover:
-//! while none of the answer has arrived, an unreachable node, a 503 or a 429
-//! (this node's quota there is used up) moves
-//! the request on to the next candidate. Spec: `protocols/intent.md`.
+//! Trying a request's providers in order, and the sending side of
+//! `/atmosphere/intent/1.0.0` (a whole answer) and `/atmosphere/stream/1.0.0`
+//! (events as they are produced), with failover: while none of the answer
+//! has arrived, an unreachable node, a 503 or a 429 (this node's quota there
+//! is used up) moves the request on to the next provider. Spec:
+//! `protocols/intent.md`.
 
 use std::time::{Duration, Instant};
 
 use ::http::StatusCode;
 use bytes::Bytes;
+use futures::StreamExt;
 use libp2p::PeerId;
 
-use super::{Answer, ApiError, Core, Request, Target};
+use super::{Answer, ApiError, Core, Request};
 use crate::answer::{Event, Reply};
+use crate::balance::Provider;
 use crate::network::{self, frames};
 use crate::wire::Message;
 use crate::wire::intent::{self, IntentRequest, StreamFrame};
@@ -54,32 +57,40 @@ impl Miss {
     }
 }
 
-/// Sends the request to the node that offers the capability, then to the
-/// fallbacks in order while a node cannot be reached or answers 503 or 429 before
-/// any of its answer arrived.
-pub(super) async fn forward(
+/// Runs the request on the providers in order: the first, then the next
+/// while a node cannot be reached or answers 503 or 429, or a local backend
+/// cannot be reached or is busy, before any of the answer arrived. Each
+/// attempt holds a lease from the balancer, so that what happens is counted
+/// against that provider.
+pub(super) async fn run_in_order(
     core: &Core,
-    target: Target,
-    request: Request,
+    order: Vec<Provider>,
+    mut request: Request,
 ) -> Result<Answer, ApiError> {
-    let Some(client) = core.mesh.as_ref().map(|m| m.client.clone()) else {
-        return Err(ApiError::internal(
-            "forward",
-            "remote entry without a network",
-        ));
-    };
     let started = Instant::now();
-    let mut candidates = vec![(target.entry, target.score)];
-    candidates.extend(target.fallbacks);
+    let client = core.mesh.as_ref().map(|m| m.client.clone());
+    let count = order.len();
     let mut last_error = None;
-    for (i, (entry, score)) in candidates.into_iter().enumerate() {
+    for (i, provider) in order.into_iter().enumerate() {
         if i > 0 {
             core.metrics.forward("failover");
         }
-        if entry.local {
-            return core.run_local(&entry, score, request).await;
+        let more = i + 1 < count;
+        let lease = core.balancer.lease(&provider);
+        if provider.entry.local {
+            match core.run_local(&provider, lease, request, more).await {
+                Ok(answer) => return Ok(answer),
+                Err((e, Some(again))) => {
+                    tracing::warn!(backend = ?provider.backend, error = %e.message, "backend could not serve; trying the next provider");
+                    last_error = Some(e.message.clone());
+                    request = again;
+                    continue;
+                }
+                Err((e, None)) => return Err(e),
+            }
         }
-        let Ok(peer) = entry.node.parse::<PeerId>() else {
+        let entry = &provider.entry;
+        let (Some(client), Ok(peer)) = (&client, entry.node.parse::<PeerId>()) else {
             continue;
         };
         let remaining = core.request_timeout.saturating_sub(started.elapsed());
@@ -95,7 +106,7 @@ pub(super) async fn forward(
             tokio::time::timeout(remaining, async {
                 let mut tries = 0;
                 loop {
-                    match open_stream(core, &client, peer, intent.clone()).await {
+                    match open_stream(core, client, peer, intent.clone()).await {
                         Err(Miss::Dropped(e)) if tries < STREAM_RETRIES => {
                             tries += 1;
                             tracing::debug!(%peer, error = %e, "stream dropped on arrival; opening another");
@@ -108,24 +119,44 @@ pub(super) async fn forward(
             })
             .await
         } else {
-            tokio::time::timeout(remaining, whole(&client, peer, intent)).await
+            tokio::time::timeout(remaining, whole(client, peer, intent)).await
         };
         match attempt {
             Ok(Ok(reply)) => {
                 core.metrics.forward("ok");
+                let reply = match reply {
+                    Reply::Whole { status, body } => {
+                        if status >= 500 {
+                            lease.failed();
+                        } else {
+                            lease.answered();
+                        }
+                        Reply::Whole { status, body }
+                    }
+                    Reply::Stream(events) => {
+                        lease.answered();
+                        Reply::Stream(Box::pin(events.inspect(move |event| {
+                            if matches!(event, Event::Failed { .. }) {
+                                lease.broke();
+                            }
+                        })))
+                    }
+                };
                 return Ok(Answer {
                     capability: entry.capability.id.clone(),
                     node: entry.node.clone(),
-                    score,
+                    score: provider.score,
                     reply,
                 });
             }
             Ok(Err(miss)) => {
+                lease.failed();
                 tracing::warn!(%peer, reason = %miss, "forwarding failed before the answer began");
                 core.metrics.forward(miss.label());
                 last_error = Some(miss.to_string());
             }
             Err(_) => {
+                lease.failed();
                 core.metrics.forward("timeout");
                 return Err(ApiError::new(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -141,7 +172,7 @@ pub(super) async fn forward(
         StatusCode::SERVICE_UNAVAILABLE,
         "api_error",
         format!(
-            "No node that offers this capability could serve it: {}.",
+            "No provider of this capability could serve it: {}.",
             last_error.unwrap_or_else(|| "no reachable node".into())
         ),
     )
@@ -153,7 +184,7 @@ pub(super) async fn forward(
 const STREAM_RETRIES: u64 = 2;
 
 /// Whether an answer says "not now" (try another node) rather than answering.
-fn busy(status: u16) -> bool {
+pub(super) fn busy(status: u16) -> bool {
     status == 503 || status == 429
 }
 

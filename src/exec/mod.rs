@@ -29,11 +29,12 @@ pub use serve::{serve_intents, serve_streams};
 
 use crate::answer::{Event, Reply};
 use crate::backend::{Backend, Op};
+use crate::balance::{Balancer, Lease, Provider};
 use crate::capability::CapabilityId;
 use crate::catalog::Catalog;
 use crate::embed::Embedder;
 use crate::metrics::Metrics;
-use crate::routing::{Entry, Router};
+use crate::routing::Router;
 
 /// What the core works with; shared by every request.
 pub struct Parts {
@@ -49,6 +50,8 @@ pub struct Parts {
     pub request_timeout: Duration,
     /// The way into the mesh, when the node is part of one.
     pub mesh: Option<Mesh>,
+    /// Spreads requests over the providers of one service.
+    pub balancer: Balancer,
 }
 
 /// What the core uses of the mesh.
@@ -84,6 +87,19 @@ pub struct Request {
     pub raw: Bytes,
     /// Whether the client wants the answer as a stream of events.
     pub stream: bool,
+    /// Keeps the client's requests on one provider while it is healthy
+    /// ([`session_of`]).
+    pub session: Option<String>,
+}
+
+/// The session key of a request: the session header's value when the
+/// client sent one, else the body's `user` field (OpenAI's end-user id).
+pub fn session_of(body: &Map<String, Value>, header: Option<&str>) -> Option<String> {
+    header
+        .filter(|h| !h.is_empty())
+        .or_else(|| body.get("user").and_then(Value::as_str))
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
 }
 
 /// A capability's answer, and who gave it.
@@ -102,33 +118,37 @@ impl Core {
         Self(Arc::new(parts))
     }
 
-    /// Runs the request on the target: on this node's backend, or forwarded
-    /// to the node that offers it (and on to the fallbacks while none of the
-    /// answer has arrived).
+    /// Runs the request on the target: the provider the balancer picks from
+    /// the group first, on this node's backend or forwarded to the node that
+    /// offers it, then the others while none of the answer has arrived.
     pub async fn run(&self, target: Target, request: Request) -> Result<Answer, ApiError> {
-        if target.entry.local {
-            return self.run_local(&target.entry, target.score, request).await;
-        }
-        forward::forward(self, target, request).await
+        let mut order = self
+            .balancer
+            .order(target.group, request.session.as_deref());
+        order.extend(target.fallbacks);
+        forward::run_in_order(self, order, request).await
     }
 
-    /// Runs the request on the backend of a capability of this node.
+    /// Runs the request on one backend of a capability of this node.
+    /// `Err(Some(request))`: the backend could not be reached, or answered
+    /// 503 or 429, and the request may go to the next provider.
     async fn run_local(
         &self,
-        entry: &Entry,
-        score: Option<f32>,
+        provider: &Provider,
+        lease: Lease,
         request: Request,
-    ) -> Result<Answer, ApiError> {
-        let backend = self
-            .backends
-            .get(&entry.capability.backend)
-            .cloned()
-            .ok_or_else(|| {
-                ApiError::internal(
-                    "dispatch",
-                    format!("no backend {}", entry.capability.backend),
-                )
-            })?;
+        more: bool,
+    ) -> Result<Answer, (ApiError, Option<Request>)> {
+        let entry = &provider.entry;
+        let name = provider.backend.as_deref().unwrap_or_default();
+        let Some(backend) = self.backends.get(name).cloned() else {
+            return Err((
+                ApiError::internal("dispatch", format!("no backend {name}")),
+                None,
+            ));
+        };
+        // The body goes to the backend; a copy stays for the next provider.
+        let kept = more.then(|| request.body.clone());
         let called = backend
             .call(
                 request.op,
@@ -140,10 +160,12 @@ impl Core {
             .await;
         let reply = match called {
             Ok(Reply::Stream(events)) => {
+                lease.answered();
                 let metrics = self.metrics.clone();
                 let name = backend.name().to_owned();
                 Reply::Stream(Box::pin(events.inspect(move |event| {
                     if let Event::Failed { code, .. } = event {
+                        lease.broke();
                         let label = match code.as_str() {
                             "backend_stream_error" => "stream",
                             "backend_bad_response" => "bad_response",
@@ -153,24 +175,54 @@ impl Core {
                     }
                 })))
             }
-            Ok(whole @ Reply::Whole { status, .. }) => {
+            Ok(Reply::Whole { status, body }) => {
                 if status >= 400 {
                     self.metrics.backend_error(backend.name(), "status");
                 }
-                whole
+                if status >= 500 || status == 429 {
+                    lease.failed();
+                } else {
+                    lease.answered();
+                }
+                if forward::busy(status)
+                    && let Some(body) = kept
+                {
+                    let again = Request { body, ..request };
+                    return Err((busy_backend(backend.name(), status), Some(again)));
+                }
+                Reply::Whole { status, body }
             }
             Err(e) => {
+                lease.failed();
                 self.metrics.backend_error(backend.name(), e.label());
-                return Err(e.into());
+                let retry = match &e {
+                    crate::backend::Error::Unreachable { .. } => true,
+                    crate::backend::Error::Status { status, .. } => forward::busy(*status),
+                    _ => false,
+                };
+                let again = kept
+                    .filter(|_| retry)
+                    .map(|body| Request { body, ..request });
+                return Err((e.into(), again));
             }
         };
         Ok(Answer {
             capability: entry.capability.id.clone(),
             node: entry.node.clone(),
-            score,
+            score: provider.score,
             reply,
         })
     }
+}
+
+/// A local backend that answered "not now".
+fn busy_backend(name: &str, status: u16) -> ApiError {
+    ApiError::new(
+        ::http::StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        format!("Backend `{name}` is busy (it answered {status})."),
+    )
+    .code("backend_busy")
 }
 
 /// Operations as the intent protocol names them, and back.

@@ -10,32 +10,21 @@ use ::http::StatusCode;
 
 use super::{ApiError, Core};
 use crate::backend::Op;
+use crate::balance::Provider;
 use crate::capability::{CapabilityId, Kind};
 use crate::mesh::{LOOKUP_WAIT, Wanted};
 use crate::metrics::DecisionLabels;
-use crate::routing::{self, Decision, Entry, Need, Outcome};
+use crate::routing::{self, Candidate, Decision, Entry, Need, Outcome, Trust};
 
 /// The pseudo-model that asks the node to route by meaning.
 pub const AUTO: &str = "auto";
 
-/// Where a request goes, and why.
+/// Where a request may go: a group of equally good providers, among which
+/// the balancer picks by load, and the providers to fail over to after them.
 pub struct Target {
-    pub entry: Arc<Entry>,
-    /// Routing score for `auto`; `None` for an explicit model.
-    pub score: Option<f32>,
-    /// Where to go if `entry`'s node cannot be reached, best first.
-    pub fallbacks: Vec<(Arc<Entry>, Option<f32>)>,
-}
-
-impl Target {
-    /// A capability this node offers, named by id (no fallbacks).
-    pub fn local(entry: Arc<Entry>) -> Self {
-        Self {
-            entry,
-            score: None,
-            fallbacks: Vec::new(),
-        }
-    }
+    pub group: Vec<Provider>,
+    /// Tried after every member of the group, in order.
+    pub fallbacks: Vec<Provider>,
 }
 
 /// Whether a capability of `kind` can run `op`.
@@ -58,16 +47,92 @@ pub fn wrong_kind(model: &str, kind: &Kind, op: Op) -> ApiError {
 }
 
 impl Core {
-    /// Whether an entry can be used now (its backend answers).
+    /// Whether an entry can be used now (one of its backends answers).
     pub fn available(&self) -> impl Fn(&Entry) -> bool + '_ {
         move |e: &Entry| {
             (!e.local && e.available)
                 || e.local
-                    && self
+                    && e.capability
                         .backends
-                        .get(&e.capability.backend)
-                        .is_some_and(|b| b.is_available())
+                        .iter()
+                        .any(|name| self.backends.get(name).is_some_and(|b| b.is_available()))
         }
+    }
+
+    /// The providers of an entry: one per backend for a capability of this
+    /// node (those that answer first), the entry itself for another node's.
+    pub fn providers(&self, entry: &Arc<Entry>, score: Option<f32>) -> Vec<Provider> {
+        let provider = |backend: Option<&String>| Provider {
+            entry: entry.clone(),
+            backend: backend.cloned(),
+            score,
+        };
+        if !entry.local {
+            return vec![provider(None)];
+        }
+        let up = |name: &String| self.backends.get(name).is_some_and(|b| b.is_available());
+        let backends = &entry.capability.backends;
+        backends
+            .iter()
+            .filter(|b| up(b))
+            .chain(backends.iter().filter(|b| !up(b)))
+            .map(|b| provider(Some(b)))
+            .collect()
+    }
+
+    /// The target of a capability of this node named by a peer's request:
+    /// its backends that answer, then those that do not.
+    pub fn local_target(&self, entry: &Arc<Entry>) -> Target {
+        self.target(vec![(entry.clone(), None)], Vec::new())
+    }
+
+    /// A target from entries: the group's providers (those of its local
+    /// entries whose backends are down move to the fallbacks), then the
+    /// fallbacks'.
+    fn target(
+        &self,
+        group: Vec<(Arc<Entry>, Option<f32>)>,
+        fallbacks: Vec<(Arc<Entry>, Option<f32>)>,
+    ) -> Target {
+        let up = |p: &Provider| match &p.backend {
+            Some(name) => self.backends.get(name).is_some_and(|b| b.is_available()),
+            None => p.entry.available,
+        };
+        let (mut members, mut down): (Vec<Provider>, Vec<Provider>) = group
+            .iter()
+            .flat_map(|(e, score)| self.providers(e, *score))
+            .partition(up);
+        if members.is_empty() {
+            // Nothing answers: try them all the same, in order.
+            members = std::mem::take(&mut down);
+        }
+        down.extend(
+            fallbacks
+                .iter()
+                .flat_map(|(e, score)| self.providers(e, *score)),
+        );
+        Target {
+            group: members,
+            fallbacks: down,
+        }
+    }
+
+    /// The PeerIds (base58) of the nodes whose copies may share a
+    /// stranger's load: those directly connected or heard from themselves
+    /// (a relayed copy is only a fallback; see `mesh::remote`).
+    fn protected(&self) -> std::collections::HashSet<String> {
+        self.origins()
+            .iter()
+            .filter(|o| o.protected)
+            .map(|o| o.peer.to_base58())
+            .collect()
+    }
+
+    /// Whether `entry` may share the load of `lead` (the best copy or
+    /// candidate): as trusted, and among strangers, not a relayed copy.
+    fn alike(lead: &Entry, entry: &Entry, protected: &std::collections::HashSet<String>) -> bool {
+        entry.trust == lead.trust
+            && (entry.trust != Trust::Stranger || protected.contains(&entry.node))
     }
 
     /// Embeds the texts and ranks capabilities; records the decision's metrics.
@@ -153,16 +218,26 @@ impl Core {
         if !runs(&first.capability.kind, op) {
             return Err(wrong_kind(model, &first.capability.kind, op));
         }
+        self.count_decision("explicit", first.capability.id.to_string());
+        Ok(self.explicit_target(copies))
+    }
+
+    /// The target of the copies of one id, in the order [`Core::copies`]
+    /// gives: the group is the first copy that answers and every other one
+    /// as trusted (among strangers, those connected or sending their own
+    /// routes); the rest are fallbacks.
+    pub fn explicit_target(&self, copies: Vec<Arc<Entry>>) -> Target {
         let up = self.available();
-        let mut usable = copies.into_iter().filter(|e| up(e));
-        let entry = usable.next().unwrap_or(first);
-        let fallbacks = usable.map(|e| (e, None)).collect();
-        self.count_decision("explicit", entry.capability.id.to_string());
-        Ok(Target {
-            entry,
-            score: None,
-            fallbacks,
-        })
+        let lead = copies.iter().find(|e| up(e)).or(copies.first()).cloned();
+        let Some(lead) = lead else {
+            return self.target(Vec::new(), Vec::new());
+        };
+        let protected = self.protected();
+        let (group, fallbacks): (Vec<_>, Vec<_>) = copies
+            .into_iter()
+            .partition(|e| Arc::ptr_eq(e, &lead) || (up(e) && Self::alike(&lead, e, &protected)));
+        let scored = |v: Vec<Arc<Entry>>| v.into_iter().map(|e| (e, None)).collect();
+        self.target(scored(group), scored(fallbacks))
     }
 
     /// The copies of a capability a model name may run on, in the order to
@@ -270,35 +345,50 @@ impl Core {
 
     async fn resolve_auto(&self, texts: Vec<String>, need: Need) -> Result<Target, ApiError> {
         let decision = self.decide(texts, need).await?;
-        let fallbacks = decision
-            .candidates
-            .iter()
-            .filter(|c| c.eligible && c.fits)
-            .filter(|c| {
-                decision
-                    .chosen
-                    .as_ref()
-                    .is_none_or(|ch| ch.id != c.id || ch.node != c.node)
-            })
-            .filter_map(|c| Some((c.entry.clone()?, Some(c.score))))
-            .collect();
-        match decision.chosen {
-            Some(c) => Ok(Target {
-                score: Some(c.score).filter(|s| s.is_finite()),
-                entry: c
-                    .entry
-                    .ok_or_else(|| ApiError::internal("route", "candidate without entry"))?,
-                fallbacks,
-            }),
+        match self.auto_target(&decision) {
+            Some(target) => Ok(target),
             None => Err(down(&decision, need).unwrap_or_else(|| no_fit(&decision))),
         }
+    }
+
+    /// The target of an `auto` decision: the chosen capability and, when it
+    /// was matched by meaning, every other candidate that fits, can serve,
+    /// scores within `balance.margin` of it and is as trusted (among
+    /// strangers, not a relayed copy); the other fitting candidates are
+    /// fallbacks. None when nothing was chosen.
+    pub fn auto_target(&self, decision: &Decision) -> Option<Target> {
+        let chosen = decision.chosen.as_ref()?;
+        let lead = chosen.entry.clone()?;
+        let same = |c: &Candidate| c.id == chosen.id && c.node == chosen.node;
+        let protected = self.protected();
+        let margin = self.balancer.config().margin;
+        let mut group = vec![(lead.clone(), Some(chosen.score).filter(|s| s.is_finite()))];
+        let mut fallbacks = Vec::new();
+        for c in decision
+            .ranked
+            .iter()
+            .filter(|c| c.eligible && c.fits && !same(c))
+        {
+            let Some(entry) = c.entry.clone() else {
+                continue;
+            };
+            let alike = decision.outcome == Outcome::Matched
+                && c.score >= chosen.score - margin
+                && Self::alike(&lead, &entry, &protected);
+            if alike {
+                group.push((entry, Some(c.score)));
+            } else {
+                fallbacks.push((entry, Some(c.score)));
+            }
+        }
+        Some(self.target(group, fallbacks))
     }
 }
 
 /// When what fits the request is there but cannot serve now (its backend is
 /// down, or its node says so), that is the answer: 503, not "nothing fits".
 fn down(decision: &Decision, need: Need) -> Option<ApiError> {
-    let fitting = decision.candidates.iter().find(|c| {
+    let fitting = decision.ranked.iter().find(|c| {
         c.fits
             && !c.available
             && c.entry

@@ -247,13 +247,16 @@ fn local_request(
     }
     // The protocol decides how the answer travels.
     body.insert("stream".into(), Value::Bool(stream));
+    // A session key in the body keeps the conversation on one backend.
+    let session = super::session_of(&body, None);
     let request = Request {
         op,
         body,
         raw,
         stream,
+        session,
     };
-    Ok((Target::local(entry), request))
+    Ok((core.local_target(&entry), request))
 }
 
 /// The refusal of a capability this node does not share with the peer.

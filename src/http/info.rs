@@ -89,10 +89,28 @@ pub async fn model(
 /// `POST /v1/route`: explains what `auto` would choose, without running it.
 /// Body: `{"messages": [...]}` as for chat, or `{"input": "text"}`; optional
 /// `"need": "text" | "any"` (default `text`: only kinds that answer chat).
+/// With `{"model": "id"}` (or `id@node`) instead, the providers a request
+/// for that model would go to. Either way `group` shows the providers that
+/// share the request, with the numbers the balancer goes by.
 pub async fn route(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Json<Value>, ApiError> {
+    match body.get("model") {
+        None => {}
+        Some(Value::String(model)) if model != crate::exec::AUTO => {
+            let copies = state.core.copies(model)?;
+            if copies.is_empty() {
+                return Err(ApiError::model_not_found(model));
+            }
+            let target = state.core.explicit_target(copies);
+            return Ok(Json(
+                json!({"decision": null, "group": group(&state, target)}),
+            ));
+        }
+        Some(Value::String(_)) => {}
+        Some(_) => return Err(ApiError::invalid("model", "model must be a string.")),
+    }
     let texts: Vec<String> = if let Some(input) = body.get("input") {
         match input {
             Value::String(s) if !s.trim().is_empty() => vec![s.clone()],
@@ -125,10 +143,24 @@ pub async fn route(
     let _slot = state.gates.slot().await?;
     let started = std::time::Instant::now();
     let decision = state.core.decide(texts, need).await?;
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let group = state.core.auto_target(&decision).map(|t| group(&state, t));
     Ok(Json(json!({
         "decision": decision,
-        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+        "group": group,
+        "elapsed_ms": elapsed_ms,
     })))
+}
+
+/// How the balancer would order a target's group now, and what follows it.
+fn group(state: &AppState, target: crate::exec::Target) -> Value {
+    let choice = state.core.balancer.explain(&target.group, None);
+    json!({
+        "strategy": choice.strategy,
+        "reason": choice.reason,
+        "members": choice.members,
+        "fallbacks": state.core.balancer.members(&target.fallbacks),
+    })
 }
 
 /// `GET /v1/mesh/peers`: connected peers and this node's listen addresses.
@@ -245,7 +277,8 @@ pub async fn capabilities(State(state): State<AppState>) -> Json<Value> {
                 "trust": e.trust,
                 "available": up(e),
                 "source": c.source,
-                "backend": if e.local { Value::String(c.backend.clone()) } else { Value::Null },
+                "backend": if e.local { json!(c.backends.first()) } else { Value::Null },
+                "backends": if e.local { json!(c.backends) } else { Value::Null },
                 "node_name": if e.local { Some(state.node_name.clone()) } else { origins.get(&e.node).map(|o| o.2.clone()) },
                 "seq": origins.get(&e.node).map(|o| o.0),
                 "age_secs": origins.get(&e.node).map(|o| o.1),

@@ -6,7 +6,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Map, Value, json};
@@ -15,7 +15,7 @@ use super::{ApiError, ApiObject, AppState, render};
 use crate::backend::Op;
 use crate::embed::MODEL_ID;
 use crate::exec::texts::{chat_texts, embedding_inputs, need_text, prompt_texts};
-use crate::exec::{AUTO, Request};
+use crate::exec::{AUTO, Request, session_of};
 
 fn model_field(body: &Map<String, Value>) -> Result<String, ApiError> {
     match body.get("model") {
@@ -45,6 +45,7 @@ fn stream_field(body: &Map<String, Value>) -> Result<bool, ApiError> {
 /// Resolves the request's model and runs it; the answer as a response.
 async fn run(
     state: &AppState,
+    headers: &HeaderMap,
     op: Op,
     ApiObject {
         body,
@@ -57,20 +58,29 @@ async fn run(
     let stream = stream_field(&body)?;
     let _slot = state.gates.slot().await?;
     let target = state.core.resolve(model, op, texts).await?;
+    let header = headers
+        .get(state.core.balancer.config().session_header.as_str())
+        .and_then(|v| v.to_str().ok());
+    let session = session_of(&body, header);
     let request = Request {
         op,
         body,
         raw,
         stream,
+        session,
     };
     Ok(render::answer(state.core.run(target, request).await?))
 }
 
-pub async fn chat(State(state): State<AppState>, request: ApiObject) -> Result<Response, ApiError> {
+pub async fn chat(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: ApiObject,
+) -> Result<Response, ApiError> {
     let model = model_field(&request.body)?;
     stream_field(&request.body)?;
     let texts = chat_texts(&request.body)?;
-    run(&state, Op::Chat, request, &model, || {
+    run(&state, &headers, Op::Chat, request, &model, || {
         need_text(texts, "messages")
     })
     .await
@@ -78,12 +88,13 @@ pub async fn chat(State(state): State<AppState>, request: ApiObject) -> Result<R
 
 pub async fn completions(
     State(state): State<AppState>,
+    headers: HeaderMap,
     request: ApiObject,
 ) -> Result<Response, ApiError> {
     let model = model_field(&request.body)?;
     stream_field(&request.body)?;
     let texts = prompt_texts(&request.body)?;
-    run(&state, Op::Completions, request, &model, || {
+    run(&state, &headers, Op::Completions, request, &model, || {
         need_text(
             texts.into_iter().filter(|t| !t.trim().is_empty()).collect(),
             "prompt",
@@ -99,12 +110,16 @@ pub fn is_own_embedder(model: &str) -> bool {
 
 pub async fn embeddings(
     State(state): State<AppState>,
+    headers: HeaderMap,
     request: ApiObject,
 ) -> Result<Response, ApiError> {
     let model = model_field(&request.body)?;
     if !is_own_embedder(&model) {
         // An `llm/embed` capability on a backend serves other embedding models.
-        return run(&state, Op::Embeddings, request, &model, || Ok(Vec::new())).await;
+        return run(&state, &headers, Op::Embeddings, request, &model, || {
+            Ok(Vec::new())
+        })
+        .await;
     }
     let _slot = state.gates.slot().await?;
     let body = request.body;

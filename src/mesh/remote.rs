@@ -337,7 +337,7 @@ impl Remote {
                                 topics: r.topics,
                                 description: r.description,
                                 examples: r.examples,
-                                backend: String::new(),
+                                backends: Vec::new(),
                                 model: r.id,
                                 source: Source::Remote,
                                 share: Default::default(),

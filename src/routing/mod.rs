@@ -219,12 +219,20 @@ pub struct Decision {
     pub outcome: Outcome,
     /// The chosen capability (first of `candidates` when matched).
     pub chosen: Option<Candidate>,
-    /// Best candidates first.
+    /// Best candidates first, as many as `routing.explain_candidates`.
     pub candidates: Vec<Candidate>,
+    /// Best candidates first, at least [`RANKED`] of them (when there are
+    /// that many): where the request's group and fallbacks come from.
+    #[serde(skip)]
+    pub ranked: Vec<Candidate>,
     /// How fitting was judged.
     pub rule: Rule,
     pub index: &'static str,
 }
+
+/// Candidates a decision ranks at least (the nearest; more are listed when
+/// `routing.explain_candidates` asks for more).
+pub const RANKED: usize = 16;
 
 /// Decides among the entries of a table.
 pub struct Router {
@@ -273,8 +281,8 @@ impl Router {
     ) -> Decision {
         let shown = self.config.explain_candidates.max(1);
         let judge = self.judge(need, true, available);
-        let mut ranked = self.rank(table, query, &judge, shown.max(16));
-        // `rank` returns at most `shown`, best eligible first.
+        let ranked = self.rank(table, query, &judge, shown.max(RANKED));
+        // Best eligible first.
         let best = ranked.iter().position(|c| c.eligible);
         let (outcome, chosen) = match best {
             Some(i) if ranked[i].fits => (Outcome::Matched, Some(ranked[i].clone())),
@@ -286,11 +294,11 @@ impl Router {
                 },
             },
         };
-        ranked.truncate(shown);
         Decision {
             outcome,
             chosen,
-            candidates: ranked,
+            candidates: ranked.iter().take(shown).cloned().collect(),
+            ranked,
             rule: judge.rule,
             index: table.index_name(),
         }
@@ -344,7 +352,7 @@ impl Router {
                 .then(table.entries[a.2].trust.cmp(&table.entries[b.2].trust))
                 .then(a.2.cmp(&b.2))
         });
-        ranked.truncate(self.config.explain_candidates.max(1));
+        ranked.truncate(k);
         ranked
             .into_iter()
             .map(|(_, _, i, sim)| judge.candidate(&table.entries[i], table.scales[i], sim))

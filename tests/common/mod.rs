@@ -71,7 +71,7 @@ pub fn capability(
         topics: Vec::new(),
         description: description.into(),
         examples: examples.iter().map(|e| (*e).to_owned()).collect(),
-        backend: backend.into(),
+        backend: vec![backend.into()],
         model: Some(model.into()),
         share: Default::default(),
     }
