@@ -51,22 +51,14 @@ fn main() {
 }
 
 fn slow_echo(port: u16, latency_ms: u64) -> Killed {
-    Killed(
-        std::process::Command::new(bin("echo-backend"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--model",
-                "llama3.2",
-                "--latency-ms",
-                &latency_ms.to_string(),
-                "--slots",
-                &SLOTS.to_string(),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("echo-backend"),
+    echo_backend_with(
+        port,
+        &[
+            "--latency-ms",
+            &latency_ms.to_string(),
+            "--slots",
+            &SLOTS.to_string(),
+        ],
     )
 }
 

@@ -135,6 +135,12 @@ pub async fn chat_load(
 
 /// Starts `echo-backend` on loopback `port`, serving `llama3.2`.
 pub fn echo_backend(port: u16) -> Killed {
+    echo_backend_with(port, &[])
+}
+
+/// Starts `echo-backend` on loopback `port`, serving `llama3.2`, with more
+/// arguments (`--latency-ms`, `--slots`, ...).
+pub fn echo_backend_with(port: u16, more: &[&str]) -> Killed {
     Killed(
         std::process::Command::new(bin("echo-backend"))
             .args([
@@ -143,6 +149,7 @@ pub fn echo_backend(port: u16) -> Killed {
                 "--model",
                 "llama3.2",
             ])
+            .args(more)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -302,7 +302,7 @@ impl Owner {
         // model: what it leaves out comes from the backend.
         let found = |c: &CapabilityConfig| {
             self.discovered
-                .get(&c.backend[0])
+                .get(c.backend.first()?)
                 .and_then(|found| found.iter().find(|d| d.id == c.id))
         };
         let mut out: Vec<Capability> = self

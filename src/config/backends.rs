@@ -156,3 +156,40 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
     }
     d.deserialize_any(Names)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn capability(backend: &str) -> Result<Config, String> {
+        let text = format!(
+            "[[backend]]\nname = \"a\"\nkind = \"openai\"\nurl = \"http://127.0.0.1:1\"\n\
+             [[backend]]\nname = \"b\"\nkind = \"openai\"\nurl = \"http://127.0.0.1:2\"\n\
+             [[capability]]\nid = \"farm/x\"\nbackend = {backend}\n"
+        );
+        let config: Config = toml::from_str(&text).map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn a_capability_names_one_backend_or_several() {
+        assert_eq!(
+            capability("\"a\"").expect("one").capabilities[0].backend,
+            ["a"]
+        );
+        assert_eq!(
+            capability("[\"a\", \"b\"]").expect("two").capabilities[0].backend,
+            ["a", "b"]
+        );
+        for (bad, says) in [
+            ("[]", "names no backend"),
+            ("[\"a\", \"a\"]", "twice"),
+            ("[\"a\", \"c\"]", "\"c\", which no [[backend]] defines"),
+            ("3", "a backend name or a list of backend names"),
+        ] {
+            let err = capability(bad).expect_err(bad);
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+}

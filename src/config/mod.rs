@@ -207,7 +207,10 @@ impl Config {
             if c.backend.is_empty() {
                 return invalid(format!("capability {} names no backend", c.id));
             }
-            for b in &c.backend {
+            for (i, b) in c.backend.iter().enumerate() {
+                if c.backend[..i].contains(b) {
+                    return invalid(format!("capability {} names backend {b:?} twice", c.id));
+                }
                 if !names.contains(b.as_str()) {
                     return invalid(format!(
                         "capability {} names backend {b:?}, which no [[backend]] defines",

@@ -96,3 +96,34 @@ impl Default for BalanceConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Strategy;
+    use crate::config::Config;
+
+    fn balance(lines: &str) -> Result<Config, String> {
+        let config: Config =
+            toml::from_str(&format!("[balance]\n{lines}\n")).map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn balance_settings_are_checked() {
+        let c = balance("strategy = \"round_robin\"\nsession_header = \"x-conversation\"")
+            .expect("valid");
+        assert_eq!(c.balance.strategy, Strategy::RoundRobin);
+        for (bad, says) in [
+            ("strategy = \"fastest\"", "unknown variant"),
+            ("margin = 2.0", "balance.margin"),
+            (
+                "session_header = \"not a header\"",
+                "not a valid header name",
+            ),
+        ] {
+            let err = balance(bad).expect_err(bad);
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+}
