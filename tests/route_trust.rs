@@ -276,11 +276,32 @@ async fn copied_and_crafted_capabilities_get_none_of_the_honest_traffic() {
             "{q}"
         );
     }
-    // Explicit ids too, and a chat really runs on B.
-    assert_eq!(
-        served_by(&a, "farm/llama-expert", LLAMA_QUESTIONS[0]).await,
-        b_id
-    );
+    // Explicit ids too, and chats really run on B: the relayed copies are
+    // no part of the group that shares the requests (only fallbacks), by id
+    // or by meaning.
+    for _ in 0..20 {
+        assert_eq!(
+            served_by(&a, "farm/llama-expert", LLAMA_QUESTIONS[0]).await,
+            b_id
+        );
+        assert_eq!(served_by(&a, "auto", LLAMA_QUESTIONS[1]).await, b_id);
+    }
+    let shown = reqwest::Client::new()
+        .post(format!("http://{}/v1/route", a.http_addr))
+        .json(&json!({"input": LLAMA_QUESTIONS[0]}))
+        .send()
+        .await
+        .expect("route")
+        .json::<serde_json::Value>()
+        .await
+        .expect("json");
+    let members: Vec<&str> = shown["group"]["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["node"].as_str())
+        .collect();
+    assert_eq!(members, [b_id.as_str()], "{shown}");
 }
 
 #[tokio::test]
