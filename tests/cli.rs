@@ -102,10 +102,17 @@ fn client_commands_explain_an_unreachable_node() {
 #[tokio::test]
 async fn route_and_capabilities_against_a_running_node() {
     let addr = spawn_echo(Echo::new("echo", Flavour::Openai, &["m"])).await;
+    let second = spawn_echo(Echo::new("echo-2", Flavour::Openai, &["m"])).await;
     let dir = tempfile::tempdir().expect("tempdir");
+    // The llama expert runs on two backends: they share its requests.
+    let mut caps = farm_capabilities("local");
+    caps[0].backend.push("second".into());
     let node = start(config(
-        vec![backend("local", BackendKind::Openai, addr, false)],
-        farm_capabilities("local"),
+        vec![
+            backend("local", BackendKind::Openai, addr, false),
+            backend("second", BackendKind::Openai, second, false),
+        ],
+        caps,
         dir.path(),
     ))
     .await;
@@ -126,6 +133,19 @@ async fn route_and_capabilities_against_a_running_node() {
         text.contains("farm/coder"),
         "ranked list shows the others: {text}"
     );
+    assert!(
+        text.contains("shared by 2 providers (least_cost"),
+        "the group is shown: {text}"
+    );
+    let group = text.split("shared by").nth(1).unwrap_or_default();
+    for backend in [" local ", " second "] {
+        assert!(
+            group
+                .lines()
+                .any(|l| l.contains("farm/llama-expert") && l.contains(backend)),
+            "a line per backend: {text}"
+        );
+    }
     let out = tokio::task::spawn_blocking({
         let url = url.clone();
         move || run(&["capabilities", "--node", &url, "--json"])

@@ -317,6 +317,50 @@ fn print_decision(v: &Value) -> String {
             c["note"].as_str().unwrap_or("")
         );
     }
+    s.push_str(&print_group(&v["group"]));
+    s
+}
+
+/// The providers that would share the request, when there are several.
+fn print_group(g: &Value) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let members = g["members"].as_array().map_or(&[][..], Vec::as_slice);
+    if members.len() < 2 {
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "shared by {} providers ({}, first by {}):",
+        members.len(),
+        g["strategy"].as_str().unwrap_or("?"),
+        g["reason"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        s,
+        "     {:<32} {:<10} {:<10} {:>9}  {:>8}  {:>6}  {:>8}  {:>8}  backed off",
+        "capability", "node", "backend", "in flight", "ttfb ms", "errors", "cost", "requests"
+    );
+    for m in members {
+        let node = m["node"].as_str().unwrap_or("");
+        let _ = writeln!(
+            s,
+            "     {:<32} {:<10} {:<10} {:>9}  {:>8}  {:>6.2}  {:>8.1}  {:>8}  {}",
+            m["capability"].as_str().unwrap_or(""),
+            &node[node.len().saturating_sub(8)..],
+            m["backend"].as_str().unwrap_or("-"),
+            m["in_flight"].as_u64().unwrap_or(0),
+            m["ttfb_ms"]
+                .as_f64()
+                .map_or_else(|| "-".to_owned(), |t| format!("{t:.1}")),
+            m["error_rate"].as_f64().unwrap_or(0.0),
+            m["cost"].as_f64().unwrap_or(f64::NAN),
+            m["requests"].as_u64().unwrap_or(0),
+            m["backed_off_ms"]
+                .as_u64()
+                .map_or_else(String::new, |ms| format!("{ms} ms")),
+        );
+    }
     s
 }
 
