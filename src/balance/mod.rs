@@ -12,12 +12,14 @@
 //! random one of those within 20% of the cheapest), the rest follow as
 //! failover in order of cost. (`power_of_two`, the cheaper of two drawn at
 //! random, is there to compare: with few providers it sends a third of the
-//! requests past the fastest, see BENCHMARKS.md.) A provider that fails (unreachable, busy, a
-//! 5xx, a timeout) is backed off for 1 s, doubling on each further failure
-//! up to 30 s; when its time is up one request probes it, and its first
-//! success ends the backoff. A session key, when the client gives one, keeps
-//! its requests on one healthy provider (rendezvous hashing), so a backend's
-//! prompt cache stays warm.
+//! requests past the fastest; see BENCHMARKS.md.)
+//!
+//! A provider that fails (unreachable, busy, a 5xx, a timeout) is backed off
+//! for 1 s, doubling on each further failure up to 30 s (the requests that
+//! were under way when it failed count as one failure); when its time is up
+//! one request probes it, and its first success ends the backoff. A session
+//! key, when the client gives one, keeps its requests on one healthy
+//! provider (rendezvous hashing), so a backend's prompt cache stays warm.
 
 #[cfg(test)]
 mod tests;
@@ -244,6 +246,8 @@ pub struct Choice {
 pub struct Lease {
     stats: Arc<Mutex<Stats>>,
     started: Instant,
+    /// It probes a provider whose backoff is over.
+    probe: bool,
 }
 
 impl Lease {
@@ -270,9 +274,11 @@ impl Drop for Lease {
     fn drop(&mut self) {
         let mut s = self.stats.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
-        // An attempt given up without an outcome (the client left) must not
-        // leave a probe marked as under way.
-        s.probing = false;
+        // A probe given up without an outcome (the client left) must not
+        // leave the provider marked as being probed.
+        if self.probe {
+            s.probing = false;
+        }
     }
 }
 
@@ -443,18 +449,19 @@ impl Balancer {
                 .or_insert_with(|| Arc::new(Mutex::new(Stats::new(now))))
                 .clone()
         };
-        {
+        let probe = {
             let mut s = stats.lock();
             s.in_flight += 1;
             s.requests += 1;
             s.last_used = now;
-            if matches!(s.health(now), Health::Probe) {
-                s.probing = true;
-            }
-        }
+            let probe = s.health(now) == Health::Probe;
+            s.probing |= probe;
+            probe
+        };
         Lease {
             stats,
             started: now,
+            probe,
         }
     }
 }

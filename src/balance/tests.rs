@@ -280,3 +280,19 @@ fn requests_under_way_when_a_provider_fails_back_it_off_once() {
     let left = stats.lock().backoff_until.expect("backed off") - Instant::now();
     assert!(left > BACKOFF_FIRST, "{left:?}");
 }
+
+#[test]
+fn only_the_probe_ending_frees_the_next_probe() {
+    let b = balancer(Strategy::LeastCost);
+    let group = [provider("a"), provider("b")];
+    let older = b.lease(&group[0]);
+    b.lease(&group[0]).failed();
+    let stats = b.stats_of(&group[0].key()).expect("stats");
+    stats.lock().backoff_until = Some(Instant::now());
+    let probe = b.lease(&group[0]);
+    // A request begun before the failure ends: the probe is still under way.
+    drop(older);
+    assert_eq!(first(&b, &group, None).0, "b");
+    drop(probe);
+    assert_eq!(first(&b, &group, None), ("a".into(), "probe"));
+}
