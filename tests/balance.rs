@@ -193,17 +193,19 @@ async fn copies_on_two_nodes_share_the_requests_and_a_session_stays_on_one() {
 }
 
 #[tokio::test]
-async fn one_capability_on_several_backends_of_a_node_uses_each_and_skips_a_dead_one() {
+async fn one_capability_on_several_backends_of_a_node_uses_each_skips_a_dead_one_and_takes_it_back()
+{
     let dir = tempfile::tempdir().expect("tempdir");
     let gpu0 = spawn_echo(Echo::new("gpu0", Flavour::Openai, &["qwen2.5-coder"])).await;
     let gpu1 = spawn_echo(Echo::new("gpu1", Flavour::Openai, &["qwen2.5-coder"])).await;
+    let gone = dead_addr().await;
     let mut coder = farm_capabilities("gpu0").remove(1);
     coder.backend = vec!["gpu0".into(), "gpu1".into(), "gone".into()];
     let node = start(config(
         vec![
             backend("gpu0", BackendKind::Openai, gpu0, false),
             backend("gpu1", BackendKind::Openai, gpu1, false),
-            backend("gone", BackendKind::Openai, dead_addr().await, false),
+            backend("gone", BackendKind::Openai, gone, false),
         ],
         vec![coder],
         dir.path(),
@@ -229,5 +231,17 @@ async fn one_capability_on_several_backends_of_a_node_uses_each_and_skips_a_dead
         .filter_map(|m| m["backend"].as_str())
         .collect();
     assert_eq!(backends_shown.len(), 3, "{shown}");
+
+    // The dead backend comes back: it gets requests again.
+    spawn_echo_at(
+        Echo::new("revived", Flavour::Openai, &["qwen2.5-coder"]),
+        gone,
+    )
+    .await;
+    eventually("the revived backend answers a share", || async {
+        let (_, backends) = spread(&node, chat("farm/coder"), &[], 4, 40).await;
+        backends.contains_key("revived")
+    })
+    .await;
     node.shutdown().await;
 }

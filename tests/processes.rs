@@ -196,8 +196,15 @@ async fn when_the_serving_node_dies_the_next_request_fails_over_at_once() {
     let third = spawn_echo(Echo::new("third-backend", Flavour::Openai, &["llama3.2"])).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (p1, p2, p3) = (free_port(), free_port(), free_port());
-    // A long TTL: expiry cannot explain what follows.
-    let _n1 = spawn(&write_config(dir.path(), "one", p1, None, None, "10m"));
+    // A long TTL: expiry cannot explain what follows. Node 1 tries the two
+    // copies in a fixed order (`balance.strategy = "first"`), so that the
+    // node that served first is tried first again once dead: by default the
+    // survivor, once measured faster, may simply get every request.
+    let config1 = write_config(dir.path(), "one", p1, None, None, "10m");
+    let mut text = std::fs::read_to_string(&config1).expect("config");
+    text.push_str("[balance]\nstrategy = \"first\"\n");
+    std::fs::write(&config1, text).expect("config");
+    let _n1 = spawn(&config1);
     let (_, addr1) = ready(p1).await;
     let n2 = spawn(&write_config(
         dir.path(),
@@ -235,10 +242,9 @@ async fn when_the_serving_node_dies_the_next_request_fails_over_at_once() {
         (n3, (n2, id2), "[second-backend]")
     };
 
-    // Killed: its route is still held (TTL 10 min), so a request that picks
-    // it (either node is as good to node 1: about every other one) finds
-    // the connection gone and goes to the other node; every request is
-    // answered, by the survivor.
+    // Killed: its route is still held (TTL 10 min), so the next request
+    // tries it first, finds the connection gone and goes to the other node;
+    // every request is answered, by the survivor.
     drop(victim);
     for _ in 0..20 {
         let resp = ask(p1).await;
@@ -252,7 +258,7 @@ async fn when_the_serving_node_dies_the_next_request_fails_over_at_once() {
                 .starts_with(survivor_backend)
         );
     }
-    // And the dead node was tried: a failover, not only fresh choices.
+    // And the dead node was tried: a failover, not a fresh choice.
     let metrics = reqwest::get(format!("http://127.0.0.1:{p1}/metrics"))
         .await
         .expect("metrics")
