@@ -246,9 +246,10 @@ impl Core {
     /// - `id@node` (a PeerId or a node name): that node's copy only;
     /// - `id`, offered here: this node's copy only (an announcement from
     ///   elsewhere never shadows it);
-    /// - `id`, offered elsewhere only: every copy, the one whose node this
-    ///   node has known longest first (then by PeerId), so that a node that
-    ///   appears later with the same id does not take its requests.
+    /// - `id`, offered elsewhere only: every copy, trusted nodes' first, then
+    ///   the one whose node this node has known longest (then by PeerId).
+    ///   [`Core::explicit_target`] makes the group of those that share the
+    ///   requests.
     pub fn copies(&self, model: &str) -> Result<Vec<Arc<Entry>>, ApiError> {
         let (id, at) = match model.rsplit_once('@') {
             Some((id, node)) => (id, Some(node)),
