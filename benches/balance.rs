@@ -19,6 +19,10 @@
 //! {"model": "farm/coder"}` is polled every 100 ms for its numbers on B
 //! (attempts sent, backoff).
 //!
+//! Between the two, the report: two nodes with the same capability
+//! on identical backends, 200 requests one at a time and 200 eight at a
+//! time, under `first` and `least_cost`.
+//!
 //! The providers allow A's load (`peer_rate`, `peer_requests`); with the
 //! defaults (100 requests/s and 16 at once per peer) they would refuse most
 //! of it, and A would back them off.
@@ -368,6 +372,111 @@ async fn compare(client: &reqwest::Client, bed: &Testbed, scale: u64) {
     println!();
 }
 
+/// Who answered each of `clients` x `each` chats, `clients` at a time.
+async fn answered_by(
+    client: &reqwest::Client,
+    url: &str,
+    clients: usize,
+    each: usize,
+) -> Vec<Option<String>> {
+    let body = json!({
+        "model": "farm/coder",
+        "messages": [{"role": "user", "content": "Write a Rust function that reverses a string."}]
+    });
+    let tasks = (0..clients).map(|_| {
+        let (client, url, body) = (client.clone(), url.to_owned(), body.clone());
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            for _ in 0..each {
+                let r = client.post(&url).json(&body).send().await.ok();
+                out.push(r.filter(|r| r.status() == 200).and_then(|r| {
+                    r.headers()
+                        .get("x-atmosphere-node")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                }));
+            }
+            out
+        })
+    });
+    futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flat_map(|r| r.expect("client"))
+        .collect()
+}
+
+/// The report: two nodes with the same capability on identical
+/// backends (20 ms, 4 slots), a third joined to both; 200 requests one at a
+/// time, then 200 with 8 at a time, under `first` (the rule before) and
+/// `least_cost`.
+async fn twins(client: &reqwest::Client) {
+    let dir = std::env::temp_dir().join(format!("atmosphere-twins-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let mut procs = Vec::new();
+    let mut names = HashMap::new();
+    let mut joins = Vec::new();
+    for name in ["c", "b"] {
+        let (http, backend) = (free_port(), free_port());
+        procs.push(slow_echo(backend, 20));
+        let join = joins
+            .first()
+            .map_or(String::new(), |a: &String| format!("\"{a}\""));
+        procs.push(provider_config(&dir, name, http, backend, &join));
+        wait_ready(client, &format!("http://127.0.0.1:{http}/health")).await;
+        let (addr, peer) = mesh_addr(client, http).await;
+        names.insert(peer, name);
+        joins.push(addr);
+    }
+    let join = format!("\"{}\", \"{}\"", joins[0], joins[1]);
+    println!(
+        "## Two nodes offering `farm/coder` on identical backends (20 ms, {SLOTS} slots), 200 requests"
+    );
+    println!();
+    println!("| balance.strategy | one at a time: B / C | 8 at a time: B / C |");
+    println!("|---|---|---|");
+    for strategy in ["first", "least_cost"] {
+        let port = free_port();
+        procs.push(atmosphere(&node_config(
+            &dir,
+            &format!("a-{strategy}"),
+            port,
+            &format!("bootstrap = [{join}]\n[balance]\nstrategy = \"{strategy}\""),
+        )));
+        wait_ready(client, &format!("http://127.0.0.1:{port}/health")).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while providers_known(client, port).await < 2 {
+            assert!(Instant::now() < deadline, "A never learnt both providers");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+        let mut cells = Vec::new();
+        for (clients, each) in [(1, 200), (8, 25)] {
+            let who = answered_by(client, &url, clients, each).await;
+            let count = |n: &str| {
+                who.iter()
+                    .filter(|w| w.as_ref().and_then(|p| names.get(p)) == Some(&n))
+                    .count()
+            };
+            let failed = who.iter().filter(|w| w.is_none()).count();
+            cells.push(format!(
+                "{} / {}{}",
+                count("b"),
+                count("c"),
+                if failed > 0 {
+                    format!(" ({failed} failed)")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        println!("| `{strategy}` | {} |", cells.join(" | "));
+    }
+    println!();
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 async fn bench() {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
@@ -381,6 +490,7 @@ async fn bench() {
     let dir = slow.dir.clone();
     drop(slow);
     let _ = std::fs::remove_dir_all(&dir);
+    twins(&client).await;
     let mut bed = testbed(&client, 1).await;
     compare(&client, &bed, 1).await;
 
