@@ -326,26 +326,6 @@ async fn a_member_relaying_an_update_under_a_stolen_certificate_is_refused_and_p
     let owner = key(43).public().to_peer_id().to_base58();
     let owner_certificate = certificate(&mesh, 43);
     let stranger = key(42).public().to_peer_id().to_base58();
-    let held = |node: &Node| {
-        let node = node.http_addr;
-        async move {
-            let text = reqwest::get(format!("http://{node}/v1/mesh/capabilities"))
-                .await
-                .expect("get")
-                .text()
-                .await
-                .expect("text");
-            serde_json::from_str::<serde_json::Value>(&text).expect("json")["data"]
-                .as_array()
-                .expect("data")
-                .iter()
-                .map(|c| {
-                    let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
-                    (s("id"), s("node"), s("trust"))
-                })
-                .collect::<Vec<_>>()
-        }
-    };
     let judged = tokio::time::timeout(WAIT, async {
         while metric(&a, &membership("member")).await < 1 {
             relay.run_for(Duration::from_millis(100)).await;
@@ -365,7 +345,7 @@ async fn a_member_relaying_an_update_under_a_stolen_certificate_is_refused_and_p
         loop {
             relay.publish(relayed.clone());
             relay.run_for(Duration::from_millis(200)).await;
-            let held = held(&a).await;
+            let held = listed(&a).await;
             if let Some(found) = held.iter().find(|(id, _, _)| id == "member/relayed") {
                 return found.clone();
             }
@@ -391,7 +371,7 @@ async fn a_member_relaying_an_update_under_a_stolen_certificate_is_refused_and_p
     assert!(refused.is_ok(), "A never refused the stolen certificate");
     assert!(metric(&a, "atmosphere_gossip_updates_total{result=\"not_member\"}").await >= 1);
     relay.run_for(Duration::from_secs(1)).await;
-    let held = held(&a).await;
+    let held = listed(&a).await;
     assert!(
         held.iter()
             .all(|(id, node, _)| id != "rogue/stolen" && *node != stranger),
