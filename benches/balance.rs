@@ -156,21 +156,31 @@ struct Sample {
     status: u16,
 }
 
-/// 16 clients, back to back, for `time`.
-async fn load(client: &reqwest::Client, url: &str, time: Duration) -> Vec<Sample> {
+/// How long each client of a load sends.
+#[derive(Clone, Copy)]
+enum Until {
+    Elapsed(Duration),
+    Sent(usize),
+}
+
+/// `clients` clients, back to back, until `until`.
+async fn load(client: &reqwest::Client, url: &str, clients: usize, until: Until) -> Vec<Sample> {
     let body = serde_json::to_vec(&json!({
         "model": "farm/coder",
         "messages": [{"role": "user", "content": "Write a Rust function that reverses a string."}]
     }))
     .expect("json");
     let start = Instant::now();
-    let tasks = (0..CLIENTS).map(|_| {
+    let tasks = (0..clients).map(|_| {
         let client = client.clone();
         let url = url.to_owned();
         let body = body.clone();
         tokio::spawn(async move {
             let mut out = Vec::new();
-            while start.elapsed() < time {
+            while match until {
+                Until::Elapsed(time) => start.elapsed() < time,
+                Until::Sent(n) => out.len() < n,
+            } {
                 let t = Instant::now();
                 let r = client
                     .post(&url)
@@ -357,9 +367,9 @@ async fn compare(client: &reqwest::Client, bed: &Testbed, scale: u64) {
     let pids = bed.pids();
     for (strategy, port, _) in &bed.fronts {
         let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
-        load(client, &url, WARMUP).await;
+        load(client, &url, CLIENTS, Until::Elapsed(WARMUP)).await;
         let cpu_before = cpu(&pids);
-        let samples = load(client, &url, RUN).await;
+        let samples = load(client, &url, CLIENTS, Until::Elapsed(RUN)).await;
         let busy = (cpu(&pids) - cpu_before).as_secs_f64() / (2.0 * RUN.as_secs_f64());
         let ok = samples.iter().filter(|s| s.status == 200).count() as f64;
         println!(
@@ -370,40 +380,6 @@ async fn compare(client: &reqwest::Client, bed: &Testbed, scale: u64) {
         );
     }
     println!();
-}
-
-/// Who answered each of `clients` x `each` chats, `clients` at a time.
-async fn answered_by(
-    client: &reqwest::Client,
-    url: &str,
-    clients: usize,
-    each: usize,
-) -> Vec<Option<String>> {
-    let body = json!({
-        "model": "farm/coder",
-        "messages": [{"role": "user", "content": "Write a Rust function that reverses a string."}]
-    });
-    let tasks = (0..clients).map(|_| {
-        let (client, url, body) = (client.clone(), url.to_owned(), body.clone());
-        tokio::spawn(async move {
-            let mut out = Vec::new();
-            for _ in 0..each {
-                let r = client.post(&url).json(&body).send().await.ok();
-                out.push(r.filter(|r| r.status() == 200).and_then(|r| {
-                    r.headers()
-                        .get("x-atmosphere-node")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned)
-                }));
-            }
-            out
-        })
-    });
-    futures::future::join_all(tasks)
-        .await
-        .into_iter()
-        .flat_map(|r| r.expect("client"))
-        .collect()
 }
 
 /// The report: two nodes with the same capability on identical
@@ -452,13 +428,14 @@ async fn twins(client: &reqwest::Client) {
         let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
         let mut cells = Vec::new();
         for (clients, each) in [(1, 200), (8, 25)] {
-            let who = answered_by(client, &url, clients, each).await;
+            let who = load(client, &url, clients, Until::Sent(each)).await;
             let count = |n: &str| {
                 who.iter()
-                    .filter(|w| w.as_ref().and_then(|p| names.get(p)) == Some(&n))
+                    .filter(|s| s.status == 200)
+                    .filter(|s| s.node.as_ref().and_then(|p| names.get(p)) == Some(&n))
                     .count()
             };
-            let failed = who.iter().filter(|w| w.is_none()).count();
+            let failed = who.iter().filter(|s| s.status != 200).count();
             cells.push(format!(
                 "{} / {}{}",
                 count("b"),
@@ -517,7 +494,7 @@ async fn bench() {
     };
     let loader = {
         let client = client.clone();
-        tokio::spawn(async move { load(&client, &url, total).await })
+        tokio::spawn(async move { load(&client, &url, CLIENTS, Until::Elapsed(total)).await })
     };
     tokio::time::sleep(kill_at.saturating_sub(start.elapsed())).await;
     let at_kill = sent_to(&client, port, &bed.b_peer).await;
