@@ -12,7 +12,7 @@ use super::{ApiError, Core};
 use crate::backend::Op;
 use crate::balance::Provider;
 use crate::capability::{CapabilityId, Kind};
-use crate::mesh::{LOOKUP_WAIT, Wanted};
+use crate::mesh::{LOOKUP_WAIT, OriginState, Wanted};
 use crate::metrics::DecisionLabels;
 use crate::routing::{self, Candidate, Decision, Entry, Need, Outcome, Trust};
 
@@ -51,17 +51,18 @@ impl Core {
     pub fn available(&self) -> impl Fn(&Entry) -> bool + '_ {
         move |e: &Entry| {
             (!e.local && e.available)
-                || e.local
-                    && e.capability
-                        .backends
-                        .iter()
-                        .any(|name| self.backends.get(name).is_some_and(|b| b.is_available()))
+                || e.local && e.capability.backends.iter().any(|b| self.backend_up(b))
         }
     }
 
+    /// Whether this node's backend `name` answers.
+    fn backend_up(&self, name: &str) -> bool {
+        self.backends.get(name).is_some_and(|b| b.is_available())
+    }
+
     /// The providers of an entry: one per backend for a capability of this
-    /// node (those that answer first), the entry itself for another node's.
-    pub fn providers(&self, entry: &Arc<Entry>, score: Option<f32>) -> Vec<Provider> {
+    /// node, the entry itself for another node's.
+    fn providers(&self, entry: &Arc<Entry>, score: Option<f32>) -> Vec<Provider> {
         let provider = |backend: Option<&String>| Provider {
             entry: entry.clone(),
             backend: backend.cloned(),
@@ -70,12 +71,10 @@ impl Core {
         if !entry.local {
             return vec![provider(None)];
         }
-        let up = |name: &String| self.backends.get(name).is_some_and(|b| b.is_available());
-        let backends = &entry.capability.backends;
-        backends
+        entry
+            .capability
+            .backends
             .iter()
-            .filter(|b| up(b))
-            .chain(backends.iter().filter(|b| !up(b)))
             .map(|b| provider(Some(b)))
             .collect()
     }
@@ -95,7 +94,7 @@ impl Core {
         fallbacks: Vec<(Arc<Entry>, Option<f32>)>,
     ) -> Target {
         let up = |p: &Provider| match &p.backend {
-            Some(name) => self.backends.get(name).is_some_and(|b| b.is_available()),
+            Some(name) => self.backend_up(name),
             None => p.entry.available,
         };
         let (mut members, mut down): (Vec<Provider>, Vec<Provider>) = group
@@ -117,22 +116,14 @@ impl Core {
         }
     }
 
-    /// The PeerIds (base58) of the nodes whose copies may share a
-    /// stranger's load: those directly connected or heard from themselves
-    /// (a relayed copy is only a fallback; see `mesh::remote`).
-    fn protected(&self) -> std::collections::HashSet<String> {
-        self.origins()
-            .iter()
-            .filter(|o| o.protected)
-            .map(|o| o.peer.to_base58())
-            .collect()
-    }
-
     /// Whether `entry` may share the load of `lead` (the best copy or
-    /// candidate): as trusted, and among strangers, not a relayed copy.
-    fn alike(lead: &Entry, entry: &Entry, protected: &std::collections::HashSet<String>) -> bool {
+    /// candidate): as trusted, and among strangers, only a node directly
+    /// connected or heard from itself (a relayed copy is only a fallback;
+    /// see `mesh::remote`).
+    fn alike(lead: &Entry, entry: &Entry, origins: &[OriginState]) -> bool {
         entry.trust == lead.trust
-            && (entry.trust != Trust::Stranger || protected.contains(&entry.node))
+            && (entry.trust != Trust::Stranger
+                || origin(origins, &entry.node).is_some_and(|o| o.protected))
     }
 
     /// Embeds the texts and ranks capabilities; records the decision's metrics.
@@ -232,10 +223,10 @@ impl Core {
         let Some(lead) = lead else {
             return self.target(Vec::new(), Vec::new());
         };
-        let protected = self.protected();
+        let origins = self.origins();
         let (group, fallbacks): (Vec<_>, Vec<_>) = copies
             .into_iter()
-            .partition(|e| Arc::ptr_eq(e, &lead) || (up(e) && Self::alike(&lead, e, &protected)));
+            .partition(|e| Arc::ptr_eq(e, &lead) || (up(e) && Self::alike(&lead, e, &origins)));
         let scored = |v: Vec<Arc<Entry>>| v.into_iter().map(|e| (e, None)).collect();
         self.target(scored(group), scored(fallbacks))
     }
@@ -262,10 +253,12 @@ impl Core {
             let peer = self.node_named(node)?;
             return Ok(all.into_iter().filter(|e| e.node == peer).collect());
         }
-        Ok(self.order_copies(all, &self.known_since()))
+        let origins = self.origins();
+        Ok(self.order_copies(all, |node| origin(&origins, node).map(|o| o.since)))
     }
 
-    /// Since when this node has held each other node's routes, by PeerId.
+    /// Since when this node has held each other node's routes, by PeerId
+    /// (for many lookups at once; one request's copies look up their own).
     pub fn known_since(&self) -> HashMap<String, Instant> {
         self.origins()
             .iter()
@@ -273,19 +266,19 @@ impl Core {
             .collect()
     }
 
-    /// The copies of one id in the order `copies` gives them (`since`: from
-    /// [`Core::known_since`]).
+    /// The copies of one id in the order `copies` gives them (`since`: since
+    /// when this node has held a node's routes, by PeerId).
     pub fn order_copies(
         &self,
         all: Vec<Arc<Entry>>,
-        since: &HashMap<String, Instant>,
+        since: impl Fn(&str) -> Option<Instant>,
     ) -> Vec<Arc<Entry>> {
         if all.iter().any(|e| e.local) {
             return all.into_iter().filter(|e| e.local).collect();
         }
         let mut remote = all;
         remote.sort_by(|a, b| {
-            let known = |e: &Entry| since.get(&e.node).copied();
+            let known = |e: &Entry| since(&e.node);
             // Trusted nodes first; then known origins before unknown ones,
             // the longest known first.
             a.trust
@@ -361,12 +354,12 @@ impl Core {
         let chosen = decision.chosen.as_ref()?;
         let lead = chosen.entry.clone()?;
         let same = |c: &Candidate| c.id == chosen.id && c.node == chosen.node;
-        let protected = self.protected();
+        let origins = self.origins();
         let margin = self.balancer.config().margin;
         let mut group = vec![(lead.clone(), Some(chosen.score).filter(|s| s.is_finite()))];
         let mut fallbacks = Vec::new();
         for c in decision
-            .ranked
+            .candidates
             .iter()
             .filter(|c| c.eligible && c.fits && !same(c))
         {
@@ -375,7 +368,7 @@ impl Core {
             };
             let alike = decision.outcome == Outcome::Matched
                 && c.score >= chosen.score - margin
-                && Self::alike(&lead, &entry, &protected);
+                && Self::alike(&lead, &entry, &origins);
             if alike {
                 group.push((entry, Some(c.score)));
             } else {
@@ -389,7 +382,7 @@ impl Core {
 /// When what fits the request is there but cannot serve now (its backend is
 /// down, or its node says so), that is the answer: 503, not "nothing fits".
 fn down(decision: &Decision, need: Need) -> Option<ApiError> {
-    let fitting = decision.ranked.iter().find(|c| {
+    let fitting = decision.candidates.iter().find(|c| {
         c.fits
             && !c.available
             && c.entry
@@ -431,4 +424,10 @@ fn no_fit(decision: &Decision) -> ApiError {
     )
     .param("model")
     .code("no_capability_fits")
+}
+
+/// The routes held of `node` (a PeerId in base58), if any.
+fn origin<'a>(origins: &'a [OriginState], node: &str) -> Option<&'a OriginState> {
+    let peer: libp2p::PeerId = node.parse().ok()?;
+    origins.iter().find(|o| o.peer == peer)
 }

@@ -57,7 +57,11 @@ pub async fn models(State(state): State<AppState>) -> Json<Value> {
         if seen.insert(e.capability.id.clone()) {
             // The copy the id resolves to (this node's, else the one known longest).
             let copies = table.lookup(&e.capability.id).cloned().collect();
-            let chosen = state.core.order_copies(copies, &since).into_iter().next();
+            let chosen = state
+                .core
+                .order_copies(copies, |n| since.get(n).copied())
+                .into_iter()
+                .next();
             let e = chosen.as_ref().unwrap_or(e);
             data.push(model_object(&state, e, up(e)));
         }
@@ -145,6 +149,11 @@ pub async fn route(
     let decision = state.core.decide(texts, need).await?;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     let group = state.core.auto_target(&decision).map(|t| group(&state, t));
+    let mut decision =
+        serde_json::to_value(&decision).map_err(|e| ApiError::internal("route", e))?;
+    if let Some(listed) = decision["candidates"].as_array_mut() {
+        listed.truncate(state.core.router.config.explain_candidates.max(1));
+    }
     Ok(Json(json!({
         "decision": decision,
         "group": group,
