@@ -345,7 +345,12 @@ impl Balancer {
     /// Orders `group` for one request: the provider to try first, then the
     /// others to fail over to. `session`: the client's session key, if any.
     pub fn order(&self, group: Vec<Provider>, session: Option<&str>) -> Vec<Provider> {
-        self.pick(self.rate(group, Instant::now()), session).0
+        // One provider (most requests): nothing to choose, nothing to read.
+        if group.len() < 2 {
+            return group;
+        }
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        self.pick(self.rate(group, Instant::now()), session, turn).0
     }
 
     /// What [`Balancer::order`] goes by for `group` now, as `POST /v1/route`
@@ -353,7 +358,9 @@ impl Balancer {
     pub fn explain(&self, group: &[Provider], session: Option<&str>) -> Choice {
         let rated = self.rate(group.to_vec(), Instant::now());
         let members = rated.iter().map(Rated::member).collect();
-        let (_, reason) = self.pick(rated, session);
+        // Round robin's turn is read, not taken: explaining moves nothing.
+        let turn = self.turn.load(Ordering::Relaxed);
+        let (_, reason) = self.pick(rated, session, turn);
         Choice {
             strategy: self.config.strategy,
             reason,
@@ -369,7 +376,14 @@ impl Balancer {
             .collect()
     }
 
-    fn pick(&self, rated: Vec<Rated>, session: Option<&str>) -> (Vec<Provider>, &'static str) {
+    /// The order of `rated`, and why the first is first; `turn`: round
+    /// robin's counter.
+    fn pick(
+        &self,
+        rated: Vec<Rated>,
+        session: Option<&str>,
+        turn: usize,
+    ) -> (Vec<Provider>, &'static str) {
         let (mut usable, mut resting): (Vec<_>, Vec<_>) = rated
             .into_iter()
             .partition(|r| !matches!(r.health, Health::BackedOff(_)));
@@ -393,10 +407,7 @@ impl Balancer {
                     .unwrap_or(0);
                 (i, "session")
             }
-            (Strategy::RoundRobin, _, _) => (
-                self.turn.fetch_add(1, Ordering::Relaxed) % usable.len(),
-                "round_robin",
-            ),
+            (Strategy::RoundRobin, _, _) => (turn % usable.len(), "round_robin"),
             (Strategy::LeastCost, _, _) => {
                 // The cheapest; a random one of those as good as the cheapest.
                 let cheapest = usable.iter().map(|r| r.cost).fold(f64::INFINITY, f64::min);

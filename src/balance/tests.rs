@@ -43,7 +43,8 @@ fn answered(b: &Balancer, p: &Provider, ms: u64) {
 }
 
 fn first(b: &Balancer, group: &[Provider], session: Option<&str>) -> (String, &'static str) {
-    let (order, reason) = b.pick(b.rate(group.to_vec(), Instant::now()), session);
+    let turn = b.turn.fetch_add(1, Ordering::Relaxed);
+    let (order, reason) = b.pick(b.rate(group.to_vec(), Instant::now()), session, turn);
     assert_eq!(
         order.len(),
         group.len(),
@@ -295,4 +296,16 @@ fn only_the_probe_ending_frees_the_next_probe() {
     assert_eq!(first(&b, &group, None).0, "b");
     drop(probe);
     assert_eq!(first(&b, &group, None), ("a".into(), "probe"));
+}
+
+#[test]
+fn explaining_the_choice_does_not_move_round_robin_on() {
+    let b = balancer(Strategy::RoundRobin);
+    let group = [provider("a"), provider("b"), provider("c")];
+    let mut turns = Vec::new();
+    for _ in 0..3 {
+        b.explain(&group, None);
+        turns.push(b.order(group.to_vec(), None)[0].entry.node.clone());
+    }
+    assert_eq!(turns, ["a", "b", "c"]);
 }
