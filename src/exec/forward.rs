@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use libp2p::PeerId;
 
-use super::{Answer, ApiError, Core, Request};
+use super::{Answer, ApiError, Core, Next, Request};
 use crate::answer::{Event, Reply};
 use crate::balance::Provider;
 use crate::network::{self, frames};
@@ -69,16 +69,24 @@ pub(super) async fn run_in_order(
 ) -> Result<Answer, ApiError> {
     let started = Instant::now();
     let client = core.mesh.as_ref().map(|m| m.client.clone());
-    let count = order.len();
+    // Whether a backend of this node comes at or after each position.
+    let mut local_after: Vec<bool> = order.iter().map(|p| p.entry.local).collect();
+    for i in (0..local_after.len().saturating_sub(1)).rev() {
+        local_after[i] |= local_after[i + 1];
+    }
     let mut last_error = None;
     for (i, provider) in order.into_iter().enumerate() {
         if i > 0 {
             core.metrics.forward("failover");
         }
-        let more = i + 1 < count;
+        let next = match local_after.get(i + 1) {
+            None => Next::Nothing,
+            Some(true) => Next::Local,
+            Some(false) => Next::Remote,
+        };
         let lease = core.balancer.lease(&provider);
         if provider.entry.local {
-            match core.run_local(&provider, lease, request, more).await {
+            match core.run_local(&provider, lease, request, next).await {
                 Ok(answer) => return Ok(answer),
                 Err((e, Some(again))) => {
                     tracing::warn!(backend = ?provider.backend, error = %e.message, "backend could not serve; trying the next provider");

@@ -131,13 +131,13 @@ impl Core {
 
     /// Runs the request on one backend of a capability of this node.
     /// `Err(Some(request))`: the backend could not be reached, or answered
-    /// 503 or 429, and the request may go to the next provider.
+    /// 503 or 429, and the request may go to the next provider (`next`).
     async fn run_local(
         &self,
         provider: &Provider,
         lease: Lease,
         request: Request,
-        more: bool,
+        next: Next,
     ) -> Result<Answer, (ApiError, Option<Request>)> {
         let entry = &provider.entry;
         let name = provider.backend.as_deref().unwrap_or_default();
@@ -147,14 +147,31 @@ impl Core {
                 None,
             ));
         };
-        // The body goes to the backend; a copy stays for the next provider.
-        let kept = more.then(|| request.body.clone());
+        // The body goes to the backend; a copy stays only for another
+        // backend of this node (other nodes are sent the raw bytes).
+        let Request {
+            op,
+            body,
+            raw,
+            stream,
+            session,
+        } = request;
+        let kept = (next == Next::Local).then(|| body.clone());
+        let retry = move || {
+            (next != Next::Nothing).then(|| Request {
+                op,
+                body: kept.unwrap_or_default(),
+                raw,
+                stream,
+                session,
+            })
+        };
         let called = backend
             .call(
-                request.op,
+                op,
                 &entry.capability.model,
-                request.body,
-                request.stream,
+                body,
+                stream,
                 self.request_timeout,
             )
             .await;
@@ -184,25 +201,22 @@ impl Core {
                 } else {
                     lease.answered();
                 }
-                if forward::busy(status)
-                    && let Some(body) = kept
-                {
-                    let again = Request { body, ..request };
-                    return Err((busy_backend(backend.name(), status), Some(again)));
+                if forward::busy(status) && next != Next::Nothing {
+                    let error = busy_backend(backend.name(), status);
+                    return Err((error, retry()));
                 }
                 Reply::Whole { status, body }
             }
             Err(e) => {
                 lease.failed();
                 self.metrics.backend_error(backend.name(), e.label());
-                let retry = match &e {
-                    crate::backend::Error::Unreachable { .. } => true,
-                    crate::backend::Error::Status { status, .. } => forward::busy(*status),
-                    _ => false,
+                let again = match &e {
+                    crate::backend::Error::Unreachable { .. } => retry(),
+                    crate::backend::Error::Status { status, .. } if forward::busy(*status) => {
+                        retry()
+                    }
+                    _ => None,
                 };
-                let again = kept
-                    .filter(|_| retry)
-                    .map(|body| Request { body, ..request });
                 return Err((e.into(), again));
             }
         };
@@ -213,6 +227,17 @@ impl Core {
             reply,
         })
     }
+}
+
+/// What follows a provider in a request's order: how much of the request a
+/// local attempt must keep for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Nothing,
+    /// Only other nodes, which are sent the body's raw bytes.
+    Remote,
+    /// A backend of this node, which needs the parsed body.
+    Local,
 }
 
 /// A local backend that answered "not now".
