@@ -219,12 +219,10 @@ pub struct Decision {
     pub outcome: Outcome,
     /// The chosen capability (first of `candidates` when matched).
     pub chosen: Option<Candidate>,
-    /// Best candidates first, as many as `routing.explain_candidates`.
+    /// Best candidates first, at least [`RANKED`] of them when there are
+    /// that many (where the request's group and fallbacks come from);
+    /// `POST /v1/route` lists `routing.explain_candidates` of them.
     pub candidates: Vec<Candidate>,
-    /// Best candidates first, at least [`RANKED`] of them (when there are
-    /// that many): where the request's group and fallbacks come from.
-    #[serde(skip)]
-    pub ranked: Vec<Candidate>,
     /// How fitting was judged.
     pub rule: Rule,
     pub index: &'static str,
@@ -297,8 +295,7 @@ impl Router {
         Decision {
             outcome,
             chosen,
-            candidates: ranked.iter().take(shown).cloned().collect(),
-            ranked,
+            candidates: ranked,
             rule: judge.rule,
             index: table.index_name(),
         }
