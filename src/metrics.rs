@@ -159,7 +159,7 @@ impl Default for Metrics {
         let forwards = Family::<ResultLabel, Counter>::default();
         registry.register(
             "forwards",
-            "Requests forwarded to other nodes, by result (ok, failover, failed, served)",
+            "Requests forwarded to other nodes, by result (ok, failed, served, unreachable, overloaded, timeout, ...; failover: a request moved on to its next provider, on another node or another backend of this one)",
             forwards.clone(),
         );
         let peer_refusals = Family::<PeerRefusalLabels, Counter>::default();
