@@ -42,7 +42,20 @@ pub async fn hostile(seed: u8, addr: &Multiaddr, signed: bool) -> Hostile {
 
 /// The bare gossipsub peer, subscribed to the route topic, not connected.
 pub fn bare(seed: u8, signed: bool) -> Hostile {
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key(seed))
+    let mut swarm = swarm(seed, |k| gossip(k, signed));
+    swarm
+        .behaviour_mut()
+        .subscribe(&topic())
+        .expect("subscribe");
+    swarm
+}
+
+/// A TCP swarm of peer `seed` (noise, yamux) running `behaviour`.
+fn swarm<B: libp2p::swarm::NetworkBehaviour>(
+    seed: u8,
+    behaviour: impl FnOnce(&Keypair) -> B,
+) -> libp2p::Swarm<B> {
+    libp2p::SwarmBuilder::with_existing_identity(key(seed))
         .with_tokio()
         .with_tcp(
             tcp::Config::default(),
@@ -50,14 +63,9 @@ pub fn bare(seed: u8, signed: bool) -> Hostile {
             yamux::Config::default,
         )
         .expect("tcp")
-        .with_behaviour(|k| gossip(k, signed))
+        .with_behaviour(behaviour)
         .expect("behaviour")
-        .build();
-    swarm
-        .behaviour_mut()
-        .subscribe(&topic())
-        .expect("subscribe");
-    swarm
+        .build()
 }
 
 /// Gossipsub as the hostile peers run it.
@@ -229,26 +237,16 @@ pub struct Member {
 impl Member {
     /// Peer `seed` holding `certificate`, connected to the node at `addr`.
     pub fn dial(seed: u8, certificate: Certificate, addr: &Multiaddr) -> Self {
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key(seed))
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .expect("tcp")
-            .with_behaviour(|k| MemberPeer {
-                gossipsub: gossip(k, true),
-                hello: request_response::Behaviour::new(
-                    [(
-                        StreamProtocol::new(atmosphere::wire::MEMBER_PROTOCOL),
-                        request_response::ProtocolSupport::Full,
-                    )],
-                    request_response::Config::default(),
-                ),
-            })
-            .expect("behaviour")
-            .build();
+        let mut swarm = swarm(seed, |k| MemberPeer {
+            gossipsub: gossip(k, true),
+            hello: request_response::Behaviour::new(
+                [(
+                    StreamProtocol::new(atmosphere::wire::MEMBER_PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default(),
+            ),
+        });
         swarm
             .behaviour_mut()
             .gossipsub
