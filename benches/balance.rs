@@ -21,7 +21,10 @@
 //!
 //! Between the two, the report: two nodes with the same capability
 //! on identical backends, 200 requests one at a time and 200 eight at a
-//! time, under `first` and `least_cost`.
+//! time, under `first` and `least_cost`. Then two routers over the same two
+//! providers: one whose clients all name B (`farm/coder@b`), one free to
+//! choose, with and without `balance.advertised_load` (whether B's own
+//! figure of the requests it runs counts).
 //!
 //! The providers allow A's load (`peer_rate`, `peer_requests`); with the
 //! defaults (100 requests/s and 16 at once per peer) they would refuse most
@@ -165,8 +168,19 @@ enum Until {
 
 /// `clients` clients, back to back, until `until`.
 async fn load(client: &reqwest::Client, url: &str, clients: usize, until: Until) -> Vec<Sample> {
+    load_model(client, url, "farm/coder", clients, until).await
+}
+
+/// [`load`], asking for `model`.
+async fn load_model(
+    client: &reqwest::Client,
+    url: &str,
+    model: &str,
+    clients: usize,
+    until: Until,
+) -> Vec<Sample> {
     let body = serde_json::to_vec(&json!({
-        "model": "farm/coder",
+        "model": model,
         "messages": [{"role": "user", "content": "Write a Rust function that reverses a string."}]
     }))
     .expect("json");
@@ -454,6 +468,110 @@ async fn twins(client: &reqwest::Client) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Two routers over B and D (50 ms, 4 slots each: 160 answers/s together):
+/// R1's 6 clients all name B, R2's 6 may go anywhere. R2 runs once with
+/// `balance.advertised_load = false` (only its own requests count) and once
+/// with the default; R1 is the same node both times.
+async fn routers(client: &reqwest::Client) {
+    const MS: u64 = 50;
+    const EACH: usize = 6;
+    let dir = std::env::temp_dir().join(format!("atmosphere-routers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let mut procs = Vec::new();
+    let mut names = HashMap::new();
+    let mut joins = Vec::new();
+    for name in ["b", "d"] {
+        let (http, backend) = (free_port(), free_port());
+        procs.push(slow_echo(backend, MS));
+        let join = joins
+            .first()
+            .map_or(String::new(), |a: &String| format!("\"{a}\""));
+        // Nodes are named: R1's clients ask for `farm/coder@b`.
+        procs.push(provider_config(&dir, name, http, backend, &join));
+        wait_ready(client, &format!("http://127.0.0.1:{http}/health")).await;
+        let (addr, peer) = mesh_addr(client, http).await;
+        names.insert(peer, name);
+        joins.push(addr);
+    }
+    let join = format!("\"{}\", \"{}\"", joins[0], joins[1]);
+    let mut fronts = Vec::new();
+    for (name, advertised) in [("r1", true), ("r2-own", false), ("r2", true)] {
+        let port = free_port();
+        procs.push(atmosphere(&node_config(
+            &dir,
+            name,
+            port,
+            &format!("bootstrap = [{join}]\n[balance]\nadvertised_load = {advertised}"),
+        )));
+        wait_ready(client, &format!("http://127.0.0.1:{port}/health")).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while providers_known(client, port).await < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "{name} never learnt both providers"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        fronts.push(port);
+    }
+    println!(
+        "## Two routers, two providers (B and D: {MS} ms, {SLOTS} slots each, {:.0} answers/s together): R1's {EACH} clients all name B, R2's {EACH} choose; {} s after {} s of warm-up",
+        2.0 * SLOTS as f64 * 1000.0 / MS as f64,
+        RUN.as_secs(),
+        WARMUP.as_secs()
+    );
+    println!();
+    println!(
+        "| R2's `balance.advertised_load` | answers/s (both) | R1 mean / p99 ms | R2 mean / p99 ms | R2's share to B | errors |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let url = |port: u16| format!("http://127.0.0.1:{port}/v1/chat/completions");
+    for (label, r2) in [
+        ("false (own requests only)", fronts[1]),
+        ("true (default)", fronts[2]),
+    ] {
+        let both = |time| {
+            let (r1, r2) = (url(fronts[0]), url(r2));
+            let client = client.clone();
+            async move {
+                let pinned = load_model(&client, &r1, "farm/coder@b", EACH, Until::Elapsed(time));
+                let free = load(&client, &r2, EACH, Until::Elapsed(time));
+                futures::future::join(pinned, free).await
+            }
+        };
+        both(WARMUP).await;
+        let (pinned, free) = both(RUN).await;
+        // Means, not medians: with 6 clients on 4 slots a request either
+        // waits a turn or not, and the median falls on either side.
+        let p = |samples: &[Sample]| {
+            let mut took: Vec<Duration> = samples
+                .iter()
+                .filter(|s| s.status == 200)
+                .map(|s| s.took)
+                .collect();
+            let mean = took.iter().sum::<Duration>().as_secs_f64() * 1e3 / took.len().max(1) as f64;
+            format!("{mean:.1} / {:.1}", pct(&mut took, 0.99))
+        };
+        let ok = |samples: &[Sample]| samples.iter().filter(|s| s.status == 200).count();
+        let to_b = free
+            .iter()
+            .filter(|s| s.status == 200)
+            .filter(|s| s.node.as_ref().and_then(|n| names.get(n)) == Some(&"b"))
+            .count();
+        println!(
+            "| {label} | {:.0} | {} | {} | {:.1}% | {} |",
+            (ok(&pinned) + ok(&free)) as f64 / RUN.as_secs_f64(),
+            p(&pinned),
+            p(&free),
+            100.0 * to_b as f64 / ok(&free).max(1) as f64,
+            pinned.len() + free.len() - ok(&pinned) - ok(&free),
+        );
+    }
+    println!();
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 async fn bench() {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
@@ -468,6 +586,7 @@ async fn bench() {
     drop(slow);
     let _ = std::fs::remove_dir_all(&dir);
     twins(&client).await;
+    routers(&client).await;
     let mut bed = testbed(&client, 1).await;
     compare(&client, &bed, 1).await;
 

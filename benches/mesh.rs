@@ -78,6 +78,7 @@ async fn spawn(i: usize, bootstrap: Vec<Multiaddr>) -> BenchNode {
             trusted: Default::default(),
             refuted: tokio::sync::mpsc::channel(1).1,
             certificate: None,
+            loads: Default::default(),
         },
         cancel,
     );

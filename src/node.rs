@@ -73,6 +73,7 @@ impl Node {
         let (local_tx, local_rx) = watch::channel(Arc::new(Vec::new()));
         let (intents_tx, intents_rx) = mpsc::channel(mesh::INBOUND_CAPACITY);
         let (refuted_tx, refuted_rx) = mpsc::channel(mesh::REFUTED_CAPACITY);
+        let loads = Arc::new(crate::balance::Loads::default());
         let (link, mesh_tasks) = start_mesh(
             &config,
             &keypair,
@@ -82,6 +83,7 @@ impl Node {
                 local: local_rx,
                 intents: intents_tx,
                 refuted: refuted_rx,
+                loads: loads.clone(),
             },
             &cancel,
         )?
@@ -119,7 +121,7 @@ impl Node {
             metrics,
             request_timeout: config.http.request_timeout,
             mesh: link.clone(),
-            balancer: crate::balance::Balancer::new(config.balance.clone()),
+            balancer: crate::balance::Balancer::new(config.balance.clone(), loads),
         });
         if let Some(client) = link.as_ref().map(|l| &l.client) {
             let per_peer = config.mesh.as_ref().map_or(1, |m| m.peer_requests);
@@ -216,6 +218,8 @@ struct MeshChannels {
     local: watch::Receiver<Arc<Vec<crate::routing::Entry>>>,
     intents: mpsc::Sender<mesh::Inbound>,
     refuted: mpsc::Receiver<String>,
+    /// This node's load and what other nodes advertise (see `balance::load`).
+    loads: Arc<crate::balance::Loads>,
 }
 
 /// Starts the network and the mesh task, when the config has a mesh: the
@@ -282,6 +286,7 @@ fn start_mesh(
             intents: channels.intents,
             trusted: trusted_peers(config),
             refuted: channels.refuted,
+            loads: channels.loads,
             certificate: gate.as_ref().map(|g| g.certificate().clone()),
         },
         cancel.child_token(),

@@ -245,3 +245,116 @@ async fn one_capability_on_several_backends_of_a_node_uses_each_skips_a_dead_one
     .await;
     node.shutdown().await;
 }
+
+/// Delta keeps bravo busy with requests pinned to it; bravo says so in its
+/// route updates, and alpha, which sent bravo nothing yet, sends its own
+/// requests to charlie (both equally fast otherwise). The updates that
+/// carry only load do not rebuild alpha's route table.
+#[tokio::test]
+async fn a_provider_busy_with_another_node_s_requests_gets_fewer_of_this_one_s() {
+    let dirs: Vec<_> = (0..4)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let mut providers = Vec::new();
+    for (i, name) in ["bravo", "charlie"].into_iter().enumerate() {
+        let mut echo = Echo::new(&format!("{name}-gpu"), Flavour::Openai, &["qwen2.5-coder"]);
+        echo.latency = std::time::Duration::from_millis(300);
+        let echo = spawn_echo(echo).await;
+        let mut config = mesh_config(
+            vec![backend("gpu", BackendKind::Openai, echo, false)],
+            vec![farm_capabilities("gpu").remove(1)],
+            dirs[i].path(),
+            Vec::new(),
+        );
+        config.node.name = name.into();
+        providers.push(start(config).await);
+    }
+    let bravo_id = providers[0].peer_id.to_base58();
+    let charlie_id = providers[1].peer_id.to_base58();
+    let to_bravo = mesh_addr(&providers[0]).await;
+    let delta = start(mesh_config(
+        Vec::new(),
+        Vec::new(),
+        dirs[2].path(),
+        vec![to_bravo.clone()],
+    ))
+    .await;
+    let alpha = start(mesh_config(
+        Vec::new(),
+        Vec::new(),
+        dirs[3].path(),
+        vec![to_bravo, mesh_addr(&providers[1]).await],
+    ))
+    .await;
+    // Delta is joined to bravo only (it may hear of charlie through it).
+    for (node, providers) in [(&alpha, 2), (&delta, 1)] {
+        eventually("the providers are listed", || async {
+            let listed = get_json(node, "/v1/mesh/capabilities").await;
+            listed["data"].as_array().is_some_and(|d| {
+                d.iter()
+                    .filter(|c| c["id"] == "farm/coder" && c["available"] == true)
+                    .count()
+                    >= providers
+            })
+        })
+        .await;
+    }
+    eventually("alpha's route table holds both copies", || async {
+        let v = route(&alpha, json!({"model": "farm/coder"})).await;
+        v["group"]["members"]
+            .as_array()
+            .is_some_and(|m| m.len() == 2)
+    })
+    .await;
+    let builds = metric(&alpha, "atmosphere_route_table_builds_total").await;
+
+    // Delta: 8 clients back to back, every request for bravo's copy.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load = (0..8).map(|_| {
+        let (delta_addr, stop) = (delta.http_addr, stop.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            while !stop.is_cancelled() {
+                let resp = http
+                    .post(format!("http://{delta_addr}/v1/chat/completions"))
+                    .json(&chat("farm/coder@bravo"))
+                    .send()
+                    .await
+                    .expect("send");
+                assert_eq!(resp.status(), 200);
+            }
+        })
+    });
+    let load: Vec<_> = load.collect();
+    let member = |v: &Value, node: &str| {
+        v["group"]["members"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["node"] == node).cloned())
+            .unwrap_or(Value::Null)
+    };
+    eventually("alpha hears that bravo is busy", || async {
+        let v = route(&alpha, json!({"model": "farm/coder"})).await;
+        member(&v, &bravo_id)["advertised"].as_u64().unwrap_or(0) >= 6
+    })
+    .await;
+    let (nodes, _) = spread(&alpha, chat("farm/coder"), &[], 1, 12).await;
+    let v = route(&alpha, json!({"model": "farm/coder"})).await;
+    stop.cancel();
+    for task in load {
+        task.await.expect("delta's client");
+    }
+    assert_eq!(
+        nodes.get(&charlie_id),
+        Some(&12),
+        "alpha's requests went to the busy provider too: {nodes:?}; {v}"
+    );
+    assert!(
+        member(&v, &bravo_id)["cost"].as_f64() > member(&v, &charlie_id)["cost"].as_f64(),
+        "{v}"
+    );
+    assert_eq!(
+        metric(&alpha, "atmosphere_route_table_builds_total").await,
+        builds,
+        "alpha rebuilt its table for updates that changed only load"
+    );
+}

@@ -95,6 +95,7 @@ async fn spawn_node(seed: u8, bootstrap: Vec<Multiaddr>, ttl: Duration) -> TestN
             trusted: Default::default(),
             refuted: tokio::sync::mpsc::channel(1).1,
             certificate: None,
+            loads: Default::default(),
         },
         mesh_cancel.clone(),
     );

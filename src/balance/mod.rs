@@ -14,6 +14,11 @@
 //! random, is there to compare: with few providers it sends a third of the
 //! requests past the fastest; see BENCHMARKS.md.)
 //!
+//! Other nodes' requests count too: a node says in its route updates how
+//! many requests run on each of its capabilities, and what that figure holds
+//! beyond this node's own (time-averaged) requests adds to the provider's
+//! in flight (see [`load`]).
+//!
 //! A provider that fails (unreachable, busy, a 5xx, a timeout) is backed off
 //! for 1 s, doubling on each further failure up to 30 s (the requests that
 //! were under way when it failed count as one failure); when its time is up
@@ -21,6 +26,8 @@
 //! key, when the client gives one, keeps its requests on one healthy
 //! provider (rendezvous hashing), so a backend's prompt cache stays warm.
 
+mod explain;
+mod load;
 #[cfg(test)]
 mod tests;
 
@@ -30,13 +37,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-use rand::Rng;
-use serde::Serialize;
-
 use crate::capability::CapabilityId;
 use crate::config::{BalanceConfig, Strategy};
 use crate::routing::Entry;
+pub use explain::{Choice, Member};
+pub use load::{Loads, load_gap, moved};
+use parking_lot::Mutex;
+use rand::Rng;
 
 /// First backoff after a failure; doubled for each further failure in a row.
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
@@ -45,6 +52,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How fast the time-to-first-byte average forgets a slow answer once
 /// answers are fast again (a slower one counts at once: peak EWMA).
 const TTFB_DECAY: Duration = Duration::from_secs(2);
+/// Over about how long this node averages its own requests in flight to a
+/// provider (what they add to the load its node advertises: a half-second
+/// average, up to a few seconds old).
+const IN_FLIGHT_DECAY: Duration = Duration::from_secs(1);
 /// Costs this close (the higher within 20% of the lower) count as equal:
 /// times to first byte vary by more than that from one answer to the next,
 /// and idle providers that differ by less share the requests instead of the
@@ -89,6 +100,11 @@ struct Key {
 #[derive(Debug)]
 struct Stats {
     in_flight: u32,
+    /// Its time average (about the last [`IN_FLIGHT_DECAY`]), up to `mean_at`:
+    /// what this node's own requests add to what the provider's node
+    /// advertises, which is an average too.
+    mean_in_flight: f64,
+    mean_at: Instant,
     /// Peak-EWMA of the time to first byte, ms; none before the first answer.
     ttfb_ms: Option<f64>,
     ttfb_at: Instant,
@@ -109,6 +125,8 @@ impl Stats {
     fn new(now: Instant) -> Self {
         Self {
             in_flight: 0,
+            mean_in_flight: 0.0,
+            mean_at: now,
             ttfb_ms: None,
             ttfb_at: now,
             errors: 0.0,
@@ -163,10 +181,25 @@ impl Stats {
         }
     }
 
-    /// Lower is better. Unknown latency counts as `unknown_ttfb`.
-    fn cost(&self, unknown_ttfb: f64) -> f64 {
+    /// The time average of `in_flight` at `now`.
+    fn mean_in_flight(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.mean_at).as_secs_f64();
+        let w = (-elapsed / IN_FLIGHT_DECAY.as_secs_f64()).exp();
+        self.mean_in_flight * w + f64::from(self.in_flight) * (1.0 - w)
+    }
+
+    /// `in_flight` changes by `by` at `now`.
+    fn add_in_flight(&mut self, by: i32, now: Instant) {
+        self.mean_in_flight = self.mean_in_flight(now);
+        self.mean_at = now;
+        self.in_flight = self.in_flight.saturating_add_signed(by);
+    }
+
+    /// Lower is better. Unknown latency counts as `unknown_ttfb`; `others`:
+    /// requests it runs for other nodes, as far as this node knows.
+    fn cost(&self, unknown_ttfb: f64, others: f64) -> f64 {
         let ttfb = self.ttfb_ms.unwrap_or(unknown_ttfb).max(0.001);
-        ttfb * f64::from(self.in_flight + 1) / (1.0 - self.errors.min(0.9))
+        ttfb * (f64::from(self.in_flight) + others + 1.0) / (1.0 - self.errors.min(0.9))
     }
 }
 
@@ -185,61 +218,10 @@ struct Rated {
     health: Health,
     cost: f64,
     in_flight: u32,
+    advertised: Option<u32>,
     ttfb_ms: Option<f64>,
     errors: f64,
     requests: u64,
-}
-
-impl Rated {
-    fn member(&self) -> Member {
-        Member {
-            capability: self.provider.entry.capability.id.clone(),
-            node: self.provider.entry.node.clone(),
-            backend: self.provider.backend.clone(),
-            score: self.provider.score,
-            in_flight: self.in_flight,
-            ttfb_ms: self.ttfb_ms,
-            error_rate: self.errors,
-            backed_off_ms: match self.health {
-                Health::BackedOff(left) => Some(left.as_millis() as u64),
-                Health::Probe => Some(0),
-                Health::Up => None,
-            },
-            cost: self.cost,
-            requests: self.requests,
-        }
-    }
-}
-
-/// A provider's numbers as `POST /v1/route` shows them.
-#[derive(Debug, Clone, Serialize)]
-pub struct Member {
-    pub capability: CapabilityId,
-    pub node: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub backend: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub score: Option<f32>,
-    pub in_flight: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ttfb_ms: Option<f64>,
-    pub error_rate: f64,
-    /// Time left in its backoff, ms (0 while a probe is under way).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub backed_off_ms: Option<u64>,
-    pub cost: f64,
-    /// Requests this node has sent it.
-    pub requests: u64,
-}
-
-/// How a group was ordered for one request, as `POST /v1/route` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Choice {
-    pub strategy: Strategy,
-    /// `cost`, `session`, `probe`, `round_robin`, `first` or `backed_off` (every
-    /// member is backed off; the one free soonest goes first).
-    pub reason: &'static str,
-    pub members: Vec<Member>,
 }
 
 /// The attempt on one provider; counted in flight until dropped.
@@ -248,6 +230,8 @@ pub struct Lease {
     started: Instant,
     /// It probes a provider whose backoff is over.
     probe: bool,
+    /// For a backend of this node: the node's load, and the capability.
+    local: Option<(Arc<Loads>, Arc<Entry>)>,
 }
 
 impl Lease {
@@ -273,11 +257,15 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         let mut s = self.stats.lock();
-        s.in_flight = s.in_flight.saturating_sub(1);
+        s.add_in_flight(-1, Instant::now());
         // A probe given up without an outcome (the client left) must not
         // leave the provider marked as being probed.
         if self.probe {
             s.probing = false;
+        }
+        drop(s);
+        if let Some((loads, entry)) = &self.local {
+            loads.ended(&entry.capability.id);
         }
     }
 }
@@ -285,14 +273,18 @@ impl Drop for Lease {
 /// The numbers of every provider this node has sent requests to.
 pub struct Balancer {
     config: BalanceConfig,
+    loads: Arc<Loads>,
     stats: Mutex<HashMap<Key, Arc<Mutex<Stats>>>>,
     turn: AtomicUsize,
 }
 
 impl Balancer {
-    pub fn new(config: BalanceConfig) -> Self {
+    /// `loads`: this node's load, counted here, and other nodes', heard by
+    /// the mesh.
+    pub fn new(config: BalanceConfig, loads: Arc<Loads>) -> Self {
         Self {
             config,
+            loads,
             stats: Mutex::new(HashMap::new()),
             turn: AtomicUsize::new(0),
         }
@@ -329,10 +321,26 @@ impl Balancer {
                 let fresh = Stats::new(now);
                 let guard = stats.as_ref().map(|s| s.lock());
                 let s = guard.as_deref().unwrap_or(&fresh);
+                // What others send it counts too, as its node says.
+                let advertised = provider
+                    .backend
+                    .is_none()
+                    .then(|| {
+                        let e = &provider.entry;
+                        self.loads.advertised(&e.node, &e.capability.id)
+                    })
+                    .flatten();
+                let counted = advertised.filter(|_| self.config.advertised_load);
                 Rated {
                     health: s.health(now),
-                    cost: s.cost(unknown_ttfb),
+                    // The node's figure counts this node's requests too
+                    // (averaged, as the figure is): the rest are others'.
+                    cost: s.cost(
+                        unknown_ttfb,
+                        counted.map_or(0.0, |n| (f64::from(n) - s.mean_in_flight(now)).max(0.0)),
+                    ),
                     in_flight: s.in_flight,
+                    advertised,
                     ttfb_ms: s.ttfb_ms,
                     errors: s.errors,
                     requests: s.requests,
@@ -462,17 +470,22 @@ impl Balancer {
         };
         let probe = {
             let mut s = stats.lock();
-            s.in_flight += 1;
+            s.add_in_flight(1, now);
             s.requests += 1;
             s.last_used = now;
             let probe = s.health(now) == Health::Probe;
             s.probing |= probe;
             probe
         };
+        let local = provider.backend.is_some().then(|| {
+            self.loads.started(&provider.entry.capability.id);
+            (self.loads.clone(), provider.entry.clone())
+        });
         Lease {
             stats,
             started: now,
             probe,
+            local,
         }
     }
 }

@@ -27,10 +27,13 @@ fn provider(node: &str) -> Provider {
 }
 
 fn balancer(strategy: Strategy) -> Balancer {
-    Balancer::new(BalanceConfig {
-        strategy,
-        ..Default::default()
-    })
+    Balancer::new(
+        BalanceConfig {
+            strategy,
+            ..Default::default()
+        },
+        Arc::default(),
+    )
 }
 
 /// Makes `node`'s time to first byte `ms` (one answer).
@@ -258,10 +261,10 @@ fn errors_raise_the_cost() {
     let now = Instant::now();
     let mut s = Stats::new(now);
     s.answered(Duration::from_millis(10), now);
-    let clean = s.cost(1.0);
+    let clean = s.cost(1.0, 0.0);
     s.failed(now, now);
     s.answered(Duration::from_millis(10), now);
-    assert!(s.cost(1.0) > clean);
+    assert!(s.cost(1.0, 0.0) > clean);
 }
 
 #[test]
@@ -308,4 +311,72 @@ fn explaining_the_choice_does_not_move_round_robin_on() {
         turns.push(b.order(group.to_vec(), None)[0].entry.node.clone());
     }
     assert_eq!(turns, ["a", "b", "c"]);
+}
+
+#[test]
+fn what_other_nodes_send_a_provider_counts_too() {
+    let (pa, pb) = (libp2p::PeerId::random(), libp2p::PeerId::random());
+    let group = [provider(&pa.to_base58()), provider(&pb.to_base58())];
+    let id = group[0].entry.capability.id.clone();
+    for advertised_load in [true, false] {
+        let loads = Arc::new(Loads::default());
+        let b = Balancer::new(
+            BalanceConfig {
+                advertised_load,
+                ..Default::default()
+            },
+            loads.clone(),
+        );
+        answered(&b, &group[0], 10);
+        answered(&b, &group[1], 10);
+        // a's node runs 3 requests of others: a costs 10 x 4, b 10 x 1.
+        loads.advertise(pa, [(id.clone(), 3)]);
+        let seen = counts(&b, &group, 100);
+        if advertised_load {
+            assert_eq!(seen.get(&pb.to_base58()), Some(&100), "{seen:?}");
+            let choice = b.explain(&group, None);
+            assert_eq!(choice.members[0].advertised, Some(3));
+            assert!((choice.members[0].cost - 40.0).abs() < 0.1, "{choice:?}");
+            // This node's own requests are part of what a node advertises:
+            // with 3 of them in flight for a while, an advertised 4 leaves 1
+            // for others (10 x 5), and an advertised 2 none (10 x 4).
+            let held: Vec<Lease> = (0..3).map(|_| b.lease(&group[0])).collect();
+            {
+                let stats = b.stats_of(&group[0].key()).expect("leased");
+                let mut s = stats.lock();
+                s.mean_in_flight = 3.0;
+                s.mean_at = Instant::now();
+            }
+            loads.advertise(pa, [(id.clone(), 4)]);
+            let cost = b.explain(&group, None).members[0].cost;
+            assert!((cost - 50.0).abs() < 0.1, "{cost}");
+            loads.advertise(pa, [(id.clone(), 2)]);
+            let cost = b.explain(&group, None).members[0].cost;
+            assert!((cost - 40.0).abs() < 0.1, "{cost}");
+            drop(held);
+        } else {
+            assert!(seen.len() == 2, "off, only own requests count: {seen:?}");
+            let choice = b.explain(&group, None);
+            assert_eq!(choice.members[0].advertised, Some(3), "shown all the same");
+            assert_eq!(choice.members[0].cost, 10.0);
+        }
+    }
+}
+
+#[test]
+fn requests_on_this_node_s_backends_are_its_load() {
+    let loads = Arc::new(Loads::default());
+    let b = Balancer::new(BalanceConfig::default(), loads.clone());
+    let mut local = provider("me");
+    local.backend = Some("gpu0".into());
+    let mut other = local.clone();
+    other.backend = Some("gpu1".into());
+    let id = local.entry.capability.id.clone();
+    let held = [b.lease(&local), b.lease(&other), b.lease(&local)];
+    // Another node's provider of the same id is not this node's load.
+    let remote = b.lease(&provider("elsewhere"));
+    assert_eq!(loads.local(&id), 3);
+    drop(held);
+    drop(remote);
+    assert_eq!(loads.local(&id), 0);
 }

@@ -338,18 +338,29 @@ fn print_group(g: &Value) -> String {
     );
     let _ = writeln!(
         s,
-        "     {:<32} {:<10} {:<10} {:>9}  {:>8}  {:>6}  {:>8}  {:>8}  backed off",
-        "capability", "node", "backend", "in flight", "ttfb ms", "errors", "cost", "requests"
+        "     {:<32} {:<10} {:<10} {:>9}  {:>10}  {:>8}  {:>6}  {:>8}  {:>8}  backed off",
+        "capability",
+        "node",
+        "backend",
+        "in flight",
+        "advertised",
+        "ttfb ms",
+        "errors",
+        "cost",
+        "requests"
     );
     for m in members {
         let node = m["node"].as_str().unwrap_or("");
         let _ = writeln!(
             s,
-            "     {:<32} {:<10} {:<10} {:>9}  {:>8}  {:>6.2}  {:>8.1}  {:>8}  {}",
+            "     {:<32} {:<10} {:<10} {:>9}  {:>10}  {:>8}  {:>6.2}  {:>8.1}  {:>8}  {}",
             m["capability"].as_str().unwrap_or(""),
             &node[node.len().saturating_sub(8)..],
             m["backend"].as_str().unwrap_or("-"),
             m["in_flight"].as_u64().unwrap_or(0),
+            m["advertised"]
+                .as_u64()
+                .map_or_else(|| "-".to_owned(), |n| n.to_string()),
             m["ttfb_ms"]
                 .as_f64()
                 .map_or_else(|| "-".to_owned(), |t| format!("{t:.1}")),

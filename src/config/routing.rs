@@ -74,6 +74,12 @@ pub struct BalanceConfig {
     /// The request header whose value keeps a client's requests on one
     /// provider while it is healthy (the body's `user` field does too).
     pub session_header: String,
+    /// Whether the requests other nodes say run at a provider count in its
+    /// cost (what the figure holds beyond this node's own; see
+    /// `balance::load`). On by default; off, a node counts only its own
+    /// requests (the rule before, kept to compare: `cargo bench --bench
+    /// balance`).
+    pub advertised_load: bool,
 }
 
 /// `balance.strategy`
@@ -93,6 +99,7 @@ impl Default for BalanceConfig {
             strategy: Strategy::LeastCost,
             margin: 0.01,
             session_header: "x-session-id".into(),
+            advertised_load: true,
         }
     }
 }

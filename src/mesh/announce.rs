@@ -1,8 +1,13 @@
 //! What this node tells the mesh about its capabilities: texts clipped to
-//! their wire limits, and the wire record of each.
+//! their wire limits, the wire record of each, and the load figures they
+//! carry (`balance::load`).
 
+use std::collections::HashMap;
+
+use crate::balance::moved;
+use crate::capability::CapabilityId;
 use crate::routing::Entry;
-use crate::wire::route::{self, CapabilityRecord, WireVector};
+use crate::wire::route::{self, CapabilityRecord, RouteBody, RouteUpdate, WireVector};
 
 /// A capability as the mesh is told of it: every text clipped to its wire
 /// limit (one over-long field would make peers reject the whole update, and
@@ -29,8 +34,9 @@ pub fn announced(c: &crate::capability::Capability) -> crate::capability::Capabi
     }
 }
 
-/// The wire record of a local entry (whose capability is [`announced`]).
-pub fn record(entry: &Entry) -> CapabilityRecord {
+/// The wire record of a local entry (whose capability is [`announced`]),
+/// with `in_flight` requests running on it.
+pub fn record(entry: &Entry, in_flight: u32) -> CapabilityRecord {
     let c = announced(&entry.capability);
     CapabilityRecord {
         id: c.id.to_string(),
@@ -46,8 +52,32 @@ pub fn record(entry: &Entry) -> CapabilityRecord {
             .map(|p| WireVector::quantize(p))
             .collect(),
         available: entry.available,
-        in_flight: 0,
+        in_flight,
         reference: entry.reference,
         examples: c.examples,
     }
+}
+
+/// The load figures an update carries (each capability's `in_flight`).
+pub fn figures(update: &RouteUpdate) -> Vec<(CapabilityId, u32)> {
+    match &update.body {
+        RouteBody::Full(records) => records
+            .iter()
+            .filter(|r| r.in_flight > 0)
+            .filter_map(|r| Some((r.id.parse().ok()?, r.in_flight)))
+            .collect(),
+        RouteBody::Withdraw => Vec::new(),
+    }
+}
+
+/// Whether this node's load (`now`, from `Loads::sample`) moved enough
+/// since it announced `announced` to announce it again before the next
+/// refresh.
+pub fn load_moved(
+    announced: &HashMap<CapabilityId, u32>,
+    now: &HashMap<CapabilityId, u32>,
+) -> bool {
+    announced
+        .iter()
+        .any(|(id, before)| moved(*before, now.get(id).copied().unwrap_or(0)))
 }

@@ -30,6 +30,8 @@ use remote::{Outcome, Remote};
 
 /// How often expiry is checked.
 const EXPIRY_TICK: Duration = Duration::from_millis(500);
+/// How often this node checks whether its load moved enough to announce.
+const LOAD_TICK: Duration = Duration::from_millis(500);
 /// Least time between two announcements of this node's routes; receivers
 /// accept one update per origin and second on average (burst 5).
 const MIN_ANNOUNCE_GAP: Duration = Duration::from_secs(1);
@@ -72,6 +74,9 @@ pub struct Setup {
     pub refuted: mpsc::Receiver<String>,
     /// The certificate this node's updates carry, in a closed mesh.
     pub certificate: Option<crate::wire::member::Certificate>,
+    /// Requests running on this node's capabilities, announced in its
+    /// updates; other nodes' figures, as heard (see `balance::load`).
+    pub loads: Arc<crate::balance::Loads>,
 }
 
 /// Refuted origins waiting for the mesh task; when full, a report is
@@ -117,6 +122,9 @@ pub fn start(
         waiting: std::collections::HashMap::new(),
         looked_up: std::collections::HashMap::new(),
         unreachable: std::collections::HashMap::new(),
+        announced: std::collections::HashMap::new(),
+        announced_bytes: 0,
+        load: std::collections::HashMap::new(),
         setup,
     };
     (
@@ -152,6 +160,11 @@ struct Task {
     looked_up: std::collections::HashMap<String, Instant>,
     /// Providers whose sync failed, and when (see [`UNREACHABLE_FOR`]).
     unreachable: std::collections::HashMap<PeerId, Instant>,
+    /// The load figures of this node's last update, and its size.
+    announced: std::collections::HashMap<crate::capability::CapabilityId, u32>,
+    announced_bytes: usize,
+    /// This node's load over the last [`LOAD_TICK`] (`Loads::sample`).
+    load: std::collections::HashMap<crate::capability::CapabilityId, u32>,
 }
 
 impl Task {
@@ -161,6 +174,8 @@ impl Task {
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut expiry = tokio::time::interval(EXPIRY_TICK);
         expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut load_tick = tokio::time::interval(LOAD_TICK);
+        load_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut local_alive = true;
         // Changes closer together than MIN_ANNOUNCE_GAP are coalesced into one
         // update at the end of the gap (peers rate-limit each origin).
@@ -218,6 +233,16 @@ impl Task {
                     self.announce().await;
                     last_announce = Some(Instant::now());
                 }
+                // Load that moved goes out early, as often as its bounds allow.
+                _ = load_tick.tick() => {
+                    self.load = self.setup.loads.sample();
+                    let due = !pending && last_announce
+                        .is_none_or(|t| t.elapsed() >= crate::balance::load_gap(self.announced_bytes));
+                    if due && announce::load_moved(&self.announced, &self.load) {
+                        self.announce().await;
+                        last_announce = Some(Instant::now());
+                    }
+                }
                 _ = expiry.tick() => {
                     let gone = self.remote.expire(Instant::now());
                     if !gone.is_empty() {
@@ -258,10 +283,11 @@ impl Task {
             .cloned()
             .collect();
         self.provide(&local).await;
+        let load = &self.load;
         let mut records: Vec<CapabilityRecord> = local
             .iter()
             .take(route::MAX_CAPABILITIES)
-            .map(record)
+            .map(|e| record(e, load.get(&e.capability.id).copied().unwrap_or(0)))
             .collect();
         let addrs = self.announced_addrs().await;
         let mut update = self.next_update(RouteBody::Full(Vec::new()), addrs);
@@ -293,6 +319,14 @@ impl Task {
                     Ok(()) => tracing::debug!(seq = update.seq, "route update published"),
                     Err(e) => tracing::debug!(error = %e, "route update not published"),
                 }
+                self.announced = match &update.body {
+                    RouteBody::Full(records) => records
+                        .iter()
+                        .filter_map(|r| Some((r.id.parse().ok()?, r.in_flight)))
+                        .collect(),
+                    RouteBody::Withdraw => Default::default(),
+                };
+                self.announced_bytes = signed.payload.len();
                 self.own = Some(signed);
             }
             Err(e) => tracing::warn!(error = %e, "cannot sign this node's route update"),
@@ -344,9 +378,13 @@ impl Task {
                 message,
             } => {
                 let origin = verified.origin;
+                let figures = announce::figures(&verified.update);
                 let outcome =
                     self.remote
                         .apply(*verified, signed, message.source, Instant::now(), unix_ms());
+                if outcome == Outcome::Accepted {
+                    self.setup.loads.advertise(origin, figures);
+                }
                 tracing::debug!(%origin, outcome = outcome.as_str(), "route update");
                 self.counted(outcome, origin, message.source);
                 let verdict = match outcome {
@@ -368,7 +406,11 @@ impl Task {
                 let mut changed = false;
                 for (verified, signed) in updates {
                     let origin = verified.origin;
+                    let figures = announce::figures(&verified.update);
                     let outcome = self.remote.apply(verified, signed, peer, now, unix_ms());
+                    if outcome == Outcome::Accepted {
+                        self.setup.loads.advertise(origin, figures);
+                    }
                     self.counted(outcome, origin, peer);
                     changed |= outcome.changed();
                 }
@@ -482,6 +524,7 @@ impl Task {
         };
         let origins = self.remote.origins();
         self.setup.metrics.remote_origins.set(origins.len() as i64);
+        self.setup.loads.retain(|p| self.remote.holds(p));
         self.view.send_replace(View {
             entries,
             origins: Arc::new(origins),

@@ -423,9 +423,13 @@ impl Remote {
         self.origins.contains_key(peer)
     }
 
-    /// Every remote entry.
+    /// Every remote entry, by origin in PeerId order: the same entries come
+    /// in the same order whatever else the table learnt or forgot (the mesh
+    /// tells a change of entries by comparing them).
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.origins.values().flat_map(|o| o.entries.iter())
+        let mut held: Vec<(&PeerId, &Origin)> = self.origins.iter().collect();
+        held.sort_unstable_by_key(|(p, _)| **p);
+        held.into_iter().flat_map(|(_, o)| o.entries.iter())
     }
 
     /// The latest accepted update of every origin with entries, for sync:

@@ -37,7 +37,7 @@ fn long_configured_texts_still_make_a_valid_update() {
         node_name: route::clip(&long, route::MAX_NODE_NAME),
         addrs: Vec::new(),
         dim: 2,
-        body: RouteBody::Full(vec![record(&entry)]),
+        body: RouteBody::Full(vec![record(&entry, 0)]),
         certificate: None,
     };
     update
