@@ -78,13 +78,21 @@ impl Loads {
     pub(super) fn started(&self, id: &CapabilityId) {
         let now = Instant::now();
         let mut local = self.local.lock();
-        let count = local.counts.entry(id.clone()).or_insert(Count {
-            running: 0,
-            area: 0.0,
-            at: now,
-        });
-        count.settle(now);
-        count.running += 1;
+        // No copy of the id for a capability already counted (most calls).
+        if !local.counts.contains_key(id) {
+            local.counts.insert(
+                id.clone(),
+                Count {
+                    running: 0,
+                    area: 0.0,
+                    at: now,
+                },
+            );
+        }
+        if let Some(count) = local.counts.get_mut(id) {
+            count.settle(now);
+            count.running += 1;
+        }
     }
 
     pub(super) fn ended(&self, id: &CapabilityId) {

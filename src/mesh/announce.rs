@@ -58,12 +58,12 @@ pub fn record(entry: &Entry, in_flight: u32) -> CapabilityRecord {
     }
 }
 
-/// The load figures an update carries (each capability's `in_flight`).
+/// The load figures an update carries (each capability's `in_flight`,
+/// zeros included).
 pub fn figures(update: &RouteUpdate) -> Vec<(CapabilityId, u32)> {
     match &update.body {
         RouteBody::Full(records) => records
             .iter()
-            .filter(|r| r.in_flight > 0)
             .filter_map(|r| Some((r.id.parse().ok()?, r.in_flight)))
             .collect(),
         RouteBody::Withdraw => Vec::new(),

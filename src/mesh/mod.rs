@@ -319,13 +319,7 @@ impl Task {
                     Ok(()) => tracing::debug!(seq = update.seq, "route update published"),
                     Err(e) => tracing::debug!(error = %e, "route update not published"),
                 }
-                self.announced = match &update.body {
-                    RouteBody::Full(records) => records
-                        .iter()
-                        .filter_map(|r| Some((r.id.parse().ok()?, r.in_flight)))
-                        .collect(),
-                    RouteBody::Withdraw => Default::default(),
-                };
+                self.announced = announce::figures(&update).into_iter().collect();
                 self.announced_bytes = signed.payload.len();
                 self.own = Some(signed);
             }
