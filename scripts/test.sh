@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 CACHE="${ATMOSPHERE_CACHE:-$HOME/.cache/atmosphere}"
 OPENAI_SDK_VERSION="3.54.0"
 PY_LIBP2P_VERSION="0.8.1"
+# The official MCP SDK: tests/mcp/tools_server.py is an MCP server on it.
+PY_MCP_VERSION="2.3.0"
 
 scripts/fetch-model.sh
 
@@ -19,12 +21,13 @@ VENV="$CACHE/venv"
 if ! "$VENV/bin/python" -c "
 import sys
 from importlib.metadata import version
-sys.exit(version('openai') != '$OPENAI_SDK_VERSION' or version('libp2p') != '$PY_LIBP2P_VERSION')
+sys.exit(version('openai') != '$OPENAI_SDK_VERSION' or version('libp2p') != '$PY_LIBP2P_VERSION'
+         or version('mcp') != '$PY_MCP_VERSION')
 " 2>/dev/null; then
-  echo "test: installing openai==$OPENAI_SDK_VERSION and libp2p==$PY_LIBP2P_VERSION into $VENV" >&2
+  echo "test: installing openai==$OPENAI_SDK_VERSION, libp2p==$PY_LIBP2P_VERSION and mcp==$PY_MCP_VERSION into $VENV" >&2
   python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
-    "openai==$OPENAI_SDK_VERSION" "libp2p==$PY_LIBP2P_VERSION"
+    "openai==$OPENAI_SDK_VERSION" "libp2p==$PY_LIBP2P_VERSION" "mcp==$PY_MCP_VERSION"
 fi
 export ATMOSPHERE_PYTHON="$VENV/bin/python"
 

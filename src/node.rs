@@ -122,6 +122,7 @@ impl Node {
             request_timeout: config.http.request_timeout,
             mesh: link.clone(),
             balancer: crate::balance::Balancer::new(config.balance.clone(), loads),
+            tools: crate::mcp::Servers::start(&config.mcp, &cancel),
         });
         if let Some(client) = link.as_ref().map(|l| &l.client) {
             let per_peer = config.mesh.as_ref().map_or(1, |m| m.peer_requests);

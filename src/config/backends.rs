@@ -157,6 +157,47 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
     d.deserialize_any(Names)
 }
 
+/// Backend names used once, with URLs; capabilities defined once, each on
+/// backends that exist, none named twice.
+pub(super) fn validate(
+    backends: &[BackendConfig],
+    capabilities: &[CapabilityConfig],
+) -> Result<(), String> {
+    let mut names = std::collections::HashSet::new();
+    for b in backends {
+        if !names.insert(b.name.as_str()) {
+            return Err(format!("backend name {:?} is used twice", b.name));
+        }
+        if reqwest::Url::parse(&b.url).is_err() {
+            return Err(format!(
+                "backend {:?}: url {:?} is not a URL",
+                b.name, b.url
+            ));
+        }
+    }
+    let mut ids = std::collections::HashSet::new();
+    for c in capabilities {
+        if !ids.insert(&c.id) {
+            return Err(format!("capability {} is defined twice", c.id));
+        }
+        if c.backend.is_empty() {
+            return Err(format!("capability {} names no backend", c.id));
+        }
+        for (i, b) in c.backend.iter().enumerate() {
+            if c.backend[..i].contains(b) {
+                return Err(format!("capability {} names backend {b:?} twice", c.id));
+            }
+            if !names.contains(b.as_str()) {
+                return Err(format!(
+                    "capability {} names backend {b:?}, which no [[backend]] defines",
+                    c.id
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::Config;

@@ -6,12 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod backends;
+mod mcp;
 mod mesh;
 mod routing;
 
 use serde::{Deserialize, Serialize};
 
 pub use backends::{BackendConfig, BackendKind, CapabilityConfig};
+pub use mcp::{McpConfig, McpTransport};
 pub use mesh::{MeshConfig, authority_text, parse_authority};
 pub use routing::{AutoOrigins, BalanceConfig, RoutingConfig, Strategy};
 
@@ -39,6 +41,8 @@ pub struct Config {
     /// Capabilities offered by this node (`[[capability]]`).
     #[serde(rename = "capability")]
     pub capabilities: Vec<CapabilityConfig>,
+    /// MCP servers whose tools this node offers (`[[mcp]]`).
+    pub mcp: Vec<McpConfig>,
 }
 
 impl Default for Config {
@@ -52,6 +56,7 @@ impl Default for Config {
             mesh: Some(MeshConfig::default()),
             backends: Vec::new(),
             capabilities: Vec::new(),
+            mcp: Vec::new(),
         }
     }
 }
@@ -187,38 +192,8 @@ impl Config {
     /// Checks what serde cannot: references between sections and value ranges.
     pub fn validate(&self) -> Result<(), Error> {
         let invalid = |m: String| Err(Error::Invalid(m));
-        let mut names = std::collections::HashSet::new();
-        for b in &self.backends {
-            if !names.insert(b.name.as_str()) {
-                return invalid(format!("backend name {:?} is used twice", b.name));
-            }
-            if reqwest::Url::parse(&b.url).is_err() {
-                return invalid(format!(
-                    "backend {:?}: url {:?} is not a URL",
-                    b.name, b.url
-                ));
-            }
-        }
-        let mut ids = std::collections::HashSet::new();
-        for c in &self.capabilities {
-            if !ids.insert(&c.id) {
-                return invalid(format!("capability {} is defined twice", c.id));
-            }
-            if c.backend.is_empty() {
-                return invalid(format!("capability {} names no backend", c.id));
-            }
-            for (i, b) in c.backend.iter().enumerate() {
-                if c.backend[..i].contains(b) {
-                    return invalid(format!("capability {} names backend {b:?} twice", c.id));
-                }
-                if !names.contains(b.as_str()) {
-                    return invalid(format!(
-                        "capability {} names backend {b:?}, which no [[backend]] defines",
-                        c.id
-                    ));
-                }
-            }
-        }
+        backends::validate(&self.backends, &self.capabilities).map_err(Error::Invalid)?;
+        mcp::validate(&self.mcp, &self.backends).map_err(Error::Invalid)?;
         if !(0.0..=1.0).contains(&self.balance.margin) {
             return invalid("balance.margin must be between 0 and 1".into());
         }

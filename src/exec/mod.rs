@@ -52,6 +52,8 @@ pub struct Parts {
     pub mesh: Option<Mesh>,
     /// Spreads requests over the providers of one service.
     pub balancer: Balancer,
+    /// The tools of this node's MCP servers.
+    pub tools: crate::mcp::Servers,
 }
 
 /// What the core uses of the mesh.

@@ -8,6 +8,7 @@ mod info;
 mod openai;
 mod render;
 mod serve;
+mod tools;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -77,6 +78,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models", get(info::models))
         .route("/v1/models/{*id}", get(info::model))
         .route("/v1/route", post(info::route))
+        .route("/v1/tools", get(tools::list))
         .route("/v1/mesh/capabilities", get(info::capabilities))
         .route("/v1/mesh/peers", get(info::peers))
         .route("/v1/mesh/revocations", post(info::revoke))

@@ -1,0 +1,215 @@
+//! MCP servers of a node (`[[mcp]]`): tools listed (and listed again when
+//! the server says they changed), called, their errors told apart, a server
+//! that dies started again. The server is `tests/mcp/tools_server.py` on the
+//! official Python SDK (`mcp`, installed into the test venv by
+//! scripts/test.sh; `ATMOSPHERE_PYTHON` names its interpreter), over stdio
+//! and over streamable HTTP.
+
+mod common;
+
+use std::time::Duration;
+
+use atmosphere::config::McpConfig;
+use atmosphere::mcp::{CallError, Servers};
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+
+use common::eventually;
+
+fn python() -> String {
+    std::env::var("ATMOSPHERE_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn script() -> String {
+    format!("{}/tests/mcp/tools_server.py", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn args(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().expect("object")
+}
+
+/// Waits until `server`'s tools are listed and available.
+async fn listed(servers: &Servers, server: &str) {
+    eventually("the MCP server's tools are listed", || async {
+        servers.tool(server, "add").is_some_and(|t| t.available)
+    })
+    .await;
+}
+
+/// Calls, results, errors and a change of tools, on `servers`' `tools`.
+async fn calls_and_errors(servers: &Servers) {
+    listed(servers, "tools").await;
+    let names: Vec<String> = servers.tools().into_iter().map(|t| t.name).collect();
+    for name in ["add", "shout", "fail", "sleep", "learn", "die"] {
+        assert!(names.iter().any(|n| n == name), "{name} missing: {names:?}");
+    }
+    let add = servers.tool("tools", "add").expect("add");
+    assert_eq!(add.description, "Adds two integers and returns the sum.");
+    assert_eq!(add.input_schema["properties"]["a"]["type"], "integer");
+
+    let sum = servers
+        .call("tools", "add", args(json!({"a": 2, "b": 40})))
+        .await
+        .expect("add answers");
+    assert!(!sum.is_error);
+    assert_eq!(sum.result["content"][0]["text"], "42", "{}", sum.result);
+
+    // The tool ran and failed: a result that says so, not a call error.
+    let failed = servers
+        .call("tools", "fail", Map::new())
+        .await
+        .expect("an answer");
+    assert!(failed.is_error, "{}", failed.result);
+    assert!(
+        failed.result.to_string().contains("always fails"),
+        "{}",
+        failed.result
+    );
+
+    assert_eq!(
+        servers
+            .call("tools", "nope", Map::new())
+            .await
+            .expect_err("unknown"),
+        CallError::UnknownTool {
+            server: "tools".into(),
+            tool: "nope".into()
+        }
+    );
+    assert!(matches!(
+        servers.call("other", "add", Map::new()).await,
+        Err(CallError::UnknownTool { .. })
+    ));
+    // The server's timeout is 2 s.
+    assert_eq!(
+        servers
+            .call("tools", "sleep", args(json!({"seconds": 5})))
+            .await
+            .expect_err("too slow"),
+        CallError::Timeout(Duration::from_secs(2))
+    );
+
+    // A tool added later is listed once the server says the tools changed.
+    servers
+        .call("tools", "learn", Map::new())
+        .await
+        .expect("learn");
+    eventually("the new tool is listed", || async {
+        servers.tool("tools", "fresh").is_some()
+    })
+    .await;
+    let fresh = servers
+        .call("tools", "fresh", Map::new())
+        .await
+        .expect("fresh");
+    assert_eq!(fresh.result["content"][0]["text"], "fresh");
+}
+
+fn config(server: McpConfig) -> McpConfig {
+    McpConfig {
+        timeout: Duration::from_secs(2),
+        ..server
+    }
+}
+
+#[tokio::test]
+async fn a_stdio_server_s_tools_are_listed_called_and_its_restart_survived() {
+    let cancel = CancellationToken::new();
+    let servers = Servers::start(
+        &[config(McpConfig::stdio("tools", &python(), &[&script()]))],
+        &cancel,
+    );
+    calls_and_errors(&servers).await;
+
+    // The process dies: its tools stay listed, unavailable, and calls say
+    // why; it is started again (after a 1 s backoff) and they come back.
+    let _ = servers.call("tools", "die", Map::new()).await;
+    eventually("the tools are marked unavailable", || async {
+        servers.tool("tools", "add").is_some_and(|t| !t.available)
+    })
+    .await;
+    assert!(matches!(
+        servers
+            .call("tools", "add", args(json!({"a": 1, "b": 1})))
+            .await,
+        Err(CallError::Unavailable(..))
+    ));
+    listed(&servers, "tools").await;
+    let sum = servers
+        .call("tools", "add", args(json!({"a": 1, "b": 1})))
+        .await
+        .expect("after the restart");
+    assert_eq!(sum.result["content"][0]["text"], "2");
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_streamable_http_server_s_tools_are_listed_and_called() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr").port()
+    };
+    let mut child = tokio::process::Command::new(python())
+        .args([script(), "--http".into(), port.to_string()])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the HTTP server");
+    let cancel = CancellationToken::new();
+    // Started before the server listens: the first attempts fail and are
+    // retried with backoff.
+    let servers = Servers::start(
+        &[config(McpConfig::http(
+            "tools",
+            &format!("http://127.0.0.1:{port}/mcp"),
+        ))],
+        &cancel,
+    );
+    calls_and_errors(&servers).await;
+    cancel.cancel();
+    let _ = child.kill().await;
+}
+
+#[tokio::test]
+async fn a_server_that_cannot_start_is_unavailable_and_named_in_the_error() {
+    let cancel = CancellationToken::new();
+    let servers = Servers::start(
+        &[McpConfig::stdio("ghost", "/nonexistent/mcp-server", &[])],
+        &cancel,
+    );
+    eventually("the failure is known", || async {
+        matches!(
+            servers.call("ghost", "x", Map::new()).await,
+            Err(CallError::Unavailable(_, ref why)) if why.contains("cannot start")
+        )
+    })
+    .await;
+    assert!(servers.tools().is_empty());
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_node_lists_its_mcp_servers_tools_at_v1_tools() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::config(Vec::new(), Vec::new(), dir.path());
+    config.mcp = vec![McpConfig::stdio("tools", &python(), &[&script()])];
+    let node = common::start(config).await;
+    eventually("the tools are listed", || async {
+        common::get_json(&node, "/v1/tools").await["data"]
+            .as_array()
+            .is_some_and(|d| {
+                d.iter()
+                    .any(|t| t["name"] == "add" && t["available"] == true)
+            })
+    })
+    .await;
+    let listed = common::get_json(&node, "/v1/tools").await;
+    let add = listed["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|t| t["name"] == "add"))
+        .cloned()
+        .expect("add");
+    assert_eq!(add["server"], "tools");
+    assert_eq!(add["node"], node.peer_id.to_base58());
+    assert_eq!(add["share"], "local", "tools are kept local unless shared");
+    assert_eq!(add["input_schema"]["required"], json!(["a", "b"]));
+}

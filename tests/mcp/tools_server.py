@@ -1,0 +1,65 @@
+"""An MCP server for the tests, on the official Python SDK (`mcp` 2.x).
+
+    python tools_server.py                 # over stdin and stdout
+    python tools_server.py --http PORT     # streamable HTTP at /mcp
+
+Tools: `add` (two integers), `shout` (text), `fail` (always an error
+result), `sleep` (seconds), `learn` (adds a tool `fresh` and tells the
+client the tools changed) and `die` (the process exits at once).
+"""
+
+import asyncio
+import os
+import sys
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+
+server = MCPServer("atmosphere-test-tools", log_level="WARNING")
+
+
+@server.tool(description="Adds two integers and returns the sum.")
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@server.tool(description="Returns the text in capital letters.")
+def shout(text: str) -> str:
+    return text.upper()
+
+
+@server.tool(description="Always fails.")
+def fail() -> str:
+    raise ToolError("this tool always fails")
+
+
+@server.tool(description="Waits, then answers.")
+async def sleep(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "awake"
+
+
+def fresh() -> str:
+    return "fresh"
+
+
+@server.tool(description="Adds the tool `fresh` and says the tools changed.")
+async def learn(ctx: Context) -> str:
+    server.add_tool(fresh, description="A tool that appeared later.")
+    # Clients of protocol versions before 2026-07-28 are told directly;
+    # later ones through their `subscriptions/listen`.
+    await ctx.session.send_tool_list_changed()
+    await ctx.notify_tools_changed()
+    return "learnt"
+
+
+@server.tool(description="Ends the server's process at once.")
+def die() -> str:
+    os._exit(3)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--http":
+        server.run(transport="streamable-http", port=int(sys.argv[2]))
+    else:
+        server.run()
