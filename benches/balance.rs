@@ -396,6 +396,32 @@ async fn compare(client: &reqwest::Client, bed: &Testbed, scale: u64) {
     println!();
 }
 
+/// Two provider nodes named `names` (the second joined to the first), each
+/// on its own backend answering in `ms` with [`SLOTS`] slots: their
+/// processes, their names by PeerId, and both addresses to bootstrap from.
+async fn two_providers(
+    client: &reqwest::Client,
+    dir: &Path,
+    names: [&'static str; 2],
+    ms: u64,
+) -> (Vec<Killed>, HashMap<String, &'static str>, String) {
+    let mut procs = Vec::new();
+    let mut by_peer = HashMap::new();
+    let mut joins: Vec<String> = Vec::new();
+    for name in names {
+        let (http, backend) = (free_port(), free_port());
+        procs.push(slow_echo(backend, ms));
+        let join = joins.first().map_or(String::new(), |a| format!("\"{a}\""));
+        procs.push(provider_config(dir, name, http, backend, &join));
+        wait_ready(client, &format!("http://127.0.0.1:{http}/health")).await;
+        let (addr, peer) = mesh_addr(client, http).await;
+        by_peer.insert(peer, name);
+        joins.push(addr);
+    }
+    let join = format!("\"{}\", \"{}\"", joins[0], joins[1]);
+    (procs, by_peer, join)
+}
+
 /// The report: two nodes with the same capability on identical
 /// backends (20 ms, 4 slots), a third joined to both; 200 requests one at a
 /// time, then 200 with 8 at a time, under `first` (the rule before) and
@@ -403,22 +429,7 @@ async fn compare(client: &reqwest::Client, bed: &Testbed, scale: u64) {
 async fn twins(client: &reqwest::Client) {
     let dir = std::env::temp_dir().join(format!("atmosphere-twins-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
-    let mut procs = Vec::new();
-    let mut names = HashMap::new();
-    let mut joins = Vec::new();
-    for name in ["c", "b"] {
-        let (http, backend) = (free_port(), free_port());
-        procs.push(slow_echo(backend, 20));
-        let join = joins
-            .first()
-            .map_or(String::new(), |a: &String| format!("\"{a}\""));
-        procs.push(provider_config(&dir, name, http, backend, &join));
-        wait_ready(client, &format!("http://127.0.0.1:{http}/health")).await;
-        let (addr, peer) = mesh_addr(client, http).await;
-        names.insert(peer, name);
-        joins.push(addr);
-    }
-    let join = format!("\"{}\", \"{}\"", joins[0], joins[1]);
+    let (mut procs, names, join) = two_providers(client, &dir, ["c", "b"], 20).await;
     println!(
         "## Two nodes offering `farm/coder` on identical backends (20 ms, {SLOTS} slots), 200 requests"
     );
@@ -477,23 +488,8 @@ async fn routers(client: &reqwest::Client) {
     const EACH: usize = 6;
     let dir = std::env::temp_dir().join(format!("atmosphere-routers-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
-    let mut procs = Vec::new();
-    let mut names = HashMap::new();
-    let mut joins = Vec::new();
-    for name in ["b", "d"] {
-        let (http, backend) = (free_port(), free_port());
-        procs.push(slow_echo(backend, MS));
-        let join = joins
-            .first()
-            .map_or(String::new(), |a: &String| format!("\"{a}\""));
-        // Nodes are named: R1's clients ask for `farm/coder@b`.
-        procs.push(provider_config(&dir, name, http, backend, &join));
-        wait_ready(client, &format!("http://127.0.0.1:{http}/health")).await;
-        let (addr, peer) = mesh_addr(client, http).await;
-        names.insert(peer, name);
-        joins.push(addr);
-    }
-    let join = format!("\"{}\", \"{}\"", joins[0], joins[1]);
+    // Nodes are named: R1's clients ask for `farm/coder@b`.
+    let (mut procs, names, join) = two_providers(client, &dir, ["b", "d"], MS).await;
     let mut fronts = Vec::new();
     for (name, advertised) in [("r1", true), ("r2-own", false), ("r2", true)] {
         let port = free_port();
