@@ -82,19 +82,14 @@ async fn route(node: &Node, body: Value) -> Value {
         .expect("json")
 }
 
-#[tokio::test]
-async fn copies_on_two_nodes_share_the_requests_and_a_session_stays_on_one() {
-    let dirs: Vec<_> = (0..3)
-        .map(|_| tempfile::tempdir().expect("tempdir"))
-        .collect();
+/// Nodes bravo and charlie (data in `dirs[0]`, `dirs[1]`), each offering
+/// `farm/coder` on its own echo backend that answers after `latency`.
+async fn bravo_and_charlie(dirs: &[tempfile::TempDir], latency: std::time::Duration) -> Vec<Node> {
     let mut providers = Vec::new();
     for (i, name) in ["bravo", "charlie"].into_iter().enumerate() {
-        let echo = spawn_echo(Echo::new(
-            &format!("{name}-gpu"),
-            Flavour::Openai,
-            &["qwen2.5-coder"],
-        ))
-        .await;
+        let mut echo = Echo::new(&format!("{name}-gpu"), Flavour::Openai, &["qwen2.5-coder"]);
+        echo.latency = latency;
+        let echo = spawn_echo(echo).await;
         let mut config = mesh_config(
             vec![backend("gpu", BackendKind::Openai, echo, false)],
             vec![farm_capabilities("gpu").remove(1)],
@@ -102,11 +97,21 @@ async fn copies_on_two_nodes_share_the_requests_and_a_session_stays_on_one() {
             Vec::new(),
         );
         config.node.name = name.into();
-        // The echo answers at once: 8 clients send far more than the default
-        // 100 requests/s one peer may send, which is not what is tested here.
+        // An echo that answers at once lets 8 clients send far more than
+        // the default 100 requests/s one peer may send, which is not what
+        // is tested here.
         config.mesh.as_mut().expect("mesh").peer_rate = 100_000;
         providers.push(start(config).await);
     }
+    providers
+}
+
+#[tokio::test]
+async fn copies_on_two_nodes_share_the_requests_and_a_session_stays_on_one() {
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let providers = bravo_and_charlie(&dirs, std::time::Duration::ZERO).await;
     let mut through = Vec::new();
     for p in &providers {
         through.push(mesh_addr(p).await);
@@ -255,20 +260,7 @@ async fn a_provider_busy_with_another_node_s_requests_gets_fewer_of_this_one_s()
     let dirs: Vec<_> = (0..4)
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();
-    let mut providers = Vec::new();
-    for (i, name) in ["bravo", "charlie"].into_iter().enumerate() {
-        let mut echo = Echo::new(&format!("{name}-gpu"), Flavour::Openai, &["qwen2.5-coder"]);
-        echo.latency = std::time::Duration::from_millis(300);
-        let echo = spawn_echo(echo).await;
-        let mut config = mesh_config(
-            vec![backend("gpu", BackendKind::Openai, echo, false)],
-            vec![farm_capabilities("gpu").remove(1)],
-            dirs[i].path(),
-            Vec::new(),
-        );
-        config.node.name = name.into();
-        providers.push(start(config).await);
-    }
+    let providers = bravo_and_charlie(&dirs, std::time::Duration::from_millis(300)).await;
     let bravo_id = providers[0].peer_id.to_base58();
     let charlie_id = providers[1].peer_id.to_base58();
     let to_bravo = mesh_addr(&providers[0]).await;
