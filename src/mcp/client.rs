@@ -29,13 +29,6 @@ impl ClientHandler for Handler {
     }
 }
 
-/// Where the handler of `service` sends changes.
-fn handler_changed(
-    service: &rmcp::service::RunningService<RoleClient, Handler>,
-) -> mpsc::Sender<()> {
-    service.service().changed.clone()
-}
-
 /// A way to call a connected server's tools; cheap to clone.
 #[derive(Clone)]
 pub struct Peer(rmcp::Peer<RoleClient>);
@@ -66,7 +59,7 @@ impl Session {
     pub async fn open(config: &McpConfig) -> Result<Self, String> {
         let (changed_tx, changed) = mpsc::channel(1);
         let handler = Handler {
-            changed: changed_tx,
+            changed: changed_tx.clone(),
         };
         let connect = async {
             match config.transport() {
@@ -93,7 +86,7 @@ impl Session {
         let filter = SubscriptionFilter::builder().tools_list_changed().build();
         match tokio::time::timeout(config.timeout, peer.listen(filter)).await {
             Ok(Ok(mut subscription)) => {
-                let changed = handler_changed(&service);
+                let changed = changed_tx;
                 tokio::spawn(async move {
                     while let Ok(Some(n)) = subscription.next().await {
                         if matches!(n, ServerNotification::ToolListChangedNotification(_)) {
