@@ -128,7 +128,7 @@ fn route_all(router: &Router, table: &Table, queries: &[Vec<f32>]) -> Vec<(Optio
     queries
         .iter()
         .map(|q| {
-            let d = router.decide(table, q, Need::Any, &up);
+            let d = router.decide(table, q, &Need::Any, &up);
             let chosen = match d.outcome {
                 Outcome::Matched | Outcome::General => d.chosen.map(|c| c.id.name().to_owned()),
                 _ => None,

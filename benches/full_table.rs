@@ -225,6 +225,7 @@ async fn bench() {
                     in_flight: 0,
                     reference: Some(0.5),
                     examples: examples.clone(),
+                    input_schema: None,
                 })
                 .collect();
             let update = RouteUpdate {

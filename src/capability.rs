@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -103,6 +104,11 @@ impl Kind {
         Self("llm/embed".into())
     }
 
+    /// What an MCP server's tools are unless the config says more.
+    pub fn tool() -> Self {
+        Self("tool/mcp".into())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -162,6 +168,9 @@ pub enum Source {
     Discovered,
     /// Announced by another node.
     Remote,
+    /// A tool of one of this node's MCP servers (`[[mcp]]`): its backend is
+    /// the server's name, its model the tool's name there.
+    Tool,
 }
 
 /// Who besides this node may run a capability (`share` in its config).
@@ -262,6 +271,9 @@ pub struct Capability {
     /// Who else may run it (for another node's capability: `Mesh`, what it
     /// announced).
     pub share: Share,
+    /// For a tool: the JSON Schema its arguments must satisfy (as its MCP
+    /// server lists it, or as its node announced it).
+    pub input_schema: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl Capability {
@@ -279,6 +291,7 @@ impl Capability {
             model: model.into(),
             source,
             share: Share::Mesh,
+            input_schema: None,
         }
     }
 

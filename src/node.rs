@@ -93,6 +93,7 @@ impl Node {
             .map(|p| p.to_base58())
             .collect();
 
+        let tools = crate::mcp::Servers::start(&config.mcp, &cancel);
         let (catalog, mut tasks) = catalog::start(
             catalog::Setup {
                 configured: config.capabilities.clone(),
@@ -106,6 +107,7 @@ impl Node {
                 trusted,
                 members: link.as_ref().is_some_and(|l| l.gate.is_some()),
                 refuted: link.is_some().then_some(refuted_tx),
+                tools: tools.clone(),
             },
             cancel.child_token(),
         )
@@ -122,7 +124,7 @@ impl Node {
             request_timeout: config.http.request_timeout,
             mesh: link.clone(),
             balancer: crate::balance::Balancer::new(config.balance.clone(), loads),
-            tools: crate::mcp::Servers::start(&config.mcp, &cancel),
+            tools,
         });
         if let Some(client) = link.as_ref().map(|l| &l.client) {
             let per_peer = config.mesh.as_ref().map_or(1, |m| m.peer_requests);
@@ -137,8 +139,15 @@ impl Node {
                 rate.clone(),
                 cancel.child_token(),
             )));
-            let incoming = client.accept_streams()?;
+            let incoming = client.accept_streams(crate::wire::STREAM_PROTOCOL)?;
             tasks.push(tokio::spawn(exec::serve_streams(
+                core.clone(),
+                incoming,
+                rate.clone(),
+                cancel.child_token(),
+            )));
+            let incoming = client.accept_streams(crate::wire::TOOL_PROTOCOL)?;
+            tasks.push(tokio::spawn(exec::serve_tools(
                 core.clone(),
                 incoming,
                 rate,
@@ -154,6 +163,7 @@ impl Node {
             node_name: config.node.name.clone(),
             started_unix: http::unix_now(),
             started: Instant::now(),
+            cancel: cancel.clone(),
         });
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await

@@ -188,28 +188,73 @@ async fn a_server_that_cannot_start_is_unavailable_and_named_in_the_error() {
 }
 
 #[tokio::test]
-async fn a_node_lists_its_mcp_servers_tools_at_v1_tools() {
+async fn a_node_lists_its_mcp_servers_tools_and_refuses_one_whose_schema_is_not_valid() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = common::config(Vec::new(), Vec::new(), dir.path());
-    config.mcp = vec![McpConfig::stdio("tools", &python(), &[&script()])];
+    let mut server = McpConfig::stdio("tools", &python(), &[&script()]);
+    server
+        .env
+        .insert("ATMOSPHERE_BROKEN_SCHEMA".into(), "1".into());
+    config.mcp = vec![server];
     let node = common::start(config).await;
     eventually("the tools are listed", || async {
         common::get_json(&node, "/v1/tools").await["data"]
             .as_array()
             .is_some_and(|d| {
                 d.iter()
-                    .any(|t| t["name"] == "add" && t["available"] == true)
+                    .any(|t| t["tool"] == "add" && t["available"] == true)
             })
     })
     .await;
     let listed = common::get_json(&node, "/v1/tools").await;
     let add = listed["data"]
         .as_array()
-        .and_then(|d| d.iter().find(|t| t["name"] == "add"))
+        .and_then(|d| d.iter().find(|t| t["tool"] == "add"))
         .cloned()
         .expect("add");
     assert_eq!(add["server"], "tools");
     assert_eq!(add["node"], node.peer_id.to_base58());
     assert_eq!(add["share"], "local", "tools are kept local unless shared");
     assert_eq!(add["input_schema"]["required"], json!(["a", "b"]));
+
+    // A tool whose schema is not JSON Schema is listed with the reason and
+    // not offered: calling it says why, the others still run.
+    let broken = listed["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|t| t["tool"] == "broken"))
+        .cloned()
+        .expect("broken listed");
+    assert!(
+        broken["schema_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not a valid JSON Schema")),
+        "{broken}"
+    );
+    let execute = |body: Value| {
+        let url = format!("http://{}/v1/tool/execute", node.http_addr);
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .expect("execute");
+            (r.status().as_u16(), r.json::<Value>().await.expect("json"))
+        }
+    };
+    // Callable once the route table holds the tools (built just after
+    // they are listed).
+    eventually("the tools are in the route table", || async {
+        execute(json!({"tool": "add", "arguments": {"a": 1, "b": 2}}))
+            .await
+            .0
+            == 200
+    })
+    .await;
+    let (status, body) = execute(json!({"tool": "broken"})).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_tool_schema");
+    let (status, body) = execute(json!({"tool": "add", "arguments": {"a": 1, "b": 2}})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["content"][0]["text"], "3");
 }

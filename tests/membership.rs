@@ -129,6 +129,7 @@ async fn record(id: &str) -> CapabilityRecord {
         in_flight: 0,
         reference: None,
         examples,
+        input_schema: None,
     }
 }
 

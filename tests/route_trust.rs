@@ -62,6 +62,7 @@ async fn honest_record(
         in_flight: 0,
         reference: fit::reference(&ex, &profile, 0.2),
         examples: examples.iter().map(|e| (*e).to_owned()).collect(),
+        input_schema: None,
     }
 }
 

@@ -22,6 +22,7 @@ use crate::embed::Embedder;
 use crate::metrics::Metrics;
 use crate::routing::{Entry, Table, capability_prototypes, capability_vector, fit};
 
+mod local;
 mod remote;
 
 pub use remote::{MIN_EXPLAINED, TEXTS_PER_BUILD};
@@ -89,6 +90,8 @@ pub struct Setup {
     /// Where nodes whose announced vectors their texts do not explain are
     /// reported (the mesh drops them).
     pub refuted: Option<mpsc::Sender<String>>,
+    /// The node's MCP servers, whose tools are capabilities too.
+    pub tools: crate::mcp::Servers,
 }
 
 /// Builds the first table (config capabilities plus one discovery round, bounded
@@ -225,12 +228,8 @@ impl Owner {
         cancel: CancellationToken,
     ) {
         let mut probes_alive = true;
+        let mut tools = self.setup.tools.subscribe();
         loop {
-            if !probes_alive && self.setup.remote.is_none() {
-                // Nothing can change any more until shutdown.
-                cancel.cancelled().await;
-                return;
-            }
             let remote_changed = async {
                 match self.setup.remote.as_mut() {
                     Some(r) => r.changed().await.is_ok(),
@@ -255,14 +254,15 @@ impl Owner {
                         tracing::info!(backend = %update.backend, models = found.len(), "backend's models changed");
                         self.discovered.insert(update.backend, found);
                     }
-                    match self.build_local().await {
-                        Ok(true) => {}
-                        // A probe that found what was known: the table holds it.
-                        Ok(false) => continue,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "could not rebuild this node's capabilities; keeping the old ones");
-                            continue;
-                        }
+                    if !self.rebuilt_local().await {
+                        continue;
+                    }
+                }
+                // A tool's server came, went or changed its tools (the
+                // sender lives as long as `setup.tools`).
+                Ok(()) = tools.changed() => {
+                    if !self.rebuilt_local().await {
+                        continue;
                     }
                 }
                 ok = remote_changed => {
@@ -298,68 +298,19 @@ impl Owner {
     }
 
     fn capabilities(&self) -> Vec<Capability> {
-        // A configured capability with a discovered model's id describes that
-        // model: what it leaves out comes from the backend.
-        let found = |c: &CapabilityConfig| {
-            self.discovered
-                .get(c.backend.first()?)
-                .and_then(|found| found.iter().find(|d| d.id == c.id))
-        };
-        let mut out: Vec<Capability> = self
-            .setup
-            .configured
-            .iter()
-            .map(|c| {
-                let mut cap = Capability {
-                    id: c.id.clone(),
-                    kind: c.kind.clone(),
-                    domain: c.domain.clone(),
-                    topics: c.topics.clone(),
-                    description: c.description.clone(),
-                    examples: c.examples.clone(),
-                    backends: c.backend.clone(),
-                    model: c.model.clone().unwrap_or_else(|| c.id.name().to_owned()),
-                    source: Source::Config,
-                    share: c.share.clone(),
-                };
-                if let Some(d) = found(c) {
-                    if c.model.is_none() {
-                        cap.model = d.model.clone();
-                    }
-                    if cap.domain.is_empty() {
-                        cap.domain = d.domain.clone();
-                    }
-                    if cap.topics.is_empty() {
-                        cap.topics = d.topics.clone();
-                    }
-                    if cap.description.is_empty() {
-                        cap.description = d.description.clone();
-                    }
-                }
-                cap
-            })
-            .collect();
-        for (backend, found) in &self.discovered {
-            for d in found {
-                // A configured capability with the same id wins: it says more.
-                if out.iter().any(|c| c.id == d.id) {
-                    continue;
-                }
-                out.push(Capability {
-                    id: d.id.clone(),
-                    kind: d.kind.clone(),
-                    domain: d.domain.clone(),
-                    topics: d.topics.clone(),
-                    description: d.description.clone(),
-                    examples: Vec::new(),
-                    backends: vec![backend.clone()],
-                    model: d.model.clone(),
-                    source: Source::Discovered,
-                    share: Default::default(),
-                });
+        local::capabilities(&self.setup.configured, &self.discovered, &self.setup.tools)
+    }
+
+    /// [`Owner::build_local`], saying whether the table must be built again
+    /// (errors are logged: the old entries stay).
+    async fn rebuilt_local(&mut self) -> bool {
+        match self.build_local().await {
+            Ok(changed) => changed,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not rebuild this node's capabilities; keeping the old ones");
+                false
             }
         }
-        out
     }
 
     /// Recomputes this node's entries (embedding only new texts) and hands them
@@ -427,12 +378,15 @@ impl Owner {
             .iter()
             .filter_map(|t| self.cache.get(t).cloned())
             .collect();
-        let available = self
-            .setup
-            .backends
-            .iter()
-            .filter(|b| capability.backends.iter().any(|n| n == b.name()))
-            .any(|b| b.is_available());
+        let available = match capability.source {
+            Source::Tool => capability.backends.iter().any(|s| self.setup.tools.up(s)),
+            _ => self
+                .setup
+                .backends
+                .iter()
+                .filter(|b| capability.backends.iter().any(|n| n == b.name()))
+                .any(|b| b.is_available()),
+        };
         let weight = self.setup.routing.description_weight;
         Some(Entry {
             vector: capability_vector(&examples, profile, weight),

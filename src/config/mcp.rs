@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::capability::Share;
+use crate::capability::{Kind, Share};
 
 /// `[[mcp]]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,6 +32,34 @@ pub struct McpConfig {
     /// Longest a call (or a listing) may take.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// The kind of its tools as capabilities (`tool/*`; `tool/mcp` unless
+    /// set), and their domain: what typed intents and routing go by.
+    #[serde(default = "default_kind")]
+    pub kind: Kind,
+    #[serde(default)]
+    pub domain: String,
+    /// What the operator adds to single tools, by the tool's name on the
+    /// server: a kind, a domain, examples of requests it is for.
+    #[serde(default)]
+    pub tools: BTreeMap<String, ToolConfig>,
+}
+
+/// `[mcp.tools.<name>]`: what a server does not say about one of its tools.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolConfig {
+    #[serde(default)]
+    pub kind: Option<Kind>,
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Requests the tool is for (routing by meaning uses them as it uses a
+    /// capability's examples).
+    #[serde(default)]
+    pub examples: Vec<String>,
+}
+
+fn default_kind() -> Kind {
+    Kind::tool()
 }
 
 fn local() -> Share {
@@ -66,6 +94,9 @@ impl McpConfig {
             url: None,
             share: Share::Local,
             timeout: default_timeout(),
+            kind: default_kind(),
+            domain: String::new(),
+            tools: BTreeMap::new(),
         }
     }
 
@@ -144,6 +175,16 @@ pub(super) fn validate(
                 m.name
             ));
         }
+        let kinds =
+            std::iter::once(&m.kind).chain(m.tools.values().filter_map(|t| t.kind.as_ref()));
+        for kind in kinds {
+            if kind.category() != "tool" {
+                return Err(format!(
+                    "mcp {:?}: kind {kind} is not a tool kind (tool/...)",
+                    m.name
+                ));
+            }
+        }
         if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&m.timeout) {
             return Err(format!(
                 "mcp {:?}: timeout must be between 1s and 10m",
@@ -201,6 +242,35 @@ timeout = "5s"
     }
 
     #[test]
+    fn tools_get_a_kind_a_domain_and_examples() {
+        let c = parse(
+            r#"
+[[mcp]]
+name = "camera"
+command = "python3"
+kind = "tool/camera"
+domain = "barn"
+
+[mcp.tools.camera-front]
+examples = ["Take a photo of the paddock"]
+
+[mcp.tools.snapshot]
+kind = "tool/iot"
+"#,
+        )
+        .expect("valid");
+        let m = &c.mcp[0];
+        assert_eq!(m.kind.as_str(), "tool/camera");
+        assert_eq!(m.domain, "barn");
+        assert_eq!(m.tools["camera-front"].examples.len(), 1);
+        assert_eq!(
+            m.tools["snapshot"].kind.as_ref().map(|k| k.as_str()),
+            Some("tool/iot")
+        );
+        assert_eq!(McpConfig::stdio("x", "y", &[]).kind.as_str(), "tool/mcp");
+    }
+
+    #[test]
     fn bad_servers_are_refused_with_the_reason() {
         for (bad, says) in [
             ("name = \"cam\"", "either command"),
@@ -209,6 +279,14 @@ timeout = "5s"
                 "either command",
             ),
             ("name = \"cam\"\ncommand = \" \"", "either command"),
+            (
+                "name = \"cam\"\ncommand = \"x\"\nkind = \"llm/chat\"",
+                "not a tool kind",
+            ),
+            (
+                "name = \"cam\"\ncommand = \"x\"\n[mcp.tools.a]\nkind = \"vision/x\"",
+                "not a tool kind",
+            ),
             ("name = \"cam\"\nurl = \"ftp://a/mcp\"", "http(s) URL"),
             ("name = \"cam\"\nurl = \"not a url\"", "http(s) URL"),
             (

@@ -13,7 +13,7 @@ mod routing;
 use serde::{Deserialize, Serialize};
 
 pub use backends::{BackendConfig, BackendKind, CapabilityConfig};
-pub use mcp::{McpConfig, McpTransport};
+pub use mcp::{McpConfig, McpTransport, ToolConfig};
 pub use mesh::{MeshConfig, authority_text, parse_authority};
 pub use routing::{AutoOrigins, BalanceConfig, RoutingConfig, Strategy};
 

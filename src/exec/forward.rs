@@ -229,7 +229,9 @@ async fn open_stream(
     peer: PeerId,
     request: IntentRequest,
 ) -> Result<Reply, Miss> {
-    let mut io = client.open_stream(peer).await?;
+    let mut io = client
+        .open_stream(peer, crate::wire::STREAM_PROTOCOL)
+        .await?;
     let bytes = request.encode().map_err(Miss::Unsendable)?;
     frames::write(&mut io, &bytes)
         .await

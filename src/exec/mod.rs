@@ -12,7 +12,9 @@ mod forward;
 mod quota;
 mod resolve;
 mod serve;
+mod serve_tool;
 pub mod texts;
+mod tool;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +28,8 @@ pub use error::ApiError;
 pub use quota::PeerRate;
 pub use resolve::{AUTO, Target};
 pub use serve::{serve_intents, serve_streams};
+pub use serve_tool::serve_tools;
+pub use tool::{Outcome as ToolOutcome, ToolAnswer};
 
 use crate::answer::{Event, Reply};
 use crate::backend::{Backend, Op};

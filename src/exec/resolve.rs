@@ -55,9 +55,10 @@ impl Core {
         }
     }
 
-    /// Whether this node's backend `name` answers.
+    /// Whether this node's backend `name` answers (or, for a tool, its MCP
+    /// server `name` is connected).
     fn backend_up(&self, name: &str) -> bool {
-        self.backends.get(name).is_some_and(|b| b.is_available())
+        self.backends.get(name).is_some_and(|b| b.is_available()) || self.tools.up(name)
     }
 
     /// The providers of an entry: one per backend for a capability of this
@@ -141,7 +142,7 @@ impl Core {
         let query = routing::query_vector(&embedded.vectors);
         let rank = || {
             let table = self.catalog.table();
-            self.router.decide(&table, &query, need, &self.available())
+            self.router.decide(&table, &query, &need, &self.available())
         };
         let mut decision = rank();
         if decision.outcome != Outcome::Matched
@@ -338,10 +339,10 @@ impl Core {
     }
 
     async fn resolve_auto(&self, texts: Vec<String>, need: Need) -> Result<Target, ApiError> {
-        let decision = self.decide(texts, need).await?;
+        let decision = self.decide(texts, need.clone()).await?;
         match self.auto_target(&decision) {
             Some(target) => Ok(target),
-            None => Err(down(&decision, need).unwrap_or_else(|| no_fit(&decision))),
+            None => Err(down(&decision, &need).unwrap_or_else(|| no_fit(&decision))),
         }
     }
 
@@ -381,7 +382,7 @@ impl Core {
 
 /// When what fits the request is there but cannot serve now (its backend is
 /// down, or its node says so), that is the answer: 503, not "nothing fits".
-fn down(decision: &Decision, need: Need) -> Option<ApiError> {
+fn down(decision: &Decision, need: &Need) -> Option<ApiError> {
     let fitting = decision.candidates.iter().find(|c| {
         c.fits
             && !c.available

@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::quota::{PeerRate, PerPeer, over_quota};
+use super::quota::{Admission, PeerRate, PerPeer, over_quota};
 use super::resolve::{runs, wrong_kind};
 use super::{ApiError, Core, Request, Target};
 use crate::answer::{Event, Reply};
@@ -105,9 +105,8 @@ pub async fn serve_streams(
     rate: Arc<PeerRate>,
     cancel: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
+    let admission = Admission::new(rate, STREAMS_PER_PEER, INBOUND_CONCURRENCY);
     let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
-    let peers = PerPeer::new(STREAMS_PER_PEER);
     let running = TaskTracker::new();
     loop {
         let (peer, stream) = tokio::select! {
@@ -115,21 +114,7 @@ pub async fn serve_streams(
             _ = cancel.cancelled() => break,
             n = incoming.next() => match n { Some(n) => n, None => break },
         };
-        let admitted = if !rate.allow(peer, Instant::now()) {
-            Err(rate.refusal())
-        } else {
-            match (peers.enter(peer), permits.clone().try_acquire_owned()) {
-                (Some(turn), Ok(permit)) => Ok((turn, permit)),
-                (None, _) => Err(over_quota(STREAMS_PER_PEER, "streams")),
-                (Some(_), Err(_)) => Err(ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limit_error",
-                    "The node is serving as many streamed requests as it can.",
-                )
-                .code("overloaded")),
-            }
-        };
-        let (turn, permit) = match admitted {
+        let (turn, permit) = match admission.admit(peer, "streamed requests") {
             Ok(admitted) => admitted,
             Err(e) => {
                 let reason = e.code.unwrap_or("stream_refused");
@@ -183,7 +168,7 @@ const HELLO_WAIT: Duration = Duration::from_secs(5);
 
 /// In a closed mesh, the roles of `peer`'s certificate, or the refusal of a
 /// peer that is not a member; in an open mesh, no roles.
-async fn admitted(core: &Core, peer: PeerId) -> Result<Vec<String>, ApiError> {
+pub(super) async fn admitted(core: &Core, peer: PeerId) -> Result<Vec<String>, ApiError> {
     let Some(gate) = core.mesh.as_ref().and_then(|m| m.gate.as_ref()) else {
         return Ok(Vec::new());
     };

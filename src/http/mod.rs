@@ -5,6 +5,7 @@
 mod body;
 mod error;
 mod info;
+mod mcp;
 mod openai;
 mod render;
 mod serve;
@@ -47,6 +48,8 @@ pub struct Inner {
     /// Unix seconds at start, reported as `created` of models.
     pub started_unix: u64,
     pub started: Instant,
+    /// Ends what outlives a request (`/mcp` sessions) when the node stops.
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -79,10 +82,19 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models/{*id}", get(info::model))
         .route("/v1/route", post(info::route))
         .route("/v1/tools", get(tools::list))
+        .route("/v1/tool/execute", post(tools::execute))
         .route("/v1/mesh/capabilities", get(info::capabilities))
         .route("/v1/mesh/peers", get(info::peers))
         .route("/v1/mesh/revocations", post(info::revoke))
         .route("/metrics", get(info::metrics))
+        .nest_service(
+            "/mcp",
+            crate::mcp::server::service(
+                mcp::MeshTools(state.core.clone()),
+                !state.http.listen.ip().is_loopback(),
+                state.cancel.child_token(),
+            ),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(api)

@@ -131,13 +131,21 @@ impl Session {
         Ok(tools
             .into_iter()
             .take(MAX_TOOLS_PER_SERVER)
-            .map(|t| Tool {
-                server: config.name.clone(),
-                name: t.name.to_string(),
-                description: t.description.map(|d| d.to_string()).unwrap_or_default(),
-                input_schema: t.input_schema,
-                available: true,
-                share: config.share.clone(),
+            .map(|t| {
+                let schema = super::Schema::compile(&t.input_schema);
+                if let Err(e) = &schema {
+                    tracing::warn!(server = %config.name, tool = %t.name, error = %e, "the tool's input schema is not valid; the tool is not offered");
+                }
+                Tool {
+                    server: config.name.clone(),
+                    name: t.name.to_string(),
+                    description: t.description.map(|d| d.to_string()).unwrap_or_default(),
+                    input_schema: t.input_schema,
+                    available: true,
+                    share: config.share.clone(),
+                    schema_error: schema.as_ref().err().cloned(),
+                    schema: schema.ok(),
+                }
             })
             .collect())
     }

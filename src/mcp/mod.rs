@@ -7,6 +7,8 @@
 //! changed across minor releases.
 
 mod client;
+mod schema;
+pub mod server;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,9 +17,12 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use serde::Serialize;
 use serde_json::{Map, Value};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::capability::Share;
+pub use schema::Schema;
+
+use crate::capability::{Capability, CapabilityId, Share, Source};
 use crate::config::McpConfig;
 
 /// First wait before connecting again to a server that failed.
@@ -42,6 +47,13 @@ pub struct Tool {
     /// Who besides this node's clients may call it (the server's `share`).
     #[serde(skip)]
     pub share: Share,
+    /// `input_schema` compiled; `None` when it is not valid JSON Schema
+    /// (`schema_error` says why): such a tool is not offered, since its
+    /// arguments could not be checked.
+    #[serde(skip)]
+    pub schema: Option<Schema>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema_error: Option<String>,
 }
 
 /// Why a call did not give the tool's result.
@@ -56,6 +68,12 @@ pub enum CallError {
     /// The server answered the call with an error of the protocol.
     #[error("MCP server error: {0}")]
     Server(String),
+    /// The arguments do not satisfy the tool's input schema: what is wrong.
+    #[error("the arguments do not match the tool's input schema: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+    /// The tool's input schema is not valid JSON Schema (why).
+    #[error("the tool's input schema is {0}")]
+    BadSchema(String),
 }
 
 /// What a tool answered (`isError` results included: the tool ran and said
@@ -87,27 +105,103 @@ struct Server {
 }
 
 /// This node's MCP servers and their tools.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Servers {
     servers: Arc<HashMap<String, Arc<Server>>>,
+    /// Server names in config order (the first of two tools with one name
+    /// is the one offered).
+    order: Arc<Vec<String>>,
+    /// Counts changes of any server's tools or availability.
+    changes: Arc<watch::Sender<u64>>,
+}
+
+impl Default for Servers {
+    fn default() -> Self {
+        Self {
+            servers: Arc::default(),
+            order: Arc::default(),
+            changes: Arc::new(watch::Sender::new(0)),
+        }
+    }
 }
 
 impl Servers {
     /// Starts a task per server; they end with `cancel` (child processes are
     /// stopped).
     pub fn start(configs: &[McpConfig], cancel: &CancellationToken) -> Self {
+        let changes = Arc::new(watch::Sender::new(0));
         let mut servers = HashMap::new();
         for config in configs {
             let server = Arc::new(Server {
                 config: config.clone(),
                 state: RwLock::new(State::Connecting),
             });
-            tokio::spawn(keep_up(server.clone(), cancel.child_token()));
+            tokio::spawn(keep_up(
+                server.clone(),
+                changes.clone(),
+                cancel.child_token(),
+            ));
             servers.insert(config.name.clone(), server);
         }
         Self {
             servers: Arc::new(servers),
+            order: Arc::new(configs.iter().map(|c| c.name.clone()).collect()),
+            changes,
         }
+    }
+
+    /// Changes whenever a server's tools or availability change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Whether the server `name` is connected.
+    pub fn up(&self, name: &str) -> bool {
+        self.servers
+            .get(name)
+            .is_some_and(|s| matches!(&*s.state.read(), State::Up { .. }))
+    }
+
+    /// The tools this node offers as capabilities (`tool/<name>`, the name
+    /// made fit for an id), servers in config order: a tool whose schema is
+    /// not valid is left out, and of two tools whose ids are equal the
+    /// first server's.
+    pub fn capabilities(&self) -> Vec<Capability> {
+        let mut out: Vec<Capability> = Vec::new();
+        for name in self.order.iter() {
+            let Some(server) = self.servers.get(name) else {
+                continue;
+            };
+            let config = &server.config;
+            let state = server.state.read();
+            let (State::Up { tools, .. } | State::Down { tools, .. }) = &*state else {
+                continue;
+            };
+            for tool in tools.iter().filter(|t| t.schema.is_some()) {
+                let Ok(id) = CapabilityId::sanitized("tool", &tool.name) else {
+                    continue;
+                };
+                if out.iter().any(|c| c.id == id) {
+                    continue;
+                }
+                let extra = config.tools.get(&tool.name).cloned().unwrap_or_default();
+                out.push(Capability {
+                    domain: extra.domain.unwrap_or_else(|| config.domain.clone()),
+                    description: tool.description.clone(),
+                    examples: extra.examples,
+                    share: config.share.clone(),
+                    input_schema: Some(tool.input_schema.clone()),
+                    ..Capability::new(
+                        id,
+                        extra.kind.unwrap_or_else(|| config.kind.clone()),
+                        Source::Tool,
+                        &config.name,
+                        &tool.name,
+                    )
+                });
+            }
+        }
+        out
     }
 
     /// Every tool of every server, by server and name; a server that is down
@@ -135,8 +229,8 @@ impl Servers {
         }
     }
 
-    /// Calls `tool` of `server` with `arguments` (already checked against its
-    /// schema), within the server's timeout.
+    /// Calls `tool` of `server` with `arguments`, once they satisfy its
+    /// input schema, within the server's timeout.
     pub async fn call(
         &self,
         server: &str,
@@ -150,8 +244,14 @@ impl Servers {
         let s = self.servers.get(server).ok_or_else(unknown)?;
         let peer = match &*s.state.read() {
             State::Up { peer, tools } => {
-                if !tools.iter().any(|t| t.name == tool) {
-                    return Err(unknown());
+                let listed = tools.iter().find(|t| t.name == tool).ok_or_else(unknown)?;
+                match &listed.schema {
+                    Some(schema) => schema.check(&arguments).map_err(CallError::Invalid)?,
+                    None => {
+                        return Err(CallError::BadSchema(
+                            listed.schema_error.clone().unwrap_or_default(),
+                        ));
+                    }
                 }
                 peer.clone()
             }
@@ -174,7 +274,8 @@ impl Servers {
 }
 
 /// Connects to a server and keeps it connected until `cancel`.
-async fn keep_up(server: Arc<Server>, cancel: CancellationToken) {
+async fn keep_up(server: Arc<Server>, changes: Arc<watch::Sender<u64>>, cancel: CancellationToken) {
+    let changed = || changes.send_modify(|n| *n += 1);
     let name = server.config.name.clone();
     let mut backoff = BACKOFF_FIRST;
     loop {
@@ -195,6 +296,7 @@ async fn keep_up(server: Arc<Server>, cancel: CancellationToken) {
                                 peer: session.peer(),
                                 tools,
                             };
+                            changed();
                         }
                         Err(e) => break e,
                     }
@@ -223,6 +325,7 @@ async fn keep_up(server: Arc<Server>, cancel: CancellationToken) {
             }
             *state = State::Down { why, tools };
         }
+        changed();
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}

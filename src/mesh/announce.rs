@@ -55,6 +55,11 @@ pub fn record(entry: &Entry, in_flight: u32) -> CapabilityRecord {
         in_flight,
         reference: entry.reference,
         examples: c.examples,
+        input_schema: c
+            .input_schema
+            .as_ref()
+            .and_then(|s| serde_json::to_string(s).ok())
+            .filter(|s| s.len() <= route::MAX_SCHEMA),
     }
 }
 

@@ -341,6 +341,11 @@ impl Remote {
                                 model: r.id,
                                 source: Source::Remote,
                                 share: Default::default(),
+                                // Checked to be a JSON object on receipt.
+                                input_schema: r
+                                    .input_schema
+                                    .and_then(|s| serde_json::from_str(&s).ok())
+                                    .map(std::sync::Arc::new),
                             }),
                             node: node.clone(),
                             local: false,

@@ -277,12 +277,16 @@ impl Client {
             .map_err(|_| Error::Stopped)
     }
 
-    /// Opens a `/atmosphere/stream/1.0.0` stream to a peer.
-    pub async fn open_stream(&self, peer: PeerId) -> Result<libp2p::Stream, Error> {
-        let protocol = libp2p::StreamProtocol::new(crate::wire::STREAM_PROTOCOL);
+    /// Opens a stream of `protocol` (`/atmosphere/stream/1.0.0` or
+    /// `/atmosphere/tool/1.0.0`) to a peer.
+    pub async fn open_stream(
+        &self,
+        peer: PeerId,
+        protocol: &'static str,
+    ) -> Result<libp2p::Stream, Error> {
         self.streams
             .clone()
-            .open_stream(peer, protocol)
+            .open_stream(peer, libp2p::StreamProtocol::new(protocol))
             .await
             .map_err(|e| Error::Forward {
                 peer,
@@ -290,13 +294,15 @@ impl Client {
             })
     }
 
-    /// Inbound `/atmosphere/stream/1.0.0` streams; call once.
-    pub fn accept_streams(&self) -> Result<libp2p_stream::IncomingStreams, Error> {
-        let protocol = libp2p::StreamProtocol::new(crate::wire::STREAM_PROTOCOL);
+    /// Inbound streams of `protocol`; call once per protocol.
+    pub fn accept_streams(
+        &self,
+        protocol: &'static str,
+    ) -> Result<libp2p_stream::IncomingStreams, Error> {
         self.streams
             .clone()
-            .accept(protocol)
-            .map_err(|_| Error::Setup("streams are already accepted".into()))
+            .accept(libp2p::StreamProtocol::new(protocol))
+            .map_err(|_| Error::Setup(format!("{protocol} streams are already accepted")))
     }
 
     /// Dials an address (with `/p2p/<id>` or without).

@@ -105,7 +105,7 @@ pub struct Candidate {
 /// How a candidate is judged.
 pub(super) struct Judge<'a> {
     pub rule: Rule,
-    pub need: Need,
+    pub need: &'a Need,
     pub config: &'a RoutingConfig,
     /// Whether `routing.auto_origins` applies (routing by meaning; not for
     /// the configured default).

@@ -189,12 +189,28 @@ impl Table {
 }
 
 /// What the request needs from a capability.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Need {
     /// Chat or text completion: kinds that answer text with text.
     Text,
     /// Any kind (explanations without an endpoint in mind).
     Any,
+    /// One kind (`vision/classify`), or a family of kinds (`vision/*`).
+    Kind(String),
+}
+
+impl Need {
+    /// Whether a capability of `kind` meets it.
+    pub fn accepts(&self, kind: &crate::capability::Kind) -> bool {
+        match self {
+            Need::Text => kind.answers_text(),
+            Need::Any => true,
+            Need::Kind(wanted) => match wanted.strip_suffix("/*") {
+                Some(family) => kind.category() == family,
+                None => kind.as_str() == wanted,
+            },
+        }
+    }
 }
 
 /// How the decision was reached.
@@ -254,7 +270,7 @@ impl Router {
 
     fn judge<'a>(
         &'a self,
-        need: Need,
+        need: &'a Need,
         by_meaning: bool,
         available: &'a dyn Fn(&Entry) -> bool,
     ) -> Judge<'a> {
@@ -274,7 +290,7 @@ impl Router {
         &self,
         table: &Table,
         query: &[f32],
-        need: Need,
+        need: &Need,
         available: &dyn Fn(&Entry) -> bool,
     ) -> Decision {
         let shown = self.config.explain_candidates.max(1);
@@ -387,7 +403,7 @@ impl Router {
     fn default_candidate(
         &self,
         table: &Table,
-        need: Need,
+        need: &Need,
         available: &dyn Fn(&Entry) -> bool,
     ) -> Option<Candidate> {
         let id = self.config.default.as_ref()?;
@@ -399,11 +415,8 @@ impl Router {
     }
 }
 
-pub fn kind_fits(entry: &Entry, need: Need) -> bool {
-    match need {
-        Need::Text => entry.capability.kind.answers_text(),
-        Need::Any => true,
-    }
+pub fn kind_fits(entry: &Entry, need: &Need) -> bool {
+    need.accepts(&entry.capability.kind)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use super::route::{
     CapabilityRecord, RouteBody, RouteUpdate, SignedRouteUpdate, VERSION, WireVector,
 };
 use super::sync::{SyncRequest, SyncResponse};
+use super::tool::{ToolRequest, ToolResponse};
 
 /// A fixed key: ed25519 signatures are deterministic, so signed bytes are too.
 pub fn test_keypair(seed: u8) -> Keypair {
@@ -29,23 +30,55 @@ pub fn sample_update(seq: u64) -> RouteUpdate {
         node_name: "rob-mac".into(),
         addrs: vec!["/ip4/192.0.2.7/tcp/11450".into()],
         dim: 4,
-        body: RouteBody::Full(vec![CapabilityRecord {
-            id: "farm/llama-expert".into(),
-            kind: "llm/chat".into(),
-            domain: "camelids".into(),
-            topics: vec!["llamas".into(), "alpacas".into()],
-            description: "Expert on raising llamas and alpacas.".into(),
-            vector: WireVector::quantize(&[0.5, -0.5, 0.5, 0.5]),
-            prototypes: vec![WireVector::quantize(&[0.0, 0.6, 0.8, 0.0])],
-            available: true,
-            in_flight: 3,
-            reference: Some(0.625),
-            examples: vec![
-                "How much hay does a llama eat?".into(),
-                "Can alpacas live alone?".into(),
-            ],
-        }]),
+        body: RouteBody::Full(vec![
+            CapabilityRecord {
+                id: "farm/llama-expert".into(),
+                kind: "llm/chat".into(),
+                domain: "camelids".into(),
+                topics: vec!["llamas".into(), "alpacas".into()],
+                description: "Expert on raising llamas and alpacas.".into(),
+                vector: WireVector::quantize(&[0.5, -0.5, 0.5, 0.5]),
+                prototypes: vec![WireVector::quantize(&[0.0, 0.6, 0.8, 0.0])],
+                available: true,
+                in_flight: 3,
+                reference: Some(0.625),
+                examples: vec![
+                    "How much hay does a llama eat?".into(),
+                    "Can alpacas live alone?".into(),
+                ],
+                input_schema: None,
+            },
+            CapabilityRecord {
+                id: "tool/camera-front".into(),
+                kind: "tool/camera".into(),
+                domain: "barn".into(),
+                topics: Vec::new(),
+                description: "Takes a photo with the barn's front camera.".into(),
+                vector: WireVector::quantize(&[0.0, 0.0, 0.6, 0.8]),
+                prototypes: Vec::new(),
+                available: true,
+                in_flight: 0,
+                reference: None,
+                examples: vec!["Take a photo of the paddock".into()],
+                input_schema: Some(
+                    r#"{"type":"object","properties":{"zoom":{"type":"integer"}}}"#.into(),
+                ),
+            },
+        ]),
         certificate: Some(sample_certificate()),
+    }
+}
+
+/// [`sample_update`] as versions before 5 said it (the golden bytes of
+/// those versions): its first capability only.
+fn legacy_sample(seq: u64, certificate: Option<Certificate>) -> RouteUpdate {
+    let mut update = sample_update(seq);
+    if let RouteBody::Full(records) = &mut update.body {
+        records.truncate(1);
+    }
+    RouteUpdate {
+        certificate,
+        ..update
     }
 }
 
@@ -162,25 +195,53 @@ fn route_update_and_signed_envelope() {
     );
 }
 
-/// What a version-3 peer sends (golden bytes from before version 4) is still
-/// accepted, read without a certificate.
+/// What version-3 and version-4 peers send (golden bytes from before
+/// versions 4 and 5) is still accepted: read without schemas, and for
+/// version 3 without a certificate.
 #[test]
-fn version_3_updates_are_still_accepted() {
-    let path = vectors_dir().join("signed-route-update-v3.hex");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let text = text.trim();
-    let bytes: Vec<u8> = (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
-        .collect();
-    let signed = SignedRouteUpdate::decode(&bytes).expect("decodes");
-    assert_eq!(signed.payload.first(), Some(&3), "a version 3 payload");
-    let verified = signed.verify(4).expect("verifies");
-    let expected = RouteUpdate {
-        certificate: None,
-        ..sample_update(1_700_000_000_000)
-    };
-    assert_eq!(verified.update, expected);
+fn version_3_and_4_updates_are_still_accepted() {
+    for (version, certificate) in [(3, None), (4, Some(sample_certificate()))] {
+        let path = vectors_dir().join(format!("signed-route-update-v{version}.hex"));
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let text = text.trim();
+        let bytes: Vec<u8> = (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+            .collect();
+        let signed = SignedRouteUpdate::decode(&bytes).expect("decodes");
+        assert_eq!(signed.payload.first(), Some(&version));
+        let verified = signed.verify(4).expect("verifies");
+        assert_eq!(
+            verified.update,
+            legacy_sample(1_700_000_000_000, certificate)
+        );
+    }
+}
+
+#[test]
+fn tool_messages() {
+    check(
+        "tool-request",
+        &ToolRequest {
+            version: 1,
+            tool: "tool/camera-front".into(),
+            arguments: br#"{"zoom":2}"#.to_vec(),
+            deadline_ms: 30_000,
+        },
+        |v| v.encode().expect("e"),
+        |b| ToolRequest::decode(b).expect("d"),
+    );
+    check(
+        "tool-response",
+        &ToolResponse {
+            version: 1,
+            status: 200,
+            body: br#"{"content":[{"type":"text","text":"photo taken"}],"isError":false}"#.to_vec(),
+        },
+        |v| v.encode().expect("e"),
+        |b| ToolResponse::decode(b).expect("d"),
+    );
 }
 
 #[test]

@@ -11,9 +11,10 @@ use super::codec::{self, Error};
 pub const ENVELOPE_VERSION: u8 = 1;
 /// Version byte of [`RouteUpdate`]: 2 added each capability's reference
 /// score, 3 its examples (receivers compute its vectors from its texts), 4
-/// the origin's membership certificate. Version 3 payloads are still
-/// accepted (read without a certificate: heard in open meshes only).
-pub const VERSION: u8 = 4;
+/// the origin's membership certificate, 5 a tool's input schema. Versions 3
+/// and 4 are still accepted (read without schemas; version 3 also without a
+/// certificate: heard in open meshes only).
+pub const VERSION: u8 = 5;
 /// Largest encoded [`SignedRouteUpdate`]: 256 capabilities with 5 vectors of
 /// 384 bytes each and their texts fit with room to spare.
 pub const MAX_SIGNED_BYTES: usize = 1024 * 1024;
@@ -33,6 +34,9 @@ pub const MAX_TOPICS: usize = 32;
 pub const MAX_TOPIC: usize = 64;
 pub const MAX_DESCRIPTION: usize = 1024;
 pub const MAX_NODE_NAME: usize = 128;
+/// Longest input schema (bytes of JSON); a tool with a longer one is
+/// announced without it (its node still checks the arguments).
+pub const MAX_SCHEMA: usize = 4096;
 /// Addresses an origin may announce, and their length.
 pub const MAX_ADDRS: usize = 16;
 pub const MAX_ADDR: usize = 256;
@@ -103,6 +107,9 @@ pub struct CapabilityRecord {
     /// description, domain and topics, what receivers embed to route by and
     /// check `vector` against.
     pub examples: Vec<String>,
+    /// For a tool (`tool/*`): the JSON Schema of its arguments, a JSON
+    /// object at most [`MAX_SCHEMA`] bytes long.
+    pub input_schema: Option<String>,
 }
 
 /// What an origin says about itself.
@@ -207,6 +214,9 @@ impl SignedRouteUpdate {
         let update: RouteUpdate = match self.payload.first() {
             Some(&v3::VERSION) => {
                 codec::decode::<v3::RouteUpdate>(&self.payload, MAX_SIGNED_BYTES)?.into()
+            }
+            Some(&v4::VERSION) => {
+                codec::decode::<v4::RouteUpdate>(&self.payload, MAX_SIGNED_BYTES)?.into()
             }
             _ => codec::decode(&self.payload, MAX_SIGNED_BYTES)?,
         };
@@ -316,6 +326,18 @@ impl RouteUpdate {
             for e in &c.examples {
                 check_len("example", e, MAX_EXAMPLE)?;
             }
+            if let Some(schema) = &c.input_schema {
+                check_len("input schema", schema, MAX_SCHEMA)?;
+                if !matches!(
+                    serde_json::from_str(schema),
+                    Ok(serde_json::Value::Object(_))
+                ) {
+                    return Err(Error::Invalid(format!(
+                        "capability {}: input schema is not a JSON object",
+                        c.id
+                    )));
+                }
+            }
             if c.prototypes.len() > MAX_PROTOTYPES {
                 return Err(Error::Invalid("too many prototypes".into()));
             }
@@ -340,13 +362,100 @@ impl RouteUpdate {
     }
 }
 
+/// Version 4 of the payload, read for peers that still send it: records
+/// without an input schema.
+mod v4 {
+    use serde::Deserialize;
+
+    use super::WireVector;
+
+    pub const VERSION: u8 = 4;
+
+    #[derive(Deserialize)]
+    pub struct CapabilityRecord {
+        id: String,
+        kind: String,
+        domain: String,
+        topics: Vec<String>,
+        description: String,
+        vector: WireVector,
+        prototypes: Vec<WireVector>,
+        available: bool,
+        in_flight: u32,
+        reference: Option<f32>,
+        examples: Vec<String>,
+    }
+
+    #[derive(Deserialize)]
+    pub enum RouteBody {
+        Full(Vec<CapabilityRecord>),
+        Withdraw,
+    }
+
+    #[derive(Deserialize)]
+    pub struct RouteUpdate {
+        pub(super) version: u8,
+        pub(super) seq: u64,
+        pub(super) ttl_secs: u32,
+        pub(super) node_name: String,
+        pub(super) addrs: Vec<String>,
+        pub(super) dim: u16,
+        pub(super) body: RouteBody,
+        pub(super) certificate: Option<super::super::member::Certificate>,
+    }
+
+    impl From<RouteBody> for super::RouteBody {
+        fn from(body: RouteBody) -> Self {
+            match body {
+                RouteBody::Withdraw => Self::Withdraw,
+                RouteBody::Full(records) => Self::Full(
+                    records
+                        .into_iter()
+                        .map(|r| super::CapabilityRecord {
+                            id: r.id,
+                            kind: r.kind,
+                            domain: r.domain,
+                            topics: r.topics,
+                            description: r.description,
+                            vector: r.vector,
+                            prototypes: r.prototypes,
+                            available: r.available,
+                            in_flight: r.in_flight,
+                            reference: r.reference,
+                            examples: r.examples,
+                            input_schema: None,
+                        })
+                        .collect(),
+                ),
+            }
+        }
+    }
+
+    impl From<RouteUpdate> for super::RouteUpdate {
+        fn from(u: RouteUpdate) -> Self {
+            debug_assert_eq!(u.version, VERSION);
+            // Read as the current version: what it says is all there is.
+            Self {
+                version: super::VERSION,
+                seq: u.seq,
+                ttl_secs: u.ttl_secs,
+                node_name: u.node_name,
+                addrs: u.addrs,
+                dim: u.dim,
+                body: u.body.into(),
+                certificate: u.certificate,
+            }
+        }
+    }
+}
+
 /// Version 3 of the payload, read for peers that still send it: the same
 /// fields as version 4 without the origin's certificate.
 mod v3 {
     use serde::Deserialize;
 
-    // The body and its records are the same in both versions.
-    use super::RouteBody;
+    // The body and its records are those of version 4.
+    use super::v4::RouteBody;
 
     pub const VERSION: u8 = 3;
 
@@ -372,7 +481,7 @@ mod v3 {
                 node_name: u.node_name,
                 addrs: u.addrs,
                 dim: u.dim,
-                body: u.body,
+                body: u.body.into(),
                 certificate: None,
             }
         }

@@ -165,7 +165,7 @@ def verify_signed_update(data: bytes) -> dict:
 
     p = Reader(payload)
     version = p.u8()
-    if version not in (3, 4):
+    if version not in (3, 4, 5):
         raise Failed(f"RouteUpdate version {version}")
     update = {
         "origin": peer_id_of(public_key).to_base58(),
@@ -190,12 +190,15 @@ def verify_signed_update(data: bytes) -> dict:
             cap["in_flight"] = p.varint()
             cap["reference"] = p.f32() if p.u8() == 1 else None
             cap["examples"] = p.strings()
+            if version >= 5:
+                # A tool's input schema, JSON text (tools only).
+                cap["input_schema"] = p.string() if p.u8() == 1 else None
             update["capabilities"].append(cap)
     elif body == 1:
         update["withdraw"] = True
     else:
         raise Failed(f"RouteBody variant {body}")
-    if version == 4 and p.u8() == 1:
+    if version >= 4 and p.u8() == 1:
         # The origin's membership certificate (closed meshes only).
         update["certificate"] = {"body": p.bytes(), "signature": p.bytes()}
     p.end()

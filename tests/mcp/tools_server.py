@@ -5,7 +5,10 @@
 
 Tools: `add` (two integers), `shout` (text), `fail` (always an error
 result), `sleep` (seconds), `learn` (adds a tool `fresh` and tells the
-client the tools changed) and `die` (the process exits at once).
+client the tools changed), `die` (the process exits at once) and
+`camera-front` (a photo, as a camera on an edge gateway would give). With
+`ATMOSPHERE_BROKEN_SCHEMA=1` it also lists `broken`, whose input schema is
+not valid JSON Schema.
 """
 
 import asyncio
@@ -51,6 +54,26 @@ async def learn(ctx: Context) -> str:
     await ctx.session.send_tool_list_changed()
     await ctx.notify_tools_changed()
     return "learnt"
+
+
+@server.tool(
+    name="camera-front",
+    description="Takes a photo with the barn's front camera and describes what it shows.",
+)
+def camera_front(zoom: int = 1) -> str:
+    return f"photo taken at zoom {zoom}: two llamas by the gate"
+
+
+if os.environ.get("ATMOSPHERE_BROKEN_SCHEMA") == "1":
+
+    @server.tool(description="A tool whose input schema is not JSON Schema.")
+    def broken() -> str:
+        return "unreachable"
+
+    server._tool_manager.get_tool("broken").parameters = {
+        "type": "object",
+        "properties": {"a": {"type": "no-such-type"}},
+    }
 
 
 @server.tool(description="Ends the server's process at once.")

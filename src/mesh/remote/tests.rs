@@ -37,6 +37,7 @@ fn full(ids: &[&str]) -> RouteBody {
                 in_flight: 0,
                 reference: None,
                 examples: Vec::new(),
+                input_schema: None,
             })
             .collect(),
     )

@@ -1,0 +1,186 @@
+//! The serving side of `/atmosphere/tool/1.0.0`: a peer's call of one of
+//! this node's tools, run when the peer is a member (in a closed mesh) and
+//! the tool's `share` allows it, within the peer's rate and quota. Spec:
+//! `protocols/tool.md`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::http::StatusCode;
+use futures::{AsyncWriteExt, StreamExt};
+use libp2p::PeerId;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::quota::{Admission, PeerRate};
+use super::tool::{Outcome, refused};
+use super::{ApiError, Core};
+use crate::network::frames;
+use crate::wire::Message;
+use crate::wire::tool::{self, ToolRequest, ToolResponse};
+
+/// Tool calls served at once, and per peer; more are answered 429.
+const AT_ONCE: usize = 64;
+const PER_PEER: usize = 8;
+/// Longest wait for the call after the stream opened, and for the answer
+/// to be taken.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves the tool calls peers open to this node until `cancel`, then lets
+/// the calls running end.
+pub async fn serve_tools(
+    core: Core,
+    mut incoming: libp2p_stream::IncomingStreams,
+    rate: Arc<PeerRate>,
+    cancel: CancellationToken,
+) {
+    let admission = Admission::new(rate, PER_PEER, AT_ONCE);
+    // Refusals are answered a bounded number at once; beyond, the stream
+    // is dropped (reset).
+    let refusals = Arc::new(tokio::sync::Semaphore::new(AT_ONCE));
+    let running = TaskTracker::new();
+    loop {
+        let (peer, stream) = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            n = incoming.next() => match n { Some(n) => n, None => break },
+        };
+        let admitted = admission.admit(peer, "tool calls");
+        let mut refusal_slot = None;
+        if let Err(e) = &admitted {
+            let reason = e.code.unwrap_or("tool_refused");
+            core.metrics.forward("tool_refused");
+            core.metrics.peer_refusal(&peer, reason);
+            match refusals.clone().try_acquire_owned() {
+                Ok(slot) => refusal_slot = Some(slot),
+                Err(_) => continue,
+            }
+        }
+        let core = core.clone();
+        running.spawn(async move {
+            serve_tool(&core, peer, stream, admitted).await;
+            drop(refusal_slot);
+        });
+    }
+    running.close();
+    running.wait().await;
+}
+
+/// Reads one call, runs it (or answers why not) and writes the answer.
+async fn serve_tool(
+    core: &Core,
+    peer: PeerId,
+    mut io: libp2p::Stream,
+    admitted: Result<super::quota::Admitted, ApiError>,
+) {
+    let read = tokio::time::timeout(READ_TIMEOUT, frames::read(&mut io, tool::MAX_REQUEST_BYTES));
+    let Ok(Ok(Some(bytes))) = read.await else {
+        tracing::debug!(%peer, "no tool call on a stream in time; closed");
+        return;
+    };
+    let response = match admitted {
+        Err(e) => refused(&e),
+        Ok(_slot) => match ToolRequest::decode(&bytes) {
+            Ok(request) => {
+                core.metrics.forward("tool_served");
+                run(core, peer, request).await
+            }
+            Err(e) => {
+                core.metrics.forward("refused");
+                refused(
+                    &ApiError::invalid("tool", format!("Invalid tool call: {e}."))
+                        .code("invalid_forwarded_request"),
+                )
+            }
+        },
+    };
+    let bytes = response.encode().or_else(|e| {
+        refused(
+            &ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                format!("The tool's result cannot be sent: {e}."),
+            )
+            .code("tool_result_too_large"),
+        )
+        .encode()
+    });
+    let Ok(bytes) = bytes else {
+        return;
+    };
+    let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+        frames::write(&mut io, &bytes).await?;
+        io.close().await
+    });
+    if !matches!(written.await, Ok(Ok(()))) {
+        tracing::debug!(%peer, "a tool call's answer could not be written");
+    }
+}
+
+/// Runs a peer's call on this node's tool, within the call's deadline.
+async fn run(core: &Core, peer: PeerId, request: ToolRequest) -> ToolResponse {
+    let deadline = Duration::from_millis(u64::from(request.deadline_ms)).min(core.request_timeout);
+    let ran = async {
+        let roles = super::serve::admitted(core, peer).await?;
+        let arguments = match serde_json::from_slice(&request.arguments) {
+            Ok(Value::Object(arguments)) => arguments,
+            _ => {
+                return Err(
+                    ApiError::invalid("arguments", "The arguments must be a JSON object.")
+                        .code("invalid_arguments"),
+                );
+            }
+        };
+        let entry = request
+            .tool
+            .parse()
+            .ok()
+            .and_then(|id| core.catalog.table().lookup(&id).find(|e| e.local).cloned())
+            .filter(|e| e.capability.kind.category() == "tool")
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    format!("This node has no tool `{}`.", request.tool),
+                )
+                .param("tool")
+                .code("tool_not_found")
+            })?;
+        if !entry.capability.share.allows(&peer.to_base58(), &roles) {
+            core.metrics.peer_refusal(&peer, "tool_not_shared");
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "invalid_request_error",
+                format!("The node does not share `{}` with this peer.", request.tool),
+            )
+            .param("tool")
+            .code("tool_not_shared"));
+        }
+        core.call_tool(vec![entry], arguments).await
+    };
+    match tokio::time::timeout(deadline, ran).await {
+        Err(_) => refused(
+            &ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "server_error",
+                format!("The tool did not answer within the call's {deadline:?}."),
+            )
+            .code("tool_timeout"),
+        ),
+        Ok(Err(e)) => refused(&e),
+        Ok(Ok(answer)) => match answer.outcome {
+            Outcome::Result { result, .. } => ToolResponse {
+                version: tool::VERSION,
+                status: 200,
+                body: serde_json::to_vec(&result).unwrap_or_default(),
+            },
+            Outcome::Refused { status, body } => ToolResponse {
+                version: tool::VERSION,
+                status,
+                body: body.to_vec(),
+            },
+        },
+    }
+}

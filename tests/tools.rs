@@ -1,0 +1,299 @@
+//! Tools across the mesh: a node's MCP tools become `tool/*` capabilities
+//! that other nodes call with `POST /v1/tool/execute`, by `name@node`, by
+//! name alone, or by the meaning of a query; arguments are checked before
+//! they travel; a tool its node does not share is refused. The MCP server
+//! is `tests/mcp/tools_server.py` (see tests/mcp.rs).
+
+mod common;
+
+use std::time::Duration;
+
+use atmosphere::capability::Share;
+use atmosphere::config::McpConfig;
+use atmosphere::node::Node;
+use serde_json::{Value, json};
+
+use common::{eventually, get_json, mesh_addr, mesh_config, metric, start};
+
+fn server(share: Share) -> McpConfig {
+    let python = std::env::var("ATMOSPHERE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = format!("{}/tests/mcp/tools_server.py", env!("CARGO_MANIFEST_DIR"));
+    McpConfig {
+        share,
+        timeout: Duration::from_secs(2),
+        ..McpConfig::stdio("tools", &python, &[&script])
+    }
+}
+
+/// A node called `name` offering the test server's tools, shared as `share`.
+async fn gateway(name: &str, share: Share, dir: &std::path::Path) -> Node {
+    let mut config = mesh_config(Vec::new(), Vec::new(), dir, Vec::new());
+    config.node.name = name.into();
+    config.mcp = vec![server(share)];
+    start(config).await
+}
+
+/// A node with no tools of its own, joined to `via`.
+async fn caller(via: &Node, dir: &std::path::Path) -> Node {
+    let mut config = mesh_config(Vec::new(), Vec::new(), dir, vec![mesh_addr(via).await]);
+    config.node.name = "hub".into();
+    start(config).await
+}
+
+async fn execute(node: &Node, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/tool/execute", node.http_addr))
+        .json(&body)
+        .send()
+        .await
+        .expect("execute");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("json"))
+}
+
+/// Waits until `node` lists `tool` of `of` at /v1/tools.
+async fn knows(node: &Node, tool: &str, of: &Node) {
+    let name = format!("{tool}@{}", of.peer_id);
+    eventually(&format!("{name} is listed"), || async {
+        get_json(node, "/v1/tools").await["data"]
+            .as_array()
+            .is_some_and(|d| {
+                d.iter()
+                    .any(|t| t["name"] == name && t["available"] == true)
+            })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_tool_on_one_node_is_called_from_another_by_name_and_by_meaning() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let edge = gateway("edge-gateway", Share::Mesh, dirs[0].path()).await;
+    let hub = caller(&edge, dirs[1].path()).await;
+    knows(&hub, "camera-front", &edge).await;
+
+    // The announced schema came with it.
+    let tools = get_json(&hub, "/v1/tools").await;
+    let add = tools["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|t| t["tool"] == "add"))
+        .cloned()
+        .expect("add listed");
+    assert_eq!(add["input_schema"]["required"], json!(["a", "b"]));
+    assert_eq!(add["kind"], "tool/mcp");
+    assert_eq!(add["node_name"], "edge-gateway");
+
+    let edge_id = edge.peer_id.to_base58();
+    for tool in [
+        "camera-front@edge-gateway",
+        "camera-front",
+        "tool/camera-front",
+    ] {
+        let (status, body) = execute(&hub, json!({"tool": tool, "arguments": {"zoom": 3}})).await;
+        assert_eq!(status, 200, "{tool}: {body}");
+        assert_eq!(body["node"], edge_id, "{body}");
+        assert_eq!(body["capability"], "tool/camera-front");
+        assert_eq!(
+            body["result"]["content"][0]["text"],
+            "photo taken at zoom 3: two llamas by the gate"
+        );
+        assert_eq!(body["is_error"], false);
+    }
+    let (status, body) = execute(
+        &hub,
+        json!({"query": "take a picture of the barn with the front camera", "arguments": {}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["capability"], "tool/camera-front", "{body}");
+    assert!(body["score"].as_f64().is_some(), "{body}");
+
+    // Arguments that do not match the schema are refused here: nothing
+    // travels (the edge serves no call for them).
+    let served = metric(&edge, "atmosphere_forwards_total{result=\"tool_served\"}").await;
+    let (status, body) = execute(
+        &hub,
+        json!({"tool": "add@edge-gateway", "arguments": {"a": "two"}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_arguments");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("/a") && message.contains("\"b\""),
+        "{message}"
+    );
+    assert_eq!(
+        metric(&edge, "atmosphere_forwards_total{result=\"tool_served\"}").await,
+        served
+    );
+
+    // Each failure has its own error.
+    let (status, body) = execute(&hub, json!({"tool": "fail@edge-gateway"})).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (502, &json!("tool_error")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("always fails")
+    );
+    let (status, body) = execute(
+        &hub,
+        json!({"tool": "sleep@edge-gateway", "arguments": {"seconds": 5}}),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (504, &json!("tool_timeout")),
+        "{body}"
+    );
+    let (status, body) = execute(&hub, json!({"tool": "no-such-tool"})).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("tool_not_found")),
+        "{body}"
+    );
+    let (status, body) = execute(&hub, json!({"tool": "add", "arguments": [1, 2]})).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("invalid_arguments")),
+        "{body}"
+    );
+    let (status, body) = execute(&hub, json!({"arguments": {}})).await;
+    assert_eq!(status, 400, "{body}");
+
+    // 10 MB of arguments: refused by the body limit, the node unharmed.
+    let huge = json!({"tool": "shout", "arguments": {"text": "x".repeat(10 << 20)}});
+    let (status, body) = execute(&hub, huge).await;
+    assert_eq!(status, 413, "{body}");
+    let (status, body) = execute(
+        &hub,
+        json!({"tool": "shout", "arguments": {"text": "still here"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["content"][0]["text"], "STILL HERE");
+}
+
+#[tokio::test]
+async fn a_tool_is_refused_to_a_node_it_is_not_shared_with() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().expect("dir")).collect();
+    // Shared with one named peer (not the hub): announced, refused to others.
+    let stranger = libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id()
+        .to_base58();
+    let listed = gateway("listed", Share::Peers(vec![stranger]), dirs[0].path()).await;
+    // Kept local (the default): never announced.
+    let private = gateway("private", Share::Local, dirs[1].path()).await;
+    let hub = caller(&listed, dirs[2].path()).await;
+    let client = hub.network.as_ref().expect("mesh");
+    client
+        .dial(mesh_addr(&private).await.parse().expect("addr"))
+        .await
+        .expect("dial");
+
+    knows(&hub, "add", &listed).await;
+    let (status, body) = execute(
+        &hub,
+        json!({"tool": "add@listed", "arguments": {"a": 1, "b": 2}}),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (403, &json!("tool_not_shared")),
+        "{body}"
+    );
+
+    // The private node's own clients call its tools; the hub never hears of them.
+    eventually("the private node's tools are up", || async {
+        execute(
+            &private,
+            json!({"tool": "add", "arguments": {"a": 1, "b": 2}}),
+        )
+        .await
+        .0 == 200
+    })
+    .await;
+    eventually("the hub is connected to the private node", || async {
+        client
+            .peers()
+            .await
+            .is_ok_and(|p| p.iter().any(|p| p.peer_id == private.peer_id.to_base58()))
+    })
+    .await;
+    let (status, body) = execute(
+        &hub,
+        json!({"tool": format!("add@{}", private.peer_id), "arguments": {"a": 1, "b": 2}}),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    let listed_here = get_json(&hub, "/v1/tools").await;
+    assert!(
+        !listed_here
+            .to_string()
+            .contains(&private.peer_id.to_base58()),
+        "{listed_here}"
+    );
+}
+
+#[tokio::test]
+async fn an_mcp_client_lists_and_calls_the_mesh_s_tools_through_mcp() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let edge = gateway("edge-gateway", Share::Mesh, dirs[0].path()).await;
+    let hub = caller(&edge, dirs[1].path()).await;
+    knows(&hub, "camera-front", &edge).await;
+    let url = format!("http://{}/mcp", hub.http_addr);
+    let run = |tool: &'static str, arguments: &'static str| {
+        let url = url.clone();
+        async move {
+            common::run_python(
+                "mcp/mesh_client.py",
+                &[&url, tool, arguments],
+                Duration::from_secs(60),
+                "mcp",
+            )
+            .await
+        }
+    };
+    let seen = run("camera-front__edge-gateway", r#"{"zoom": 2}"#).await;
+    let names: Vec<&str> = seen["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(names.contains(&"add__edge-gateway"), "{names:?}");
+    for n in &names {
+        assert!(
+            (1..=64).contains(&n.len())
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+            "{n}"
+        );
+    }
+    let add = seen["tools"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["name"] == "add__edge-gateway"))
+        .expect("add");
+    assert_eq!(add["input_schema"]["required"], json!(["a", "b"]));
+    assert_eq!(seen["call"]["isError"], false, "{seen}");
+    assert_eq!(
+        seen["call"]["content"][0]["text"],
+        "photo taken at zoom 2: two llamas by the gate"
+    );
+
+    // Arguments the schema refuses: an error result that says why.
+    let seen = run("add__edge-gateway", r#"{"a": "two"}"#).await;
+    assert_eq!(seen["call"]["isError"], true, "{seen}");
+    assert!(
+        seen["call"]["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("input schema")),
+        "{seen}"
+    );
+}
