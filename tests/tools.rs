@@ -108,6 +108,61 @@ async fn a_tool_on_one_node_is_called_from_another_by_name_and_by_meaning() {
     assert_eq!(body["capability"], "tool/camera-front", "{body}");
     assert!(body["score"].as_f64().is_some(), "{body}");
 
+    // A typed intent for the family of tools, served where the tool lives.
+    let post = |path: &'static str, body: Value| {
+        let url = format!("http://{}{path}", hub.http_addr);
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .expect("post");
+            (r.status().as_u16(), r.json::<Value>().await.expect("json"))
+        }
+    };
+    let (status, body) = post(
+        "/v1/intent",
+        json!({"type": "tool/*", "domain": "photos of the barn", "data": {"zoom": 4},
+               "preferences": {"latency": "any", "locality": "mesh"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["capability"], "tool/camera-front", "{body}");
+    assert_eq!(body["node"], edge_id);
+    assert_eq!(body["node_name"], "edge-gateway");
+    assert_eq!(
+        body["result"]["content"][0]["text"],
+        "photo taken at zoom 4: two llamas by the gate"
+    );
+    assert!(body["latency_ms"].as_f64().is_some() && body["score"].as_f64().is_some());
+    for (intent, status, code) in [
+        (
+            json!({"type": "vision/classify", "data": {}}),
+            404,
+            "no_capability_of_kind",
+        ),
+        (
+            json!({"type": "tool/mcp", "domain": "barn", "preferences": {"locality": "local"}}),
+            404,
+            "no_capability_of_kind",
+        ),
+        (json!({"type": "robot/walk"}), 400, "invalid_intent_type"),
+    ] {
+        let (got, body) = post("/v1/intent", intent.clone()).await;
+        assert_eq!(
+            (got, &body["error"]["code"]),
+            (status, &json!(code)),
+            "{intent}: {body}"
+        );
+    }
+    let (got, body) = post(
+        "/v1/intent",
+        json!({"type": "tool/*", "preferences": {"max_hops": 9}}),
+    )
+    .await;
+    assert_eq!(got, 400, "{body}");
+
     // Arguments that do not match the schema are refused here: nothing
     // travels (the edge serves no call for them).
     let served = metric(&edge, "atmosphere_forwards_total{result=\"tool_served\"}").await;
@@ -295,5 +350,71 @@ async fn an_mcp_client_lists_and_calls_the_mesh_s_tools_through_mcp() {
             .as_str()
             .is_some_and(|t| t.contains("input schema")),
         "{seen}"
+    );
+}
+
+/// Typed intents for language models: a chat from `data.prompt`, a family of
+/// kinds, a kind that is offered but cannot be run this way yet.
+#[tokio::test]
+async fn a_typed_intent_reaches_a_language_model_by_kind_and_meaning() {
+    use atmosphere::config::BackendKind;
+    use atmosphere::echo::{Echo, Flavour};
+    let dir = tempfile::tempdir().expect("dir");
+    let echo = common::spawn_echo(Echo::new("gpu", Flavour::Openai, &["llama-14b", "eye"])).await;
+    let mut vision = common::capability(
+        "farm/eye",
+        "gpu",
+        "eye",
+        "Tells animals apart in photos.",
+        &[],
+    );
+    vision.kind = "vision/classify".parse().expect("kind");
+    let config = common::config(
+        vec![common::backend("gpu", BackendKind::Openai, echo, false)],
+        vec![
+            common::capability(
+                "farm/llama-expert",
+                "gpu",
+                "llama-14b",
+                "Expert on raising llamas and alpacas.",
+                &["How much hay does a llama eat?", "Can alpacas live alone?"],
+            ),
+            vision,
+        ],
+        dir.path(),
+    );
+    let node = start(config).await;
+    let post = |body: Value| {
+        let url = format!("http://{}/v1/intent", node.http_addr);
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .expect("post");
+            (r.status().as_u16(), r.json::<Value>().await.expect("json"))
+        }
+    };
+    for kind in ["llm/chat", "llm/*"] {
+        let (status, body) = post(json!({
+            "type": kind, "domain": "camelids",
+            "data": {"prompt": "What should I feed a young llama?"},
+            "preferences": {"latency": "low"}
+        }))
+        .await;
+        assert_eq!(status, 200, "{kind}: {body}");
+        assert_eq!(body["capability"], "farm/llama-expert");
+        assert_eq!(body["node"], node.peer_id.to_base58());
+        assert_eq!(body["result"]["object"], "chat.completion", "{body}");
+    }
+    let (status, body) = post(json!({"type": "llm/chat", "data": {"zoom": 1}})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) =
+        post(json!({"type": "vision/*", "data": {"image": "data:image/png;base64,AAAA"}})).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (501, &json!("kind_not_runnable")),
+        "{body}"
     );
 }

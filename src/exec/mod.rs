@@ -9,6 +9,7 @@
 
 mod error;
 mod forward;
+mod intent;
 mod quota;
 mod resolve;
 mod serve;
@@ -25,6 +26,7 @@ use futures::StreamExt;
 use serde_json::{Map, Value};
 
 pub use error::ApiError;
+pub use intent::{Intent, IntentAnswer, Locality, parse_kind as parse_intent_kind};
 pub use quota::PeerRate;
 pub use resolve::{AUTO, Target};
 pub use serve::{serve_intents, serve_streams};

@@ -5,6 +5,7 @@
 mod body;
 mod error;
 mod info;
+mod intent;
 mod mcp;
 mod openai;
 mod render;
@@ -83,6 +84,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/route", post(info::route))
         .route("/v1/tools", get(tools::list))
         .route("/v1/tool/execute", post(tools::execute))
+        .route("/v1/intent", post(intent::intent))
         .route("/v1/mesh/capabilities", get(info::capabilities))
         .route("/v1/mesh/peers", get(info::peers))
         .route("/v1/mesh/revocations", post(info::revoke))

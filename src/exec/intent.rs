@@ -1,0 +1,237 @@
+//! Typed intents (`POST /v1/intent`): a request for a kind of capability
+//! (`vision/classify`, or a family such as `tool/*`), ranked among the
+//! capabilities of that kind by the meaning of its text (the domain and the
+//! text fields of its data) and by the client's preferences, then run where
+//! the chosen capability lives: a tool is called with `data` as its
+//! arguments, a language model or agent is sent `data.messages` (or
+//! `data.prompt`) as a chat, an embedding model `data.input`.
+
+use std::sync::Arc;
+
+use ::http::StatusCode;
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+
+use super::tool::Outcome;
+use super::{ApiError, Core, Request};
+use crate::answer::Reply;
+use crate::backend::Op;
+use crate::capability::{CapabilityId, KIND_CATEGORIES, Kind};
+use crate::routing::{Entry, Need};
+
+/// Longest text taken from an intent's data to rank by (bytes).
+const MAX_TEXT: usize = 4096;
+
+/// How far a request may go to be served (`preferences`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locality {
+    /// Only this node's capabilities.
+    Local,
+    /// Any node's.
+    Mesh,
+}
+
+/// A typed intent, as a transport parsed it.
+#[derive(Debug, Clone)]
+pub struct Intent {
+    /// An exact kind, or `<category>/*`.
+    pub kind: String,
+    pub domain: String,
+    pub data: Map<String, Value>,
+    pub locality: Locality,
+    /// `latency: "low"`: among the capabilities that fit about as well as
+    /// the best, this node's own first (no hop).
+    pub low_latency: bool,
+}
+
+/// What an intent came to.
+#[derive(Debug)]
+pub struct IntentAnswer {
+    pub capability: CapabilityId,
+    pub node: String,
+    pub score: f32,
+    /// The status and JSON the capability answered (a tool's result, a
+    /// chat completion, embeddings, or its error).
+    pub status: u16,
+    pub result: Value,
+}
+
+/// How much lower than the best a local capability may score and still be
+/// preferred under `latency: "low"`.
+const LOCAL_MARGIN: f32 = 0.05;
+
+/// Checks an intent's type: a kind of one of the categories, or a family.
+pub fn parse_kind(kind: &str) -> Result<String, ApiError> {
+    let family = kind
+        .strip_suffix("/*")
+        .is_some_and(|c| KIND_CATEGORIES.contains(&c));
+    if family || kind.parse::<Kind>().is_ok() {
+        return Ok(kind.to_owned());
+    }
+    Err(ApiError::invalid(
+        "type",
+        format!(
+            "type {kind:?} must be category/name or category/* with category one of {}.",
+            KIND_CATEGORIES.join(", ")
+        ),
+    )
+    .code("invalid_intent_type"))
+}
+
+/// The texts an intent is ranked by: its domain and the string values of
+/// its data (nested ones too, in order), clipped.
+fn texts(intent: &Intent) -> Vec<String> {
+    fn walk(v: &Value, out: &mut String) {
+        match v {
+            Value::String(s) if !s.starts_with("data:") => {
+                if !out.is_empty() {
+                    out.push(' ');
+                }
+                out.push_str(s);
+            }
+            Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            Value::Object(m) => m.values().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut text = intent.domain.clone();
+    intent.data.values().for_each(|v| walk(v, &mut text));
+    let text = crate::wire::route::clip(&text, MAX_TEXT);
+    if text.trim().is_empty() {
+        // Nothing to go by but the kind itself.
+        vec![intent.kind.replace(['/', '*'], " ")]
+    } else {
+        vec![text]
+    }
+}
+
+impl Core {
+    /// Ranks the capabilities of the intent's kind and runs it on the best.
+    pub async fn intent(&self, intent: Intent) -> Result<IntentAnswer, ApiError> {
+        let need = Need::Kind(intent.kind.clone());
+        let table = self.catalog.table();
+        let offered = table.entries().iter().any(|e| {
+            need.accepts(&e.capability.kind) && (intent.locality == Locality::Mesh || e.local)
+        });
+        if !offered {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!(
+                    "No {} capability of kind `{}` is known.",
+                    match intent.locality {
+                        Locality::Local => "local",
+                        Locality::Mesh => "known",
+                    },
+                    intent.kind
+                ),
+            )
+            .param("type")
+            .code("no_capability_of_kind"));
+        }
+        let decision = self.decide(texts(&intent), need).await?;
+        let eligible: Vec<_> = decision
+            .candidates
+            .iter()
+            .filter(|c| c.eligible && (intent.locality == Locality::Mesh || c.local))
+            .collect();
+        let Some(best) = eligible.first() else {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                format!(
+                    "Capabilities of kind `{}` are known but none can serve now.",
+                    intent.kind
+                ),
+            )
+            .code("capability_unavailable"));
+        };
+        let chosen = if intent.low_latency {
+            eligible
+                .iter()
+                .find(|c| c.local && c.score >= best.score - LOCAL_MARGIN)
+                .unwrap_or(best)
+        } else {
+            best
+        };
+        let entry = chosen
+            .entry
+            .clone()
+            .ok_or_else(|| ApiError::internal("intent", "a candidate without its entry"))?;
+        let (status, result) = self.run_intent(&entry, intent.data).await?;
+        Ok(IntentAnswer {
+            capability: chosen.id.clone(),
+            node: entry.node.clone(),
+            score: chosen.score,
+            status,
+            result,
+        })
+    }
+
+    /// Runs an intent's data on the chosen capability, as its kind takes it.
+    async fn run_intent(
+        &self,
+        entry: &Arc<Entry>,
+        data: Map<String, Value>,
+    ) -> Result<(u16, Value), ApiError> {
+        let kind = &entry.capability.kind;
+        let address = format!("{}@{}", entry.capability.id, entry.node);
+        if kind.category() == "tool" {
+            let answer = self.call_tool(vec![entry.clone()], data).await?;
+            return Ok(match answer.outcome {
+                Outcome::Result { result, .. } => (200, result),
+                Outcome::Refused { status, body } => (status, json_of(&body)),
+            });
+        }
+        let (op, body) = if *kind == Kind::embed() {
+            let input = data.get("input").cloned().ok_or_else(|| {
+                ApiError::invalid("data.input", "An llm/embed intent needs data.input.")
+            })?;
+            (Op::Embeddings, json!({"model": address, "input": input}))
+        } else if kind.answers_text() {
+            let messages = match (data.get("messages"), data.get("prompt")) {
+                (Some(m @ Value::Array(_)), _) => m.clone(),
+                (None, Some(Value::String(p))) => json!([{"role": "user", "content": p}]),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "data",
+                        format!("A {kind} intent needs data.messages (a chat) or data.prompt."),
+                    ));
+                }
+            };
+            (Op::Chat, json!({"model": address, "messages": messages}))
+        } else {
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "invalid_request_error",
+                format!(
+                    "`{}` fits, but {kind} capabilities cannot be run through /v1/intent yet (tools, language models, agents and embedding models can).",
+                    entry.capability.id
+                ),
+            )
+            .code("kind_not_runnable"));
+        };
+        let Value::Object(body) = body else {
+            return Err(ApiError::internal("intent", "a body that is not an object"));
+        };
+        let raw = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let target = self.explicit_target(self.copies(&address)?);
+        let request = Request {
+            op,
+            body,
+            raw,
+            stream: false,
+            session: None,
+        };
+        let answer = self.run(target, request).await?;
+        match answer.reply {
+            Reply::Whole { status, body } => Ok((status, json_of(&body))),
+            Reply::Stream(_) => Err(ApiError::internal("intent", "a stream for a whole request")),
+        }
+    }
+}
+
+fn json_of(body: &[u8]) -> Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into()))
+}
