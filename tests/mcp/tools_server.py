@@ -8,7 +8,8 @@ result), `sleep` (seconds), `learn` (adds a tool `fresh` and tells the
 client the tools changed), `die` (the process exits at once) and
 `camera-front` (a photo, as a camera on an edge gateway would give). With
 `ATMOSPHERE_BROKEN_SCHEMA=1` it also lists `broken`, whose input schema is
-not valid JSON Schema.
+not valid JSON Schema; with `ATMOSPHERE_PROBE_TOOLS=N`, N more tools
+`probe-<i>` (for the benchmarks' large meshes).
 """
 
 import asyncio
@@ -74,6 +75,18 @@ if os.environ.get("ATMOSPHERE_BROKEN_SCHEMA") == "1":
         "type": "object",
         "properties": {"a": {"type": "no-such-type"}},
     }
+
+
+def probe(text: str = "") -> str:
+    return text
+
+
+for i in range(int(os.environ.get("ATMOSPHERE_PROBE_TOOLS", "0"))):
+    server.add_tool(
+        probe,
+        name=f"probe-{i}",
+        description=f"Probe number {i}: echoes its text (a tool for load tests).",
+    )
 
 
 @server.tool(description="Ends the server's process at once.")
