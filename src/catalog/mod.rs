@@ -103,7 +103,11 @@ pub async fn start(
 ) -> Result<(Catalog, Vec<tokio::task::JoinHandle<()>>), crate::embed::Error> {
     // Embedded once: what generic requests score is measured against it.
     let background = setup.embedder.embed(fit::background_texts()).await?;
+    // Subscribed before the first build reads the tools: a change after
+    // that read is seen by `run`, however soon it comes.
+    let tools_changed = setup.tools.subscribe();
     let mut owner = Owner {
+        tools_changed,
         background: Arc::new(fit::Background::new(&background.vectors)),
         discovered: BTreeMap::new(),
         cache: HashMap::new(),
@@ -197,6 +201,8 @@ async fn probe_loop(backend: Arc<Backend>, tx: mpsc::Sender<Update>, cancel: Can
 
 struct Owner {
     setup: Setup,
+    /// Changes of the MCP servers' tools.
+    tools_changed: watch::Receiver<u64>,
     /// Last list per discovering backend (kept while a backend is down, so its
     /// capabilities stay known and are marked unavailable, not removed).
     discovered: BTreeMap<String, Vec<Discovered>>,
@@ -228,7 +234,7 @@ impl Owner {
         cancel: CancellationToken,
     ) {
         let mut probes_alive = true;
-        let mut tools = self.setup.tools.subscribe();
+        let mut tools = self.tools_changed.clone();
         loop {
             let remote_changed = async {
                 match self.setup.remote.as_mut() {

@@ -29,7 +29,14 @@ pub async fn serve(
             a = listener.accept() => a,
         };
         let socket = match accepted {
-            Ok((socket, _)) => socket,
+            Ok((socket, _)) => {
+                // Answers written in parts (events, a large body's chunks)
+                // go out at once, not after the client's delayed ACK.
+                if let Err(e) = socket.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+                socket
+            }
             Err(e) => {
                 // Out of file descriptors and the like: pause instead of spinning.
                 tracing::warn!(error = %e, "cannot accept an HTTP connection");
