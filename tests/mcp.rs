@@ -230,18 +230,7 @@ async fn a_node_lists_its_mcp_servers_tools_and_refuses_one_whose_schema_is_not_
             .is_some_and(|e| e.contains("not a valid JSON Schema")),
         "{broken}"
     );
-    let execute = |body: Value| {
-        let url = format!("http://{}/v1/tool/execute", node.http_addr);
-        async move {
-            let r = reqwest::Client::new()
-                .post(url)
-                .json(&body)
-                .send()
-                .await
-                .expect("execute");
-            (r.status().as_u16(), r.json::<Value>().await.expect("json"))
-        }
-    };
+    let execute = |body: Value| common::post_json(&node, "/v1/tool/execute", body);
     // Callable once the route table holds the tools (built just after
     // they are listed).
     eventually("the tools are in the route table", || async {

@@ -41,14 +41,7 @@ async fn caller(via: &Node, dir: &std::path::Path) -> Node {
 }
 
 async fn execute(node: &Node, body: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(format!("http://{}/v1/tool/execute", node.http_addr))
-        .json(&body)
-        .send()
-        .await
-        .expect("execute");
-    let status = r.status().as_u16();
-    (status, r.json().await.expect("json"))
+    common::post_json(node, "/v1/tool/execute", body).await
 }
 
 /// Waits until `node` lists `tool` of `of` at /v1/tools.
@@ -109,19 +102,8 @@ async fn a_tool_on_one_node_is_called_from_another_by_name_and_by_meaning() {
     assert!(body["score"].as_f64().is_some(), "{body}");
 
     // A typed intent for the family of tools, served where the tool lives.
-    let post = |path: &'static str, body: Value| {
-        let url = format!("http://{}{path}", hub.http_addr);
-        async move {
-            let r = reqwest::Client::new()
-                .post(url)
-                .json(&body)
-                .send()
-                .await
-                .expect("post");
-            (r.status().as_u16(), r.json::<Value>().await.expect("json"))
-        }
-    };
-    let (status, body) = post(
+    let (status, body) = common::post_json(
+        &hub,
         "/v1/intent",
         json!({"type": "tool/*", "domain": "photos of the barn", "data": {"zoom": 4},
                "preferences": {"latency": "any", "locality": "mesh"}}),
@@ -149,14 +131,15 @@ async fn a_tool_on_one_node_is_called_from_another_by_name_and_by_meaning() {
         ),
         (json!({"type": "robot/walk"}), 400, "invalid_intent_type"),
     ] {
-        let (got, body) = post("/v1/intent", intent.clone()).await;
+        let (got, body) = common::post_json(&hub, "/v1/intent", intent.clone()).await;
         assert_eq!(
             (got, &body["error"]["code"]),
             (status, &json!(code)),
             "{intent}: {body}"
         );
     }
-    let (got, body) = post(
+    let (got, body) = common::post_json(
+        &hub,
         "/v1/intent",
         json!({"type": "tool/*", "preferences": {"max_hops": 9}}),
     )
@@ -384,18 +367,7 @@ async fn a_typed_intent_reaches_a_language_model_by_kind_and_meaning() {
         dir.path(),
     );
     let node = start(config).await;
-    let post = |body: Value| {
-        let url = format!("http://{}/v1/intent", node.http_addr);
-        async move {
-            let r = reqwest::Client::new()
-                .post(url)
-                .json(&body)
-                .send()
-                .await
-                .expect("post");
-            (r.status().as_u16(), r.json::<Value>().await.expect("json"))
-        }
-    };
+    let post = |body: Value| common::post_json(&node, "/v1/intent", body);
     for kind in ["llm/chat", "llm/*"] {
         let (status, body) = post(json!({
             "type": kind, "domain": "camelids",

@@ -198,6 +198,28 @@ pub async fn get_json(node: &Node, path: &str) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
 }
 
+/// `POST path` with a JSON body on a node's HTTP API: the status and the
+/// JSON answer.
+pub async fn post_json(
+    node: &Node,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("http://{}{path}", node.http_addr))
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    let status = r.status().as_u16();
+    (
+        status,
+        r.json()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: not JSON: {e}")),
+    )
+}
+
 /// The node's `/metrics` text.
 pub async fn metrics_text(node: &Node) -> String {
     reqwest::get(format!("http://{}/metrics", node.http_addr))
