@@ -247,3 +247,55 @@ async fn a_node_lists_its_mcp_servers_tools_and_refuses_one_whose_schema_is_not_
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["result"]["content"][0]["text"], "3");
 }
+
+/// A program that writes what is not JSON-RPC, and one that never answers
+/// `initialize`: both are unavailable with a reason, within the timeout,
+/// and retried; the node's other servers are not held up.
+#[tokio::test]
+async fn a_server_that_writes_garbage_or_hangs_is_unavailable_not_fatal() {
+    let cancel = CancellationToken::new();
+    let garbage = config(McpConfig::stdio(
+        "garbage",
+        &python(),
+        &[
+            "-c",
+            "import sys, time\nprint('this is not json-rpc', flush=True)\nsys.stdout.write('{\"jsonrpc\": 7}\\n'); sys.stdout.flush()\ntime.sleep(60)",
+        ],
+    ));
+    let hangs = config(McpConfig::stdio(
+        "hangs",
+        &python(),
+        &["-c", "import time\ntime.sleep(60)"],
+    ));
+    let servers = Servers::start(
+        &[
+            garbage,
+            hangs,
+            config(McpConfig::stdio("tools", &python(), &[&script()])),
+        ],
+        &cancel,
+    );
+    listed(&servers, "tools").await;
+    // Past "still connecting": given up on (within the 2 s timeout) and
+    // waiting to be tried again, with why.
+    for server in ["garbage", "hangs"] {
+        eventually(
+            &format!("{server} is given up on with a reason"),
+            || async {
+                match servers.call(server, "x", Map::new()).await {
+                    Err(CallError::Unavailable(_, why)) => {
+                        why.contains("no answer to initialize within 2s")
+                    }
+                    _ => false,
+                }
+            },
+        )
+        .await;
+    }
+    let sum = servers
+        .call("tools", "add", args(json!({"a": 20, "b": 22})))
+        .await
+        .expect("the good server still answers");
+    assert_eq!(sum.result["content"][0]["text"], "42");
+    cancel.cancel();
+}
