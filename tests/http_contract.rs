@@ -401,6 +401,18 @@ async fn bearer_auth_when_configured() {
         call(&f, "GET", "/health", None, None).await.status,
         StatusCode::OK
     );
+    // The tool routes and the MCP server are behind the same keys.
+    for (method, path) in [
+        ("GET", "/v1/tools"),
+        ("POST", "/v1/tool/execute"),
+        ("POST", "/v1/intent"),
+        ("POST", "/mcp"),
+    ] {
+        let e = call(&f, method, path, Some(b"{}".to_vec()), None)
+            .await
+            .error(StatusCode::UNAUTHORIZED);
+        assert_eq!(e["code"], "invalid_api_key", "{path}");
+    }
 }
 
 #[tokio::test]
