@@ -212,9 +212,11 @@ impl SignedRouteUpdate {
         // Only verified bytes are decoded further. A payload starts with its
         // version byte (a `u8` is one byte in the codec).
         let update: RouteUpdate = match self.payload.first() {
-            Some(&v3::VERSION) => {
-                codec::decode::<v3::RouteUpdate>(&self.payload, MAX_SIGNED_BYTES)?.into()
-            }
+            Some(&v3::VERSION) => v4::RouteUpdate::from(codec::decode::<v3::RouteUpdate>(
+                &self.payload,
+                MAX_SIGNED_BYTES,
+            )?)
+            .into(),
             Some(&v4::VERSION) => {
                 codec::decode::<v4::RouteUpdate>(&self.payload, MAX_SIGNED_BYTES)?.into()
             }
@@ -470,18 +472,18 @@ mod v3 {
         body: RouteBody,
     }
 
-    impl From<RouteUpdate> for super::RouteUpdate {
+    /// Read as version 4 without a certificate (then as the current one).
+    impl From<RouteUpdate> for super::v4::RouteUpdate {
         fn from(u: RouteUpdate) -> Self {
             debug_assert_eq!(u.version, VERSION);
-            // Read as the current version: what it says is all there is.
             Self {
-                version: super::VERSION,
+                version: super::v4::VERSION,
                 seq: u.seq,
                 ttl_secs: u.ttl_secs,
                 node_name: u.node_name,
                 addrs: u.addrs,
                 dim: u.dim,
-                body: u.body.into(),
+                body: u.body,
                 certificate: None,
             }
         }
