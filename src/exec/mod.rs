@@ -31,7 +31,7 @@ pub use quota::PeerRate;
 pub use resolve::{AUTO, Target};
 pub use serve::{serve_intents, serve_streams};
 pub use serve_tool::serve_tools;
-pub use tool::{Outcome as ToolOutcome, ToolAnswer};
+pub use tool::{Outcome as ToolOutcome, ToolAnswer, refusal_message};
 
 use crate::answer::{Event, Reply};
 use crate::backend::{Backend, Op};

@@ -267,6 +267,18 @@ impl Core {
             .collect()
     }
 
+    /// Display names by PeerId (base58): this node's and every origin's
+    /// whose routes it holds.
+    pub fn node_names(&self) -> HashMap<String, String> {
+        let mut names: HashMap<String, String> = self
+            .origins()
+            .iter()
+            .map(|o| (o.peer.to_base58(), o.node_name.clone()))
+            .collect();
+        names.insert(self.node_id.clone(), self.node_name.clone());
+        names
+    }
+
     /// The copies of one id in the order `copies` gives them (`since`: since
     /// when this node has held a node's routes, by PeerId).
     pub fn order_copies(

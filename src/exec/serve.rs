@@ -255,8 +255,10 @@ fn not_shared(id: &str) -> ApiError {
     .code("capability_not_shared")
 }
 
-fn deadline_of(core: &Core, request: &IntentRequest) -> Duration {
-    Duration::from_millis(u64::from(request.deadline_ms)).min(core.request_timeout)
+/// How long a peer's request may run here: what the peer will still wait
+/// (`deadline_ms`), at most this node's own request timeout.
+pub(super) fn deadline_of(core: &Core, deadline_ms: u32) -> Duration {
+    Duration::from_millis(u64::from(deadline_ms)).min(core.request_timeout)
 }
 
 fn out_of_time() -> ApiError {
@@ -275,7 +277,7 @@ async fn run(
     request: IntentRequest,
     stream: bool,
 ) -> Result<Reply, ApiError> {
-    let deadline = deadline_of(core, &request);
+    let deadline = deadline_of(core, request.deadline_ms);
     let roles = admitted(core, peer).await?;
     let (target, local) = local_request(core, peer, &roles, request, stream)?;
     let answer = tokio::time::timeout(deadline, core.run(target, local))

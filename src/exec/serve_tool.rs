@@ -121,7 +121,7 @@ async fn serve_tool(
 
 /// Runs a peer's call on this node's tool, within the call's deadline.
 async fn run(core: &Core, peer: PeerId, request: ToolRequest) -> ToolResponse {
-    let deadline = Duration::from_millis(u64::from(request.deadline_ms)).min(core.request_timeout);
+    let deadline = super::serve::deadline_of(core, request.deadline_ms);
     let ran = async {
         let roles = super::serve::admitted(core, peer).await?;
         let arguments = match serde_json::from_slice(&request.arguments) {

@@ -272,15 +272,17 @@ impl Core {
         let response =
             ToolResponse::decode(&answer).map_err(|e| Attempt::Final(broke(&e.to_string())))?;
         if response.status != 200 {
-            let outcome = Outcome::Refused {
-                status: response.status,
-                body: Bytes::from(response.body),
-            };
             // Unavailable there, or this node is over its quota there: the
             // tool did not run.
             return match response.status {
-                503 | 429 => Err(Attempt::Next(refusal_error(&outcome))),
-                _ => Ok(outcome),
+                503 | 429 => Err(Attempt::Next(refusal_error(
+                    response.status,
+                    &response.body,
+                ))),
+                status => Ok(Outcome::Refused {
+                    status,
+                    body: Bytes::from(response.body),
+                }),
             };
         }
         let result: Value = serde_json::from_slice(&response.body)
@@ -298,20 +300,21 @@ enum Attempt {
     Final(ApiError),
 }
 
-/// A refusal relayed from another node, as this node's error (only its
-/// status and message are kept).
-fn refusal_error(outcome: &Outcome) -> ApiError {
-    let Outcome::Refused { status, body } = outcome else {
-        return ApiError::internal("tool call", "not a refusal");
-    };
-    let message = serde_json::from_slice::<Value>(body)
+/// What another node said when it refused a call (its error's message).
+pub fn refusal_message(status: u16, body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| "The tool's node refused the call.".into());
+        .unwrap_or_else(|| format!("The tool's node refused the call ({status})."))
+}
+
+/// A refusal relayed from another node (503 or 429: the tool did not run),
+/// as this node's error with its status and message.
+fn refusal_error(status: u16, body: &[u8]) -> ApiError {
     ApiError::new(
-        StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
         "server_error",
-        message,
+        refusal_message(status, body),
     )
     .code("tool_unavailable")
 }

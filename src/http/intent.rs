@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
@@ -22,17 +22,11 @@ pub async fn intent(State(state): State<AppState>, body: ApiObject) -> Result<Re
     let _slot = state.gates.slot().await?;
     let answer = state.core.intent(intent).await?;
     drop(held);
-    let node_name = if answer.node == state.core.node_id {
-        state.core.node_name.clone()
-    } else {
-        state
-            .core
-            .origins()
-            .iter()
-            .find(|o| o.peer.to_base58() == answer.node)
-            .map(|o| o.node_name.clone())
-            .unwrap_or_default()
-    };
+    let node_name = state
+        .core
+        .node_names()
+        .remove(&answer.node)
+        .unwrap_or_default();
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = (
         status,
@@ -47,13 +41,7 @@ pub async fn intent(State(state): State<AppState>, body: ApiObject) -> Result<Re
         })),
     )
         .into_response();
-    let h = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(answer.capability.as_str()) {
-        h.insert("x-atmosphere-route", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&answer.node) {
-        h.insert("x-atmosphere-node", v);
-    }
+    super::render::route_headers(&mut response, answer.capability.as_str(), &answer.node);
     Ok(response)
 }
 

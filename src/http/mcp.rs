@@ -7,7 +7,7 @@ use std::pin::Pin;
 
 use serde_json::{Map, Value};
 
-use crate::exec::{Core, ToolOutcome};
+use crate::exec::{Core, ToolOutcome, refusal_message};
 use crate::mcp::server::{Called, Offered, ToolHost};
 
 /// The request core as `/mcp` sees it.
@@ -17,11 +17,7 @@ pub struct MeshTools(pub Core);
 impl ToolHost for MeshTools {
     fn offered(&self) -> Vec<Offered> {
         let core = &self.0;
-        let names: std::collections::HashMap<String, String> = core
-            .origins()
-            .iter()
-            .map(|o| (o.peer.to_base58(), o.node_name.clone()))
-            .collect();
+        let names = core.node_names();
         let table = core.catalog.table();
         let mut offered: Vec<Offered> = table
             .entries()
@@ -29,14 +25,10 @@ impl ToolHost for MeshTools {
             .filter(|e| e.capability.kind.category() == "tool")
             .map(|e| {
                 let c = &e.capability;
-                let node_name = if e.local {
-                    core.node_name.clone()
-                } else {
-                    names
-                        .get(&e.node)
-                        .cloned()
-                        .unwrap_or_else(|| e.node.clone())
-                };
+                let node_name = names
+                    .get(&e.node)
+                    .cloned()
+                    .unwrap_or_else(|| e.node.clone());
                 Offered {
                     tool: c.id.name().to_owned(),
                     node_name,
@@ -66,12 +58,7 @@ impl ToolHost for MeshTools {
             match answer.outcome {
                 // `isError` results too: the tool ran and says it failed.
                 ToolOutcome::Result { result, .. } => Ok(result),
-                ToolOutcome::Refused { status, body } => {
-                    Err(serde_json::from_slice::<Value>(&body)
-                        .ok()
-                        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-                        .unwrap_or_else(|| format!("the tool's node refused the call ({status})")))
-                }
+                ToolOutcome::Refused { status, body } => Err(refusal_message(status, &body)),
             }
         })
     }

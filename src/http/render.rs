@@ -24,13 +24,8 @@ pub fn answer(answer: Answer) -> Response {
             events.map(|e| Ok::<_, std::convert::Infallible>(event_bytes(&e))),
         )),
     };
+    route_headers(&mut r, answer.capability.as_str(), &answer.node);
     let h = r.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(answer.capability.as_str()) {
-        h.insert("x-atmosphere-route", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&answer.node) {
-        h.insert("x-atmosphere-node", v);
-    }
     let score = answer
         .score
         .map_or_else(|| "1.0000".to_owned(), |s| format!("{s:.4}"));
@@ -38,6 +33,17 @@ pub fn answer(answer: Answer) -> Response {
         h.insert("x-atmosphere-score", v);
     }
     r
+}
+
+/// The headers that say which capability and node served an answer.
+pub fn route_headers(response: &mut Response, capability: &str, node: &str) {
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(capability) {
+        h.insert("x-atmosphere-route", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(node) {
+        h.insert("x-atmosphere-node", v);
+    }
 }
 
 /// One event as SSE bytes.

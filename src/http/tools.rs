@@ -1,12 +1,11 @@
 //! `GET /v1/tools` (every tool the node can reach) and
 //! `POST /v1/tool/execute` (a call, run where the tool lives).
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
@@ -49,11 +48,7 @@ pub async fn list(State(state): State<AppState>) -> Json<Value> {
             v
         })
         .collect();
-    let names: HashMap<String, String> = core
-        .origins()
-        .iter()
-        .map(|o| (o.peer.to_base58(), o.node_name.clone()))
-        .collect();
+    let names = core.node_names();
     let table = core.catalog.table();
     for e in table.entries().iter().filter(|e| !e.local) {
         let c = &e.capability;
@@ -162,19 +157,13 @@ fn render(state: &AppState, answer: ToolAnswer, score: Option<f32>, started: Ins
             "is_error": false,
             "capability": answer.capability,
             "node": answer.node,
-            "node_name": node_name(state, &answer.node),
+            "node_name": state.core.node_names().remove(&answer.node).unwrap_or_default(),
             "score": score,
             "latency_ms": latency_ms,
         }))
         .into_response(),
     };
-    let h = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(answer.capability.as_str()) {
-        h.insert("x-atmosphere-route", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&answer.node) {
-        h.insert("x-atmosphere-node", v);
-    }
+    super::render::route_headers(&mut response, answer.capability.as_str(), &answer.node);
     response
 }
 
@@ -192,17 +181,4 @@ fn text_of(result: &Value) -> String {
         return "it gave no text".into();
     }
     crate::wire::route::clip(&text, 2000)
-}
-
-fn node_name(state: &AppState, node: &str) -> String {
-    if node == state.core.node_id {
-        return state.core.node_name.clone();
-    }
-    state
-        .core
-        .origins()
-        .iter()
-        .find(|o| o.peer.to_base58() == node)
-        .map(|o| o.node_name.clone())
-        .unwrap_or_default()
 }

@@ -9,7 +9,9 @@ client the tools changed), `die` (the process exits at once) and
 `camera-front` (a photo, as a camera on an edge gateway would give). With
 `ATMOSPHERE_BROKEN_SCHEMA=1` it also lists `broken`, whose input schema is
 not valid JSON Schema; with `ATMOSPHERE_PROBE_TOOLS=N`, N more tools
-`probe-<i>` (for the benchmarks' large meshes).
+`probe-<i>` (for the benchmarks' large meshes); with
+`ATMOSPHERE_TOOL_PREFIX=p-` every tool's name starts with `p-` (two
+servers of one node with different tools).
 """
 
 import asyncio
@@ -92,6 +94,15 @@ for i in range(int(os.environ.get("ATMOSPHERE_PROBE_TOOLS", "0"))):
 @server.tool(description="Ends the server's process at once.")
 def die() -> str:
     os._exit(3)
+
+
+_prefix = os.environ.get("ATMOSPHERE_TOOL_PREFIX", "")
+if _prefix:
+    _tools = server._tool_manager._tools
+    for _name in list(_tools):
+        _tool = _tools.pop(_name)
+        _tool.name = _prefix + _name
+        _tools[_tool.name] = _tool
 
 
 if __name__ == "__main__":
