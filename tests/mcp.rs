@@ -248,9 +248,10 @@ async fn a_node_lists_its_mcp_servers_tools_and_refuses_one_whose_schema_is_not_
     assert_eq!(body["result"]["content"][0]["text"], "3");
 }
 
-/// A program that writes what is not JSON-RPC, and one that never answers
-/// `initialize`: both are unavailable with a reason, within the timeout,
-/// and retried; the node's other servers are not held up.
+/// A program that writes what is not JSON-RPC, one that never answers
+/// `initialize`, and one that answers it but never lists its tools: each is
+/// unavailable with a reason, within the timeout, and retried; the node's
+/// other servers are not held up.
 #[tokio::test]
 async fn a_server_that_writes_garbage_or_hangs_is_unavailable_not_fatal() {
     let cancel = CancellationToken::new();
@@ -267,10 +268,20 @@ async fn a_server_that_writes_garbage_or_hangs_is_unavailable_not_fatal() {
         &python(),
         &["-c", "import time\ntime.sleep(60)"],
     ));
+    // Answers `initialize` (with the version it was asked for) and nothing else.
+    let mute = config(McpConfig::stdio(
+        "mute",
+        &python(),
+        &[
+            "-c",
+            "import json, sys\nfor line in sys.stdin:\n    m = json.loads(line)\n    if m.get('method') == 'initialize':\n        print(json.dumps({'jsonrpc': '2.0', 'id': m['id'], 'result': {'protocolVersion': m['params']['protocolVersion'], 'capabilities': {'tools': {}}, 'serverInfo': {'name': 'mute', 'version': '1'}}}), flush=True)",
+        ],
+    ));
     let servers = Servers::start(
         &[
             garbage,
             hangs,
+            mute,
             config(McpConfig::stdio("tools", &python(), &[&script()])),
         ],
         &cancel,
@@ -278,14 +289,16 @@ async fn a_server_that_writes_garbage_or_hangs_is_unavailable_not_fatal() {
     listed(&servers, "tools").await;
     // Past "still connecting": given up on (within the 2 s timeout) and
     // waiting to be tried again, with why.
-    for server in ["garbage", "hangs"] {
+    for (server, reason) in [
+        ("garbage", "no answer to initialize within 2s"),
+        ("hangs", "no answer to initialize within 2s"),
+        ("mute", "tools/list took longer than 2s"),
+    ] {
         eventually(
             &format!("{server} is given up on with a reason"),
             || async {
                 match servers.call(server, "x", Map::new()).await {
-                    Err(CallError::Unavailable(_, why)) => {
-                        why.contains("no answer to initialize within 2s")
-                    }
+                    Err(CallError::Unavailable(_, why)) => why.contains(reason),
                     _ => false,
                 }
             },
@@ -298,4 +311,48 @@ async fn a_server_that_writes_garbage_or_hangs_is_unavailable_not_fatal() {
         .expect("the good server still answers");
     assert_eq!(sum.result["content"][0]["text"], "42");
     cancel.cancel();
+}
+
+/// A tool whose name is a configured capability's id (`tool/add` here, a
+/// chat model) is left out, as documented: the capability keeps the id and
+/// calling `add` as a tool says what it is; the server's other tools run.
+#[tokio::test]
+async fn a_tool_named_like_a_configured_capability_is_left_out() {
+    use atmosphere::config::BackendKind;
+    use atmosphere::echo::{Echo, Flavour};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let echo = common::spawn_echo(Echo::new("gpu", Flavour::Openai, &["adder"])).await;
+    let mut config = common::config(
+        vec![common::backend("gpu", BackendKind::Openai, echo, false)],
+        vec![common::capability(
+            "tool/add",
+            "gpu",
+            "adder",
+            "Adds numbers when asked in words.",
+            &[],
+        )],
+        dir.path(),
+    );
+    config.mcp = vec![McpConfig::stdio("tools", &python(), &[&script()])];
+    let node = common::start(config).await;
+    let execute = |body: Value| common::post_json(&node, "/v1/tool/execute", body);
+    eventually("the server's tools are in the route table", || async {
+        execute(json!({"tool": "shout", "arguments": {"text": "hay"}}))
+            .await
+            .0
+            == 200
+    })
+    .await;
+    let listed = common::get_json(&node, "/v1/mesh/capabilities").await;
+    let adds: Vec<_> = listed["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter(|c| c["id"] == "tool/add")
+        .collect();
+    assert_eq!(adds.len(), 1, "one capability per id: {listed}");
+    assert_eq!(adds[0]["kind"], "llm/chat", "the configured one: {listed}");
+    let (status, body) = execute(json!({"tool": "add", "arguments": {"a": 1, "b": 2}})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "not_a_tool", "{body}");
 }
