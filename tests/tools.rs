@@ -2,7 +2,8 @@
 //! that other nodes call with `POST /v1/tool/execute`, by `name@node`, by
 //! name alone, or by the meaning of a query; arguments are checked before
 //! they travel; a tool its node does not share is refused. The MCP server
-//! is `tests/mcp/tools_server.py` (see tests/mcp.rs).
+//! is `tests/mcp/tools_server.py` (see tests/mcp.rs), and the testnet's
+//! `camera-tool` for photos.
 
 mod common;
 
@@ -397,4 +398,75 @@ async fn a_typed_intent_reaches_a_language_model_by_kind_and_meaning() {
         (501, &json!("kind_not_runnable")),
         "{body}"
     );
+}
+
+/// The testnet's camera (`camera-tool`, an MCP server written with the
+/// node's own `mcp::stdio`): its photo travels to another node as an MCP
+/// image, each call a new frame.
+#[tokio::test]
+async fn a_camera_on_a_gateway_takes_photos_for_another_node() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let mut config = mesh_config(Vec::new(), Vec::new(), dirs[0].path(), Vec::new());
+    config.node.name = "edge-gateway".into();
+    config.mcp = vec![McpConfig {
+        share: Share::Mesh,
+        kind: "tool/camera".parse().expect("kind"),
+        ..McpConfig::stdio(
+            "cameras",
+            env!("CARGO_BIN_EXE_camera-tool"),
+            &["--camera", "front", "--camera", "back"],
+        )
+    }];
+    let edge = start(config).await;
+    let hub = caller(&edge, dirs[1].path()).await;
+    knows(&hub, "camera-back", &edge).await;
+
+    let mut frames = Vec::new();
+    let mut photos = Vec::new();
+    for _ in 0..2 {
+        let (status, body) = execute(
+            &hub,
+            json!({"tool": "camera-back@edge-gateway", "arguments": {"resolution": "high"}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let content = &body["result"]["content"];
+        assert_eq!(content[0]["type"], "image", "{body}");
+        assert_eq!(content[0]["mimeType"], "image/png");
+        let png = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            content[0]["data"].as_str().expect("image data"),
+        )
+        .expect("base64");
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
+        // IHDR: width and height, big-endian, after the chunk's length and type.
+        assert_eq!(&png[16..24], &[0, 0, 2, 128, 0, 0, 1, 224], "640x480");
+        let about: Value = serde_json::from_str(content[1]["text"].as_str().expect("text"))
+            .expect("JSON about the photo");
+        assert_eq!(about["camera"], "back");
+        frames.push(about["frame"].as_u64().expect("frame"));
+        photos.push(png);
+    }
+    assert!(frames[1] > frames[0], "a new frame each call: {frames:?}");
+    assert_ne!(photos[0], photos[1], "two frames, two photos");
+
+    // Checked at the calling node against the announced schema.
+    let (status, body) = execute(
+        &hub,
+        json!({"tool": "camera-front@edge-gateway", "arguments": {"resolution": "8k"}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_arguments", "{body}");
+
+    // Its kind, for typed intents.
+    let (status, body) = common::post_json(
+        &hub,
+        "/v1/intent",
+        json!({"type": "tool/camera", "domain": "who is at the front door", "data": {}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["capability"], "tool/camera-front", "{body}");
+    assert_eq!(body["result"]["content"][0]["type"], "image", "{body}");
 }

@@ -9,6 +9,7 @@
 mod client;
 mod schema;
 pub mod server;
+pub mod stdio;
 
 use std::collections::HashMap;
 use std::sync::Arc;
