@@ -2,8 +2,8 @@
 # The testnet, tested end to end (scripts/test.sh runs it after the Rust suite):
 #
 #   up (with two providers of travel/planner) -> check -> a node joins from the
-#   host -> partition -> check -> heal -> check -> kill (coder and one travel
-#   provider) -> check -> restart -> check -> down
+#   host -> partition -> check -> heal -> check -> kill (coder, the edge
+#   gateway and one travel provider) -> check -> restart -> check -> down
 #
 # Every step prints how long it took to hold (convergence, expiry, recovery).
 # A step that misses fails the run with what was wrong and the nodes' logs. The
@@ -41,7 +41,7 @@ cleanup() {
     echo "testnet-test: interrupted; removing the testnet" >&2
   elif [ "$rc" -ne 0 ]; then
     echo "testnet-test: FAILED; the nodes' logs follow" >&2
-    scripts/testnet.sh logs --tail 60 bootstrap camelid coder wildlife finance extra >&2 2>&1 || true
+    scripts/testnet.sh logs --tail 60 bootstrap camelid coder wildlife finance edge-gateway extra >&2 2>&1 || true
     [ -f "$WORK/host.log" ] && { echo "--- host node ---" >&2; tail -n 60 "$WORK/host.log" >&2; }
   fi
   scripts/testnet.sh down >/dev/null 2>&1 || true
@@ -175,16 +175,19 @@ t=$(now)
 scripts/testnet.sh heal
 settle "healed node routable again" 90
 
-step "kill coder and one of the two travel providers (SIGKILL, no withdrawal)"
+step "kill coder, edge-gateway and one of the two travel providers (SIGKILL, no withdrawal)"
 t=$(now)
 scripts/testnet.sh kill coder
+scripts/testnet.sh kill edge-gateway
 scripts/testnet.sh kill extra
-# travel/planner must keep being answered, by the other provider.
+# travel/planner must keep being answered, by the other provider; the
+# gateway's cameras must be refused by name (a 404) everywhere.
 settle "killed nodes' routes expired" $((TTL + 30))
 
 step "restart them"
 t=$(now)
 scripts/testnet.sh restart coder
+scripts/testnet.sh restart edge-gateway
 scripts/testnet.sh restart extra
 settle "restarted nodes routable again" 90
 

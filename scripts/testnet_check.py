@@ -11,6 +11,12 @@ verifies that
     OpenAI-style error, or an answer from another capability that is up;
   * a question with no capability (nothing in the testnet fits it) is refused
     with a 404 `no_capability_fits` by every node;
+  * every shared MCP tool a node's config names (`[mcp.tools.<name>]` of an
+    `[[mcp]]` whose share is not "local") is listed by every node as the
+    capability `tool/<name>` while its node is up, and from every node it
+    takes a photo (an MCP image, PNG) when called by `<name>@<node>` and when
+    asked for by meaning; while its node is down, calling it by name is a
+    clear 404 (`node_not_found` once the node is forgotten, `tool_not_found`);
   * a capability offered by several nodes that are up has its requests spread
     over them: SPREAD_REQUESTS requests naming it, SPREAD_CLIENTS at a time,
     from a node that does not offer it; the count per provider is printed,
@@ -23,6 +29,7 @@ Standard library only.
 """
 
 import argparse
+import base64
 import json
 import subprocess
 import sys
@@ -47,12 +54,13 @@ def docker(*args):
 class Node:
     """A node container of the testnet."""
 
-    def __init__(self, service, container, name, ip, capabilities):
+    def __init__(self, service, container, name, ip, capabilities, tools):
         self.service = service
         self.container = container
         self.name = name  # node name peers see (config, or the host name)
         self.ip = ip  # on the testnet network; None when cut off or stopped
         self.capabilities = capabilities  # capability id -> backend names
+        self.tools = tools  # names of the MCP tools it shares with the mesh
 
     @property
     def up(self):
@@ -77,11 +85,13 @@ def discover(project, testnet_dir):
         # capability id -> its backends (one name, or a list of names)
         caps = {c["id"]: c["backend"] if isinstance(c["backend"], list) else [c["backend"]]
                 for c in config.get("capability", [])}
+        tools = sorted(t for m in config.get("mcp", []) if m.get("share", "local") != "local"
+                       for t in m.get("tools", {}))
         ip = None
         if info["State"]["Running"]:
             net = info["NetworkSettings"]["Networks"].get(network)
             ip = (net or {}).get("IPAddress") or None
-        nodes.append(Node(service, info["Name"].lstrip("/"), name, ip, caps))
+        nodes.append(Node(service, info["Name"].lstrip("/"), name, ip, caps, tools))
     return sorted(nodes, key=lambda n: n.container)
 
 
@@ -96,11 +106,14 @@ def http(method, url, body=None):
 
 
 def check_once(nodes, questions):
-    """Everything wrong right now, as readable lines (empty: all holds)."""
+    """Everything wrong right now, as readable lines (empty: all holds), the
+    questions and tool calls answered as expected, and whether every node's
+    list agreed with Docker."""
     problems = []
     up = [n for n in nodes if n.up]
     down = [n for n in nodes if not n.up]
     expected = {(cap, n.name) for n in up for cap in n.capabilities}
+    expected |= {(f"tool/{tool}", n.name) for n in up for tool in n.tools}
     owners = {}  # capability -> {name of an up node offering it: its backends}
     for n in up:
         for cap, backend in n.capabilities.items():
@@ -128,7 +141,8 @@ def check_once(nodes, questions):
             if owner in down_names:
                 problems.append(f"{n.service}: still lists {cap} of {owner}, which is down")
     if problems:
-        return problems, answers, False
+        return problems, (answers, 0), False
+    problems, tool_calls = check_tools(nodes, peer_names)
     for n in up:
         for q in questions:
             cap = q.get("capability")
@@ -174,7 +188,68 @@ def check_once(nodes, questions):
                     problems.append(f"{n.service}: {q['text']!r}: {status} without an OpenAI error body")
                 else:
                     answers += 1
-    return problems, answers, True
+    return problems, (answers, tool_calls), True
+
+
+def photo_problem(status, reply, taken_on, peer_names):
+    """What is wrong with a tool call's answer that should be a photo taken
+    on the node named `taken_on` (None: any), or None."""
+    if status != 200:
+        err = reply.get("error", {}) if isinstance(reply, dict) else {}
+        return f"{status} {err.get('code')}: {err.get('message')}"
+    content = (reply.get("result") or {}).get("content") or [{}]
+    image = content[0]
+    if image.get("type") != "image" or image.get("mimeType") != "image/png":
+        return f"no PNG image in the result: {str(reply)[:120]}"
+    if not base64.b64decode(image.get("data", "")).startswith(b"\x89PNG\r\n\x1a\n"):
+        return "the image is not a PNG"
+    node = peer_names.get(reply.get("node"), reply.get("node"))
+    if taken_on is not None and node != taken_on:
+        return f"taken on {node}, expected {taken_on}"
+    return None
+
+
+def check_tools(nodes, peer_names):
+    """The shared tools of the testnet's configs, called from every up node:
+    (problems, calls as expected)."""
+    problems, calls = [], 0
+    up = [n for n in nodes if n.up]
+    for owner in nodes:
+        for tool in owner.tools:
+            for n in up:
+                body = {"tool": f"{tool}@{owner.name}", "arguments": {"resolution": "low"}}
+                try:
+                    status, _, raw = http("POST", n.url("/v1/tool/execute"), body)
+                    reply = json.loads(raw)
+                except (OSError, ValueError) as e:
+                    problems.append(f"{n.service}: {tool}@{owner.name}: {e}")
+                    continue
+                if owner.up:
+                    wrong = photo_problem(status, reply, owner.name, peer_names)
+                    if wrong is None and reply.get("capability") != f"tool/{tool}":
+                        wrong = f"answered by {reply.get('capability')}"
+                else:
+                    code = (reply.get("error") or {}).get("code") if isinstance(reply, dict) else None
+                    wrong = None if status == 404 and code in ("tool_not_found", "node_not_found") else \
+                        f"{owner.name} is down, yet the call answered {status} {code}"
+                if wrong:
+                    problems.append(f"{n.service}: {tool}@{owner.name}: {wrong}")
+                else:
+                    calls += 1
+    # By meaning: "take a photo" reaches a camera wherever one is up.
+    if any(o.up and o.tools for o in nodes):
+        for n in up:
+            body = {"query": "take a photo of whoever is at the front gate", "arguments": {}}
+            try:
+                status, _, raw = http("POST", n.url("/v1/tool/execute"), body)
+                wrong = photo_problem(status, json.loads(raw), None, peer_names)
+            except (OSError, ValueError) as e:
+                wrong = str(e)
+            if wrong:
+                problems.append(f"{n.service}: a photo by meaning: {wrong}")
+            else:
+                calls += 1
+    return problems, calls
 
 
 def spread(nodes):
@@ -244,9 +319,9 @@ def main():
         pass_started = time.monotonic() - start
         spread_lines = []
         if not up:
-            problems, answers, lists_ok = ["no node of the testnet is up"], 0, False
+            problems, (answers, tool_calls), lists_ok = ["no node of the testnet is up"], (0, 0), False
         else:
-            problems, answers, lists_ok = check_once(nodes, questions)
+            problems, (answers, tool_calls), lists_ok = check_once(nodes, questions)
             if not problems:
                 spread_lines, problems = spread(nodes)
         elapsed = time.monotonic() - start
@@ -255,10 +330,12 @@ def main():
         if not problems:
             down = [n.service for n in nodes if not n.up]
             caps = sorted({c for n in up for c in n.capabilities})
+            tools = sorted(f"{t}@{n.name}" for n in up for t in n.tools)
             print(f"check: ok after {elapsed:.1f} s (lists agreed after {lists_agreed:.1f} s): {len(up)} nodes up, "
                   f"{len(down)} down{' (' + ', '.join(down) + ')' if down else ''}; "
                   f"every node lists {len(caps)} capabilities ({', '.join(caps)}); "
-                  f"{answers} answers as expected")
+                  f"{answers} answers as expected; {len(tools)} shared tools"
+                  f"{' (' + ', '.join(tools) + ')' if tools else ''}, {tool_calls} tool calls as expected")
             for line in spread_lines:
                 print(f"check: {line}")
             return 0
