@@ -330,6 +330,23 @@ async fn oversize_body_is_413() {
         .await
         .error(StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(e["code"], "request_too_large");
+
+    // `/mcp` reads its bodies itself, within the same limit.
+    let call = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "x", "arguments": {"text": "llama ".repeat(1000)}}});
+    let req = Request::builder()
+        .method("POST")
+        .uri("/mcp")
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(Body::from(serde_json::to_vec(&call).expect("json")))
+        .expect("request");
+    let resp = tokio::time::timeout(WAIT, f.node.app().oneshot(req))
+        .await
+        .expect("answered in time")
+        .expect("infallible");
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
 }
 
 #[tokio::test]

@@ -94,6 +94,7 @@ pub fn app(state: AppState) -> Router {
             crate::mcp::server::service(
                 mcp::MeshTools(state.core.clone()),
                 !state.http.listen.ip().is_loopback(),
+                state.http.max_body_bytes,
                 state.cancel.child_token(),
             ),
         )

@@ -55,13 +55,17 @@ pub trait ToolHost: Clone + Send + Sync + 'static {
 
 /// The tower service to mount at `/mcp`. `any_host`: accept any `Host`
 /// header (the node listens beyond loopback); else only loopback names,
-/// against DNS rebinding.
+/// against DNS rebinding. A request body over `max_body` bytes is refused
+/// (413) before it is all read.
 pub fn service<H: ToolHost>(
     host: H,
     any_host: bool,
+    max_body: usize,
     cancel: CancellationToken,
 ) -> StreamableHttpService<Facade<H>, LocalSessionManager> {
-    let mut config = StreamableHttpServerConfig::default().with_cancellation_token(cancel);
+    let mut config = StreamableHttpServerConfig::default()
+        .with_cancellation_token(cancel)
+        .with_max_request_body_bytes(max_body);
     if any_host {
         config = config.disable_allowed_hosts();
     }
