@@ -226,6 +226,7 @@ async fn bench() {
                     reference: Some(0.5),
                     examples: examples.clone(),
                     input_schema: None,
+                    inputs: Vec::new(),
                 })
                 .collect();
             let update = RouteUpdate {

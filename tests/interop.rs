@@ -120,7 +120,7 @@ async fn a_py_libp2p_peer_written_from_the_specs_uses_the_mesh() {
     assert_eq!(update["origin"], provider_id.as_str(), "{update}");
     assert_eq!(update["envelope_from"], provider_id.as_str());
     assert_eq!(update["envelope_signed"], true);
-    assert_eq!(update["version"], 5);
+    assert_eq!(update["version"], 6);
     // An open mesh: no membership certificate.
     assert!(update.get("certificate").is_none(), "{update}");
     assert_eq!(update["ttl_secs"], 6);
@@ -133,6 +133,8 @@ async fn a_py_libp2p_peer_written_from_the_specs_uses_the_mesh() {
     assert!(cap["reference"].is_f64(), "{cap}");
     // Not a tool: no input schema (route-gossip.md, version 5).
     assert!(cap["input_schema"].is_null(), "{cap}");
+    // A chat model takes text (version 6).
+    assert_eq!(cap["inputs"], serde_json::json!(["text"]), "{cap}");
     let examples: Vec<&str> = cap["examples"]
         .as_array()
         .expect("examples")

@@ -130,6 +130,7 @@ async fn record(id: &str) -> CapabilityRecord {
         reference: None,
         examples,
         input_schema: None,
+        inputs: Vec::new(),
     }
 }
 

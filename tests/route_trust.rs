@@ -63,6 +63,7 @@ async fn honest_record(
         reference: fit::reference(&ex, &profile, 0.2),
         examples: examples.iter().map(|e| (*e).to_owned()).collect(),
         input_schema: None,
+        inputs: Vec::new(),
     }
 }
 

@@ -51,6 +51,7 @@ fn configured(caps: &[Cap], backend: &str) -> Vec<CapabilityConfig> {
             backend: vec![backend.into()],
             model: Some("m".into()),
             share: Default::default(),
+            inputs: None,
         })
         .collect()
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::backend::Discovered;
-use crate::capability::{Capability, Source};
+use crate::capability::{Capability, Inputs, Source};
 use crate::config::CapabilityConfig;
 
 /// The capabilities of the config (completed from a discovered model with
@@ -37,6 +37,7 @@ pub(super) fn capabilities(
                 source: Source::Config,
                 share: c.share.clone(),
                 input_schema: None,
+                inputs: c.inputs.unwrap_or_else(|| Inputs::of_kind(&c.kind)),
             };
             if let Some(d) = found(c) {
                 if c.model.is_none() {

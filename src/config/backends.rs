@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::capability::{CapabilityId, Kind, Share};
+use crate::capability::{CapabilityId, Inputs, Kind, Share};
 
 /// The protocol a backend speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +126,11 @@ pub struct CapabilityConfig {
     /// (this node's clients only; not announced) or a list of PeerIds.
     #[serde(default)]
     pub share: Share,
+    /// What its requests may carry: `["text", "image"]` for a model that
+    /// sees; unless set, what its kind takes (`vision/*` text and image,
+    /// `audio/*` audio, others text).
+    #[serde(default)]
+    pub inputs: Option<Inputs>,
 }
 
 fn default_kind() -> Kind {

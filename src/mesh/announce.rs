@@ -60,6 +60,7 @@ pub fn record(entry: &Entry, in_flight: u32) -> CapabilityRecord {
             .as_ref()
             .and_then(|s| serde_json::to_string(s).ok())
             .filter(|s| s.len() <= route::MAX_SCHEMA),
+        inputs: c.inputs.into(),
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::identity::PeerId;
 
-use crate::capability::{Capability, Source};
+use crate::capability::{Capability, Inputs, Source};
 use crate::routing::{Entry, Trust};
 use crate::wire::route::{RouteBody, SignedRouteUpdate, Verified};
 
@@ -329,10 +329,17 @@ impl Remote {
                 let entries: Vec<Entry> = records
                     .into_iter()
                     .filter_map(|r| {
+                        let kind: crate::capability::Kind = r.kind.parse().ok()?;
+                        // None named: what its kind takes.
+                        let inputs = if r.inputs.is_empty() {
+                            Inputs::of_kind(&kind)
+                        } else {
+                            Inputs::known(&r.inputs)
+                        };
                         Some(Entry {
                             capability: std::sync::Arc::new(Capability {
                                 id: r.id.parse().ok()?,
-                                kind: r.kind.parse().ok()?,
+                                kind,
                                 domain: r.domain,
                                 topics: r.topics,
                                 description: r.description,
@@ -341,6 +348,7 @@ impl Remote {
                                 model: r.id,
                                 source: Source::Remote,
                                 share: Default::default(),
+                                inputs,
                                 // Checked to be a JSON object on receipt.
                                 input_schema: r
                                     .input_schema

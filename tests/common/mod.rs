@@ -74,6 +74,7 @@ pub fn capability(
         backend: vec![backend.into()],
         model: Some(model.into()),
         share: Default::default(),
+        inputs: None,
     }
 }
 

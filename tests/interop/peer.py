@@ -165,7 +165,7 @@ def verify_signed_update(data: bytes) -> dict:
 
     p = Reader(payload)
     version = p.u8()
-    if version not in (3, 4, 5):
+    if version not in (3, 4, 5, 6):
         raise Failed(f"RouteUpdate version {version}")
     update = {
         "origin": peer_id_of(public_key).to_base58(),
@@ -193,6 +193,9 @@ def verify_signed_update(data: bytes) -> dict:
             if version >= 5:
                 # A tool's input schema, JSON text (tools only).
                 cap["input_schema"] = p.string() if p.u8() == 1 else None
+            if version >= 6:
+                # What its requests may carry; empty: what its kind takes.
+                cap["inputs"] = p.strings()
             update["capabilities"].append(cap)
     elif body == 1:
         update["withdraw"] = True

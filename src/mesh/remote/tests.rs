@@ -38,6 +38,7 @@ fn full(ids: &[&str]) -> RouteBody {
                 reference: None,
                 examples: Vec::new(),
                 input_schema: None,
+                inputs: Vec::new(),
             })
             .collect(),
     )

@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+mod inputs;
+pub use inputs::{Input, Inputs};
+
 /// `namespace/name`: lowercase-insensitive ASCII letters, digits and `-_.:`,
 /// each part 1..=128 bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -274,6 +277,9 @@ pub struct Capability {
     /// For a tool: the JSON Schema its arguments must satisfy (as its MCP
     /// server lists it, or as its node announced it).
     pub input_schema: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// What its requests may carry (a chat with an image goes only where
+    /// `image` is taken).
+    pub inputs: Inputs,
 }
 
 impl Capability {
@@ -282,7 +288,6 @@ impl Capability {
     pub fn new(id: CapabilityId, kind: Kind, source: Source, backend: &str, model: &str) -> Self {
         Self {
             id,
-            kind,
             domain: String::new(),
             topics: Vec::new(),
             description: String::new(),
@@ -292,6 +297,8 @@ impl Capability {
             source,
             share: Share::Mesh,
             input_schema: None,
+            inputs: Inputs::of_kind(&kind),
+            kind,
         }
     }
 

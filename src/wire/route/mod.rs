@@ -7,14 +7,17 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{self, Error};
 
+mod old;
+
 /// Version byte of [`SignedRouteUpdate`] (the envelope).
 pub const ENVELOPE_VERSION: u8 = 1;
 /// Version byte of [`RouteUpdate`]: 2 added each capability's reference
 /// score, 3 its examples (receivers compute its vectors from its texts), 4
-/// the origin's membership certificate, 5 a tool's input schema. Versions 3
-/// and 4 are still accepted (read without schemas; version 3 also without a
-/// certificate: heard in open meshes only).
-pub const VERSION: u8 = 5;
+/// the origin's membership certificate, 5 a tool's input schema, 6 the
+/// inputs a capability takes. Versions 3 to 5 are still accepted (`old`:
+/// read as the current version without what they lack; version 3 is heard
+/// in open meshes only, having no certificate).
+pub const VERSION: u8 = 6;
 /// Largest encoded [`SignedRouteUpdate`]: 256 capabilities with 5 vectors of
 /// 384 bytes each and their texts fit with room to spare.
 pub const MAX_SIGNED_BYTES: usize = 1024 * 1024;
@@ -37,6 +40,9 @@ pub const MAX_NODE_NAME: usize = 128;
 /// Longest input schema (bytes of JSON); a tool with a longer one is
 /// announced without it (its node still checks the arguments).
 pub const MAX_SCHEMA: usize = 4096;
+/// Most inputs a capability may name, and their length.
+pub const MAX_INPUTS: usize = 8;
+pub const MAX_INPUT: usize = 16;
 /// Addresses an origin may announce, and their length.
 pub const MAX_ADDRS: usize = 16;
 pub const MAX_ADDR: usize = 256;
@@ -110,6 +116,9 @@ pub struct CapabilityRecord {
     /// For a tool (`tool/*`): the JSON Schema of its arguments, a JSON
     /// object at most [`MAX_SCHEMA`] bytes long.
     pub input_schema: Option<String>,
+    /// What its requests may carry (`text`, `image`, `audio`; names a
+    /// receiver does not know are ignored); empty: what its kind takes.
+    pub inputs: Vec<String>,
 }
 
 /// What an origin says about itself.
@@ -212,14 +221,7 @@ impl SignedRouteUpdate {
         // Only verified bytes are decoded further. A payload starts with its
         // version byte (a `u8` is one byte in the codec).
         let update: RouteUpdate = match self.payload.first() {
-            Some(&v3::VERSION) => v4::RouteUpdate::from(codec::decode::<v3::RouteUpdate>(
-                &self.payload,
-                MAX_SIGNED_BYTES,
-            )?)
-            .into(),
-            Some(&v4::VERSION) => {
-                codec::decode::<v4::RouteUpdate>(&self.payload, MAX_SIGNED_BYTES)?.into()
-            }
+            Some(&version) if version < VERSION => old::decode(version, &self.payload)?,
             _ => codec::decode(&self.payload, MAX_SIGNED_BYTES)?,
         };
         update.check(dim)?;
@@ -340,6 +342,15 @@ impl RouteUpdate {
                     )));
                 }
             }
+            if c.inputs.len() > MAX_INPUTS {
+                return Err(Error::Invalid(format!(
+                    "capability {}: more than {MAX_INPUTS} inputs",
+                    c.id
+                )));
+            }
+            for i in &c.inputs {
+                check_len("input", i, MAX_INPUT)?;
+            }
             if c.prototypes.len() > MAX_PROTOTYPES {
                 return Err(Error::Invalid("too many prototypes".into()));
             }
@@ -361,131 +372,5 @@ impl RouteUpdate {
             }
         }
         Ok(())
-    }
-}
-
-/// Version 4 of the payload, read for peers that still send it: records
-/// without an input schema.
-mod v4 {
-    use serde::Deserialize;
-
-    use super::WireVector;
-
-    pub const VERSION: u8 = 4;
-
-    #[derive(Deserialize)]
-    pub struct CapabilityRecord {
-        id: String,
-        kind: String,
-        domain: String,
-        topics: Vec<String>,
-        description: String,
-        vector: WireVector,
-        prototypes: Vec<WireVector>,
-        available: bool,
-        in_flight: u32,
-        reference: Option<f32>,
-        examples: Vec<String>,
-    }
-
-    #[derive(Deserialize)]
-    pub enum RouteBody {
-        Full(Vec<CapabilityRecord>),
-        Withdraw,
-    }
-
-    #[derive(Deserialize)]
-    pub struct RouteUpdate {
-        pub(super) version: u8,
-        pub(super) seq: u64,
-        pub(super) ttl_secs: u32,
-        pub(super) node_name: String,
-        pub(super) addrs: Vec<String>,
-        pub(super) dim: u16,
-        pub(super) body: RouteBody,
-        pub(super) certificate: Option<super::super::member::Certificate>,
-    }
-
-    impl From<RouteBody> for super::RouteBody {
-        fn from(body: RouteBody) -> Self {
-            match body {
-                RouteBody::Withdraw => Self::Withdraw,
-                RouteBody::Full(records) => Self::Full(
-                    records
-                        .into_iter()
-                        .map(|r| super::CapabilityRecord {
-                            id: r.id,
-                            kind: r.kind,
-                            domain: r.domain,
-                            topics: r.topics,
-                            description: r.description,
-                            vector: r.vector,
-                            prototypes: r.prototypes,
-                            available: r.available,
-                            in_flight: r.in_flight,
-                            reference: r.reference,
-                            examples: r.examples,
-                            input_schema: None,
-                        })
-                        .collect(),
-                ),
-            }
-        }
-    }
-
-    impl From<RouteUpdate> for super::RouteUpdate {
-        fn from(u: RouteUpdate) -> Self {
-            debug_assert_eq!(u.version, VERSION);
-            // Read as the current version: what it says is all there is.
-            Self {
-                version: super::VERSION,
-                seq: u.seq,
-                ttl_secs: u.ttl_secs,
-                node_name: u.node_name,
-                addrs: u.addrs,
-                dim: u.dim,
-                body: u.body.into(),
-                certificate: u.certificate,
-            }
-        }
-    }
-}
-
-/// Version 3 of the payload, read for peers that still send it: the same
-/// fields as version 4 without the origin's certificate.
-mod v3 {
-    use serde::Deserialize;
-
-    // The body and its records are those of version 4.
-    use super::v4::RouteBody;
-
-    pub const VERSION: u8 = 3;
-
-    #[derive(Deserialize)]
-    pub struct RouteUpdate {
-        version: u8,
-        seq: u64,
-        ttl_secs: u32,
-        node_name: String,
-        addrs: Vec<String>,
-        dim: u16,
-        body: RouteBody,
-    }
-
-    /// Read as version 4 without a certificate (then as the current one).
-    impl From<RouteUpdate> for super::v4::RouteUpdate {
-        fn from(u: RouteUpdate) -> Self {
-            debug_assert_eq!(u.version, VERSION);
-            Self {
-                version: super::v4::VERSION,
-                seq: u.seq,
-                ttl_secs: u.ttl_secs,
-                node_name: u.node_name,
-                addrs: u.addrs,
-                dim: u.dim,
-                body: u.body,
-                certificate: None,
-            }
-        }
     }
 }
