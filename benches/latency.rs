@@ -132,13 +132,13 @@ async fn main() {
     let table = Table::new(entries(&caps));
     for _ in 0..30 {
         let q = embedder.embed_one(&query_text).await.expect("embed");
-        router.decide(&table, &q, &Need::Text, &up);
+        router.decide(&table, &q, &Need::TEXT, &up);
     }
     let mut samples = Vec::new();
     for _ in 0..500 {
         let t = Instant::now();
         let q = embedder.embed_one(&query_text).await.expect("embed");
-        let d = router.decide(&table, &q, &Need::Text, &up);
+        let d = router.decide(&table, &q, &Need::TEXT, &up);
         std::hint::black_box(d);
         samples.push(t.elapsed());
     }
@@ -160,7 +160,7 @@ async fn main() {
     for _ in 0..2000 {
         let t = Instant::now();
         let q = embedder.embed_one(&query_text).await.expect("embed");
-        let d = router.decide(&table, &q, &Need::Text, &up);
+        let d = router.decide(&table, &q, &Need::TEXT, &up);
         std::hint::black_box(d);
         samples.push(t.elapsed());
     }
@@ -209,7 +209,7 @@ async fn main() {
             let mut hits = 0;
             for (q, truth) in queries.iter().zip(&exact_truth) {
                 let t = Instant::now();
-                let d = router.decide(&table, q, &Need::Text, &up);
+                let d = router.decide(&table, q, &Need::TEXT, &up);
                 samples.push(t.elapsed());
                 if d.candidates[0].id.as_str() == format!("bench/cap-{truth}") {
                     hits += 1;

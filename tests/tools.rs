@@ -345,8 +345,8 @@ async fn an_mcp_client_lists_and_calls_the_mesh_s_tools_through_mcp() {
     );
 }
 
-/// Typed intents for language models: a chat from `data.prompt`, a family of
-/// kinds, a kind that is offered but cannot be run this way yet.
+/// Typed intents for language and vision models: a chat from `data.prompt`
+/// (and `data.image`), a family of kinds.
 #[tokio::test]
 async fn a_typed_intent_reaches_a_language_model_by_kind_and_meaning() {
     use atmosphere::config::BackendKind;
@@ -391,11 +391,17 @@ async fn a_typed_intent_reaches_a_language_model_by_kind_and_meaning() {
     }
     let (status, body) = post(json!({"type": "llm/chat", "data": {"zoom": 1}})).await;
     assert_eq!(status, 400, "{body}");
-    let (status, body) =
-        post(json!({"type": "vision/*", "data": {"image": "data:image/png;base64,AAAA"}})).await;
+    // A vision model is sent the picture (and the prompt) as a chat.
+    let (status, body) = post(json!({"type": "vision/*", "data": {
+        "image": "data:image/png;base64,AAAA", "prompt": "Which animal is this?"}}))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["capability"], "farm/eye");
+    assert_eq!(body["result"]["object"], "chat.completion", "{body}");
+    let (status, body) = post(json!({"type": "vision/*", "data": {"image": 7}})).await;
     assert_eq!(
-        (status, &body["error"]["code"]),
-        (501, &json!("kind_not_runnable")),
+        (status, &body["error"]["param"]),
+        (400, &json!("data.image")),
         "{body}"
     );
 }

@@ -3,8 +3,9 @@
 //! capabilities of that kind by the meaning of its text (the domain and the
 //! text fields of its data) and by the client's preferences, then run where
 //! the chosen capability lives: a tool is called with `data` as its
-//! arguments, a language model or agent is sent `data.messages` (or
-//! `data.prompt`) as a chat, an embedding model `data.input`.
+//! arguments, a language model, agent or vision model is sent
+//! `data.messages` (or `data.prompt` and `data.image`) as a chat, an
+//! embedding model `data.input`.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use ::http::StatusCode;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
+use super::resolve::runs;
 use super::tool::Outcome;
 use super::{ApiError, Core, Request};
 use crate::answer::Reply;
@@ -59,6 +61,56 @@ pub struct IntentAnswer {
 /// How much lower than the best a local capability may score and still be
 /// preferred under `latency: "low"`.
 const LOCAL_MARGIN: f32 = 0.05;
+
+/// The chat an intent's data stands for: `data.messages` as they are, or a
+/// user turn of `data.prompt` and the picture `data.image` (a link or a
+/// `data:` URL), either or both.
+fn chat_of(kind: &Kind, data: &Map<String, Value>) -> Result<Value, ApiError> {
+    if let Some(messages) = data.get("messages") {
+        return match messages {
+            Value::Array(_) => Ok(messages.clone()),
+            _ => Err(ApiError::invalid(
+                "data.messages",
+                "data.messages must be an array.",
+            )),
+        };
+    }
+    let text = match data.get("prompt") {
+        None => None,
+        Some(Value::String(p)) => Some(p.clone()),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "data.prompt",
+                "data.prompt must be a string.",
+            ));
+        }
+    };
+    let image = match data.get("image") {
+        None => None,
+        Some(Value::String(url)) => Some(url.clone()),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "data.image",
+                "data.image must be a link or a data: URL.",
+            ));
+        }
+    };
+    match (text, image) {
+        (Some(text), None) => Ok(json!([{"role": "user", "content": text}])),
+        (text, Some(url)) => {
+            let mut parts: Vec<Value> = text
+                .map(|t| json!({"type": "text", "text": t}))
+                .into_iter()
+                .collect();
+            parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
+            Ok(json!([{"role": "user", "content": parts}]))
+        }
+        (None, None) => Err(ApiError::invalid(
+            "data",
+            format!("A {kind} intent needs data.messages (a chat), data.prompt or data.image."),
+        )),
+    }
+}
 
 /// Checks an intent's type: a kind of one of the categories, or a family.
 pub fn parse_kind(kind: &str) -> Result<String, ApiError> {
@@ -110,9 +162,10 @@ impl Core {
     pub async fn intent(&self, intent: Intent) -> Result<IntentAnswer, ApiError> {
         let need = Need::Kind(intent.kind.clone());
         let table = self.catalog.table();
-        let offered = table.entries().iter().any(|e| {
-            need.accepts(&e.capability.kind) && (intent.locality == Locality::Mesh || e.local)
-        });
+        let offered = table
+            .entries()
+            .iter()
+            .any(|e| need.accepts(&e.capability) && (intent.locality == Locality::Mesh || e.local));
         if !offered {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -188,24 +241,17 @@ impl Core {
                 ApiError::invalid("data.input", "An llm/embed intent needs data.input.")
             })?;
             (Op::Embeddings, json!({"model": address, "input": input}))
-        } else if kind.answers_text() {
-            let messages = match (data.get("messages"), data.get("prompt")) {
-                (Some(m @ Value::Array(_)), _) => m.clone(),
-                (None, Some(Value::String(p))) => json!([{"role": "user", "content": p}]),
-                _ => {
-                    return Err(ApiError::invalid(
-                        "data",
-                        format!("A {kind} intent needs data.messages (a chat) or data.prompt."),
-                    ));
-                }
-            };
-            (Op::Chat, json!({"model": address, "messages": messages}))
+        } else if runs(kind, Op::Chat) {
+            (
+                Op::Chat,
+                json!({"model": address, "messages": chat_of(kind, &data)?}),
+            )
         } else {
             return Err(ApiError::new(
                 StatusCode::NOT_IMPLEMENTED,
                 "invalid_request_error",
                 format!(
-                    "`{}` fits, but {kind} capabilities cannot be run through /v1/intent yet (tools, language models, agents and embedding models can).",
+                    "`{}` fits, but {kind} capabilities cannot be run through /v1/intent yet (tools, language models, agents, vision and embedding models can).",
                     entry.capability.id
                 ),
             )

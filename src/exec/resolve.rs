@@ -11,7 +11,7 @@ use ::http::StatusCode;
 use super::{ApiError, Core};
 use crate::backend::Op;
 use crate::balance::Provider;
-use crate::capability::{CapabilityId, Kind};
+use crate::capability::{CapabilityId, Input, Inputs, Kind};
 use crate::mesh::{LOOKUP_WAIT, OriginState, Wanted};
 use crate::metrics::DecisionLabels;
 use crate::routing::{self, Candidate, Decision, Entry, Need, Outcome, Trust};
@@ -27,12 +27,27 @@ pub struct Target {
     pub fallbacks: Vec<Provider>,
 }
 
-/// Whether a capability of `kind` can run `op`.
+/// Whether a capability of `kind` can run `op`: a vision model is sent
+/// chats (with images: OpenAI's shape for models that see).
 pub fn runs(kind: &Kind, op: Op) -> bool {
     match op {
-        Op::Chat | Op::Completions => kind.answers_text(),
+        Op::Chat => kind.answers_text() || kind.category() == "vision",
+        Op::Completions => kind.answers_text(),
         Op::Embeddings => *kind == Kind::embed(),
     }
+}
+
+/// The error for a capability named for a request carrying what it does
+/// not take (an image sent to a text-only model).
+fn not_taken(model: &str, takes: Inputs, carries: Inputs) -> ApiError {
+    ApiError::invalid(
+        "messages",
+        format!(
+            "The model `{model}` takes {takes}; this request also carries {}.",
+            carries.without(Input::Text)
+        ),
+    )
+    .code("unsupported_input")
 }
 
 /// The error for a capability asked to do what its kind does not.
@@ -146,7 +161,7 @@ impl Core {
         };
         let mut decision = rank();
         if decision.outcome != Outcome::Matched
-            && need == Need::Text
+            && matches!(need, Need::Text(_))
             && let Some(mesh) = &self.mesh
         {
             let mut wanted = Wanted::kind(Kind::chat().as_str());
@@ -187,17 +202,19 @@ impl Core {
             .inc();
     }
 
-    /// Resolves `model` for `op`: `auto` by the meaning of `texts`, else the
-    /// capability with that id, by [`Core::copies`].
+    /// Resolves `model` for `op`, a request that `carries` these inputs:
+    /// `auto` by the meaning of `texts` among the capabilities that take
+    /// them, else the capability with that id, by [`Core::copies`].
     pub async fn resolve(
         &self,
         model: &str,
         op: Op,
+        carries: Inputs,
         texts: impl FnOnce() -> Result<Vec<String>, ApiError>,
     ) -> Result<Target, ApiError> {
         if model == AUTO {
             let need = match op {
-                Op::Chat | Op::Completions => Need::Text,
+                Op::Chat | Op::Completions => Need::Text(carries),
                 Op::Embeddings => Need::Any,
             };
             return self.resolve_auto(texts()?, need).await;
@@ -209,6 +226,9 @@ impl Core {
             .ok_or_else(|| ApiError::model_not_found(model))?;
         if !runs(&first.capability.kind, op) {
             return Err(wrong_kind(model, &first.capability.kind, op));
+        }
+        if !Need::Text(carries).takes_inputs(&first.capability) {
+            return Err(not_taken(model, first.capability.inputs, carries));
         }
         self.count_decision("explicit", first.capability.id.to_string());
         Ok(self.explicit_target(copies))

@@ -6,6 +6,7 @@
 use serde_json::{Map, Value};
 
 use super::ApiError;
+use crate::capability::{Input, Inputs};
 
 /// User turns used to route a conversation (newest first weighs most).
 const ROUTING_TURNS: usize = 3;
@@ -39,6 +40,29 @@ fn truncate(mut s: String) -> String {
         s.truncate(cut);
     }
     s
+}
+
+/// What a chat's messages carry: text, and images (`image_url` parts) or
+/// audio (`input_audio` parts) for the capabilities that take them. Read
+/// after [`chat_texts`] checked the messages.
+pub fn chat_inputs(body: &Map<String, Value>) -> Inputs {
+    let Some(Value::Array(messages)) = body.get("messages") else {
+        return Inputs::TEXT;
+    };
+    let mut carries = Inputs::TEXT;
+    for content in messages.iter().filter_map(|m| m.get("content")) {
+        let Value::Array(parts) = content else {
+            continue;
+        };
+        for part in parts {
+            match part.get("type").and_then(Value::as_str) {
+                Some("image_url") => carries = carries.with(Input::Image),
+                Some("input_audio") => carries = carries.with(Input::Audio),
+                _ => {}
+            }
+        }
+    }
+    carries
 }
 
 /// Checks `messages` and returns the texts to route by, oldest first.
@@ -176,6 +200,25 @@ mod tests {
         assert_eq!(chat_texts(&body).expect("ok"), vec!["two", "three", "four"]);
         let only_system = map(json!({"messages": [{"role": "system", "content": "hello"}]}));
         assert_eq!(chat_texts(&only_system).expect("ok"), vec!["hello"]);
+    }
+
+    #[test]
+    fn chat_inputs_name_images_and_audio() {
+        let text = map(json!({"messages": [{"role": "user", "content": "hi"}]}));
+        assert_eq!(chat_inputs(&text), Inputs::TEXT);
+        let photo = map(json!({"messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+            ]}
+        ]}));
+        assert_eq!(chat_inputs(&photo), Inputs::TEXT.with(Input::Image));
+        let voice = map(json!({"messages": [
+            {"role": "user", "content": [
+                {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
+            ]}
+        ]}));
+        assert_eq!(chat_inputs(&voice), Inputs::TEXT.with(Input::Audio));
     }
 
     #[test]

@@ -134,8 +134,12 @@ pub async fn route(
             "Send {\"input\": \"text\"} or {\"messages\": [...]}.",
         ));
     };
+    let carries = body.as_object().map_or(
+        crate::capability::Inputs::TEXT,
+        crate::exec::texts::chat_inputs,
+    );
     let need = match body.get("need").and_then(Value::as_str) {
-        None | Some("text") => Need::Text,
+        None | Some("text") => Need::Text(carries),
         Some("any") => Need::Any,
         Some(_) => {
             return Err(ApiError::invalid(
@@ -281,6 +285,7 @@ pub async fn capabilities(State(state): State<AppState>) -> Json<Value> {
                 "topics": c.topics,
                 "description": c.description,
                 "examples": c.examples.len(),
+                "inputs": c.inputs,
                 "node": e.node,
                 "local": e.local,
                 "trust": e.trust,

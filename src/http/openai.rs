@@ -13,8 +13,9 @@ use serde_json::{Map, Value, json};
 
 use super::{ApiError, ApiObject, AppState, render};
 use crate::backend::Op;
+use crate::capability::Inputs;
 use crate::embed::MODEL_ID;
-use crate::exec::texts::{chat_texts, embedding_inputs, need_text, prompt_texts};
+use crate::exec::texts::{chat_inputs, chat_texts, embedding_inputs, need_text, prompt_texts};
 use crate::exec::{AUTO, Request, session_of};
 
 fn model_field(body: &Map<String, Value>) -> Result<String, ApiError> {
@@ -57,7 +58,11 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let stream = stream_field(&body)?;
     let _slot = state.gates.slot().await?;
-    let target = state.core.resolve(model, op, texts).await?;
+    let carries = match op {
+        Op::Chat => chat_inputs(&body),
+        Op::Completions | Op::Embeddings => Inputs::TEXT,
+    };
+    let target = state.core.resolve(model, op, carries, texts).await?;
     let header = headers
         .get(state.core.balancer.config().session_header.as_str())
         .and_then(|v| v.to_str().ok());

@@ -131,6 +131,9 @@ impl Judge<'_> {
         let up = (self.available)(entry);
         let admitted = !self.by_meaning || entry.trust.admitted(self.config);
         let note = match (kind_ok, up, admitted) {
+            (false, _, _) if self.need.accepts_kind(&entry.capability.kind) => {
+                Some("does not take what the request carries (its inputs)")
+            }
             (false, _, _) => Some("kind does not answer this request"),
             (true, false, _) => Some("unavailable"),
             (true, true, false) => Some("offered by a stranger: auto routes to trusted nodes only"),

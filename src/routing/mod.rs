@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::capability::{Capability, CapabilityId};
+use crate::capability::{Capability, CapabilityId, Input, Inputs};
 use crate::config::RoutingConfig;
 use crate::index::{self, VectorIndex};
 use fit::{Rule, Scale};
@@ -191,8 +191,10 @@ impl Table {
 /// What the request needs from a capability.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Need {
-    /// Chat or text completion: kinds that answer text with text.
-    Text,
+    /// Chat or text completion carrying these inputs: kinds that answer
+    /// text with text (and vision kinds, for a chat carrying an image),
+    /// taking every input besides text that it carries.
+    Text(Inputs),
     /// Any kind (explanations without an endpoint in mind).
     Any,
     /// One kind (`vision/classify`), or a family of kinds (`vision/*`).
@@ -200,15 +202,34 @@ pub enum Need {
 }
 
 impl Need {
+    /// A request of text alone.
+    pub const TEXT: Need = Need::Text(Inputs::TEXT);
+
+    /// Whether `capability` meets it: its kind, and what it takes.
+    pub fn accepts(&self, capability: &Capability) -> bool {
+        self.accepts_kind(&capability.kind) && self.takes_inputs(capability)
+    }
+
     /// Whether a capability of `kind` meets it.
-    pub fn accepts(&self, kind: &crate::capability::Kind) -> bool {
+    pub fn accepts_kind(&self, kind: &crate::capability::Kind) -> bool {
         match self {
-            Need::Text => kind.answers_text(),
+            Need::Text(carries) => {
+                kind.answers_text() || (carries.has(Input::Image) && kind.category() == "vision")
+            }
             Need::Any => true,
             Need::Kind(wanted) => match wanted.strip_suffix("/*") {
                 Some(family) => kind.category() == family,
                 None => kind.as_str() == wanted,
             },
+        }
+    }
+
+    /// Whether `capability` takes every input the request carries besides
+    /// text (text is what every request is routed by).
+    pub fn takes_inputs(&self, capability: &Capability) -> bool {
+        match self {
+            Need::Text(carries) => capability.inputs.covers(carries.without(Input::Text)),
+            Need::Any | Need::Kind(_) => true,
         }
     }
 }
@@ -416,7 +437,7 @@ impl Router {
 }
 
 pub fn kind_fits(entry: &Entry, need: &Need) -> bool {
-    need.accepts(&entry.capability.kind)
+    need.accepts(&entry.capability)
 }
 
 #[cfg(test)]

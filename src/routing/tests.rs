@@ -42,7 +42,7 @@ fn best_match_wins_and_is_explained() {
         entry("a/x", "llm/chat", vec![1.0, 0.0, 0.0], true),
         entry("a/y", "llm/chat", vec![0.0, 1.0, 0.0], true),
     ]);
-    let d = router(0.3, None).decide(&table, &[0.9, 0.1, 0.0], &Need::Text, &all_up);
+    let d = router(0.3, None).decide(&table, &[0.9, 0.1, 0.0], &Need::TEXT, &all_up);
     assert_eq!(d.outcome, Outcome::Matched);
     assert_eq!(d.chosen.expect("chosen").id.as_str(), "a/x");
     assert_eq!(d.candidates.len(), 2);
@@ -57,7 +57,7 @@ fn wrong_kind_and_unavailable_are_skipped() {
         entry("a/up", "llm/chat", vec![0.7, 0.3], true),
     ]);
     let up = |e: &Entry| e.capability.id.as_str() != "a/down";
-    let d = router(0.1, None).decide(&table, &[1.0, 0.0], &Need::Text, &up);
+    let d = router(0.1, None).decide(&table, &[1.0, 0.0], &Need::TEXT, &up);
     assert_eq!(d.chosen.expect("chosen").id.as_str(), "a/up");
     let notes: Vec<_> = d.candidates.iter().filter_map(|c| c.note).collect();
     assert!(notes.contains(&"unavailable"));
@@ -71,10 +71,10 @@ fn below_threshold_uses_default_or_fails() {
         entry("a/general", "llm/chat", vec![0.0, 1.0], true),
     ]);
     let q = [0.3, -0.95];
-    let d = router(0.5, Some("a/general")).decide(&table, &q, &Need::Text, &all_up);
+    let d = router(0.5, Some("a/general")).decide(&table, &q, &Need::TEXT, &all_up);
     assert_eq!(d.outcome, Outcome::Default);
     assert_eq!(d.chosen.expect("default").id.as_str(), "a/general");
-    let d = router(0.5, None).decide(&table, &q, &Need::Text, &all_up);
+    let d = router(0.5, None).decide(&table, &q, &Need::TEXT, &all_up);
     assert_eq!(d.outcome, Outcome::NoFit);
     assert!(d.chosen.is_none());
     assert!(!d.candidates.is_empty(), "still explains what was close");
@@ -90,12 +90,12 @@ fn a_model_known_by_name_only_takes_what_no_judged_capability_fits() {
     let table = Table::calibrated(vec![judged, general], &background);
     let relative = Router::new(RoutingConfig::default());
     // Close to the judged one: it fits.
-    let d = relative.decide(&table, &[0.95, 0.3, 0.0], &Need::Text, &all_up);
+    let d = relative.decide(&table, &[0.95, 0.3, 0.0], &Need::TEXT, &all_up);
     assert_eq!(d.outcome, Outcome::Matched);
     assert_eq!(d.chosen.expect("chosen").id.as_str(), "a/judged");
     // Ranked first but short of its cutoff: the general model takes it.
     let q = [0.3, 0.9, 0.2];
-    let d = relative.decide(&table, &q, &Need::Text, &all_up);
+    let d = relative.decide(&table, &q, &Need::TEXT, &all_up);
     assert_eq!(d.outcome, Outcome::General, "{:?}", d.candidates);
     assert_eq!(d.chosen.expect("chosen").id.as_str(), "a/general");
     // A configured default comes first; a fixed threshold judges everything.
@@ -105,11 +105,11 @@ fn a_model_known_by_name_only_takes_what_no_judged_capability_fits() {
     });
     assert_eq!(
         with_default
-            .decide(&table, &q, &Need::Text, &all_up)
+            .decide(&table, &q, &Need::TEXT, &all_up)
             .outcome,
         Outcome::Default
     );
-    let d = router(0.5, None).decide(&table, &q, &Need::Text, &all_up);
+    let d = router(0.5, None).decide(&table, &q, &Need::TEXT, &all_up);
     assert_eq!(d.outcome, Outcome::NoFit);
 }
 
@@ -119,7 +119,7 @@ fn local_wins_a_tie() {
         entry("a/x", "llm/chat", vec![1.0, 0.0], false),
         entry("a/x2", "llm/chat", vec![1.0, 0.0], true),
     ]);
-    let d = router(0.1, None).decide(&table, &[1.0, 0.0], &Need::Text, &all_up);
+    let d = router(0.1, None).decide(&table, &[1.0, 0.0], &Need::TEXT, &all_up);
     assert!(d.chosen.expect("chosen").local);
 }
 
@@ -147,7 +147,7 @@ fn prototypes_let_a_varied_capability_match_each_kind_of_request() {
     // Close to one cluster of the broad capability, but the average of its
     // examples (main vector) is further away than the narrow capability.
     let q = [1.0, 0.0, 0.05];
-    let d = router(0.1, None).decide(&table, &q, &Need::Text, &all_up);
+    let d = router(0.1, None).decide(&table, &q, &Need::TEXT, &all_up);
     assert_eq!(d.chosen.expect("chosen").id.as_str(), "a/broad");
     assert!(capability_prototypes(&examples[..5], &profile, 0.0, 4).is_empty());
 }
@@ -166,7 +166,7 @@ fn strangers_rank_below_trusted_nodes_by_the_margin() {
         trusted(entry("c/friend", "llm/chat", at(0.79), false)),
     ]);
     let q = [1.0, 0.0];
-    let d = router(0.5, None).decide(&table, &q, &Need::Text, &all_up);
+    let d = router(0.5, None).decide(&table, &q, &Need::TEXT, &all_up);
     // The stranger scores 0.01 higher than this node's own: not enough.
     assert_eq!(d.chosen.as_ref().expect("chosen").id.as_str(), "a/mine");
     let stranger = d
@@ -185,7 +185,7 @@ fn strangers_rank_below_trusted_nodes_by_the_margin() {
         entry("a/mine", "llm/chat", at(0.80), true),
         entry("b/better", "llm/chat", at(0.85), false),
     ]);
-    let d = router(0.5, None).decide(&table, &q, &Need::Text, &all_up);
+    let d = router(0.5, None).decide(&table, &q, &Need::TEXT, &all_up);
     assert_eq!(d.chosen.expect("chosen").id.as_str(), "b/better");
     // Unless auto may only use trusted nodes.
     let only_trusted = Router::new(RoutingConfig {
@@ -193,7 +193,7 @@ fn strangers_rank_below_trusted_nodes_by_the_margin() {
         auto_origins: crate::config::AutoOrigins::Trusted,
         ..Default::default()
     });
-    let d = only_trusted.decide(&table, &q, &Need::Text, &all_up);
+    let d = only_trusted.decide(&table, &q, &Need::TEXT, &all_up);
     assert_eq!(d.chosen.expect("chosen").id.as_str(), "a/mine");
     let stranger = d
         .candidates
