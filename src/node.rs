@@ -125,6 +125,10 @@ impl Node {
             mesh: link.clone(),
             balancer: crate::balance::Balancer::new(config.balance.clone(), loads),
             tools,
+            media: exec::media::Limits {
+                max_bytes: config.http.max_media_bytes,
+                private_links: config.http.private_image_links,
+            },
         });
         if let Some(client) = link.as_ref().map(|l| &l.client) {
             let per_peer = config.mesh.as_ref().map_or(1, |m| m.peer_requests);

@@ -1,8 +1,9 @@
 //! Requests routed by what they carry: a chat with an image goes only to a
 //! capability that takes images (a vision model, or a chat model declared
 //! with `inputs = ["text", "image"]`), ranked by the meaning of its text;
-//! the same words without the image go where text goes. On one node and
-//! across the mesh.
+//! the same words without the image go where text goes; what is not an
+//! image, and links into private networks, refused. On one node and across
+//! the mesh.
 
 mod common;
 
@@ -133,6 +134,33 @@ async fn an_image_goes_to_a_capability_that_sees_and_text_does_not() {
     assert_eq!(body["error"]["param"], "messages");
     let (status, route, _, body) = ask(&node, chat("farm/animal-eye", question, false)).await;
     assert_eq!((status, route.as_str()), (200, "farm/animal-eye"), "{body}");
+
+    // What is not an image, and links into the operator's network, are
+    // refused before any model sees them.
+    for (url, code) in [
+        ("data:image/png;base64,aGVsbG8gbGxhbWFz", "invalid_image"),
+        (
+            "http://169.254.169.254/latest/meta-data/",
+            "image_link_not_allowed",
+        ),
+        ("http://127.0.0.1:9000/v1/models", "image_link_not_allowed"),
+        ("file:///etc/passwd", "invalid_image"),
+    ] {
+        let body = json!({"model": "auto", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": question},
+            {"type": "image_url", "image_url": {"url": url}}
+        ]}]});
+        let (status, _, _, body) = ask(&node, body).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (400, &json!(code)),
+            "{url}: {body}"
+        );
+        assert_eq!(
+            body["error"]["param"],
+            "messages[0].content[1].image_url.url"
+        );
+    }
 }
 
 #[tokio::test]
@@ -161,13 +189,16 @@ async fn a_chat_model_declared_to_see_takes_images_across_the_mesh() {
     .await;
     // The asking node: text only.
     let echo = common::spawn_echo(Echo::new("gpu", Flavour::Openai, &["llama-14b"])).await;
-    let desk = start(mesh_config(
+    let mut config = mesh_config(
         vec![backend("gpu", BackendKind::Openai, echo, false)],
         vec![llama_expert()],
         dirs[1].path(),
         vec![mesh_addr(&eye).await],
-    ))
-    .await;
+    );
+    // This node lets its clients link images on its own network; the
+    // seeing node does not, and checks again what it is sent.
+    config.http.private_image_links = true;
+    let desk = start(config).await;
     eventually("the seeing capability is known with its inputs", || async {
         common::get_json(&desk, "/v1/mesh/capabilities").await["data"]
             .as_array()
@@ -195,8 +226,16 @@ async fn a_chat_model_declared_to_see_takes_images_across_the_mesh() {
     // Audio is taken by neither: refused as fitting nothing that takes it.
     let voice = json!({"model": "auto", "messages": [{"role": "user", "content": [
         {"type": "text", "text": question},
-        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+        {"type": "input_audio", "input_audio": {"data": "UklGRiQAAABXQVZFZm10IA==", "format": "wav"}}
     ]}]});
     let (status, _, _, body) = ask(&desk, voice).await;
     assert_eq!(status, 404, "{body}");
+
+    let linked = json!({"model": "auto", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": question},
+        {"type": "image_url", "image_url": {"url": "http://192.168.1.20/snapshot.jpg"}}
+    ]}]});
+    let (status, _, _, body) = ask(&desk, linked).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "image_link_not_allowed", "{body}");
 }

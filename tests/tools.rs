@@ -393,11 +393,18 @@ async fn a_typed_intent_reaches_a_language_model_by_kind_and_meaning() {
     assert_eq!(status, 400, "{body}");
     // A vision model is sent the picture (and the prompt) as a chat.
     let (status, body) = post(json!({"type": "vision/*", "data": {
-        "image": "data:image/png;base64,AAAA", "prompt": "Which animal is this?"}}))
+        "image": "data:image/png;base64,iVBORw0KGgo=", "prompt": "Which animal is this?"}}))
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["capability"], "farm/eye");
     assert_eq!(body["result"]["object"], "chat.completion", "{body}");
+    // Checked as a chat's image is.
+    let (status, body) = post(json!({"type": "vision/*", "data": {
+        "image": "data:image/png;base64,AAAA", "prompt": "Which animal is this?"}}))
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_image", "{body}");
+    assert_eq!(body["error"]["param"], "data.image");
     let (status, body) = post(json!({"type": "vision/*", "data": {"image": 7}})).await;
     assert_eq!(
         (status, &body["error"]["param"]),

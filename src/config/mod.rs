@@ -107,6 +107,12 @@ pub struct HttpConfig {
     /// Requests run at once by this node, over all routes (counted once their
     /// body is read); more wait in line until `request_timeout`.
     pub max_concurrent_requests: usize,
+    /// Largest image or audio clip a chat may carry, decoded (within
+    /// `max_body_bytes` for the whole body).
+    pub max_media_bytes: usize,
+    /// Whether chats may link images on private, loopback or link-local
+    /// hosts (which the model's server would fetch); off by default.
+    pub private_image_links: bool,
 }
 
 impl Default for HttpConfig {
@@ -120,6 +126,8 @@ impl Default for HttpConfig {
             body_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(300),
             max_concurrent_requests: 1024,
+            max_media_bytes: 20 * 1024 * 1024,
+            private_image_links: false,
         }
     }
 }

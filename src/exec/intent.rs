@@ -260,6 +260,20 @@ impl Core {
         let Value::Object(body) = body else {
             return Err(ApiError::internal("intent", "a body that is not an object"));
         };
+        if op == Op::Chat {
+            // Named as the client wrote it: data.image, or within data.messages.
+            let from_image = !data.contains_key("messages");
+            super::media::check(&body, self.media).map_err(|e| ApiError {
+                param: e.param.map(|p| {
+                    if from_image && p.ends_with("image_url.url") {
+                        "data.image".to_owned()
+                    } else {
+                        format!("data.{p}")
+                    }
+                }),
+                ..e
+            })?;
+        }
         let raw = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
         let target = self.explicit_target(self.copies(&address)?);
         let request = Request {

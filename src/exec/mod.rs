@@ -10,6 +10,7 @@
 mod error;
 mod forward;
 mod intent;
+pub mod media;
 mod quota;
 mod resolve;
 mod serve;
@@ -60,6 +61,8 @@ pub struct Parts {
     pub balancer: Balancer,
     /// The tools of this node's MCP servers.
     pub tools: crate::mcp::Servers,
+    /// What a chat's images and audio may be.
+    pub media: media::Limits,
 }
 
 /// What the core uses of the mesh.

@@ -39,7 +39,7 @@ pub fn runs(kind: &Kind, op: Op) -> bool {
 
 /// The error for a capability named for a request carrying what it does
 /// not take (an image sent to a text-only model).
-fn not_taken(model: &str, takes: Inputs, carries: Inputs) -> ApiError {
+pub(super) fn not_taken(model: &str, takes: Inputs, carries: Inputs) -> ApiError {
     ApiError::invalid(
         "messages",
         format!(

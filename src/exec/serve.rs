@@ -24,6 +24,7 @@ use crate::answer::{Event, Reply};
 use crate::backend::Op;
 use crate::capability::CapabilityId;
 use crate::network::{self, frames};
+use crate::routing::Need;
 use crate::wire::Message;
 use crate::wire::intent::{self, IntentRequest, IntentResponse, StreamFrame};
 
@@ -226,6 +227,19 @@ fn local_request(
     let op = Op::from(request.operation);
     if !runs(&entry.capability.kind, op) {
         return Err(wrong_kind(&request.capability, &entry.capability.kind, op));
+    }
+    if op == Op::Chat {
+        // What the peer checked is checked again: images and audio are
+        // what this node's backends would be sent (and links they fetch).
+        super::media::check(&body, core.media)?;
+        let carries = super::texts::chat_inputs(&body);
+        if !Need::Text(carries).takes_inputs(&entry.capability) {
+            return Err(super::resolve::not_taken(
+                &request.capability,
+                entry.capability.inputs,
+                carries,
+            ));
+        }
     }
     if stream && op == Op::Embeddings {
         return Err(ApiError::invalid("stream", "Embeddings are not streamed."));

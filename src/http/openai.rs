@@ -85,6 +85,7 @@ pub async fn chat(
     let model = model_field(&request.body)?;
     stream_field(&request.body)?;
     let texts = chat_texts(&request.body)?;
+    crate::exec::media::check(&request.body, state.core.media)?;
     run(&state, &headers, Op::Chat, request, &model, || {
         need_text(texts, "messages")
     })

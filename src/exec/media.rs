@@ -1,0 +1,321 @@
+//! The images and audio a chat carries, checked before it goes anywhere: a
+//! `data:` image must be an image (PNG, JPEG, GIF or WebP, by its bytes)
+//! within the size limit; a linked image must be `http(s)` and, unless the
+//! operator allows it, not on a private, loopback or link-local address
+//! (the model's server would fetch it: a client must not make it reach
+//! into the operator's network); audio must be WAV or MP3 and be what it
+//! says. Run for the node's own clients and for peers' requests alike.
+
+use std::net::IpAddr;
+
+use base64::Engine;
+use serde_json::{Map, Value};
+
+use super::ApiError;
+
+/// What a chat's media may be (`[http]` in the config).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest image or audio clip, decoded.
+    pub max_bytes: usize,
+    /// Whether image links may name private, loopback or link-local hosts.
+    pub private_links: bool,
+}
+
+/// Image formats taken, by their first bytes.
+const IMAGES: &[(&str, &[u8])] = &[
+    ("png", b"\x89PNG\r\n\x1a\n"),
+    ("jpeg", b"\xff\xd8\xff"),
+    ("gif", b"GIF8"),
+    ("webp", b"RIFF"),
+];
+
+/// Checks every image and audio part of `messages`.
+pub fn check(body: &Map<String, Value>, limits: Limits) -> Result<(), ApiError> {
+    let Some(Value::Array(messages)) = body.get("messages") else {
+        return Ok(());
+    };
+    for (i, m) in messages.iter().enumerate() {
+        let Some(Value::Array(parts)) = m.get("content") else {
+            continue;
+        };
+        for (j, part) in parts.iter().enumerate() {
+            let at = format!("messages[{i}].content[{j}]");
+            match part.get("type").and_then(Value::as_str) {
+                Some("image_url") => image(part, &at, limits)?,
+                Some("input_audio") => audio(part, &at, limits)?,
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn image(part: &Value, at: &str, limits: Limits) -> Result<(), ApiError> {
+    let param = format!("{at}.image_url.url");
+    let Some(url) = part.pointer("/image_url/url").and_then(Value::as_str) else {
+        return Err(ApiError::invalid(
+            &param,
+            "An image_url part needs image_url.url: a link or a data: URL.",
+        ));
+    };
+    if let Some(data) = url.strip_prefix("data:") {
+        let Some((mime, encoded)) = data.split_once(";base64,") else {
+            return Err(invalid_image(
+                &param,
+                "a data: URL of an image must be base64",
+            ));
+        };
+        if !mime.starts_with("image/") {
+            return Err(invalid_image(&param, &format!("its type is {mime:?}")));
+        }
+        let bytes = decode(encoded, &param, limits)?;
+        if !IMAGES.iter().any(|(_, magic)| bytes.starts_with(magic))
+            || (bytes.starts_with(b"RIFF") && bytes.get(8..12) != Some(b"WEBP"))
+        {
+            return Err(invalid_image(
+                &param,
+                "its bytes are not PNG, JPEG, GIF or WebP",
+            ));
+        }
+        return Ok(());
+    }
+    let link = reqwest::Url::parse(url)
+        .map_err(|e| invalid_image(&param, &format!("not a link or data: URL ({e})")))?;
+    if !matches!(link.scheme(), "http" | "https") {
+        return Err(invalid_image(
+            &param,
+            &format!("links must be http or https, not {}", link.scheme()),
+        ));
+    }
+    if !limits.private_links && is_private(&link) {
+        return Err(ApiError::invalid(
+            &param,
+            format!(
+                "The image link points into a private network ({}); this node does not have images fetched from there on a client's behalf.",
+                link.host_str().unwrap_or("")
+            ),
+        )
+        .code("image_link_not_allowed"));
+    }
+    Ok(())
+}
+
+fn audio(part: &Value, at: &str, limits: Limits) -> Result<(), ApiError> {
+    let param = format!("{at}.input_audio");
+    let format = part.pointer("/input_audio/format").and_then(Value::as_str);
+    let Some(encoded) = part.pointer("/input_audio/data").and_then(Value::as_str) else {
+        return Err(ApiError::invalid(
+            &format!("{param}.data"),
+            "An input_audio part needs input_audio.data (base64) and input_audio.format.",
+        ));
+    };
+    let bytes = decode(encoded, &format!("{param}.data"), limits)?;
+    let fits = match format {
+        Some("wav") => bytes.starts_with(b"RIFF") && bytes.get(8..12) == Some(b"WAVE"),
+        Some("mp3") => {
+            bytes.starts_with(b"ID3") || (bytes.len() > 1 && bytes[0] == 0xff && bytes[1] >= 0xe0)
+        }
+        other => {
+            return Err(ApiError::invalid(
+                &format!("{param}.format"),
+                format!("Audio format {other:?} is not taken; send wav or mp3."),
+            )
+            .code("unsupported_audio_format"));
+        }
+    };
+    if !fits {
+        return Err(ApiError::invalid(
+            &format!("{param}.data"),
+            format!(
+                "The audio is not {}: its bytes do not begin as that format's do.",
+                format.unwrap_or("")
+            ),
+        )
+        .code("invalid_audio"));
+    }
+    Ok(())
+}
+
+/// Base64 within the size limit (judged before decoding).
+fn decode(encoded: &str, param: &str, limits: Limits) -> Result<Vec<u8>, ApiError> {
+    if encoded.len() / 4 * 3 > limits.max_bytes {
+        return Err(ApiError::new(
+            ::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!(
+                "The media at {param} is larger than this node takes ({} bytes).",
+                limits.max_bytes
+            ),
+        )
+        .param(param)
+        .code("media_too_large"));
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|e| {
+            ApiError::invalid(param, format!("The media is not valid base64: {e}."))
+                .code("invalid_base64")
+        })
+}
+
+fn invalid_image(param: &str, why: &str) -> ApiError {
+    ApiError::invalid(
+        param,
+        format!("The image is not one this node takes: {why}."),
+    )
+    .code("invalid_image")
+}
+
+/// Whether a link names this machine or a private network: an address in
+/// a loopback, private, link-local, shared or unspecified range, or a name
+/// that only such networks use. Other names are not resolved here (the
+/// fetching server resolves them).
+fn is_private(link: &reqwest::Url) -> bool {
+    let Some(host) = link.host_str() else {
+        return true;
+    };
+    // An IPv6 host is written in brackets.
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return private_ip(ip);
+    }
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || [".localhost", ".local", ".internal", ".lan", ".home.arpa"]
+            .iter()
+            .any(|s| name.ends_with(s))
+        || !name.contains('.')
+}
+
+fn private_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || (a == 100 && (64..128).contains(&b)) // shared (CGNAT)
+                || a == 0
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return private_ip(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00 // unique local
+                || (first & 0xffc0) == 0xfe80 // link-local
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_bytes: 1024,
+        private_links: false,
+    };
+
+    fn with_image(url: &str) -> Map<String, Value> {
+        let body = json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": url}}
+        ]}]});
+        body.as_object().cloned().expect("object")
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    #[test]
+    fn images_are_images_within_the_limit() {
+        let png = format!("data:image/png;base64,{}", b64(b"\x89PNG\r\n\x1a\n0000"));
+        assert!(check(&with_image(&png), LIMITS).is_ok());
+        let webp = format!("data:image/webp;base64,{}", b64(b"RIFF\0\0\0\0WEBPVP8 "));
+        assert!(check(&with_image(&webp), LIMITS).is_ok());
+        let text = format!("data:image/png;base64,{}", b64(b"just some text"));
+        let e = check(&with_image(&text), LIMITS).expect_err("not an image");
+        assert_eq!(e.code, Some("invalid_image"));
+        assert_eq!(
+            e.param.as_deref(),
+            Some("messages[0].content[1].image_url.url")
+        );
+        let wav_as_image = format!("data:image/webp;base64,{}", b64(b"RIFF\0\0\0\0WAVEfmt "));
+        assert!(check(&with_image(&wav_as_image), LIMITS).is_err());
+        let pdf = format!("data:application/pdf;base64,{}", b64(b"%PDF"));
+        assert!(check(&with_image(&pdf), LIMITS).is_err());
+        let big = format!("data:image/png;base64,{}", b64(&[0x89; 2048]));
+        let e = check(&with_image(&big), LIMITS).expect_err("too large");
+        assert_eq!(e.code, Some("media_too_large"));
+        let e = check(&with_image("data:image/png;base64,@@@@"), LIMITS).expect_err("bad");
+        assert_eq!(e.code, Some("invalid_base64"));
+    }
+
+    #[test]
+    fn links_into_private_networks_are_refused_unless_allowed() {
+        for ok in [
+            "https://example.org/llama.jpg",
+            "http://203.0.113.9/cam.png",
+            "https://[2001:db8::1]/x.png",
+        ] {
+            assert!(check(&with_image(ok), LIMITS).is_ok(), "{ok}");
+        }
+        for private in [
+            "http://127.0.0.1:8000/v1/models",
+            "http://localhost/x.png",
+            "http://10.1.2.3/x.png",
+            "http://192.168.1.20/snapshot.jpg",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://100.64.0.1/x.png",
+            "http://[::1]/x.png",
+            "http://[fd00::5]/x.png",
+            "http://[::ffff:10.0.0.1]/x.png",
+            "http://camera.local/x.png",
+            "http://nas/x.png",
+            "http://0.0.0.0/x.png",
+        ] {
+            let e = check(&with_image(private), LIMITS).expect_err(private);
+            assert_eq!(e.code, Some("image_link_not_allowed"), "{private}");
+            let open = Limits {
+                private_links: true,
+                ..LIMITS
+            };
+            assert!(check(&with_image(private), open).is_ok(), "{private}");
+        }
+        for bad in ["file:///etc/passwd", "ftp://example.org/x.png", "not a url"] {
+            let e = check(&with_image(bad), LIMITS).expect_err(bad);
+            assert_eq!(e.code, Some("invalid_image"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn audio_is_wav_or_mp3_and_says_so() {
+        let clip = |data: &[u8], format: &str| {
+            let body = json!({"messages": [{"role": "user", "content": [
+                {"type": "input_audio", "input_audio": {"data": b64(data), "format": format}}
+            ]}]});
+            check(body.as_object().expect("object"), LIMITS)
+        };
+        assert!(clip(b"RIFF\0\0\0\0WAVEfmt ", "wav").is_ok());
+        assert!(clip(b"ID3\x04\0\0", "mp3").is_ok());
+        assert_eq!(
+            clip(b"ID3\x04\0\0", "wav").expect_err("not wav").code,
+            Some("invalid_audio")
+        );
+        assert_eq!(
+            clip(b"OggS", "ogg").expect_err("ogg").code,
+            Some("unsupported_audio_format")
+        );
+    }
+}
