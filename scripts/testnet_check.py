@@ -7,6 +7,8 @@ verifies that
     node that is down (stopped, killed or cut off from the network);
   * each question is answered by a node that owns the expected capability,
     through that capability's backend (the echo backends name themselves);
+    a question marked `image = true` is sent with an image, which only a
+    capability taking images may answer;
   * a question whose capability is offered by no node that is up gets a clear
     OpenAI-style error, or an answer from another capability that is up;
   * a question with no capability (nothing in the testnet fits it) is refused
@@ -40,6 +42,8 @@ import urllib.request
 from pathlib import Path
 
 REQUEST_TIMEOUT = 15
+# A PNG's first bytes, as a data: URL: what a question with `image = true` carries.
+TINY_PNG = "data:image/png;base64,iVBORw0KGgo="
 SPREAD_REQUESTS = 40
 SPREAD_CLIENTS = 4
 
@@ -146,7 +150,11 @@ def check_once(nodes, questions):
     for n in up:
         for q in questions:
             cap = q.get("capability")
-            body = {"model": "auto", "messages": [{"role": "user", "content": q["text"]}]}
+            content = q["text"]
+            if q.get("image"):
+                content = [{"type": "text", "text": q["text"]},
+                           {"type": "image_url", "image_url": {"url": TINY_PNG}}]
+            body = {"model": "auto", "messages": [{"role": "user", "content": content}]}
             try:
                 status, headers, raw = http("POST", n.url("/v1/chat/completions"), body)
                 reply = json.loads(raw)
