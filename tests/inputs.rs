@@ -223,13 +223,20 @@ async fn a_chat_model_declared_to_see_takes_images_across_the_mesh() {
         (route.as_str(), at),
         ("farm/llama-expert", desk.peer_id.to_base58())
     );
-    // Audio is taken by neither: refused as fitting nothing that takes it.
+    // Audio is taken by neither: refused, saying so.
     let voice = json!({"model": "auto", "messages": [{"role": "user", "content": [
         {"type": "text", "text": question},
         {"type": "input_audio", "input_audio": {"data": "UklGRiQAAABXQVZFZm10IA==", "format": "wav"}}
     ]}]});
     let (status, _, _, body) = ask(&desk, voice).await;
     assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "no_capability_takes_input", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("takes audio")),
+        "{body}"
+    );
 
     let linked = json!({"model": "auto", "messages": [{"role": "user", "content": [
         {"type": "text", "text": question},

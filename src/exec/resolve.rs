@@ -374,8 +374,40 @@ impl Core {
         let decision = self.decide(texts, need.clone()).await?;
         match self.auto_target(&decision) {
             Some(target) => Ok(target),
-            None => Err(down(&decision, &need).unwrap_or_else(|| no_fit(&decision))),
+            None => Err(down(&decision, &need)
+                .or_else(|| self.none_takes(&need))
+                .unwrap_or_else(|| no_fit(&decision))),
         }
+    }
+
+    /// The refusal of a chat carrying images or audio that no capability
+    /// this node knows of takes, whatever its words.
+    fn none_takes(&self, need: &Need) -> Option<ApiError> {
+        let Need::Text(carries) = need else {
+            return None;
+        };
+        let extra = carries.without(Input::Text);
+        if extra.is_empty()
+            || self
+                .catalog
+                .table()
+                .entries()
+                .iter()
+                .any(|e| need.accepts(&e.capability))
+        {
+            return None;
+        }
+        Some(
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!(
+                    "No capability this node knows of takes {extra}: a chat carrying it goes only to capabilities whose inputs name it. Send text alone, or offer such a capability (`inputs` in its config)."
+                ),
+            )
+            .param("messages")
+            .code("no_capability_takes_input"),
+        )
     }
 
     /// The target of an `auto` decision: the chosen capability and, when it
