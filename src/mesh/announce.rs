@@ -60,7 +60,13 @@ pub fn record(entry: &Entry, in_flight: u32) -> CapabilityRecord {
             .as_ref()
             .and_then(|s| serde_json::to_string(s).ok())
             .filter(|s| s.len() <= route::MAX_SCHEMA),
-        inputs: c.inputs.into(),
+        // Never empty: receivers read an empty list as "what its kind
+        // takes", and text is taken by every capability anyway.
+        inputs: if c.inputs.is_empty() {
+            crate::capability::Inputs::TEXT.into()
+        } else {
+            c.inputs.into()
+        },
     }
 }
 

@@ -44,3 +44,34 @@ fn long_configured_texts_still_make_a_valid_update() {
         .check(2)
         .expect("clipped texts pass the receiver's checks");
 }
+
+/// A vision model configured to take text alone (`inputs = []`) is not
+/// announced as taking what its kind takes (an empty list would say so).
+#[test]
+fn inputs_are_announced_as_configured_even_when_none_beyond_text() {
+    use crate::capability::{Input, Inputs};
+    let vision = |inputs: Inputs| Entry {
+        capability: std::sync::Arc::new(Capability {
+            inputs,
+            ..Capability::new(
+                "farm/eye".parse().expect("id"),
+                "vision/classify".parse().expect("kind"),
+                Source::Config,
+                "b",
+                "m",
+            )
+        }),
+        node: String::new(),
+        local: true,
+        available: true,
+        vector: vec![0.6, 0.8],
+        prototypes: Vec::new(),
+        reference: None,
+        trust: crate::routing::Trust::Local,
+    };
+    assert_eq!(record(&vision(Inputs::NONE), 0).inputs, vec!["text"]);
+    assert_eq!(
+        record(&vision(Inputs::TEXT.with(Input::Image)), 0).inputs,
+        vec!["text", "image"]
+    );
+}
