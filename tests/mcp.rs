@@ -214,6 +214,9 @@ async fn a_node_lists_its_mcp_servers_tools_and_refuses_one_whose_schema_is_not_
         .expect("add");
     assert_eq!(add["server"], "tools");
     assert_eq!(add["node"], node.peer_id.to_base58());
+    // Named as other nodes' tools are, with its capability and kind (once
+    // the route table holds it).
+    assert_eq!(add["name"], format!("add@{}", node.peer_id));
     assert_eq!(add["share"], "local", "tools are kept local unless shared");
     assert_eq!(add["input_schema"]["required"], json!(["a", "b"]));
 
@@ -240,6 +243,22 @@ async fn a_node_lists_its_mcp_servers_tools_and_refuses_one_whose_schema_is_not_
             == 200
     })
     .await;
+    let listed = common::get_json(&node, "/v1/tools").await;
+    let add = listed["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|t| t["tool"] == "add"))
+        .cloned()
+        .expect("add");
+    assert_eq!(
+        (&add["capability"], &add["kind"]),
+        (&json!("tool/add"), &json!("tool/mcp"))
+    );
+    let broken = listed["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|t| t["tool"] == "broken"))
+        .cloned()
+        .expect("broken");
+    assert!(broken["capability"].is_null(), "not offered: {broken}");
     let (status, body) = execute(json!({"tool": "broken"})).await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"]["code"], "invalid_tool_schema");

@@ -10,25 +10,38 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::{ApiError, ApiObject, AppState};
-use crate::capability::Share;
+use crate::capability::{CapabilityId, Share, Source};
 use crate::exec::{ToolAnswer, ToolOutcome};
 use crate::routing::{Need, Outcome};
 
 /// This node's MCP tools (with their server, whether it is connected, who
 /// may call them, and why a tool is not offered when its schema is not
-/// valid), then the tools other nodes announce. `name` is what
+/// valid), then the tools other nodes announce. `name` (`tool@PeerId`) is what
 /// `/v1/tool/execute` takes.
 pub async fn list(State(state): State<AppState>) -> Json<Value> {
     let core = &state.core;
+    let table = core.catalog.table();
     let mut data: Vec<Value> = core
         .tools
         .tools()
         .into_iter()
         .map(|t| {
+            // Its capability, unless it is left out (a schema that is not
+            // JSON Schema, or an id another capability has).
+            let offered = CapabilityId::sanitized("tool", &t.name)
+                .ok()
+                .and_then(|id| {
+                    table
+                        .lookup(&id)
+                        .find(|e| e.local && e.capability.source == Source::Tool)
+                        .map(|e| e.capability.clone())
+                });
             let mut v = json!({
                 "object": "tool",
-                "name": format!("{}@{}", t.name, core.node_name),
+                "name": format!("{}@{}", t.name, core.node_id),
                 "tool": t.name,
+                "capability": offered.as_ref().map(|c| &c.id),
+                "kind": offered.as_ref().map(|c| &c.kind),
                 "server": t.server,
                 "node": core.node_id,
                 "node_name": core.node_name,
@@ -49,7 +62,6 @@ pub async fn list(State(state): State<AppState>) -> Json<Value> {
         })
         .collect();
     let names = core.node_names();
-    let table = core.catalog.table();
     for e in table.entries().iter().filter(|e| !e.local) {
         let c = &e.capability;
         if c.kind.category() != "tool" {
