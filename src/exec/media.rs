@@ -8,7 +8,6 @@
 
 use std::net::IpAddr;
 
-use base64::Engine;
 use serde_json::{Map, Value};
 
 use super::ApiError;
@@ -137,8 +136,14 @@ fn audio(part: &Value, at: &str, limits: Limits) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Base64 within the size limit (judged before decoding).
+/// How many decoded bytes a format check looks at.
+const HEAD: usize = 16;
+
+/// The first [`HEAD`] bytes of base64 within the size limit (judged before
+/// decoding). The rest is decoded too, to check it is base64, but into
+/// nothing: an image is not copied to be checked.
 fn decode(encoded: &str, param: &str, limits: Limits) -> Result<Vec<u8>, ApiError> {
+    use std::io::Read;
     if encoded.len() / 4 * 3 > limits.max_bytes {
         return Err(ApiError::new(
             ::http::StatusCode::PAYLOAD_TOO_LARGE,
@@ -151,12 +156,19 @@ fn decode(encoded: &str, param: &str, limits: Limits) -> Result<Vec<u8>, ApiErro
         .param(param)
         .code("media_too_large"));
     }
-    base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .map_err(|e| {
-            ApiError::invalid(param, format!("The media is not valid base64: {e}."))
-                .code("invalid_base64")
-        })
+    let bad = |e: std::io::Error| {
+        ApiError::invalid(param, format!("The media is not valid base64: {e}."))
+            .code("invalid_base64")
+    };
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut reader = base64::read::DecoderReader::new(encoded.trim().as_bytes(), &engine);
+    let mut head = Vec::with_capacity(HEAD);
+    (&mut reader)
+        .take(HEAD as u64)
+        .read_to_end(&mut head)
+        .map_err(bad)?;
+    std::io::copy(&mut reader, &mut std::io::sink()).map_err(bad)?;
+    Ok(head)
 }
 
 fn invalid_image(param: &str, why: &str) -> ApiError {
@@ -235,6 +247,7 @@ mod tests {
     }
 
     fn b64(bytes: &[u8]) -> String {
+        use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(bytes)
     }
 
@@ -259,6 +272,17 @@ mod tests {
         let e = check(&with_image(&big), LIMITS).expect_err("too large");
         assert_eq!(e.code, Some("media_too_large"));
         let e = check(&with_image("data:image/png;base64,@@@@"), LIMITS).expect_err("bad");
+        assert_eq!(e.code, Some("invalid_base64"));
+        // Past the bytes the format is judged by, too.
+        let tail = format!(
+            "{}@@@@",
+            b64(&[b"\x89PNG\r\n\x1a\n".as_slice(), &[0; 40]].concat())
+        );
+        let e = check(
+            &with_image(&format!("data:image/png;base64,{tail}")),
+            LIMITS,
+        )
+        .expect_err("bad tail");
         assert_eq!(e.code, Some("invalid_base64"));
     }
 
