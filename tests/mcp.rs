@@ -105,6 +105,15 @@ async fn calls_and_errors(servers: &Servers) {
     assert_eq!(fresh.result["content"][0]["text"], "fresh");
 }
 
+/// `tool` as the node's `/v1/tools` lists it.
+async fn listed_tool(node: &atmosphere::node::Node, tool: &str) -> Value {
+    common::get_json(node, "/v1/tools").await["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|t| t["tool"] == tool))
+        .cloned()
+        .unwrap_or_else(|| panic!("{tool} is listed"))
+}
+
 fn config(server: McpConfig) -> McpConfig {
     McpConfig {
         timeout: Duration::from_secs(2),
@@ -206,12 +215,7 @@ async fn a_node_lists_its_mcp_servers_tools_and_refuses_one_whose_schema_is_not_
             })
     })
     .await;
-    let listed = common::get_json(&node, "/v1/tools").await;
-    let add = listed["data"]
-        .as_array()
-        .and_then(|d| d.iter().find(|t| t["tool"] == "add"))
-        .cloned()
-        .expect("add");
+    let add = listed_tool(&node, "add").await;
     assert_eq!(add["server"], "tools");
     assert_eq!(add["node"], node.peer_id.to_base58());
     // Named as other nodes' tools are, with its capability and kind (once
@@ -222,11 +226,7 @@ async fn a_node_lists_its_mcp_servers_tools_and_refuses_one_whose_schema_is_not_
 
     // A tool whose schema is not JSON Schema is listed with the reason and
     // not offered: calling it says why, the others still run.
-    let broken = listed["data"]
-        .as_array()
-        .and_then(|d| d.iter().find(|t| t["tool"] == "broken"))
-        .cloned()
-        .expect("broken listed");
+    let broken = listed_tool(&node, "broken").await;
     assert!(
         broken["schema_error"]
             .as_str()
@@ -243,21 +243,12 @@ async fn a_node_lists_its_mcp_servers_tools_and_refuses_one_whose_schema_is_not_
             == 200
     })
     .await;
-    let listed = common::get_json(&node, "/v1/tools").await;
-    let add = listed["data"]
-        .as_array()
-        .and_then(|d| d.iter().find(|t| t["tool"] == "add"))
-        .cloned()
-        .expect("add");
+    let add = listed_tool(&node, "add").await;
     assert_eq!(
         (&add["capability"], &add["kind"]),
         (&json!("tool/add"), &json!("tool/mcp"))
     );
-    let broken = listed["data"]
-        .as_array()
-        .and_then(|d| d.iter().find(|t| t["tool"] == "broken"))
-        .cloned()
-        .expect("broken");
+    let broken = listed_tool(&node, "broken").await;
     assert!(broken["capability"].is_null(), "not offered: {broken}");
     let (status, body) = execute(json!({"tool": "broken"})).await;
     assert_eq!(status, 502, "{body}");

@@ -3,25 +3,10 @@
 use super::*;
 use crate::capability::{Capability, Source};
 
-#[test]
-fn long_configured_texts_still_make_a_valid_update() {
-    let long = "é".repeat(2000);
-    let entry = Entry {
-        capability: std::sync::Arc::new(Capability {
-            domain: long.clone(),
-            topics: vec![long.clone(); 40],
-            description: long.clone(),
-            examples: vec![long.clone(); 40],
-            ..Capability::new(
-                format!("{}/{}", "n".repeat(128), "c".repeat(128))
-                    .parse()
-                    .expect("id"),
-                format!("agent/{}", "k".repeat(128)).parse().expect("kind"),
-                Source::Config,
-                "b",
-                "m",
-            )
-        }),
+/// This node's entry for `capability`.
+fn local(capability: Capability) -> Entry {
+    Entry {
+        capability: std::sync::Arc::new(capability),
         node: String::new(),
         local: true,
         available: true,
@@ -29,7 +14,27 @@ fn long_configured_texts_still_make_a_valid_update() {
         prototypes: Vec::new(),
         reference: None,
         trust: crate::routing::Trust::Local,
-    };
+    }
+}
+
+#[test]
+fn long_configured_texts_still_make_a_valid_update() {
+    let long = "é".repeat(2000);
+    let entry = local(Capability {
+        domain: long.clone(),
+        topics: vec![long.clone(); 40],
+        description: long.clone(),
+        examples: vec![long.clone(); 40],
+        ..Capability::new(
+            format!("{}/{}", "n".repeat(128), "c".repeat(128))
+                .parse()
+                .expect("id"),
+            format!("agent/{}", "k".repeat(128)).parse().expect("kind"),
+            Source::Config,
+            "b",
+            "m",
+        )
+    });
     let update = RouteUpdate {
         version: route::VERSION,
         seq: 1,
@@ -50,8 +55,8 @@ fn long_configured_texts_still_make_a_valid_update() {
 #[test]
 fn inputs_are_announced_as_configured_even_when_none_beyond_text() {
     use crate::capability::{Input, Inputs};
-    let vision = |inputs: Inputs| Entry {
-        capability: std::sync::Arc::new(Capability {
+    let vision = |inputs: Inputs| {
+        local(Capability {
             inputs,
             ..Capability::new(
                 "farm/eye".parse().expect("id"),
@@ -60,14 +65,7 @@ fn inputs_are_announced_as_configured_even_when_none_beyond_text() {
                 "b",
                 "m",
             )
-        }),
-        node: String::new(),
-        local: true,
-        available: true,
-        vector: vec![0.6, 0.8],
-        prototypes: Vec::new(),
-        reference: None,
-        trust: crate::routing::Trust::Local,
+        })
     };
     assert_eq!(record(&vision(Inputs::NONE), 0).inputs, vec!["text"]);
     assert_eq!(
