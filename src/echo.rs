@@ -42,6 +42,12 @@ pub enum Fault {
     NoDone,
     /// 400 with an OpenAI-shaped error, as a backend refusing a parameter does.
     Reject,
+    /// Offered tools, it calls one on every turn and never answers.
+    ToolLoop,
+    /// Offered tools, it calls one with arguments that are not JSON.
+    ToolMalformed,
+    /// Offered tools, it calls one it was not offered (`no_such_tool`).
+    ToolUnknown,
 }
 
 /// What the server is and does.
@@ -197,6 +203,26 @@ async fn answer(e: Arc<Echo>, raw: Bytes, project: Option<String>, chat: bool) -
     } else {
         body["prompt"].as_str().unwrap_or("").to_owned()
     };
+    if chat
+        && !stream_asked(&body)
+        && let Some(tools) = body["tools"].as_array().filter(|t| !t.is_empty())
+        && let Some(message) = play_tools(&e, &body, tools)
+    {
+        let finish = if message["tool_calls"].is_array() {
+            "tool_calls"
+        } else {
+            "stop"
+        };
+        return axum::Json(json!({
+            "id": "echo-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }))
+        .into_response();
+    }
     let text = format!("[{}] model={} you said: {}", e.name, model, said);
     let stream = body["stream"].as_bool().unwrap_or(false);
     if e.fault == Fault::Garbage && !stream {
@@ -277,4 +303,67 @@ fn stream_reply(e: Arc<Echo>, model: String, text: String, chat: bool) -> Respon
         header::HeaderValue::from_static("text/event-stream"),
     );
     r
+}
+
+fn stream_asked(body: &Value) -> bool {
+    body["stream"].as_bool().unwrap_or(false)
+}
+
+/// The turn of a model offered `tools`, as a script: once the last user
+/// message has tool results after it, the answer is what they said;
+/// before, a call of the tool whose name the user's text holds (the
+/// longest such name; else the first tool) with the first JSON object in
+/// that text as its arguments (`{}` when there is none). Faults change it
+/// ([`Fault::ToolLoop`] and the others).
+fn play_tools(e: &Echo, body: &Value, tools: &[Value]) -> Option<Value> {
+    let messages = body["messages"].as_array()?;
+    let last_user = messages.iter().rposition(|m| m["role"] == "user")?;
+    let said = last_user_text(body);
+    let results: Vec<&str> = messages[last_user..]
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    if !results.is_empty() && e.fault != Fault::ToolLoop {
+        let text = format!("[{}] the tools said: {}", e.name, results.join(" | "));
+        return Some(json!({"role": "assistant", "content": text}));
+    }
+    let names: Vec<&str> = tools
+        .iter()
+        .filter_map(|t| t["function"]["name"].as_str())
+        .collect();
+    let lower = said.to_lowercase();
+    let chosen = names
+        .iter()
+        .filter(|n| lower.contains(&n.to_lowercase()))
+        .max_by_key(|n| n.len())
+        .or(names.first())?;
+    let arguments = match e.fault {
+        Fault::ToolMalformed => "{not json".to_owned(),
+        _ => first_object(&said).unwrap_or_else(|| "{}".into()),
+    };
+    let name = if e.fault == Fault::ToolUnknown {
+        "no_such_tool"
+    } else {
+        chosen
+    };
+    let n = messages.iter().filter(|m| m["role"] == "tool").count();
+    Some(
+        json!({"role": "assistant", "content": null, "tool_calls": [{
+            "id": format!("call_{n}"),
+            "type": "function",
+            "function": {"name": name, "arguments": arguments},
+        }]}),
+    )
+}
+
+/// The first JSON object written in `text`, as text.
+fn first_object(text: &str) -> Option<String> {
+    text.match_indices('{').find_map(|(i, _)| {
+        let mut stream = serde_json::Deserializer::from_str(&text[i..]).into_iter::<Value>();
+        match stream.next() {
+            Some(Ok(v @ Value::Object(_))) => Some(v.to_string()),
+            _ => None,
+        }
+    })
 }

@@ -76,6 +76,8 @@ pub struct Metrics {
     /// Provider lookups in the DHT when nothing local fitted, by result.
     pub lookups: Family<ResultLabel, Counter>,
     pub membership: Family<ResultLabel, Counter>,
+    /// Agent runs of this node's agents, by how they ended.
+    pub agent_runs: Family<ResultLabel, Counter>,
     /// Connections closed because the peer stopped answering pings.
     pub dead_connections: Counter,
     /// Route tables built (index included): on local or mesh changes only.
@@ -180,6 +182,12 @@ impl Default for Metrics {
             "In a closed mesh, peers' hellos and origins' certificates checked, and revocations, by result (member, no_certificate, bad_certificate, wrong_peer, expired, revoked, no_hello, revocation_new, revocation_known, revocation_invalid)",
             membership.clone(),
         );
+        let agent_runs = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "agent_runs",
+            "Runs of this node's agents, by how they ended (answered, agent_step_limit, agent_bad_tool_call, agent_tool_not_offered, agent_model_error, agent_timeout, or the error code that stopped them)",
+            agent_runs.clone(),
+        );
         let dead_connections = Counter::default();
         registry.register(
             "dead_connections",
@@ -202,6 +210,7 @@ impl Default for Metrics {
             labelled_peers: parking_lot::Mutex::default(),
             lookups,
             membership,
+            agent_runs,
             gossip_updates,
             syncs,
             peers,
@@ -260,6 +269,15 @@ impl Metrics {
         self.remote_refusals
             .get_or_create(&ResultLabel {
                 result: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an agent run that ended as `result`.
+    pub fn agent_run(&self, result: &str) {
+        self.agent_runs
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
             })
             .inc();
     }

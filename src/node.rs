@@ -97,6 +97,7 @@ impl Node {
         let (catalog, mut tasks) = catalog::start(
             catalog::Setup {
                 configured: config.capabilities.clone(),
+                agents: config.agents.clone(),
                 backends: backends.values().cloned().collect(),
                 embedder: embedder.clone(),
                 routing: config.routing.clone(),
@@ -129,6 +130,11 @@ impl Node {
                 max_bytes: config.http.max_media_bytes,
                 private_links: config.http.private_image_links,
             },
+            agents: config
+                .agents
+                .iter()
+                .map(|a| (a.id.to_string(), Arc::new(a.clone())))
+                .collect(),
         });
         if let Some(client) = link.as_ref().map(|l| &l.client) {
             let per_peer = config.mesh.as_ref().map_or(1, |m| m.peer_requests);

@@ -174,6 +174,8 @@ pub enum Source {
     /// A tool of one of this node's MCP servers (`[[mcp]]`): its backend is
     /// the server's name, its model the tool's name there.
     Tool,
+    /// An agent of this node (`[[agent]]`): its backend and model are its id.
+    Agent,
 }
 
 /// Who besides this node may run a capability (`share` in its config).

@@ -5,13 +5,14 @@ use std::collections::BTreeMap;
 
 use crate::backend::Discovered;
 use crate::capability::{Capability, Inputs, Source};
-use crate::config::CapabilityConfig;
+use crate::config::{AgentConfig, CapabilityConfig};
 
 /// The capabilities of the config (completed from a discovered model with
 /// the same id), then the discovered models the config does not name, then
-/// the tools whose ids neither has.
+/// the tools whose ids neither has, then the agents.
 pub(super) fn capabilities(
     configured: &[CapabilityConfig],
+    agents: &[AgentConfig],
     discovered: &BTreeMap<String, Vec<Discovered>>,
     tools: &crate::mcp::Servers,
 ) -> Vec<Capability> {
@@ -82,6 +83,20 @@ pub(super) fn capabilities(
         if !out.iter().any(|c| c.id == tool.id) {
             out.push(tool);
         }
+    }
+    // Agent ids are checked against configured ones; a model or tool
+    // with an agent's id gives way to it.
+    for a in agents {
+        out.retain(|c| c.id != a.id);
+        let id = a.id.to_string();
+        out.push(Capability {
+            domain: a.domain.clone(),
+            description: a.description.clone(),
+            examples: a.examples.clone(),
+            share: a.share.clone(),
+            inputs: Inputs::TEXT,
+            ..Capability::new(a.id.clone(), a.kind.clone(), Source::Agent, &id, &id)
+        });
     }
     out
 }

@@ -72,6 +72,8 @@ struct Update {
 /// Everything the owner needs.
 pub struct Setup {
     pub configured: Vec<CapabilityConfig>,
+    /// This node's agents (`[[agent]]`).
+    pub agents: Vec<crate::config::AgentConfig>,
     pub backends: Vec<Arc<Backend>>,
     pub embedder: Embedder,
     pub routing: RoutingConfig,
@@ -304,7 +306,12 @@ impl Owner {
     }
 
     fn capabilities(&self) -> Vec<Capability> {
-        local::capabilities(&self.setup.configured, &self.discovered, &self.setup.tools)
+        local::capabilities(
+            &self.setup.configured,
+            &self.setup.agents,
+            &self.discovered,
+            &self.setup.tools,
+        )
     }
 
     /// [`Owner::build_local`], saying whether the table must be built again
@@ -386,6 +393,8 @@ impl Owner {
             .collect();
         let available = match capability.source {
             Source::Tool => capability.backends.iter().any(|s| self.setup.tools.up(s)),
+            // An agent can always try (its model and tools are found per run).
+            Source::Agent => true,
             _ => self
                 .setup
                 .backends

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod agent;
 mod backends;
 mod mcp;
 mod mesh;
@@ -12,6 +13,7 @@ mod routing;
 
 use serde::{Deserialize, Serialize};
 
+pub use agent::{AgentConfig, AgentTools, MAX_STEPS};
 pub use backends::{BackendConfig, BackendKind, CapabilityConfig};
 pub use mcp::{McpConfig, McpTransport, ToolConfig};
 pub use mesh::{MeshConfig, authority_text, parse_authority};
@@ -43,6 +45,9 @@ pub struct Config {
     pub capabilities: Vec<CapabilityConfig>,
     /// MCP servers whose tools this node offers (`[[mcp]]`).
     pub mcp: Vec<McpConfig>,
+    /// Agents this node runs (`[[agent]]`).
+    #[serde(rename = "agent")]
+    pub agents: Vec<AgentConfig>,
 }
 
 impl Default for Config {
@@ -57,6 +62,7 @@ impl Default for Config {
             backends: Vec::new(),
             capabilities: Vec::new(),
             mcp: Vec::new(),
+            agents: Vec::new(),
         }
     }
 }
@@ -202,6 +208,7 @@ impl Config {
         let invalid = |m: String| Err(Error::Invalid(m));
         backends::validate(&self.backends, &self.capabilities).map_err(Error::Invalid)?;
         mcp::validate(&self.mcp, &self.backends).map_err(Error::Invalid)?;
+        agent::validate(&self.agents, &self.capabilities).map_err(Error::Invalid)?;
         if !(0.0..=1.0).contains(&self.balance.margin) {
             return invalid("balance.margin must be between 0 and 1".into());
         }

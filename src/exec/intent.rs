@@ -282,6 +282,7 @@ impl Core {
             raw,
             stream: false,
             session: None,
+            caller: None,
         };
         let answer = self.run(target, request).await?;
         match answer.reply {

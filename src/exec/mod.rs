@@ -7,6 +7,7 @@
 //! API, peers' forwarded requests) runs the same pipeline and only parses
 //! requests and renders answers.
 
+mod agent;
 mod error;
 mod forward;
 mod intent;
@@ -26,6 +27,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Map, Value};
 
+pub use agent::Invoked as AgentInvoked;
 pub use error::ApiError;
 pub use intent::{Intent, IntentAnswer, Locality, parse_kind as parse_intent_kind};
 pub use quota::PeerRate;
@@ -63,6 +65,8 @@ pub struct Parts {
     pub tools: crate::mcp::Servers,
     /// What a chat's images and audio may be.
     pub media: media::Limits,
+    /// This node's agents, by capability id.
+    pub agents: HashMap<String, Arc<crate::config::AgentConfig>>,
 }
 
 /// What the core uses of the mesh.
@@ -101,6 +105,17 @@ pub struct Request {
     /// Keeps the client's requests on one provider while it is healthy
     /// ([`session_of`]).
     pub session: Option<String>,
+    /// The peer that sent it, when it came over the mesh (none: this
+    /// node's own client).
+    pub caller: Option<Caller>,
+}
+
+/// A peer whose request runs here: what it may use of this node.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Its PeerId (base58) and, in a closed mesh, its certificate's roles.
+    pub peer: String,
+    pub roles: Vec<String>,
 }
 
 /// The session key of a request: the session header's value when the
@@ -151,6 +166,24 @@ impl Core {
         next: Next,
     ) -> Result<Answer, (ApiError, Option<Request>)> {
         let entry = &provider.entry;
+        if entry.capability.source == crate::capability::Source::Agent {
+            let Some(agent) = self.agents.get(entry.capability.id.as_str()).cloned() else {
+                let error =
+                    ApiError::internal("dispatch", format!("no agent {}", entry.capability.id));
+                return Err((error, None));
+            };
+            let reply = self.run_agent(&agent, request).await;
+            match &reply {
+                Reply::Whole { status, .. } if *status >= 500 => lease.failed(),
+                _ => lease.answered(),
+            }
+            return Ok(Answer {
+                capability: entry.capability.id.clone(),
+                node: entry.node.clone(),
+                score: provider.score,
+                reply,
+            });
+        }
         let name = provider.backend.as_deref().unwrap_or_default();
         let Some(backend) = self.backends.get(name).cloned() else {
             return Err((
@@ -166,6 +199,7 @@ impl Core {
             raw,
             stream,
             session,
+            caller,
         } = request;
         let kept = (next == Next::Local).then(|| body.clone());
         let retry = move || {
@@ -175,6 +209,7 @@ impl Core {
                 raw,
                 stream,
                 session,
+                caller,
             })
         };
         let called = backend

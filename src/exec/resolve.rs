@@ -21,6 +21,7 @@ pub const AUTO: &str = "auto";
 
 /// Where a request may go: a group of equally good providers, among which
 /// the balancer picks by load, and the providers to fail over to after them.
+#[derive(Clone)]
 pub struct Target {
     pub group: Vec<Provider>,
     /// Tried after every member of the group, in order.
@@ -73,7 +74,9 @@ impl Core {
     /// Whether this node's backend `name` answers (or, for a tool, its MCP
     /// server `name` is connected).
     fn backend_up(&self, name: &str) -> bool {
-        self.backends.get(name).is_some_and(|b| b.is_available()) || self.tools.up(name)
+        self.backends.get(name).is_some_and(|b| b.is_available())
+            || self.tools.up(name)
+            || self.agents.contains_key(name)
     }
 
     /// The providers of an entry: one per backend for a capability of this
@@ -104,7 +107,7 @@ impl Core {
     /// A target from entries: the group's providers (those of its local
     /// entries whose backends are down move to the fallbacks), then the
     /// fallbacks'.
-    fn target(
+    pub(super) fn target(
         &self,
         group: Vec<(Arc<Entry>, Option<f32>)>,
         fallbacks: Vec<(Arc<Entry>, Option<f32>)>,
@@ -372,12 +375,8 @@ impl Core {
 
     async fn resolve_auto(&self, texts: Vec<String>, need: Need) -> Result<Target, ApiError> {
         let decision = self.decide(texts, need.clone()).await?;
-        match self.auto_target(&decision) {
-            Some(target) => Ok(target),
-            None => Err(down(&decision, &need)
-                .or_else(|| self.none_takes(&need))
-                .unwrap_or_else(|| no_fit(&decision))),
-        }
+        self.auto_target(&decision)
+            .ok_or_else(|| refusal(self, &decision, &need))
     }
 
     /// The refusal of a chat carrying images or audio that no capability
@@ -442,6 +441,14 @@ impl Core {
         }
         Some(self.target(group, fallbacks))
     }
+}
+
+/// Why an `auto` decision chose nothing: what fits cannot serve now, what
+/// the request carries no capability takes, or nothing fits.
+pub(super) fn refusal(core: &Core, decision: &Decision, need: &Need) -> ApiError {
+    down(decision, need)
+        .or_else(|| core.none_takes(need))
+        .unwrap_or_else(|| no_fit(decision))
 }
 
 /// When what fits the request is there but cannot serve now (its backend is

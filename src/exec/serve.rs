@@ -254,6 +254,10 @@ fn local_request(
         raw,
         stream,
         session,
+        caller: Some(super::Caller {
+            peer: peer.to_base58(),
+            roles: roles.to_vec(),
+        }),
     };
     Ok((core.local_target(&entry), request))
 }

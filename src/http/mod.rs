@@ -2,6 +2,7 @@
 //! [`AppState`]. Handlers only parse requests and render answers: what runs a
 //! request is the core ([`crate::exec`]), which peers' requests go through too.
 
+mod agent;
 mod body;
 mod error;
 mod info;
@@ -85,6 +86,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tools", get(tools::list))
         .route("/v1/tool/execute", post(tools::execute))
         .route("/v1/intent", post(intent::intent))
+        .route("/v1/agent/invoke", post(agent::invoke))
         .route("/v1/mesh/capabilities", get(info::capabilities))
         .route("/v1/mesh/peers", get(info::peers))
         .route("/v1/mesh/revocations", post(info::revoke))

@@ -73,6 +73,7 @@ async fn run(
         raw,
         stream,
         session,
+        caller: None,
     };
     Ok(render::answer(state.core.run(target, request).await?))
 }

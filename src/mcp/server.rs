@@ -82,8 +82,9 @@ pub struct Facade<H> {
     host: H,
 }
 
-/// The names `/mcp` gives `offered`, in order: `<tool>__<node name>` with
-/// every character outside `[a-zA-Z0-9_-]` replaced by `-`; one that is too
+/// The names `/mcp` gives `offered`, in order: `<tool>__<node name>`
+/// (`<tool>` alone without a node name: an agent's functions) with every
+/// character outside `[a-zA-Z0-9_-]` replaced by `-`; one that is too
 /// long, or already given, is cut and ends in `-` and 8 hex digits of its
 /// address, so every name is unique and the same on every listing.
 pub fn names(offered: &[Offered]) -> Vec<String> {
@@ -102,7 +103,11 @@ pub fn names(offered: &[Offered]) -> Vec<String> {
     offered
         .iter()
         .map(|o| {
-            let mut name = format!("{}__{}", clean(&o.tool), clean(&o.node_name));
+            let mut name = if o.node_name.is_empty() {
+                clean(&o.tool)
+            } else {
+                format!("{}__{}", clean(&o.tool), clean(&o.node_name))
+            };
             if name.len() > MAX_NAME || given.contains(&name) {
                 use sha2::Digest;
                 let digest = sha2::Sha256::digest(o.address.as_bytes());

@@ -199,6 +199,9 @@ pub enum Need {
     Any,
     /// One kind (`vision/classify`), or a family of kinds (`vision/*`).
     Kind(String),
+    /// A language model that chats (`llm/*` answering text): what drives an
+    /// agent, which is never another agent.
+    Llm,
 }
 
 impl Need {
@@ -217,6 +220,7 @@ impl Need {
                 kind.answers_text() || (carries.has(Input::Image) && kind.category() == "vision")
             }
             Need::Any => true,
+            Need::Llm => kind.category() == "llm" && kind.answers_text(),
             Need::Kind(wanted) => match wanted.strip_suffix("/*") {
                 Some(family) => kind.category() == family,
                 None => kind.as_str() == wanted,
@@ -229,7 +233,7 @@ impl Need {
     pub fn takes_inputs(&self, capability: &Capability) -> bool {
         match self {
             Need::Text(carries) => capability.inputs.covers(carries.without(Input::Text)),
-            Need::Any | Need::Kind(_) => true,
+            Need::Any | Need::Kind(_) | Need::Llm => true,
         }
     }
 }
