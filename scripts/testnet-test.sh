@@ -41,7 +41,7 @@ cleanup() {
     echo "testnet-test: interrupted; removing the testnet" >&2
   elif [ "$rc" -ne 0 ]; then
     echo "testnet-test: FAILED; the nodes' logs follow" >&2
-    scripts/testnet.sh logs --tail 60 bootstrap camelid coder wildlife finance vision edge-gateway extra >&2 2>&1 || true
+    scripts/testnet.sh logs --tail 60 bootstrap camelid coder wildlife finance vision edge-gateway research extra >&2 2>&1 || true
     [ -f "$WORK/host.log" ] && { echo "--- host node ---" >&2; tail -n 60 "$WORK/host.log" >&2; }
   fi
   scripts/testnet.sh down >/dev/null 2>&1 || true

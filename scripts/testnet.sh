@@ -15,7 +15,7 @@
 #   scripts/testnet.sh down           stop and remove containers, network and volumes
 #
 # NODE is a service name: bootstrap, camelid, coder, wildlife, finance,
-# vision, edge-gateway (or extra).
+# vision, edge-gateway, research (or extra).
 # Environment: TESTNET_PROJECT (compose project, default atmosphere-testnet),
 # TESTNET_HTTP_PORT (camelid's API on the host, 8000), TESTNET_P2P_PORT
 # (bootstrap's p2p port on the host, 11451), ATMOSPHERE_IMAGE (atmosphere:local),

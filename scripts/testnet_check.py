@@ -19,6 +19,10 @@ verifies that
     takes a photo (an MCP image, PNG) when called by `<name>@<node>` and when
     asked for by meaning; while its node is down, calling it by name is a
     clear 404 (`node_not_found` once the node is forgotten, `tool_not_found`);
+  * every agent a node's config names (`[[agent]]`) answers from every node
+    when invoked by name (`/v1/agent/invoke`): after calling a camera on a
+    node that is up (a PNG in its steps) while one is, without a tool call
+    while none is; while its node is down, a clear 404;
   * a capability offered by several nodes that are up has its requests spread
     over them: SPREAD_REQUESTS requests naming it, SPREAD_CLIENTS at a time,
     from a node that does not offer it; the count per provider is printed,
@@ -58,13 +62,14 @@ def docker(*args):
 class Node:
     """A node container of the testnet."""
 
-    def __init__(self, service, container, name, ip, capabilities, tools):
+    def __init__(self, service, container, name, ip, capabilities, tools, agents):
         self.service = service
         self.container = container
         self.name = name  # node name peers see (config, or the host name)
         self.ip = ip  # on the testnet network; None when cut off or stopped
         self.capabilities = capabilities  # capability id -> backend names
         self.tools = tools  # names of the MCP tools it shares with the mesh
+        self.agents = agents  # capability ids of its agents
 
     @property
     def up(self):
@@ -89,13 +94,15 @@ def discover(project, testnet_dir):
         # capability id -> its backends (one name, or a list of names)
         caps = {c["id"]: c["backend"] if isinstance(c["backend"], list) else [c["backend"]]
                 for c in config.get("capability", [])}
+        agents = sorted(a["id"] if "/" in a["id"] else f"agent/{a['id']}" for a in config.get("agent", []))
+        caps.update({a: [] for a in agents})
         tools = sorted(t for m in config.get("mcp", []) if m.get("share", "local") != "local"
                        for t in m.get("tools", {}))
         ip = None
         if info["State"]["Running"]:
             net = info["NetworkSettings"]["Networks"].get(network)
             ip = (net or {}).get("IPAddress") or None
-        nodes.append(Node(service, info["Name"].lstrip("/"), name, ip, caps, tools))
+        nodes.append(Node(service, info["Name"].lstrip("/"), name, ip, caps, tools, agents))
     return sorted(nodes, key=lambda n: n.container)
 
 
@@ -147,6 +154,9 @@ def check_once(nodes, questions):
     if problems:
         return problems, (answers, 0), False
     problems, tool_calls = check_tools(nodes, peer_names)
+    agent_problems, agent_runs = check_agents(nodes, peer_names)
+    problems += agent_problems
+    tool_calls += agent_runs
     for n in up:
         for q in questions:
             cap = q.get("capability")
@@ -260,6 +270,58 @@ def check_tools(nodes, peer_names):
     return problems, calls
 
 
+AGENT_QUERY = "Who is at the front gate right now?"
+
+
+def check_agents(nodes, peer_names):
+    """Each agent of the testnet's configs, invoked by name from every up
+    node: while its node and a node with cameras are up, it answers after
+    calling a camera there (a PNG); with no camera up, it answers without a
+    tool; while its node is down, invoking it is a clear 404.
+    (problems, runs as expected)"""
+    problems, runs = [], 0
+    up = [n for n in nodes if n.up]
+    cameras = {n.name for n in up if n.tools}
+    for owner in nodes:
+        for agent in owner.agents:
+            for n in up:
+                body = {"query": AGENT_QUERY, "agent": f"{agent}@{owner.name}"}
+                try:
+                    status, _, raw = http("POST", n.url("/v1/agent/invoke"), body)
+                    reply = json.loads(raw)
+                except (OSError, ValueError) as e:
+                    problems.append(f"{n.service}: agent {agent}: {e}")
+                    continue
+                err = (reply.get("error") or {}) if isinstance(reply, dict) else {}
+                if not owner.up:
+                    wrong = None if status == 404 and err.get("code") in ("model_not_found", "node_not_found") \
+                        else f"{owner.name} is down, yet invoking it answered {status} {err.get('code')}"
+                elif status != 200:
+                    wrong = f"{status} {err.get('code')}: {err.get('message')}"
+                else:
+                    calls = [s for s in reply.get("steps", []) if s.get("type") == "tool"]
+                    answer = reply.get("answer") or ""
+                    if peer_names.get(reply.get("node"), reply.get("node")) != owner.name:
+                        wrong = f"run on {reply.get('node')}, not on {owner.name}"
+                    elif not cameras:
+                        wrong = None if not calls else f"no camera is up, yet it called {calls[0].get('tool')}"
+                    elif not calls:
+                        wrong = f"it called no tool (offered: {reply.get('tools')}); it answered {answer[:80]!r}"
+                    else:
+                        step = calls[0]
+                        wrong = photo_problem(200, step, None, peer_names)
+                        taken_on = peer_names.get(step.get("node"), step.get("node"))
+                        if wrong is None and taken_on not in cameras:
+                            wrong = f"its camera call ran on {taken_on}"
+                        if wrong is None and "the tools said" not in answer:
+                            wrong = f"its answer does not use the tool's result: {answer[:80]!r}"
+                if wrong:
+                    problems.append(f"{n.service}: agent {agent}@{owner.name}: {wrong}")
+                else:
+                    runs += 1
+    return problems, runs
+
+
 def spread(nodes):
     """How requests naming a capability that several up nodes offer were
     spread over them: (report lines, problems)."""
@@ -343,7 +405,7 @@ def main():
                   f"{len(down)} down{' (' + ', '.join(down) + ')' if down else ''}; "
                   f"every node lists {len(caps)} capabilities ({', '.join(caps)}); "
                   f"{answers} answers as expected; {len(tools)} shared tools"
-                  f"{' (' + ', '.join(tools) + ')' if tools else ''}, {tool_calls} tool calls as expected")
+                  f"{' (' + ', '.join(tools) + ')' if tools else ''}, {tool_calls} tool calls and agent runs as expected")
             for line in spread_lines:
                 print(f"check: {line}")
             return 0
