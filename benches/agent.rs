@@ -105,7 +105,9 @@ async fn direct(client: &reqwest::Client, model: &str, tools: &Servers) -> Durat
     messages.push(message);
     messages.push(json!({"role": "tool", "tool_call_id": call["id"], "content": text}));
     let last = chat(client, model, &messages).await;
-    let said = last["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+    let said = last["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default();
     assert!(said.contains("42"), "{last}");
     started.elapsed()
 }
@@ -122,7 +124,10 @@ async fn agent(client: &reqwest::Client, url: &str) -> (Duration, f64) {
     assert_eq!(r.status(), 200);
     let run: Value = r.json().await.expect("json");
     let took = started.elapsed();
-    assert!(run["answer"].as_str().is_some_and(|a| a.contains("42")), "{run}");
+    assert!(
+        run["answer"].as_str().is_some_and(|a| a.contains("42")),
+        "{run}"
+    );
     let steps = run["steps"].as_array().expect("steps");
     assert_eq!(steps.len(), 3, "{run}");
     let waited: f64 = steps.iter().filter_map(|s| s["latency_ms"].as_f64()).sum();
@@ -170,7 +175,10 @@ tools = ["add"]
         &[McpConfig::stdio("tools", &python(), &[&script()])],
         &cancel,
     );
-    let probe: Map<String, Value> = json!({"a": 1, "b": 1}).as_object().cloned().expect("object");
+    let probe: Map<String, Value> = json!({"a": 1, "b": 1})
+        .as_object()
+        .cloned()
+        .expect("object");
     while tools.call("tools", "add", probe.clone()).await.is_err() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -99,6 +99,7 @@ impl Echo {
             .route("/v1/projects/{ns}", get(list_llamafarm))
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
+            .route("/v1/audio/transcriptions", post(transcribe))
             .route(
                 "/v1/projects/{ns}/{name}/chat/completions",
                 post(project_chat),
@@ -154,6 +155,44 @@ fn last_user_text(body: &Value) -> String {
 
 async fn chat(State(e): St, body: Bytes) -> Response {
     answer(e, body, None, true).await
+}
+
+/// A transcription: what it heard, as OpenAI's `{"text"}`.
+async fn transcribe(State(e): St, headers: axum::http::HeaderMap, body: Bytes) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let fields = match crate::multipart::read(content_type, body).await {
+        Ok(fields) => fields,
+        Err(why) => {
+            let err = json!({"error": {"message": why, "type": "invalid_request_error", "param": "file", "code": null}});
+            return (StatusCode::BAD_REQUEST, axum::Json(err)).into_response();
+        }
+    };
+    let text = |name: &str| {
+        fields
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| String::from_utf8_lossy(&f.data).into_owned())
+            .unwrap_or_default()
+    };
+    let Some(file) = fields.iter().find(|f| f.name == "file") else {
+        let err = json!({"error": {"message": "no file", "type": "invalid_request_error", "param": "file", "code": null}});
+        return (StatusCode::BAD_REQUEST, axum::Json(err)).into_response();
+    };
+    axum::Json(json!({
+        "text": format!(
+            "[{}] model={} heard {} bytes of {} ({})",
+            e.name,
+            text("model"),
+            file.data.len(),
+            file.filename.as_deref().unwrap_or(""),
+            file.content_type.as_deref().unwrap_or(""),
+        ),
+        "language": text("language"),
+    }))
+    .into_response()
 }
 
 async fn completions(State(e): St, body: Bytes) -> Response {

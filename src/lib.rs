@@ -18,6 +18,7 @@ pub mod mcp;
 pub mod member;
 pub mod mesh;
 pub mod metrics;
+pub mod multipart;
 pub mod network;
 pub mod node;
 pub mod routing;

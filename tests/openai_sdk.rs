@@ -14,9 +14,13 @@ use common::*;
 async fn official_openai_sdk_works_against_a_node() {
     let addr = spawn_echo(Echo::new("echo", Flavour::Openai, &["llama3.2"])).await;
     let dir = tempfile::tempdir().expect("tempdir");
+    let mut whisper = capability("speech/whisper", "local", "whisper-small", "Speech to text.", &[]);
+    whisper.kind = "audio/transcribe".parse().expect("kind");
+    let mut capabilities = farm_capabilities("local");
+    capabilities.push(whisper);
     let node = start(config(
         vec![backend("local", BackendKind::Openai, addr, false)],
-        farm_capabilities("local"),
+        capabilities,
         dir.path(),
     ))
     .await;
@@ -64,6 +68,14 @@ async fn official_openai_sdk_works_against_a_node() {
 
     assert_eq!(v["embeddings"]["count"], 2);
     assert_eq!(v["embeddings"]["dim"], 384);
+
+    assert_eq!(
+        v["transcription"]["text"],
+        format!(
+            "[echo] model=whisper-small heard {} bytes of clip.wav (audio/wav)",
+            v["transcription"]["bytes"]
+        )
+    );
 
     assert_eq!(v["error"]["status"], 404);
     assert_eq!(v["error"]["code"], "model_not_found");

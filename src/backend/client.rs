@@ -345,14 +345,19 @@ impl Backend {
             backend: self.config.name.clone(),
             message,
         };
-        let body = self.adapter.request_body(op, model, body).map_err(bad)?;
-        let bytes = serde_json::to_vec(&body).map_err(|e| bad(e.to_string()))?;
-        let result = self
-            .request(reqwest::Method::POST, url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(bytes)
-            .send()
-            .await;
+        let request = self.request(reqwest::Method::POST, url);
+        let result = if op == Op::Transcribe {
+            let form = super::form::transcription(model, body).map_err(bad)?;
+            request.multipart(form).send().await
+        } else {
+            let body = self.adapter.request_body(op, model, body).map_err(bad)?;
+            let bytes = serde_json::to_vec(&body).map_err(|e| bad(e.to_string()))?;
+            request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bytes)
+                .send()
+                .await
+        };
         match result {
             Ok(resp) => {
                 self.mark_up();

@@ -77,7 +77,7 @@ impl Adapter for LlamaFarm {
                 base,
                 &format!("v1/projects/{ns}/{name}/chat/completions"),
             )),
-            Op::Completions | Op::Embeddings => None,
+            Op::Completions | Op::Embeddings | Op::Transcribe => None,
         }
     }
 }

@@ -6,6 +6,7 @@
 
 mod anthropic;
 mod client;
+mod form;
 mod llamafarm;
 pub mod local;
 mod names;
@@ -28,6 +29,10 @@ pub enum Op {
     Chat,
     Completions,
     Embeddings,
+    /// Speech to text (`/v1/audio/transcriptions`): the body carries the
+    /// file as `{"filename", "content_type", "data": base64}` and the
+    /// form's other fields as strings; the backend is sent the form.
+    Transcribe,
 }
 
 impl Op {
@@ -36,6 +41,7 @@ impl Op {
             Op::Chat => "chat",
             Op::Completions => "completions",
             Op::Embeddings => "embeddings",
+            Op::Transcribe => "transcriptions",
         }
     }
 }

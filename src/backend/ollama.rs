@@ -61,6 +61,7 @@ impl Adapter for Ollama {
             Op::Chat => join(base, "v1/chat/completions"),
             Op::Completions => join(base, "v1/completions"),
             Op::Embeddings => join(base, "v1/embeddings"),
+            Op::Transcribe => return None,
         })
     }
 

@@ -58,6 +58,7 @@ impl Adapter for OpenAi {
             Op::Chat => join(&root, "chat/completions"),
             Op::Completions => join(&root, "completions"),
             Op::Embeddings => join(&root, "embeddings"),
+            Op::Transcribe => join(&root, "audio/transcriptions"),
         })
     }
 }

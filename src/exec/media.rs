@@ -136,6 +136,55 @@ fn audio(part: &Value, at: &str, limits: Limits) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The audio file formats a transcription takes, by their first bytes:
+/// its name, or none.
+pub fn audio_file_format(head: &[u8]) -> Option<&'static str> {
+    let at = |i: usize, magic: &[u8]| head.get(i..i + magic.len()) == Some(magic);
+    if at(0, b"RIFF") && at(8, b"WAVE") {
+        Some("wav")
+    } else if at(0, b"ID3") || (head.len() > 1 && head[0] == 0xff && head[1] >= 0xe0) {
+        Some("mp3")
+    } else if at(0, b"fLaC") {
+        Some("flac")
+    } else if at(0, b"OggS") {
+        Some("ogg")
+    } else if at(0, &[0x1a, 0x45, 0xdf, 0xa3]) {
+        Some("webm")
+    } else if at(4, b"ftyp") {
+        Some("mp4")
+    } else {
+        None
+    }
+}
+
+/// Checks a transcription's file, `body.file` as the request core carries
+/// it (`{"filename", "content_type", "data"}`, data in base64): within the
+/// size limit, and audio of a format transcription takes by its bytes.
+pub fn check_transcription(body: &Map<String, Value>, limits: Limits) -> Result<(), ApiError> {
+    let data = body
+        .get("file")
+        .and_then(|f| f.get("data"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "file",
+                "A transcription needs the audio as the form's `file` field.",
+            )
+        })?;
+    let head = decode(data, "file", limits)?;
+    if head.is_empty() {
+        return Err(ApiError::invalid("file", "The file is empty.").code("invalid_audio"));
+    }
+    if audio_file_format(&head).is_none() {
+        return Err(ApiError::invalid(
+            "file",
+            "The file is not audio in a format transcription takes (flac, mp3, mp4/m4a, ogg, wav, webm): its bytes begin as none of them do.",
+        )
+        .code("unsupported_audio_format"));
+    }
+    Ok(())
+}
+
 /// How many decoded bytes a format check looks at.
 const HEAD: usize = 16;
 

@@ -303,6 +303,7 @@ impl From<Op> for crate::wire::intent::Operation {
             Op::Chat => Self::Chat,
             Op::Completions => Self::Completions,
             Op::Embeddings => Self::Embeddings,
+            Op::Transcribe => Self::Transcription,
         }
     }
 }
@@ -314,6 +315,7 @@ impl From<crate::wire::intent::Operation> for Op {
             Operation::Chat => Op::Chat,
             Operation::Completions => Op::Completions,
             Operation::Embeddings => Op::Embeddings,
+            Operation::Transcription => Op::Transcribe,
         }
     }
 }

@@ -19,6 +19,9 @@ use crate::routing::{self, Candidate, Decision, Entry, Need, Outcome, Trust};
 /// The pseudo-model that asks the node to route by meaning.
 pub const AUTO: &str = "auto";
 
+/// The kind of capabilities that turn speech into text.
+pub const TRANSCRIBE: &str = "audio/transcribe";
+
 /// Where a request may go: a group of equally good providers, among which
 /// the balancer picks by load, and the providers to fail over to after them.
 #[derive(Clone)]
@@ -35,6 +38,7 @@ pub fn runs(kind: &Kind, op: Op) -> bool {
         Op::Chat => kind.answers_text() || kind.category() == "vision",
         Op::Completions => kind.answers_text(),
         Op::Embeddings => *kind == Kind::embed(),
+        Op::Transcribe => kind.as_str() == TRANSCRIBE,
     }
 }
 
@@ -55,6 +59,7 @@ pub(super) fn not_taken(model: &str, takes: Inputs, carries: Inputs) -> ApiError
 pub fn wrong_kind(model: &str, kind: &Kind, op: Op) -> ApiError {
     let what = match op {
         Op::Embeddings => "is not an embedding model".to_owned(),
+        Op::Transcribe => format!("is a {kind} capability, not {TRANSCRIBE}"),
         Op::Chat | Op::Completions => {
             format!("is a {kind} capability and cannot answer this request")
         }
@@ -219,6 +224,14 @@ impl Core {
             let need = match op {
                 Op::Chat | Op::Completions => Need::Text(carries),
                 Op::Embeddings => Need::Any,
+                // Any transcriber can transcribe: the words only rank them.
+                Op::Transcribe => {
+                    let need = Need::Kind(TRANSCRIBE.into());
+                    let decision = self.decide(texts()?, need.clone()).await?;
+                    return self
+                        .nearest_target(&decision)
+                        .ok_or_else(|| refusal(self, &decision, &need));
+                }
             };
             return self.resolve_auto(texts()?, need).await;
         }
@@ -407,6 +420,23 @@ impl Core {
             .param("messages")
             .code("no_capability_takes_input"),
         )
+    }
+
+    /// The target of an `auto` decision or, when nothing fits well, of its
+    /// nearest candidate that can serve: for requests any capability of
+    /// the kind asked for can serve (an agent's model, a transcription).
+    pub(super) fn nearest_target(&self, decision: &Decision) -> Option<Target> {
+        if let Some(target) = self.auto_target(decision) {
+            return Some(target);
+        }
+        let up = self.available();
+        let nearest = decision
+            .candidates
+            .iter()
+            .filter(|c| c.eligible)
+            .filter_map(|c| c.entry.clone())
+            .find(|e| up(e))?;
+        Some(self.target(vec![(nearest, None)], Vec::new()))
     }
 
     /// The target of an `auto` decision: the chosen capability and, when it

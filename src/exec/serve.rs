@@ -241,11 +241,18 @@ fn local_request(
             ));
         }
     }
-    if stream && op == Op::Embeddings {
-        return Err(ApiError::invalid("stream", "Embeddings are not streamed."));
+    if stream && matches!(op, Op::Embeddings | Op::Transcribe) {
+        return Err(ApiError::invalid(
+            "stream",
+            format!("{} are not streamed.", op.as_str()),
+        ));
     }
-    // The protocol decides how the answer travels.
-    body.insert("stream".into(), Value::Bool(stream));
+    if op == Op::Transcribe {
+        super::media::check_transcription(&body, core.media)?;
+    } else {
+        // The protocol decides how the answer travels.
+        body.insert("stream".into(), Value::Bool(stream));
+    }
     // A session key in the body keeps the conversation on one backend.
     let session = super::session_of(&body, None);
     let request = Request {

@@ -3,6 +3,7 @@
 //! request is the core ([`crate::exec`]), which peers' requests go through too.
 
 mod agent;
+mod audio;
 mod body;
 mod error;
 mod info;
@@ -80,6 +81,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/audio/transcriptions", post(audio::transcriptions))
         .route("/v1/models", get(info::models))
         .route("/v1/models/{*id}", get(info::model))
         .route("/v1/route", post(info::route))

@@ -60,7 +60,7 @@ async fn run(
     let _slot = state.gates.slot().await?;
     let carries = match op {
         Op::Chat => chat_inputs(&body),
-        Op::Completions | Op::Embeddings => Inputs::TEXT,
+        Op::Completions | Op::Embeddings | Op::Transcribe => Inputs::TEXT,
     };
     let target = state.core.resolve(model, op, carries, texts).await?;
     let header = headers

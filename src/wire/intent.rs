@@ -22,6 +22,9 @@ pub enum Operation {
     Chat,
     Completions,
     Embeddings,
+    /// Added after version 1's first three: a node that predates it
+    /// cannot decode such a request and drops it.
+    Transcription,
 }
 
 /// A request for a capability that the receiving node offers.

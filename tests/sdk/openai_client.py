@@ -41,6 +41,11 @@ out["stream"] = {"chunks": len(pieces), "content": "".join(pieces)}
 emb = client.embeddings.create(model="all-MiniLM-L6-v2", input=["llamas", "alpacas"])
 out["embeddings"] = {"count": len(emb.data), "dim": len(emb.data[0].embedding), "model": emb.model}
 
+# A WAV file's first bytes and silence.
+wav = b"RIFF\x24\x08\0\0WAVEfmt \x10\0\0\0\x01\0\x01\0\x80\x3e\0\0" + bytes(1024)
+heard = client.audio.transcriptions.create(model="auto", file=("clip.wav", wav, "audio/wav"), language="en")
+out["transcription"] = {"text": heard.text, "bytes": len(wav)}
+
 try:
     client.chat.completions.create(model="farm/does-not-exist", messages=[{"role": "user", "content": "hi"}])
     out["error"] = None

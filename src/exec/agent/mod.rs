@@ -13,7 +13,6 @@
 mod offer;
 mod reply;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ::http::StatusCode;
@@ -419,18 +418,8 @@ impl Core {
             return Ok(self.explicit_target(copies));
         }
         let decision = self.decide(vec![query.to_owned()], Need::Llm).await?;
-        if let Some(target) = self.auto_target(&decision) {
-            return Ok(target);
-        }
-        let up = self.available();
-        let nearest: Option<Arc<crate::routing::Entry>> = decision
-            .candidates
-            .iter()
-            .filter(|c| c.eligible)
-            .filter_map(|c| c.entry.clone())
-            .find(|e| up(e));
-        match nearest {
-            Some(entry) => Ok(self.target(vec![(entry, None)], Vec::new())),
+        match self.nearest_target(&decision) {
+            Some(target) => Ok(target),
             None => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
