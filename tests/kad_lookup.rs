@@ -230,3 +230,73 @@ async fn a_lone_node_with_nothing_fitting_gets_a_clear_error_and_asks_no_peer() 
     );
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_chat_with_an_image_looks_up_the_kind_that_sees() {
+    let (boot, dht) = dht_peer(43).await;
+    let vision = |id: &str, backend: &str, domain: &str, examples: &[&str]| {
+        let mut c = capability(id, backend, "eye", "Looks at photos.", examples);
+        c.kind = "vision/classify".parse().expect("kind");
+        c.domain = domain.into();
+        c
+    };
+    // The asker sees insects only; the camera trap is found in the DHT.
+    let bugs = spawn_echo(Echo::new("bugs-backend", Flavour::Openai, &["eye"])).await;
+    let dir_asker = tempfile::tempdir().expect("tempdir");
+    let asker = start(mesh_config(
+        vec![backend("bugs", BackendKind::Openai, bugs, false)],
+        vec![vision(
+            "insects/eye",
+            "bugs",
+            "insects",
+            &["Which beetle is this?", "Is this moth rare?"],
+        )],
+        dir_asker.path(),
+        vec![boot.to_string()],
+    ))
+    .await;
+    let trap = spawn_echo(Echo::new("trap-backend", Flavour::Openai, &["eye"])).await;
+    let dir_provider = tempfile::tempdir().expect("tempdir");
+    let provider = start(mesh_config(
+        vec![backend("trap", BackendKind::Openai, trap, false)],
+        vec![vision(
+            "wildlife/camera-trap",
+            "trap",
+            "wildlife",
+            &[
+                "What animal is in this photo?",
+                "How many deer are in this picture?",
+            ],
+        )],
+        dir_provider.path(),
+        vec![boot.to_string()],
+    ))
+    .await;
+    let kind_key = atmosphere::wire::kad::kind_key("vision/classify");
+    eventually("the DHT peer holds the provider's kind", || {
+        let (dht, k, want) = (dht.clone(), kind_key.clone(), provider.peer_id);
+        async move { providers(&dht, k).await.contains(&want) }
+    })
+    .await;
+    let png = "data:image/png;base64,iVBORw0KGgo=";
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", asker.http_addr))
+        .json(
+            &json!({"model": "auto", "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "Which animal left these tracks by the river?"},
+                {"type": "image_url", "image_url": {"url": png}},
+            ]}]}),
+        )
+        .timeout(WAIT)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+    assert_eq!(resp.headers()["x-atmosphere-route"], "wildlife/camera-trap");
+    assert_eq!(
+        resp.headers()["x-atmosphere-node"],
+        provider.peer_id.to_base58().as_str()
+    );
+    asker.shutdown().await;
+    provider.shutdown().await;
+}

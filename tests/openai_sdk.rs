@@ -14,7 +14,13 @@ use common::*;
 async fn official_openai_sdk_works_against_a_node() {
     let addr = spawn_echo(Echo::new("echo", Flavour::Openai, &["llama3.2"])).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut whisper = capability("speech/whisper", "local", "whisper-small", "Speech to text.", &[]);
+    let mut whisper = capability(
+        "speech/whisper",
+        "local",
+        "whisper-small",
+        "Speech to text.",
+        &[],
+    );
     whisper.kind = "audio/transcribe".parse().expect("kind");
     let mut capabilities = farm_capabilities("local");
     capabilities.push(whisper);

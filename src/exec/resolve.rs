@@ -153,8 +153,9 @@ impl Core {
     /// Embeds the texts and ranks capabilities; records the decision's metrics.
     ///
     /// When nothing known fits well enough and the node is part of a mesh, it
-    /// asks the DHT who provides the kind the request needs (and the domain of
-    /// the closest miss), fetches the routes of providers it did not know, and
+    /// asks the DHT who provides the kind the request needs (chat; for a chat
+    /// carrying an image or audio, the kind of the closest capability taking
+    /// it) and the domain of the closest miss, fetches the routes of providers it did not know, and
     /// ranks again (`protocols/kad.md`).
     pub async fn decide(&self, texts: Vec<String>, need: Need) -> Result<Decision, ApiError> {
         let started = Instant::now();
@@ -169,11 +170,18 @@ impl Core {
         };
         let mut decision = rank();
         if decision.outcome != Outcome::Matched
-            && matches!(need, Need::Text(_))
+            && let Need::Text(carries) = &need
             && let Some(mesh) = &self.mesh
         {
-            let mut wanted = Wanted::kind(Kind::chat().as_str());
-            if let Some(near) = decision.candidates.iter().find(|c| c.eligible) {
+            let near = decision.candidates.iter().find(|c| c.eligible);
+            // A chat with an image or audio looks for the kind of the
+            // nearest capability that takes it (a vision model), not chat.
+            let kind = near
+                .filter(|_| !carries.without(Input::Text).is_empty())
+                .and_then(|c| c.entry.as_ref())
+                .map_or_else(Kind::chat, |e| e.capability.kind.clone());
+            let mut wanted = Wanted::kind(kind.as_str());
+            if let Some(near) = near {
                 wanted = wanted.and_domain(&near.domain);
             }
             let found = mesh.lookups.discover(wanted).await;
