@@ -41,22 +41,6 @@ const ROUND: usize = 50;
 const STEPS: f64 = 2.0;
 const QUERY: &str = r#"Please add these numbers: {"a": 2, "b": 40}"#;
 
-fn python() -> String {
-    std::env::var("ATMOSPHERE_PYTHON").unwrap_or_else(|_| {
-        let venv = std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
-            .join(".cache/atmosphere/venv/bin/python");
-        if venv.exists() {
-            venv.display().to_string()
-        } else {
-            "python3".into()
-        }
-    })
-}
-
-fn script() -> String {
-    format!("{}/tests/mcp/tools_server.py", env!("CARGO_MANIFEST_DIR"))
-}
-
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -57,22 +57,6 @@ fn main() {
     });
 }
 
-fn python() -> String {
-    std::env::var("ATMOSPHERE_PYTHON").unwrap_or_else(|_| {
-        let venv = std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
-            .join(".cache/atmosphere/venv/bin/python");
-        if venv.exists() {
-            venv.display().to_string()
-        } else {
-            "python3".into()
-        }
-    })
-}
-
-fn script() -> String {
-    format!("{}/tests/mcp/tools_server.py", env!("CARGO_MANIFEST_DIR"))
-}
-
 /// The `[[mcp]]` section of a node sharing the test server's tools with
 /// `probes` extra tools.
 fn mcp_section(probes: usize) -> String {

@@ -259,6 +259,7 @@ async fn answer(e: Arc<Echo>, raw: Bytes, project: Option<String>, chat: bool) -
             "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            "x_echo_request": body,
         }))
         .into_response();
     }

@@ -9,25 +9,16 @@
 
 mod common;
 
-use std::time::Duration;
-
 use atmosphere::capability::Share;
-use atmosphere::config::{AgentConfig, BackendKind, Config, McpConfig};
+use atmosphere::config::{AgentConfig, BackendKind, Config};
 use atmosphere::echo::{Echo, Fault, Flavour};
 use atmosphere::node::Node;
 use serde_json::{Value, json};
 
-use common::{backend, capability, eventually, get_json, mesh_addr, mesh_config, post_json, start};
-
-fn tools_server(share: Share) -> McpConfig {
-    let python = std::env::var("ATMOSPHERE_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = format!("{}/tests/mcp/tools_server.py", env!("CARGO_MANIFEST_DIR"));
-    McpConfig {
-        share,
-        timeout: Duration::from_secs(2),
-        ..McpConfig::stdio("tools", &python, &[&script])
-    }
-}
+use common::{
+    backend, capability, eventually, get_json, mesh_addr, mesh_config, post_json, start,
+    tools_server,
+};
 
 fn agent(toml_text: &str) -> AgentConfig {
     #[derive(serde::Deserialize)]
@@ -239,7 +230,8 @@ async fn a_model_that_misbehaves_ends_the_run_with_a_clear_error() {
         )));
     }
     let home = start(a).await;
-    sees(&home, "/v1/tools", "tool", "add").await;
+    // Listed with its capability: in the route table, where agents find tools.
+    sees(&home, "/v1/tools", "capability", "tool/add").await;
 
     let (status, e) = invoke(
         &home,

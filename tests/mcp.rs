@@ -14,15 +14,7 @@ use atmosphere::mcp::{CallError, Servers};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
-use common::eventually;
-
-fn python() -> String {
-    std::env::var("ATMOSPHERE_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn script() -> String {
-    format!("{}/tests/mcp/tools_server.py", env!("CARGO_MANIFEST_DIR"))
-}
+use common::{eventually, python, tools_script as script};
 
 fn args(v: Value) -> Map<String, Value> {
     v.as_object().cloned().expect("object")

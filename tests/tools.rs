@@ -14,23 +14,13 @@ use atmosphere::config::McpConfig;
 use atmosphere::node::Node;
 use serde_json::{Value, json};
 
-use common::{eventually, get_json, mesh_addr, mesh_config, metric, start};
-
-fn server(share: Share) -> McpConfig {
-    let python = std::env::var("ATMOSPHERE_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = format!("{}/tests/mcp/tools_server.py", env!("CARGO_MANIFEST_DIR"));
-    McpConfig {
-        share,
-        timeout: Duration::from_secs(2),
-        ..McpConfig::stdio("tools", &python, &[&script])
-    }
-}
+use common::{eventually, get_json, mesh_addr, mesh_config, metric, start, tools_server};
 
 /// A node called `name` offering the test server's tools, shared as `share`.
 async fn gateway(name: &str, share: Share, dir: &std::path::Path) -> Node {
     let mut config = mesh_config(Vec::new(), Vec::new(), dir, Vec::new());
     config.node.name = name.into();
-    config.mcp = vec![server(share)];
+    config.mcp = vec![tools_server(share)];
     start(config).await
 }
 
@@ -228,13 +218,13 @@ async fn a_tool_is_refused_to_a_node_it_is_not_shared_with() {
         .public()
         .to_peer_id()
         .to_base58();
-    let mut open = server(Share::Peers(vec![stranger]));
+    let mut open = tools_server(Share::Peers(vec![stranger]));
     open.name = "open".into();
     open.env
         .insert("ATMOSPHERE_TOOL_PREFIX".into(), "open-".into());
     let mut config = mesh_config(Vec::new(), Vec::new(), dirs[0].path(), Vec::new());
     config.node.name = "gateway".into();
-    config.mcp = vec![open, server(Share::Local)];
+    config.mcp = vec![open, tools_server(Share::Local)];
     let gateway = start(config).await;
     let hub = caller(&gateway, dirs[1].path()).await;
 

@@ -281,3 +281,22 @@ pub fn local_entry(id: &str, vector: Vec<f32>) -> atmosphere::routing::Entry {
         trust: atmosphere::routing::Trust::Local,
     }
 }
+
+/// The Python with the `mcp` package: `ATMOSPHERE_PYTHON`, else the venv
+/// scripts/test.sh makes, else `python3`.
+pub fn python() -> String {
+    std::env::var("ATMOSPHERE_PYTHON").unwrap_or_else(|_| {
+        let venv = std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
+            .join(".cache/atmosphere/venv/bin/python");
+        if venv.exists() {
+            venv.display().to_string()
+        } else {
+            "python3".into()
+        }
+    })
+}
+
+/// The test MCP server's script (`tests/mcp/tools_server.py`).
+pub fn script() -> String {
+    format!("{}/tests/mcp/tools_server.py", env!("CARGO_MANIFEST_DIR"))
+}

@@ -10,13 +10,11 @@
 use std::sync::Arc;
 
 use ::http::StatusCode;
-use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use super::resolve::runs;
 use super::tool::Outcome;
 use super::{ApiError, Core, Request};
-use crate::answer::Reply;
 use crate::backend::Op;
 use crate::capability::{CapabilityId, KIND_CATEGORIES, Kind};
 use crate::routing::{Entry, Need};
@@ -274,21 +272,11 @@ impl Core {
                 ..e
             })?;
         }
-        let raw = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
         let target = self.explicit_target(self.copies(&address)?);
-        let request = Request {
-            op,
-            body,
-            raw,
-            stream: false,
-            session: None,
-            caller: None,
-        };
-        let answer = self.run(target, request).await?;
-        match answer.reply {
-            Reply::Whole { status, body } => Ok((status, json_of(&body))),
-            Reply::Stream(_) => Err(ApiError::internal("intent", "a stream for a whole request")),
-        }
+        let answer = self
+            .run_whole(target, Request::internal(op, body, None))
+            .await?;
+        Ok((answer.status, json_of(&answer.body)))
     }
 }
 

@@ -110,6 +110,30 @@ pub struct Request {
     pub caller: Option<Caller>,
 }
 
+impl Request {
+    /// A request this node makes itself (an agent's model call, an
+    /// intent, a transcription it parsed): answered whole, for this node.
+    pub fn internal(op: Op, body: Map<String, Value>, session: Option<String>) -> Self {
+        let raw = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        Self {
+            op,
+            body,
+            raw,
+            stream: false,
+            session,
+            caller: None,
+        }
+    }
+}
+
+/// A whole answer, and who gave it.
+pub struct Whole {
+    pub capability: CapabilityId,
+    pub node: String,
+    pub status: u16,
+    pub body: Bytes,
+}
+
 /// A peer whose request runs here: what it may use of this node.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -153,6 +177,20 @@ impl Core {
             .order(target.group, request.session.as_deref());
         order.extend(target.fallbacks);
         forward::run_in_order(self, order, request).await
+    }
+
+    /// Runs a request whose answer is wanted whole ([`Request::internal`]).
+    pub async fn run_whole(&self, target: Target, request: Request) -> Result<Whole, ApiError> {
+        let answer = self.run(target, request).await?;
+        match answer.reply {
+            Reply::Whole { status, body } => Ok(Whole {
+                capability: answer.capability,
+                node: answer.node,
+                status,
+                body,
+            }),
+            Reply::Stream(_) => Err(ApiError::internal("run", "a stream for a whole request")),
+        }
     }
 
     /// Runs the request on one backend of a capability of this node.

@@ -78,16 +78,8 @@ pub async fn transcriptions(
         .core
         .resolve(&model, Op::Transcribe, Inputs::TEXT, || Ok(vec![text]))
         .await?;
-    let raw = bytes::Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
     drop(read.held);
-    let request = Request {
-        op: Op::Transcribe,
-        body,
-        raw,
-        stream: false,
-        session: None,
-        caller: None,
-    };
+    let request = Request::internal(Op::Transcribe, body, None);
     Ok(render::answer(state.core.run(target, request).await?))
 }
 

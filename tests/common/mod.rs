@@ -284,3 +284,24 @@ pub async fn run_python(
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{script} printed no JSON: {e}"))
 }
+
+/// The Python that runs the tests' scripts (`ATMOSPHERE_PYTHON`; scripts/test.sh
+/// makes a venv with what they need).
+pub fn python() -> String {
+    std::env::var("ATMOSPHERE_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// The test MCP server's script (`tests/mcp/tools_server.py`).
+pub fn tools_script() -> String {
+    format!("{}/tests/mcp/tools_server.py", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `[[mcp]] tools`: the test MCP server over stdio, its tools shared as
+/// `share`, calls limited to 2 s.
+pub fn tools_server(share: atmosphere::capability::Share) -> atmosphere::config::McpConfig {
+    atmosphere::config::McpConfig {
+        share,
+        timeout: Duration::from_secs(2),
+        ..atmosphere::config::McpConfig::stdio("tools", &python(), &[&tools_script()])
+    }
+}

@@ -115,17 +115,9 @@ impl Run<'_> {
             body.insert("tools".into(), self.functions.clone());
         }
         body.insert("stream".into(), Value::Bool(false));
-        let raw = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-        let request = Request {
-            op: Op::Chat,
-            body,
-            raw,
-            stream: false,
-            session: Some(self.session.clone()),
-            caller: None,
-        };
+        let request = Request::internal(Op::Chat, body, Some(self.session.clone()));
         // Boxed: a run of the core may come back here (an agent is run by it).
-        let answer = Box::pin(self.core.run(self.model.clone(), request)).await?;
+        let answer = Box::pin(self.core.run_whole(self.model.clone(), request)).await?;
         let took = started.elapsed();
         let mut step = json!({
             "type": "model",
@@ -133,11 +125,8 @@ impl Run<'_> {
             "node": answer.node,
             "latency_ms": ms(took),
         });
-        let (status, body) = match answer.reply {
-            Reply::Whole { status, body } => (status, body),
-            Reply::Stream(_) => (502, Bytes::new()),
-        };
-        let completion: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let status = answer.status;
+        let completion: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
         if status >= 400 {
             self.steps.push(step);
             let said = completion["error"]["message"]
@@ -488,27 +477,14 @@ impl Core {
         if let Some(n) = max_steps {
             body.insert("max_steps".into(), json!(n));
         }
-        let raw = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-        let request = Request {
-            op: Op::Chat,
-            body,
-            raw,
-            stream: false,
-            session: None,
-            caller: None,
-        };
-        let answer = self.run(target, request).await?;
-        let (status, body) = match answer.reply {
-            Reply::Whole { status, body } => (status, body),
-            Reply::Stream(_) => {
-                return Err(ApiError::internal("agent", "a stream for a whole request"));
-            }
-        };
+        let answer = self
+            .run_whole(target, Request::internal(Op::Chat, body, None))
+            .await?;
         Ok(Invoked {
             agent: answer.capability,
             node: answer.node,
-            status,
-            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            status: answer.status,
+            body: serde_json::from_slice(&answer.body).unwrap_or(Value::Null),
         })
     }
 }
