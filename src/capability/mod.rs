@@ -95,6 +95,10 @@ impl fmt::Display for CapabilityId {
 #[serde(try_from = "String", into = "String")]
 pub struct Kind(String);
 
+/// The pseudo-model that asks the node to route by meaning (and, for an
+/// agent's model or tools, to find them so).
+pub const AUTO: &str = "auto";
+
 /// The categories a kind may start with.
 pub const KIND_CATEGORIES: &[&str] = &["llm", "vision", "audio", "ml", "agent", "tool"];
 

@@ -95,7 +95,7 @@ fn default_kind() -> Kind {
 }
 
 fn auto() -> String {
-    crate::exec::AUTO.to_owned()
+    crate::capability::AUTO.to_owned()
 }
 
 fn default_max_tools() -> usize {
@@ -132,7 +132,7 @@ pub(super) fn validate(
         {
             return Err(format!("agent {id}: at most {MAX_TOOLS} tools"));
         }
-        if a.llm != crate::exec::AUTO {
+        if a.llm != crate::capability::AUTO {
             let model = a.llm.rsplit_once('@').map_or(a.llm.as_str(), |(m, _)| m);
             let parsed: CapabilityId = model
                 .parse()

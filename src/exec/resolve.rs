@@ -16,8 +16,7 @@ use crate::mesh::{LOOKUP_WAIT, OriginState, Wanted};
 use crate::metrics::DecisionLabels;
 use crate::routing::{self, Candidate, Decision, Entry, Need, Outcome, Trust};
 
-/// The pseudo-model that asks the node to route by meaning.
-pub const AUTO: &str = "auto";
+pub use crate::capability::AUTO;
 
 /// The kind of capabilities that turn speech into text.
 pub const TRANSCRIBE: &str = "audio/transcribe";

@@ -287,6 +287,22 @@ fn intent_messages() {
         |v| v.encode().expect("e"),
         |b| IntentRequest::decode(b).expect("d"),
     );
+    // Operation 3: a transcription, its form as JSON with the file in base64.
+    let transcription = IntentRequest {
+        version: 1,
+        capability: "speech/whisper".into(),
+        operation: Operation::Transcription,
+        body: br#"{"model":"auto","file":{"filename":"a.wav","content_type":"audio/wav","data":"UklGRiQAAABXQVZF"},"language":"en"}"#
+            .to_vec(),
+        deadline_ms: 30_000,
+        hops: 3,
+    };
+    check(
+        "intent-request-transcription",
+        &transcription,
+        |v| v.encode().expect("e"),
+        |b| IntentRequest::decode(b).expect("d"),
+    );
     let resp = IntentResponse {
         version: 1,
         status: 200,
