@@ -162,6 +162,33 @@ async fn an_agent_calls_a_tool_on_another_node_and_is_reached_from_any_node() {
             .is_some_and(|a| a.contains('5'))
     );
     assert_eq!(types(&chat["steps"]), ["model", "tool", "model"]);
+    // Asked for a stream: the answer in chunks once the run ends, then [DONE].
+    let sse = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", hub.http_addr))
+        .json(&json!({"model": "agent/calculator", "stream": true,
+            "messages": [{"role": "user", "content": ADD}]}))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(sse.status(), 200);
+    let text = sse.text().await.expect("events");
+    let chunks: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).expect("chunk"))
+        .collect();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert!(
+        chunks[0]["choices"][0]["delta"]["content"]
+            .as_str()
+            .is_some_and(|c| c.contains('5')),
+        "{text}"
+    );
+    assert_eq!(
+        types(&chunks[chunks.len() - 1]["steps"]),
+        ["model", "tool", "model"]
+    );
     let (status, intent) = post_json(
         &hub,
         "/v1/intent",
