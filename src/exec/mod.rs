@@ -13,6 +13,7 @@ mod forward;
 mod intent;
 pub mod media;
 mod quota;
+mod refusal;
 mod resolve;
 mod serve;
 mod serve_tool;

@@ -465,7 +465,7 @@ impl Core {
                 let need = Need::Kind("agent/*".into());
                 let decision = self.decide(vec![query.to_owned()], need.clone()).await?;
                 self.auto_target(&decision)
-                    .ok_or_else(|| super::resolve::refusal(self, &decision, &need))?
+                    .ok_or_else(|| super::refusal::refusal(self, &decision, &need))?
             }
         };
         let mut body = Map::new();
