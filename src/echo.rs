@@ -242,8 +242,9 @@ async fn answer(e: Arc<Echo>, raw: Bytes, project: Option<String>, chat: bool) -
     } else {
         body["prompt"].as_str().unwrap_or("").to_owned()
     };
+    let stream = body["stream"].as_bool().unwrap_or(false);
     if chat
-        && !stream_asked(&body)
+        && !stream
         && let Some(tools) = body["tools"].as_array().filter(|t| !t.is_empty())
         && let Some(message) = play_tools(&e, &body, tools)
     {
@@ -264,7 +265,6 @@ async fn answer(e: Arc<Echo>, raw: Bytes, project: Option<String>, chat: bool) -
         .into_response();
     }
     let text = format!("[{}] model={} you said: {}", e.name, model, said);
-    let stream = body["stream"].as_bool().unwrap_or(false);
     if e.fault == Fault::Garbage && !stream {
         return (StatusCode::OK, "this is not json").into_response();
     }
@@ -343,10 +343,6 @@ fn stream_reply(e: Arc<Echo>, model: String, text: String, chat: bool) -> Respon
         header::HeaderValue::from_static("text/event-stream"),
     );
     r
-}
-
-fn stream_asked(body: &Value) -> bool {
-    body["stream"].as_bool().unwrap_or(false)
 }
 
 /// The turn of a model offered `tools`, as a script: once the last user

@@ -171,11 +171,24 @@ pub fn check_transcription(body: &Map<String, Value>, limits: Limits) -> Result<
                 "A transcription needs the audio as the form's `file` field.",
             )
         })?;
-    let head = decode(data, "file", limits)?;
+    audio_file(&decode(data, "file", limits)?)
+}
+
+/// Checks an audio file as a client uploaded it (raw bytes): within the
+/// size limit, and audio of a format transcription takes.
+pub fn check_audio_file(bytes: &[u8], limits: Limits) -> Result<(), ApiError> {
+    if bytes.len() > limits.max_bytes {
+        return Err(too_large("file", limits));
+    }
+    audio_file(&bytes[..bytes.len().min(HEAD)])
+}
+
+/// Judges a file by its first bytes.
+fn audio_file(head: &[u8]) -> Result<(), ApiError> {
     if head.is_empty() {
         return Err(ApiError::invalid("file", "The file is empty.").code("invalid_audio"));
     }
-    if audio_file_format(&head).is_none() {
+    if audio_file_format(head).is_none() {
         return Err(ApiError::invalid(
             "file",
             "The file is not audio in a format transcription takes (flac, mp3, mp4/m4a, ogg, wav, webm): its bytes begin as none of them do.",
@@ -183,6 +196,19 @@ pub fn check_transcription(body: &Map<String, Value>, limits: Limits) -> Result<
         .code("unsupported_audio_format"));
     }
     Ok(())
+}
+
+fn too_large(param: &str, limits: Limits) -> ApiError {
+    ApiError::new(
+        ::http::StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        format!(
+            "The media at {param} is larger than this node takes ({} bytes).",
+            limits.max_bytes
+        ),
+    )
+    .param(param)
+    .code("media_too_large")
 }
 
 /// How many decoded bytes a format check looks at.
@@ -194,16 +220,7 @@ const HEAD: usize = 16;
 fn decode(encoded: &str, param: &str, limits: Limits) -> Result<Vec<u8>, ApiError> {
     use std::io::Read;
     if encoded.len() / 4 * 3 > limits.max_bytes {
-        return Err(ApiError::new(
-            ::http::StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request_error",
-            format!(
-                "The media at {param} is larger than this node takes ({} bytes).",
-                limits.max_bytes
-            ),
-        )
-        .param(param)
-        .code("media_too_large"));
+        return Err(too_large(param, limits));
     }
     let bad = |e: std::io::Error| {
         ApiError::invalid(param, format!("The media is not valid base64: {e}."))

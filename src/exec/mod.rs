@@ -28,7 +28,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Map, Value};
 
-pub use agent::Invoked as AgentInvoked;
+pub use agent::{Invoked as AgentInvoked, parse_max_steps};
 pub use error::ApiError;
 pub use intent::{Intent, IntentAnswer, Locality, parse_kind as parse_intent_kind};
 pub use quota::PeerRate;

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiObject, AppState};
-use crate::config::MAX_STEPS;
+use crate::exec::parse_max_steps;
 
 /// Answers `{"object": "agent.run", "agent", "node", "node_name",
 /// "answer", "steps", "max_steps", "tools", "usage", "latency_ms"}`; a run
@@ -38,18 +38,7 @@ pub async fn invoke(State(state): State<AppState>, body: ApiObject) -> Result<Re
             ));
         }
     };
-    let max_steps = match body.get("max_steps") {
-        None | Some(Value::Null) => None,
-        Some(v) => match v.as_u64() {
-            Some(n) if (1..=u64::from(MAX_STEPS)).contains(&n) => Some(n as u32),
-            _ => {
-                return Err(ApiError::invalid(
-                    "max_steps",
-                    format!("max_steps must be a whole number from 1 to {MAX_STEPS}."),
-                ));
-            }
-        },
-    };
+    let max_steps = parse_max_steps(body.get("max_steps"))?;
     drop(held);
     let _slot = state.gates.slot().await?;
     let core = &state.core;

@@ -14,6 +14,7 @@ use super::{ApiError, AppState, render};
 use crate::backend::Op;
 use crate::capability::Inputs;
 use crate::exec::Request;
+use crate::exec::media::{Limits, check_audio_file};
 use crate::multipart::Field;
 
 /// What a transcription is ranked by when it has no `prompt`.
@@ -40,7 +41,13 @@ pub async fn transcriptions(
     let fields = crate::multipart::read(&content_type, read.bytes)
         .await
         .map_err(|e| ApiError::invalid("file", format!("The form could not be read: {e}.")))?;
-    let body = form_body(fields)?;
+    let body = form_body(fields, state.core.media)?;
+    if !body.contains_key("file") {
+        return Err(ApiError::invalid(
+            "file",
+            "A transcription needs the audio as the form's `file` field.",
+        ));
+    }
     let model = match body.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
         _ => {
@@ -68,7 +75,6 @@ pub async fn transcriptions(
             "Transcriptions are not streamed.",
         ));
     }
-    crate::exec::media::check_transcription(&body, state.core.media)?;
     let _slot = state.gates.slot().await?;
     let text = match body.get("prompt").and_then(Value::as_str) {
         Some(p) if !p.trim().is_empty() => p.to_owned(),
@@ -84,8 +90,9 @@ pub async fn transcriptions(
 }
 
 /// The form as the request core's body: the file in base64, text fields
-/// as strings (a field given more than once as a list).
-fn form_body(fields: Vec<Field>) -> Result<Map<String, Value>, ApiError> {
+/// as strings (a field given more than once as a list). The file is checked
+/// here, on its bytes as uploaded (the node that runs it checks the base64).
+fn form_body(fields: Vec<Field>, limits: Limits) -> Result<Map<String, Value>, ApiError> {
     let mut body = Map::new();
     for field in fields {
         if field.name == "file" {
@@ -95,6 +102,7 @@ fn form_body(fields: Vec<Field>) -> Result<Map<String, Value>, ApiError> {
                     "The form has more than one file.",
                 ));
             }
+            check_audio_file(&field.data, limits)?;
             let data = base64::engine::general_purpose::STANDARD.encode(&field.data);
             body.insert(
                 "file".into(),

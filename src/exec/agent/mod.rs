@@ -236,20 +236,23 @@ fn last_user_text(messages: &[Value]) -> String {
     }
 }
 
-/// `max_steps` of a request, within what the agent allows.
-fn max_steps(body: &Map<String, Value>, agent: &AgentConfig) -> Result<u32, ApiError> {
-    match body.get("max_steps") {
-        None | Some(Value::Null) => Ok(agent.max_steps),
+/// A request's `max_steps`: none, or a whole number from 1 to [`MAX_STEPS`].
+pub fn parse_max_steps(value: Option<&Value>) -> Result<Option<u32>, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_u64() {
-            Some(n) if (1..=u64::from(MAX_STEPS)).contains(&n) => {
-                Ok((n as u32).min(agent.max_steps))
-            }
+            Some(n) if (1..=u64::from(MAX_STEPS)).contains(&n) => Ok(Some(n as u32)),
             _ => Err(ApiError::invalid(
                 "max_steps",
                 format!("max_steps must be a whole number from 1 to {MAX_STEPS}."),
             )),
         },
     }
+}
+
+/// `max_steps` of a request, within what the agent allows.
+fn max_steps(body: &Map<String, Value>, agent: &AgentConfig) -> Result<u32, ApiError> {
+    Ok(parse_max_steps(body.get("max_steps"))?.map_or(agent.max_steps, |n| n.min(agent.max_steps)))
 }
 
 fn unix_secs() -> u64 {
