@@ -204,16 +204,10 @@ tools = ["add"]
     }
     cancel.cancel();
     println!("#### An agent run of 2 steps, {RUNS} each way (one client, back to back)\n");
-    println!("| way | p50 ms | p90 ms | p99 ms |\n|---|---|---|---|");
-    let mut rows = Vec::new();
-    for (name, samples) in [
+    let rows = percentile_table(&mut [
         ("direct (this process: model, MCP tool, model)", &mut d),
         ("the node's /v1/agent/invoke", &mut a),
-    ] {
-        let p = [pct(samples, 0.5), pct(samples, 0.9), pct(samples, 0.99)];
-        println!("| {name} | {:.3} | {:.3} | {:.3} |", p[0], p[1], p[2]);
-        rows.push(p);
-    }
+    ]);
     println!(
         "| **added per step** ((agent - direct) / 2) | **{:.3}** | {:.3} | {:.3} |",
         (rows[1][0] - rows[0][0]) / STEPS,

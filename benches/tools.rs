@@ -221,17 +221,11 @@ async fn one_hop() {
     }
     cancel.cancel();
     println!("#### A tool call, {CALLS} each way (one client, back to back)\n");
-    println!("| way | p50 ms | p90 ms | p99 ms |\n|---|---|---|---|");
-    let mut rows = Vec::new();
-    for (name, samples) in [
+    let rows = percentile_table(&mut [
         ("direct (this process's MCP client, stdio)", &mut d),
         ("A's /v1/tool/execute (local tool)", &mut local),
         ("B's /v1/tool/execute (one hop to A)", &mut hop),
-    ] {
-        let p = [pct(samples, 0.5), pct(samples, 0.9), pct(samples, 0.99)];
-        println!("| {name} | {:.3} | {:.3} | {:.3} |", p[0], p[1], p[2]);
-        rows.push(p);
-    }
+    ]);
     println!(
         "| **added by the hop path** (B - direct) | **{:.3}** | {:.3} | {:.3} |\n",
         rows[2][0] - rows[0][0],

@@ -116,6 +116,13 @@ def http(method, url, body=None):
         return e.code, dict(e.headers), e.read()
 
 
+def post(url, body):
+    """POST a JSON body: the status, the headers (lower-case names) and the
+    JSON answer. Raises OSError or ValueError (not JSON)."""
+    status, headers, raw = http("POST", url, body)
+    return status, {k.lower(): v for k, v in headers.items()}, json.loads(raw)
+
+
 def check_once(nodes, questions):
     """Everything wrong right now, as readable lines (empty: all holds), the
     questions and tool calls answered as expected, and whether every node's
@@ -166,12 +173,10 @@ def check_once(nodes, questions):
                            {"type": "image_url", "image_url": {"url": TINY_PNG}}]
             body = {"model": "auto", "messages": [{"role": "user", "content": content}]}
             try:
-                status, headers, raw = http("POST", n.url("/v1/chat/completions"), body)
-                reply = json.loads(raw)
+                status, headers, reply = post(n.url("/v1/chat/completions"), body)
             except (OSError, ValueError) as e:
                 problems.append(f"{n.service}: {q['text']!r}: {e}")
                 continue
-            headers = {k.lower(): v for k, v in headers.items()}
             route = headers.get("x-atmosphere-route")
             answered_by = peer_names.get(headers.get("x-atmosphere-node"), headers.get("x-atmosphere-node"))
             if cap is None:
@@ -237,8 +242,7 @@ def check_tools(nodes, peer_names):
             for n in up:
                 body = {"tool": f"{tool}@{owner.name}", "arguments": {"resolution": "low"}}
                 try:
-                    status, _, raw = http("POST", n.url("/v1/tool/execute"), body)
-                    reply = json.loads(raw)
+                    status, _, reply = post(n.url("/v1/tool/execute"), body)
                 except (OSError, ValueError) as e:
                     problems.append(f"{n.service}: {tool}@{owner.name}: {e}")
                     continue
@@ -259,8 +263,8 @@ def check_tools(nodes, peer_names):
         for n in up:
             body = {"query": "take a photo of whoever is at the front gate", "arguments": {}}
             try:
-                status, _, raw = http("POST", n.url("/v1/tool/execute"), body)
-                wrong = photo_problem(status, json.loads(raw), None, peer_names)
+                status, _, reply = post(n.url("/v1/tool/execute"), body)
+                wrong = photo_problem(status, reply, None, peer_names)
             except (OSError, ValueError) as e:
                 wrong = str(e)
             if wrong:
@@ -287,8 +291,7 @@ def check_agents(nodes, peer_names):
             for n in up:
                 body = {"query": AGENT_QUERY, "agent": f"{agent}@{owner.name}"}
                 try:
-                    status, _, raw = http("POST", n.url("/v1/agent/invoke"), body)
-                    reply = json.loads(raw)
+                    status, _, reply = post(n.url("/v1/agent/invoke"), body)
                 except (OSError, ValueError) as e:
                     problems.append(f"{n.service}: agent {agent}: {e}")
                     continue

@@ -300,3 +300,16 @@ pub fn python() -> String {
 pub fn script() -> String {
     format!("{}/tests/mcp/tools_server.py", env!("CARGO_MANIFEST_DIR"))
 }
+
+/// Prints a markdown table of the ways timed (p50, p90, p99 in ms) and
+/// returns those figures, in order.
+pub fn percentile_table(ways: &mut [(&str, &mut Vec<Duration>)]) -> Vec<[f64; 3]> {
+    println!("| way | p50 ms | p90 ms | p99 ms |\n|---|---|---|---|");
+    ways.iter_mut()
+        .map(|(name, samples)| {
+            let p = [pct(samples, 0.5), pct(samples, 0.9), pct(samples, 0.99)];
+            println!("| {name} | {:.3} | {:.3} | {:.3} |", p[0], p[1], p[2]);
+            p
+        })
+        .collect()
+}
