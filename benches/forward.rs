@@ -67,27 +67,14 @@ model = "llama3.2"
 "#
         ),
     ));
-    wait_ready(&client, &format!("http://127.0.0.1:{pa}/health")).await;
-    let peers = get(&client, &format!("http://127.0.0.1:{pa}/v1/mesh/peers"))
-        .await
-        .expect("peers");
-    let addr_a = format!(
-        "{}/p2p/{}",
-        peers["listen"][0].as_str().expect("listen"),
-        peers["peer_id"].as_str().expect("peer id")
-    );
+    let addr_a = mesh_addr(&client, pa).await;
     let b = atmosphere(&node_config(
         &dir,
         "b",
         pb,
         &format!("ttl = \"{TTL_SECS}s\"\nbootstrap = [\"{addr_a}\"]"),
     ));
-    wait_ready(&client, &format!("http://127.0.0.1:{pb}/health")).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while capability_count(&client, pb).await == 0 {
-        assert!(Instant::now() < deadline, "b never learnt a's capability");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_capability(&client, pb).await;
 
     let local = format!("http://127.0.0.1:{pa}/v1/chat/completions");
     let forwarded = format!("http://127.0.0.1:{pb}/v1/chat/completions");

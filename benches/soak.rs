@@ -83,35 +83,14 @@ model = "llama3.2"
 "#
         ),
     ));
-    wait_ready(&client, &format!("http://127.0.0.1:{pa}/health")).await;
-    let peers = get(&client, &format!("http://127.0.0.1:{pa}/v1/mesh/peers"))
-        .await
-        .expect("peers");
-    let addr_a = format!(
-        "{}/p2p/{}",
-        peers["listen"][0].as_str().expect("listen"),
-        peers["peer_id"].as_str().expect("peer id")
-    );
+    let addr_a = mesh_addr(&client, pa).await;
     let b = atmosphere(&node_config(
         &dir,
         "b",
         pb,
         &format!("bootstrap = [\"{addr_a}\"]"),
     ));
-    wait_ready(&client, &format!("http://127.0.0.1:{pb}/health")).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let caps = get(
-            &client,
-            &format!("http://127.0.0.1:{pb}/v1/mesh/capabilities"),
-        )
-        .await;
-        if caps.is_some_and(|c| c["data"].as_array().is_some_and(|d| !d.is_empty())) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "b never learnt a's capability");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_capability(&client, pb).await;
 
     let url = format!("http://127.0.0.1:{pb}/v1/chat/completions");
     let statuses: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();

@@ -260,7 +260,7 @@ async fn answer(e: Arc<Echo>, raw: Bytes, project: Option<String>, chat: bool) -
             "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-            "x_echo_request": body,
+            "x_echo_request": summarised(body),
         }))
         .into_response();
     }
@@ -285,9 +285,30 @@ async fn answer(e: Arc<Echo>, raw: Bytes, project: Option<String>, chat: bool) -
         "choices": [choice],
         "usage": {"prompt_tokens": 1, "completion_tokens": words, "total_tokens": words + 1},
         // What the backend received, so tests can check pass-through.
-        "x_echo_request": body,
+        "x_echo_request": summarised(body),
     }))
     .into_response()
+}
+
+/// The request as echoed back: strings of 64 KiB or more (an image, a clip)
+/// stand as `[N bytes, sha256 HEX]`, so that a test can check they arrived
+/// whole without the answer carrying them back.
+fn summarised(mut body: Value) -> Value {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::String(s) if s.len() >= 64 * 1024 => {
+                use sha2::Digest;
+                let digest = sha2::Sha256::digest(s.as_bytes());
+                let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+                *s = format!("[{} bytes, sha256 {hex}]", s.len());
+            }
+            Value::Array(items) => items.iter_mut().for_each(walk),
+            Value::Object(map) => map.values_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut body);
+    body
 }
 
 fn stream_reply(e: Arc<Echo>, model: String, text: String, chat: bool) -> Response {

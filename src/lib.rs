@@ -14,6 +14,7 @@ pub mod exec;
 pub mod http;
 pub mod identity;
 pub mod index;
+pub mod lean;
 pub mod mcp;
 pub mod member;
 pub mod mesh;

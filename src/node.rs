@@ -155,6 +155,19 @@ impl Node {
                 incoming,
                 rate.clone(),
                 cancel.child_token(),
+                |core, peer, io| async move { exec::serve_stream(&core, peer, io).await },
+            )));
+            let uploads = exec::Uploads::new(&config.http);
+            let incoming = client.accept_streams(crate::wire::UPLOAD_PROTOCOL)?;
+            tasks.push(tokio::spawn(exec::serve_streams(
+                core.clone(),
+                incoming,
+                rate.clone(),
+                cancel.child_token(),
+                move |core, peer, io| {
+                    let uploads = uploads.clone();
+                    async move { exec::serve_upload(&core, peer, io, &uploads).await }
+                },
             )));
             let incoming = client.accept_streams(crate::wire::TOOL_PROTOCOL)?;
             tasks.push(tokio::spawn(exec::serve_tools(

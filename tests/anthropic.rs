@@ -326,3 +326,42 @@ async fn anthropic_errors_reach_the_client_in_openai_shape() {
     assert_eq!(v["error"]["message"], "invalid x-api-key");
     node.shutdown().await;
 }
+
+/// A photo the node kept in the client's bytes (a long data URL) reaches the
+/// Messages API as an image block with all of its base64, not a stand-in.
+#[tokio::test]
+async fn a_photo_reaches_the_messages_api_whole() {
+    let (addr, seen) = anthropic_server().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut eye = capability(
+        "claude/eye",
+        "claude",
+        "claude-test-1",
+        "Looks at photos and says what is in them.",
+        &["What is in this photo?"],
+    );
+    eye.inputs = Some(serde_json::from_value(json!(["text", "image"])).expect("inputs"));
+    let node = start(config(
+        vec![anthropic_backend(addr, KEY)],
+        vec![eye],
+        dir.path(),
+    ))
+    .await;
+    use base64::Engine;
+    let png = [b"\x89PNG\r\n\x1a\n".as_slice(), &[7u8; 150_000]].concat();
+    let data = base64::engine::general_purpose::STANDARD.encode(&png);
+    let resp = post(
+        &node,
+        json!({"model": "claude/eye", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What is in this photo?"},
+            {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{data}")}}
+        ]}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let (_, body) = seen.lock().clone().expect("the server was asked");
+    let block = &body["messages"][0]["content"][1];
+    assert_eq!(block["source"]["media_type"], "image/png", "{block}");
+    assert!(block["source"]["data"] == data, "the image's base64, whole");
+    node.shutdown().await;
+}

@@ -12,7 +12,7 @@ use atmosphere::echo::{Echo, Flavour};
 use atmosphere::node::Node;
 use serde_json::{Value, json};
 
-use common::{backend, capability, eventually, mesh_addr, mesh_config, start};
+use common::{animal_eye, backend, capability, eventually, mesh_addr, mesh_config, start};
 
 /// A chat with `text`, and an image when `image`.
 fn chat(model: &str, text: &str, image: bool) -> Value {
@@ -65,23 +65,6 @@ fn llama_expert() -> CapabilityConfig {
             "My llama is limping, what should I do?",
         ],
     )
-}
-
-fn animal_eye() -> CapabilityConfig {
-    CapabilityConfig {
-        kind: "vision/classify".parse().expect("kind"),
-        ..capability(
-            "farm/animal-eye",
-            "gpu",
-            "eye",
-            "Recognises farm animals and their breeds in photos.",
-            &[
-                "What animal is in this photo?",
-                "Which breed is this llama?",
-                "Is this an alpaca or a llama?",
-            ],
-        )
-    }
 }
 
 #[tokio::test]

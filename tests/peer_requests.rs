@@ -525,3 +525,126 @@ async fn a_stream_over_the_peers_quota_is_refused_with_a_reason() {
     );
     drop(held);
 }
+
+async fn read_frame(io: &mut libp2p::Stream) -> std::io::Result<Option<StreamFrame>> {
+    Ok(frames::read(io, intent::MAX_FRAME_BYTES)
+        .await?
+        .map(|b| StreamFrame::decode(&b).expect("a valid frame")))
+}
+
+/// Sends an upload head and, if the node asks for it, `parts`; the frames
+/// after the go-ahead, and whether the stream then ended cleanly.
+async fn upload(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    capability: &str,
+    body_len: u64,
+    parts: &[Vec<u8>],
+) -> (Vec<StreamFrame>, bool) {
+    let mut io = control
+        .open_stream(peer, StreamProtocol::new(atmosphere::wire::UPLOAD_PROTOCOL))
+        .await
+        .expect("stream opens");
+    let head = intent::UploadRequest {
+        version: intent::VERSION,
+        capability: capability.into(),
+        operation: Operation::Chat,
+        stream: false,
+        body_len,
+        deadline_ms: 10_000,
+        hops: 0,
+    };
+    frames::write(&mut io, &head.encode().expect("encode"))
+        .await
+        .expect("head written");
+    let first = tokio::time::timeout(WAIT, read_frame(&mut io))
+        .await
+        .expect("the head is answered in time");
+    let mut got = Vec::new();
+    match first {
+        Ok(Some(StreamFrame::Head {
+            status: intent::CONTINUE,
+        })) => {
+            for part in parts {
+                if frames::write(&mut io, part).await.is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(Some(frame)) => got.push(frame),
+        Ok(None) | Err(_) => return (got, false),
+    }
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match read_frame(&mut io).await {
+                Ok(Some(frame)) => got.push(frame),
+                Ok(None) => return (got, true),
+                Err(_) => return (got, false),
+            }
+        }
+    })
+    .await
+    .expect("the answer ends in time")
+}
+
+#[tokio::test]
+async fn uploads_are_refused_before_their_body_and_broken_ones_run_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = farm_node(dir.path()).await;
+    let peer = a.peer_id;
+    let mut control = bare_peer(&mesh_addr(&a).await).await;
+
+    // Refused on the head alone: nothing of the body is asked for.
+    let (answer, clean) = upload(&mut control, peer, "farm/nobody", 2 << 20, &[]).await;
+    assert_eq!(error_code(&answer).as_deref(), Some("model_not_found"));
+    assert!(clean);
+    let (answer, _) = upload(&mut control, peer, "farm/llama-expert", 64 << 20, &[]).await;
+    assert_eq!(error_code(&answer).as_deref(), Some("request_too_large"));
+
+    // A body of 1.5 MB of words in three parts: run, answered whole in events.
+    let chat = serde_json::to_vec(&json!({"model": "auto", "messages": [
+        {"role": "user", "content": "hay ".repeat(400_000)}]}))
+    .expect("json");
+    let parts: Vec<Vec<u8>> = chat.chunks(600_000).map(<[u8]>::to_vec).collect();
+    let (answer, clean) = upload(
+        &mut control,
+        peer,
+        "farm/llama-expert",
+        chat.len() as u64,
+        &parts,
+    )
+    .await;
+    assert!(
+        matches!(answer.first(), Some(StreamFrame::Head { status: 200 })),
+        "{:?}",
+        answer.first()
+    );
+    let body: Vec<u8> = answer
+        .iter()
+        .filter_map(|f| match f {
+            StreamFrame::Event(b) => Some(b.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let body: Value = serde_json::from_slice(&body).expect("the events make one JSON body");
+    assert_eq!(body["object"], "chat.completion", "{body}");
+    assert_eq!(answer.last(), Some(&StreamFrame::End));
+    assert!(clean);
+
+    // More than it announced: the stream is reset, nothing runs.
+    let (answer, _) = upload(
+        &mut control,
+        peer,
+        "farm/llama-expert",
+        (chat.len() - 1000) as u64,
+        &parts,
+    )
+    .await;
+    assert!(answer.is_empty(), "no answer to a broken body: {answer:?}");
+    assert_eq!(
+        metric(&a, "atmosphere_forwards_total{result=\"upload_broken\"}").await,
+        1
+    );
+    a.shutdown().await;
+}

@@ -195,10 +195,15 @@ async fn a_tool_on_one_node_is_called_from_another_by_name_and_by_meaning() {
     let (status, body) = execute(&hub, json!({"arguments": {}})).await;
     assert_eq!(status, 400, "{body}");
 
-    // 10 MB of arguments: refused by the body limit, the node unharmed.
+    // 10 MB of arguments: within the body limit, too large for a call over
+    // the mesh (5 MiB); refused, the node unharmed.
     let huge = json!({"tool": "shout", "arguments": {"text": "x".repeat(10 << 20)}});
     let (status, body) = execute(&hub, huge).await;
-    assert_eq!(status, 413, "{body}");
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (413, &json!("tool_call_too_large")),
+        "{body}"
+    );
     let (status, body) = execute(
         &hub,
         json!({"tool": "shout", "arguments": {"text": "still here"}}),

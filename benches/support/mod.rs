@@ -255,6 +255,38 @@ mdns = false
     path
 }
 
+/// The mesh address (`.../p2p/<id>`) of the node whose API is on `port`,
+/// once that API answers.
+pub async fn mesh_addr(client: &reqwest::Client, port: u16) -> String {
+    wait_ready(client, &format!("http://127.0.0.1:{port}/health")).await;
+    let peers = get(client, &format!("http://127.0.0.1:{port}/v1/mesh/peers"))
+        .await
+        .expect("peers");
+    format!(
+        "{}/p2p/{}",
+        peers["listen"][0].as_str().expect("listen"),
+        peers["peer_id"].as_str().expect("peer id")
+    )
+}
+
+/// Waits (30 s at most) until the node whose API is on `port` answers and
+/// has learnt a capability of another node.
+pub async fn wait_for_capability(client: &reqwest::Client, port: u16) {
+    wait_ready(client, &format!("http://127.0.0.1:{port}/health")).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let url = format!("http://127.0.0.1:{port}/v1/mesh/capabilities");
+    while !get(client, &url)
+        .await
+        .is_some_and(|c| c["data"].as_array().is_some_and(|d| !d.is_empty()))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the node never learnt a capability"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `GET url` as JSON; `None` on any failure.
 pub async fn get(client: &reqwest::Client, url: &str) -> Option<Value> {
     client.get(url).send().await.ok()?.json().await.ok()

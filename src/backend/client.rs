@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use reqwest::Url;
 use serde_json::{Map, Value};
@@ -18,6 +19,7 @@ use super::{
 };
 use crate::answer::{MAX_WHOLE_BYTES, Reply};
 use crate::config::{BackendConfig, BackendKind};
+use crate::lean::Spans;
 
 /// Availability as last observed.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -269,6 +271,7 @@ impl Backend {
         op: Op,
         model: &str,
         body: Map<String, Value>,
+        media: &Spans,
         stream: bool,
         deadline: std::time::Duration,
     ) -> Result<Reply, Error> {
@@ -279,7 +282,7 @@ impl Backend {
             backend: self.config.name.clone(),
             message,
         };
-        let resp = tokio::time::timeout(deadline, self.send(op, model, body))
+        let resp = tokio::time::timeout(deadline, self.send(op, model, body, media))
             .await
             .map_err(|_| timed_out())??;
         let status = resp.status();
@@ -331,7 +334,8 @@ impl Backend {
         &self,
         op: Op,
         model: &str,
-        body: Map<String, Value>,
+        mut body: Map<String, Value>,
+        media: &Spans,
     ) -> Result<reqwest::Response, Error> {
         let url = self
             .adapter
@@ -350,11 +354,23 @@ impl Backend {
             let form = super::form::transcription(model, body).map_err(bad)?;
             request.multipart(form).send().await
         } else {
+            if self.adapter.rewrites_media() {
+                media.restore_map(&mut body);
+            }
             let body = self.adapter.request_body(op, model, body).map_err(bad)?;
-            let bytes = serde_json::to_vec(&body).map_err(|e| bad(e.to_string()))?;
+            // Images and audio go out as slices of the bytes they came in.
+            let pieces = media.write(&body).map_err(|e| bad(e.to_string()))?;
+            let len: usize = pieces.iter().map(Bytes::len).sum();
+            let body = match <[Bytes; 1]>::try_from(pieces) {
+                Ok([whole]) => reqwest::Body::from(whole),
+                Err(pieces) => reqwest::Body::wrap_stream(futures::stream::iter(
+                    pieces.into_iter().map(Ok::<_, std::convert::Infallible>),
+                )),
+            };
             request
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(bytes)
+                .header(reqwest::header::CONTENT_LENGTH, len)
+                .body(body)
                 .send()
                 .await
         };

@@ -127,6 +127,11 @@ pub trait Adapter: Send + Sync {
     }
     /// The body to send for an OpenAI request body, `model` being the
     /// backend's name for the model.
+    /// Whether [`Adapter::request_body`] reads or rewrites a chat's images
+    /// and audio (they are then put back into the body first).
+    fn rewrites_media(&self) -> bool {
+        false
+    }
     fn request_body(
         &self,
         _op: Op,

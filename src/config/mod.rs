@@ -126,8 +126,9 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             api_keys: Vec::new(),
-            max_body_bytes: 4 * 1024 * 1024,
-            max_body_bytes_held: 64 * 1024 * 1024,
+            // A chat with an image of `max_media_bytes` (20 MiB) in base64.
+            max_body_bytes: 32 * 1024 * 1024,
+            max_body_bytes_held: 128 * 1024 * 1024,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(300),

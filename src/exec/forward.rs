@@ -1,6 +1,7 @@
 //! Trying a request's providers in order, and the sending side of
-//! `/atmosphere/intent/1.0.0` (a whole answer) and `/atmosphere/stream/1.0.0`
-//! (events as they are produced), with failover: while none of the answer
+//! `/atmosphere/intent/1.0.0` (a whole answer), `/atmosphere/stream/1.0.0`
+//! (events as they are produced) and `/atmosphere/upload/1.0.0` (a body over
+//! 1 MiB, sent in parts), with failover: while none of the answer
 //! has arrived, an unreachable node, a 503 or a 429 (this node's quota there
 //! is used up) moves the request on to the next provider. Spec:
 //! `protocols/intent.md`.
@@ -17,7 +18,7 @@ use crate::answer::{Event, Reply};
 use crate::balance::Provider;
 use crate::network::{self, frames};
 use crate::wire::Message;
-use crate::wire::intent::{self, IntentRequest, StreamFrame};
+use crate::wire::intent::{self, IntentRequest, StreamFrame, UploadRequest};
 
 /// Why an attempt on one node gave nothing to relay (the next node is tried).
 #[derive(Debug, thiserror::Error)]
@@ -102,33 +103,43 @@ pub(super) async fn run_in_order(
             continue;
         };
         let remaining = core.request_timeout.saturating_sub(started.elapsed());
-        let intent = IntentRequest {
-            version: intent::VERSION,
-            capability: entry.capability.id.to_string(),
-            operation: request.op.into(),
-            body: request.raw.to_vec(),
-            deadline_ms: remaining.as_millis().min(u128::from(u32::MAX)) as u32,
-            hops: intent::MAX_HOPS - 1,
-        };
-        let attempt = if request.stream {
-            tokio::time::timeout(remaining, async {
-                let mut tries = 0;
-                loop {
-                    match open_stream(core, client, peer, intent.clone()).await {
-                        Err(Miss::Dropped(e)) if tries < STREAM_RETRIES => {
-                            tries += 1;
-                            tracing::debug!(%peer, error = %e, "stream dropped on arrival; opening another");
-                            core.metrics.forward("stream_retried");
-                            tokio::time::sleep(Duration::from_millis(5 * tries)).await;
-                        }
-                        other => break other,
-                    }
+        let deadline_ms = remaining.as_millis().min(u128::from(u32::MAX)) as u32;
+        let capability = entry.capability.id.to_string();
+        let attempt = tokio::time::timeout(remaining, async {
+            if request.raw.len() > intent::UPLOAD_ABOVE {
+                let head = UploadRequest {
+                    version: intent::VERSION,
+                    capability,
+                    operation: request.op.into(),
+                    stream: request.stream,
+                    body_len: request.raw.len() as u64,
+                    deadline_ms,
+                    hops: intent::MAX_HOPS - 1,
+                };
+                retried(core, peer, || {
+                    upload(core, client, peer, head.clone(), request.raw.clone())
+                })
+                .await
+            } else {
+                let intent = IntentRequest {
+                    version: intent::VERSION,
+                    capability,
+                    operation: request.op.into(),
+                    body: request.raw.to_vec(),
+                    deadline_ms,
+                    hops: intent::MAX_HOPS - 1,
+                };
+                if request.stream {
+                    retried(core, peer, || {
+                        open_stream(core, client, peer, intent.clone())
+                    })
+                    .await
+                } else {
+                    whole(client, peer, intent).await
                 }
-            })
-            .await
-        } else {
-            tokio::time::timeout(remaining, whole(client, peer, intent)).await
-        };
+            }
+        })
+        .await;
         match attempt {
             Ok(Ok(reply)) => {
                 core.metrics.forward("ok");
@@ -191,6 +202,27 @@ pub(super) async fn run_in_order(
 /// the answer came, before the next node is tried.
 const STREAM_RETRIES: u64 = 2;
 
+/// Runs `attempt` again (after 5 and 10 ms) while its stream is dropped
+/// before any of the answer came.
+async fn retried<F, Fut>(core: &Core, peer: PeerId, attempt: F) -> Result<Reply, Miss>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Reply, Miss>>,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(Miss::Dropped(e)) if tries < STREAM_RETRIES => {
+                tries += 1;
+                tracing::debug!(%peer, error = %e, "stream dropped on arrival; opening another");
+                core.metrics.forward("stream_retried");
+                tokio::time::sleep(Duration::from_millis(5 * tries)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Whether an answer says "not now" (try another node) rather than answering.
 pub(super) fn busy(status: u16) -> bool {
     status == 503 || status == 429
@@ -236,6 +268,72 @@ async fn open_stream(
     frames::write(&mut io, &bytes)
         .await
         .map_err(Miss::Dropped)?;
+    answer(core, io, peer, true).await
+}
+
+/// Sends a request over `/atmosphere/upload/1.0.0`: its head, then (once
+/// the receiver asks for it) its body in parts, each a slice of `raw`.
+async fn upload(
+    core: &Core,
+    client: &network::Client,
+    peer: PeerId,
+    head: UploadRequest,
+    raw: Bytes,
+) -> Result<Reply, Miss> {
+    let mut io = client
+        .open_stream(peer, crate::wire::UPLOAD_PROTOCOL)
+        .await?;
+    let stream = head.stream;
+    let bytes = head.encode().map_err(Miss::Unsendable)?;
+    frames::write(&mut io, &bytes)
+        .await
+        .map_err(Miss::Dropped)?;
+    match read_frame(&mut io).await {
+        Ok(Some(StreamFrame::Head {
+            status: intent::CONTINUE,
+        })) => {}
+        Ok(Some(StreamFrame::Head { status })) => {
+            // Refused before the body: the refusal is the answer.
+            if busy(status) {
+                return Err(Miss::Overloaded(peer));
+            }
+            let body = match read_frame(&mut io).await? {
+                Some(StreamFrame::Event(b)) => b,
+                _ => Vec::new(),
+            };
+            return Ok(Reply::Whole {
+                status,
+                body: Bytes::from(body),
+            });
+        }
+        Ok(None) => {
+            return Err(Miss::Dropped(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before asking for the body",
+            )));
+        }
+        Err(Miss::Stream(e)) => return Err(Miss::Dropped(e)),
+        Err(other) => return Err(other),
+        Ok(Some(other)) => {
+            return Err(Miss::BadAnswer(format!(
+                "expected the answer's head, got {other:?}"
+            )));
+        }
+    }
+    for part in raw.chunks(intent::PART_BYTES) {
+        frames::write(&mut io, part).await?;
+    }
+    answer(core, io, peer, stream).await
+}
+
+/// Reads an answer from its head: a whole one, or (`stream`, status 200)
+/// the events as they arrive. `Err` (try the next node) before the head only.
+async fn answer(
+    core: &Core,
+    mut io: libp2p::Stream,
+    peer: PeerId,
+    stream: bool,
+) -> Result<Reply, Miss> {
     let status = match read_frame(&mut io).await {
         Ok(Some(StreamFrame::Head { status })) => status,
         Ok(None) => {
@@ -255,12 +353,15 @@ async fn open_stream(
     if busy(status) {
         return Err(Miss::Overloaded(peer));
     }
-    if status != 200 {
-        // An error answer: its JSON body follows as one event.
-        let body = match read_frame(&mut io).await? {
-            Some(StreamFrame::Event(b)) => b,
-            _ => Vec::new(),
-        };
+    if status != 200 || !stream {
+        // A whole answer: its JSON body follows in events, then `End`.
+        let mut body = Vec::new();
+        while let Some(StreamFrame::Event(b)) = read_frame(&mut io).await? {
+            if body.len() + b.len() > intent::MAX_RESPONSE_BYTES {
+                return Err(Miss::BadAnswer("an answer over the size limit".into()));
+            }
+            body.extend_from_slice(&b);
+        }
         return Ok(Reply::Whole {
             status,
             body: Bytes::from(body),

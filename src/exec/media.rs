@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use serde_json::{Map, Value};
 
 use super::ApiError;
+use crate::lean::Spans;
 
 /// What a chat's media may be (`[http]` in the config).
 #[derive(Debug, Clone, Copy)]
@@ -29,8 +30,9 @@ const IMAGES: &[(&str, &[u8])] = &[
     ("webp", b"RIFF"),
 ];
 
-/// Checks every image and audio part of `messages`.
-pub fn check(body: &Map<String, Value>, limits: Limits) -> Result<(), ApiError> {
+/// Checks every image and audio part of `messages` (`spans`: where the long
+/// ones are, when the body was parsed by [`crate::lean`]).
+pub fn check(body: &Map<String, Value>, spans: &Spans, limits: Limits) -> Result<(), ApiError> {
     let Some(Value::Array(messages)) = body.get("messages") else {
         return Ok(());
     };
@@ -41,8 +43,8 @@ pub fn check(body: &Map<String, Value>, limits: Limits) -> Result<(), ApiError> 
         for (j, part) in parts.iter().enumerate() {
             let at = format!("messages[{i}].content[{j}]");
             match part.get("type").and_then(Value::as_str) {
-                Some("image_url") => image(part, &at, limits)?,
-                Some("input_audio") => audio(part, &at, limits)?,
+                Some("image_url") => image(part, spans, &at, limits)?,
+                Some("input_audio") => audio(part, spans, &at, limits)?,
                 _ => {}
             }
         }
@@ -50,7 +52,7 @@ pub fn check(body: &Map<String, Value>, limits: Limits) -> Result<(), ApiError> 
     Ok(())
 }
 
-fn image(part: &Value, at: &str, limits: Limits) -> Result<(), ApiError> {
+fn image(part: &Value, spans: &Spans, at: &str, limits: Limits) -> Result<(), ApiError> {
     let param = format!("{at}.image_url.url");
     let Some(url) = part.pointer("/image_url/url").and_then(Value::as_str) else {
         return Err(ApiError::invalid(
@@ -58,6 +60,7 @@ fn image(part: &Value, at: &str, limits: Limits) -> Result<(), ApiError> {
             "An image_url part needs image_url.url: a link or a data: URL.",
         ));
     };
+    let url = spans.get(url);
     if let Some(data) = url.strip_prefix("data:") {
         let Some((mime, encoded)) = data.split_once(";base64,") else {
             return Err(invalid_image(
@@ -100,7 +103,7 @@ fn image(part: &Value, at: &str, limits: Limits) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn audio(part: &Value, at: &str, limits: Limits) -> Result<(), ApiError> {
+fn audio(part: &Value, spans: &Spans, at: &str, limits: Limits) -> Result<(), ApiError> {
     let param = format!("{at}.input_audio");
     let format = part.pointer("/input_audio/format").and_then(Value::as_str);
     let Some(encoded) = part.pointer("/input_audio/data").and_then(Value::as_str) else {
@@ -109,6 +112,7 @@ fn audio(part: &Value, at: &str, limits: Limits) -> Result<(), ApiError> {
             "An input_audio part needs input_audio.data (base64) and input_audio.format.",
         ));
     };
+    let encoded = spans.get(encoded);
     let bytes = decode(encoded, &format!("{param}.data"), limits)?;
     let fits = match format {
         Some("wav") => bytes.starts_with(b"RIFF") && bytes.get(8..12) == Some(b"WAVE"),
@@ -320,24 +324,29 @@ mod tests {
     #[test]
     fn images_are_images_within_the_limit() {
         let png = format!("data:image/png;base64,{}", b64(b"\x89PNG\r\n\x1a\n0000"));
-        assert!(check(&with_image(&png), LIMITS).is_ok());
+        assert!(check(&with_image(&png), &Spans::default(), LIMITS).is_ok());
         let webp = format!("data:image/webp;base64,{}", b64(b"RIFF\0\0\0\0WEBPVP8 "));
-        assert!(check(&with_image(&webp), LIMITS).is_ok());
+        assert!(check(&with_image(&webp), &Spans::default(), LIMITS).is_ok());
         let text = format!("data:image/png;base64,{}", b64(b"just some text"));
-        let e = check(&with_image(&text), LIMITS).expect_err("not an image");
+        let e = check(&with_image(&text), &Spans::default(), LIMITS).expect_err("not an image");
         assert_eq!(e.code, Some("invalid_image"));
         assert_eq!(
             e.param.as_deref(),
             Some("messages[0].content[1].image_url.url")
         );
         let wav_as_image = format!("data:image/webp;base64,{}", b64(b"RIFF\0\0\0\0WAVEfmt "));
-        assert!(check(&with_image(&wav_as_image), LIMITS).is_err());
+        assert!(check(&with_image(&wav_as_image), &Spans::default(), LIMITS).is_err());
         let pdf = format!("data:application/pdf;base64,{}", b64(b"%PDF"));
-        assert!(check(&with_image(&pdf), LIMITS).is_err());
+        assert!(check(&with_image(&pdf), &Spans::default(), LIMITS).is_err());
         let big = format!("data:image/png;base64,{}", b64(&[0x89; 2048]));
-        let e = check(&with_image(&big), LIMITS).expect_err("too large");
+        let e = check(&with_image(&big), &Spans::default(), LIMITS).expect_err("too large");
         assert_eq!(e.code, Some("media_too_large"));
-        let e = check(&with_image("data:image/png;base64,@@@@"), LIMITS).expect_err("bad");
+        let e = check(
+            &with_image("data:image/png;base64,@@@@"),
+            &Spans::default(),
+            LIMITS,
+        )
+        .expect_err("bad");
         assert_eq!(e.code, Some("invalid_base64"));
         // Past the bytes the format is judged by, too.
         let tail = format!(
@@ -346,6 +355,7 @@ mod tests {
         );
         let e = check(
             &with_image(&format!("data:image/png;base64,{tail}")),
+            &Spans::default(),
             LIMITS,
         )
         .expect_err("bad tail");
@@ -359,7 +369,10 @@ mod tests {
             "http://203.0.113.9/cam.png",
             "https://[2001:db8::1]/x.png",
         ] {
-            assert!(check(&with_image(ok), LIMITS).is_ok(), "{ok}");
+            assert!(
+                check(&with_image(ok), &Spans::default(), LIMITS).is_ok(),
+                "{ok}"
+            );
         }
         for private in [
             "http://127.0.0.1:8000/v1/models",
@@ -375,16 +388,19 @@ mod tests {
             "http://nas/x.png",
             "http://0.0.0.0/x.png",
         ] {
-            let e = check(&with_image(private), LIMITS).expect_err(private);
+            let e = check(&with_image(private), &Spans::default(), LIMITS).expect_err(private);
             assert_eq!(e.code, Some("image_link_not_allowed"), "{private}");
             let open = Limits {
                 private_links: true,
                 ..LIMITS
             };
-            assert!(check(&with_image(private), open).is_ok(), "{private}");
+            assert!(
+                check(&with_image(private), &Spans::default(), open).is_ok(),
+                "{private}"
+            );
         }
         for bad in ["file:///etc/passwd", "ftp://example.org/x.png", "not a url"] {
-            let e = check(&with_image(bad), LIMITS).expect_err(bad);
+            let e = check(&with_image(bad), &Spans::default(), LIMITS).expect_err(bad);
             assert_eq!(e.code, Some("invalid_image"), "{bad}");
         }
     }
@@ -395,7 +411,7 @@ mod tests {
             let body = json!({"messages": [{"role": "user", "content": [
                 {"type": "input_audio", "input_audio": {"data": b64(data), "format": format}}
             ]}]});
-            check(body.as_object().expect("object"), LIMITS)
+            check(body.as_object().expect("object"), &Spans::default(), LIMITS)
         };
         assert!(clip(b"RIFF\0\0\0\0WAVEfmt ", "wav").is_ok());
         assert!(clip(b"ID3\x04\0\0", "mp3").is_ok());

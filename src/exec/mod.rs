@@ -19,6 +19,7 @@ mod serve;
 mod serve_tool;
 pub mod texts;
 mod tool;
+mod upload;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,9 +34,10 @@ pub use error::ApiError;
 pub use intent::{Intent, IntentAnswer, Locality, parse_kind as parse_intent_kind};
 pub use quota::PeerRate;
 pub use resolve::{AUTO, Target};
-pub use serve::{serve_intents, serve_streams};
+pub use serve::{serve_intents, serve_stream, serve_streams};
 pub use serve_tool::serve_tools;
 pub use tool::{Outcome as ToolOutcome, ToolAnswer, refusal_message};
+pub use upload::{Uploads, serve_upload};
 
 use crate::answer::{Event, Reply};
 use crate::backend::{Backend, Op};
@@ -43,6 +45,7 @@ use crate::balance::{Balancer, Lease, Provider};
 use crate::capability::CapabilityId;
 use crate::catalog::Catalog;
 use crate::embed::Embedder;
+use crate::lean::Spans;
 use crate::metrics::Metrics;
 use crate::routing::Router;
 
@@ -101,6 +104,9 @@ pub struct Request {
     pub body: Map<String, Value>,
     /// The body's bytes as the client sent them; forwarded unchanged.
     pub raw: Bytes,
+    /// Where `body`'s long media strings are in `raw` (a chat's images and
+    /// audio are not copied out of it: [`crate::lean`]).
+    pub spans: Spans,
     /// Whether the client wants the answer as a stream of events.
     pub stream: bool,
     /// Keeps the client's requests on one provider while it is healthy
@@ -120,6 +126,7 @@ impl Request {
             op,
             body,
             raw,
+            spans: Spans::default(),
             stream: false,
             session,
             caller: None,
@@ -236,16 +243,19 @@ impl Core {
             op,
             body,
             raw,
+            spans,
             stream,
             session,
             caller,
         } = request;
         let kept = (next == Next::Local).then(|| body.clone());
+        let media = spans.clone();
         let retry = move || {
             (next != Next::Nothing).then(|| Request {
                 op,
                 body: kept.unwrap_or_default(),
                 raw,
+                spans,
                 stream,
                 session,
                 caller,
@@ -256,6 +266,7 @@ impl Core {
                 op,
                 &entry.capability.model,
                 body,
+                &media,
                 stream,
                 self.request_timeout,
             )

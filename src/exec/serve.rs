@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::http::StatusCode;
+use bytes::Bytes;
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
 use serde_json::Value;
@@ -23,7 +24,9 @@ use super::{ApiError, Core, Request, Target};
 use crate::answer::{Event, Reply};
 use crate::backend::Op;
 use crate::capability::CapabilityId;
+use crate::lean::Spans;
 use crate::network::{self, frames};
+use crate::routing::Entry;
 use crate::routing::Need;
 use crate::wire::Message;
 use crate::wire::intent::{self, IntentRequest, IntentResponse, StreamFrame};
@@ -100,12 +103,16 @@ pub async fn serve_intents(
 /// answered 429 (`peer_over_quota`, `peer_over_rate` or `overloaded`) in a
 /// whole-answer frame sequence; when even the refusals are at their bound,
 /// it is reset. Ends on `cancel` once the answers being streamed have ended.
-pub async fn serve_streams(
+pub async fn serve_streams<F, Fut>(
     core: Core,
     mut incoming: libp2p_stream::IncomingStreams,
     rate: Arc<PeerRate>,
     cancel: CancellationToken,
-) {
+    serve: F,
+) where
+    F: Fn(Core, PeerId, libp2p::Stream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let admission = Admission::new(rate, STREAMS_PER_PEER, INBOUND_CONCURRENCY);
     let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
     let running = TaskTracker::new();
@@ -133,9 +140,9 @@ pub async fn serve_streams(
                 continue;
             }
         };
-        let core = core.clone();
+        let served = serve(core.clone(), peer, stream);
         running.spawn(async move {
-            serve_stream(&core, peer, stream).await;
+            served.await;
             drop((permit, turn));
         });
     }
@@ -190,16 +197,73 @@ pub(super) async fn admitted(core: &Core, peer: PeerId) -> Result<Vec<String>, A
     }
 }
 
+/// A request a peer sent, whichever protocol brought it.
+pub(super) struct Forwarded {
+    pub capability: String,
+    pub operation: intent::Operation,
+    pub body: Bytes,
+    pub deadline_ms: u32,
+}
+
+impl From<IntentRequest> for Forwarded {
+    fn from(r: IntentRequest) -> Self {
+        Self {
+            capability: r.capability,
+            operation: r.operation,
+            body: Bytes::from(r.body),
+            deadline_ms: r.deadline_ms,
+        }
+    }
+}
+
+/// The local capability a peer's request names, if the peer may run
+/// `operation` on it.
+pub(super) fn local_entry(
+    core: &Core,
+    peer: PeerId,
+    roles: &[String],
+    capability: &str,
+    operation: intent::Operation,
+) -> Result<Arc<Entry>, ApiError> {
+    let id: CapabilityId = capability
+        .parse()
+        .map_err(|_| ApiError::model_not_found(capability))?;
+    let entry = core
+        .catalog
+        .table()
+        .lookup(&id)
+        .find(|e| e.local)
+        .cloned()
+        .ok_or_else(|| ApiError::model_not_found(capability))?;
+    if !entry.capability.share.allows(&peer.to_base58(), roles) {
+        core.metrics.peer_refusal(&peer, "capability_not_shared");
+        return Err(not_shared(capability));
+    }
+    let op = Op::from(operation);
+    if !runs(&entry.capability.kind, op) {
+        return Err(wrong_kind(capability, &entry.capability.kind, op));
+    }
+    Ok(entry)
+}
+
 /// Checks a forwarded request and finds the local capability it names.
 fn local_request(
     core: &Core,
     peer: PeerId,
     roles: &[String],
-    request: IntentRequest,
+    request: Forwarded,
     stream: bool,
 ) -> Result<(Target, Request), ApiError> {
-    let raw = bytes::Bytes::from(request.body);
-    let body: Value = serde_json::from_slice(&raw).map_err(|e| {
+    let entry = local_entry(core, peer, roles, &request.capability, request.operation)?;
+    let op = Op::from(request.operation);
+    let raw = request.body;
+    // A chat's images and audio stay in the bytes that came ([`crate::lean`]).
+    let parsed = if op == Op::Chat {
+        crate::lean::parse(&raw)
+    } else {
+        serde_json::from_slice(&raw).map(|v| (v, Spans::default()))
+    };
+    let (body, spans) = parsed.map_err(|e| {
         ApiError::invalid("body", format!("The forwarded body is not JSON: {e}"))
             .code("invalid_json")
     })?;
@@ -209,33 +273,14 @@ fn local_request(
             "The request body must be a JSON object.",
         ));
     };
-    let id: CapabilityId = request
-        .capability
-        .parse()
-        .map_err(|_| ApiError::model_not_found(&request.capability))?;
-    let entry = core
-        .catalog
-        .table()
-        .lookup(&id)
-        .find(|e| e.local)
-        .cloned()
-        .ok_or_else(|| ApiError::model_not_found(&request.capability))?;
-    if !entry.capability.share.allows(&peer.to_base58(), roles) {
-        core.metrics.peer_refusal(&peer, "capability_not_shared");
-        return Err(not_shared(&request.capability));
-    }
-    let op = Op::from(request.operation);
-    if !runs(&entry.capability.kind, op) {
-        return Err(wrong_kind(&request.capability, &entry.capability.kind, op));
-    }
     if op == Op::Chat {
         // What the peer checked is checked again: images and audio are
         // what this node's backends would be sent (and links they fetch).
-        super::media::check(&body, core.media)?;
+        super::media::check(&body, &spans, core.media)?;
         let carries = super::texts::chat_inputs(&body);
         if !Need::Text(carries).takes_inputs(&entry.capability) {
             return Err(super::resolve::not_taken(
-                &request.capability,
+                entry.capability.id.as_str(),
                 entry.capability.inputs,
                 carries,
             ));
@@ -259,6 +304,7 @@ fn local_request(
         op,
         body,
         raw,
+        spans,
         stream,
         session,
         caller: Some(super::Caller {
@@ -296,10 +342,10 @@ fn out_of_time() -> ApiError {
 }
 
 /// Runs a forwarded request within its deadline.
-async fn run(
+pub(super) async fn run(
     core: &Core,
     peer: PeerId,
-    request: IntentRequest,
+    request: Forwarded,
     stream: bool,
 ) -> Result<Reply, ApiError> {
     let deadline = deadline_of(core, request.deadline_ms);
@@ -312,7 +358,7 @@ async fn run(
 }
 
 /// The refusal of a request that could not be read.
-fn unreadable(e: &crate::wire::Error) -> ApiError {
+pub(super) fn unreadable(e: &crate::wire::Error) -> ApiError {
     ApiError::invalid("body", format!("Invalid forwarded request: {e}."))
         .code("invalid_forwarded_request")
 }
@@ -325,7 +371,7 @@ pub async fn serve_intent(
 ) -> IntentResponse {
     core.metrics.forward("served");
     let ran = match request {
-        Ok(request) => run(core, peer, request, false).await,
+        Ok(request) => run(core, peer, request.into(), false).await,
         Err(e) => {
             core.metrics.forward("refused");
             Err(unreadable(&e))
@@ -355,7 +401,7 @@ fn refused(e: &ApiError) -> IntentResponse {
 }
 
 /// Writes one frame within [`WRITE_TIMEOUT`].
-async fn send(io: &mut libp2p::Stream, frame: &StreamFrame) -> std::io::Result<()> {
+pub(super) async fn send(io: &mut libp2p::Stream, frame: &StreamFrame) -> std::io::Result<()> {
     let bytes = frame
         .encode()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
@@ -364,10 +410,21 @@ async fn send(io: &mut libp2p::Stream, frame: &StreamFrame) -> std::io::Result<(
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))?
 }
 
-/// An answer that is not a stream: its head, its body as one event, `End`.
-async fn send_whole(io: &mut libp2p::Stream, status: u16, body: Vec<u8>) -> std::io::Result<()> {
+/// An answer that is not a stream: its head, its body in events (one, unless
+/// it is over an event's size), `End`.
+pub(super) async fn send_whole(
+    io: &mut libp2p::Stream,
+    status: u16,
+    body: Vec<u8>,
+) -> std::io::Result<()> {
     send(io, &StreamFrame::Head { status }).await?;
-    send(io, &StreamFrame::Event(body)).await?;
+    if body.len() <= crate::answer::MAX_EVENT_BYTES {
+        send(io, &StreamFrame::Event(body)).await?;
+    } else {
+        for part in body.chunks(crate::answer::MAX_EVENT_BYTES) {
+            send(io, &StreamFrame::Event(part.to_vec())).await?;
+        }
+    }
     send(io, &StreamFrame::End).await
 }
 
@@ -383,7 +440,7 @@ pub async fn serve_stream(core: &Core, peer: PeerId, mut io: libp2p::Stream) {
     .await;
     let written = match first {
         Ok(Ok(Some(bytes))) => match IntentRequest::decode(&bytes) {
-            Ok(request) => answer_stream(core, peer, &mut io, request).await,
+            Ok(request) => answer_stream(core, peer, &mut io, request.into(), true).await,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "invalid forwarded stream request");
                 core.metrics.forward("refused");
@@ -406,13 +463,16 @@ pub async fn serve_stream(core: &Core, peer: PeerId, mut io: libp2p::Stream) {
     }
 }
 
-async fn answer_stream(
+/// Runs a peer's request and writes its answer: with `stream`, each event as
+/// a frame the moment it exists; else whole.
+pub(super) async fn answer_stream(
     core: &Core,
     peer: PeerId,
     io: &mut libp2p::Stream,
-    request: IntentRequest,
+    request: Forwarded,
+    stream: bool,
 ) -> std::io::Result<()> {
-    let mut events = match run(core, peer, request, true).await {
+    let mut events = match run(core, peer, request, stream).await {
         Ok(Reply::Stream(events)) => events,
         Ok(Reply::Whole { status, body }) => return send_whole(io, status, body.to_vec()).await,
         Err(e) => return send_whole(io, e.status.as_u16(), e.to_bytes().to_vec()).await,

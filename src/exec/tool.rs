@@ -248,8 +248,13 @@ impl Core {
         };
         let bytes = request.encode().map_err(|e| {
             Attempt::Final(
-                ApiError::invalid("arguments", format!("The call cannot be sent: {e}."))
-                    .code("tool_call_too_large"),
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_request_error",
+                    format!("The call cannot be sent to the tool's node: {e}."),
+                )
+                .param("arguments")
+                .code("tool_call_too_large"),
             )
         })?;
         let mut io = mesh

@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 pub use body::Gates;
-pub use error::{ApiError, ApiJson, ApiObject};
+pub use error::{ApiError, ApiJson, ApiObject, ChatObject};
 pub use serve::serve;
 
 use crate::config::HttpConfig;

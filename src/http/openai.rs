@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
-use super::{ApiError, ApiObject, AppState, render};
+use super::{ApiError, ApiObject, AppState, ChatObject, render};
 use crate::backend::Op;
 use crate::capability::Inputs;
 use crate::embed::MODEL_ID;
@@ -51,6 +51,7 @@ async fn run(
     ApiObject {
         body,
         raw,
+        spans,
         held: _held,
     }: ApiObject,
     model: &str,
@@ -71,6 +72,7 @@ async fn run(
         op,
         body,
         raw,
+        spans,
         stream,
         session,
         caller: None,
@@ -81,12 +83,12 @@ async fn run(
 pub async fn chat(
     State(state): State<AppState>,
     headers: HeaderMap,
-    request: ApiObject,
+    ChatObject(request): ChatObject,
 ) -> Result<Response, ApiError> {
     let model = model_field(&request.body)?;
     stream_field(&request.body)?;
     let texts = chat_texts(&request.body)?;
-    crate::exec::media::check(&request.body, state.core.media)?;
+    crate::exec::media::check(&request.body, &request.spans, state.core.media)?;
     run(&state, &headers, Op::Chat, request, &model, || {
         need_text(texts, "messages")
     })

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use libp2p::identity::{Keypair, ed25519};
 
 use super::Message;
-use super::intent::{IntentRequest, IntentResponse, Operation, StreamFrame};
+use super::intent::{IntentRequest, IntentResponse, Operation, StreamFrame, UploadRequest};
 use super::member::{self, Certificate, Grant, Hello, Revocation, Revoke, Signed};
 use super::route::{
     CapabilityRecord, RouteBody, RouteUpdate, SignedRouteUpdate, VERSION, WireVector,
@@ -303,6 +303,22 @@ fn intent_messages() {
         |v| v.encode().expect("e"),
         |b| IntentRequest::decode(b).expect("d"),
     );
+    // The head of an upload: its body (7 MB here) follows in parts.
+    let upload = UploadRequest {
+        version: 1,
+        capability: "farm/animal-eye".into(),
+        operation: Operation::Chat,
+        stream: false,
+        body_len: 7_000_000,
+        deadline_ms: 300_000,
+        hops: 3,
+    };
+    check(
+        "upload-request",
+        &upload,
+        |v| v.encode().expect("e"),
+        |b| UploadRequest::decode(b).expect("d"),
+    );
     let resp = IntentResponse {
         version: 1,
         status: 200,
@@ -316,6 +332,7 @@ fn intent_messages() {
     );
     for (name, frame) in [
         ("stream-head", StreamFrame::Head { status: 200 }),
+        ("stream-continue", StreamFrame::Head { status: 100 }),
         (
             "stream-event",
             StreamFrame::Event(br#"{"choices":[{"delta":{"content":"hay"}}]}"#.to_vec()),

@@ -1,5 +1,6 @@
-//! Forwarded requests: one request, one answer (`/atmosphere/intent/1.0.0`), or
-//! one request and a stream of frames (`/atmosphere/stream/1.0.0`).
+//! Forwarded requests: one request, one answer (`/atmosphere/intent/1.0.0`),
+//! one request and a stream of frames (`/atmosphere/stream/1.0.0`), or a
+//! request whose body follows in parts (`/atmosphere/upload/1.0.0`).
 //! Spec: `protocols/intent.md`.
 
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,18 @@ pub const MAX_REQUEST_BYTES: usize = 5 * 1024 * 1024;
 pub const MAX_RESPONSE_BYTES: usize = crate::answer::MAX_WHOLE_BYTES;
 /// Largest stream frame: one event plus headroom for the frame's own fields.
 pub const MAX_FRAME_BYTES: usize = crate::answer::MAX_EVENT_BYTES + 1024;
+/// Bodies larger than this are sent over the upload protocol, in parts:
+/// in one message they would be copied whole at each end.
+pub const UPLOAD_ABOVE: usize = 1024 * 1024;
+/// Largest upload this version allows (a node takes at most its own
+/// `http.max_body_bytes`).
+pub const MAX_UPLOAD_BYTES: u64 = 1 << 30;
+/// Parts of an uploaded body are written this size (the last one shorter)
+/// and read at most [`MAX_PART_BYTES`].
+pub const PART_BYTES: usize = 256 * 1024;
+pub const MAX_PART_BYTES: usize = 1024 * 1024;
+/// The status of the `Head` that asks for an upload's body.
+pub const CONTINUE: u16 = 100;
 /// Most hops a request may still travel; a node forwards only with hops > 0.
 pub const MAX_HOPS: u8 = 4;
 
@@ -42,6 +55,24 @@ pub struct IntentRequest {
     pub hops: u8,
 }
 
+/// The head of an upload: the request without its body, which follows in
+/// frames (parts) once the receiver answers `Head { status: 100 }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadRequest {
+    pub version: u8,
+    /// The capability id at the receiving node.
+    pub capability: String,
+    pub operation: Operation,
+    /// Whether the answer is a stream of events or a whole body.
+    pub stream: bool,
+    /// Bytes of body that follow, in parts.
+    pub body_len: u64,
+    /// Milliseconds the sender will still wait; the receiver gives up after.
+    pub deadline_ms: u32,
+    /// Further forwards allowed.
+    pub hops: u8,
+}
+
 /// The receiving node's answer: an HTTP status and the JSON body it would
 /// have sent its own client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,16 +96,34 @@ pub enum StreamFrame {
     Failed { code: String, message: String },
 }
 
+fn check_hops(hops: u8) -> Result<(), Error> {
+    if hops > MAX_HOPS {
+        return Err(Error::Invalid(format!("hops {hops} over {MAX_HOPS}")));
+    }
+    Ok(())
+}
+
 impl super::Message for IntentRequest {
     const MAX_BYTES: usize = MAX_REQUEST_BYTES;
     fn version(&self) -> Option<u8> {
         Some(self.version)
     }
     fn check(&self) -> Result<(), Error> {
-        if self.hops > MAX_HOPS {
+        check_hops(self.hops)
+    }
+}
+
+impl super::Message for UploadRequest {
+    const MAX_BYTES: usize = 64 * 1024;
+    fn version(&self) -> Option<u8> {
+        Some(self.version)
+    }
+    fn check(&self) -> Result<(), Error> {
+        check_hops(self.hops)?;
+        if self.body_len > MAX_UPLOAD_BYTES {
             return Err(Error::Invalid(format!(
-                "hops {} over {MAX_HOPS}",
-                self.hops
+                "a body of {} bytes, over {MAX_UPLOAD_BYTES}",
+                self.body_len
             )));
         }
         Ok(())

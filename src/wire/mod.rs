@@ -31,6 +31,8 @@ pub const SYNC_PROTOCOL: &str = "/atmosphere/sync/1.0.0";
 pub const INTENT_PROTOCOL: &str = "/atmosphere/intent/1.0.0";
 /// A forwarded request answered as a stream of events (`protocols/intent.md`).
 pub const STREAM_PROTOCOL: &str = "/atmosphere/stream/1.0.0";
+/// A forwarded request whose body follows in parts (`protocols/intent.md`).
+pub const UPLOAD_PROTOCOL: &str = "/atmosphere/upload/1.0.0";
 /// A tool call run where the tool lives (`protocols/tool.md`).
 pub const TOOL_PROTOCOL: &str = "/atmosphere/tool/1.0.0";
 

@@ -78,6 +78,25 @@ pub fn capability(
     }
 }
 
+/// A vision capability on backend `gpu` (model `eye`): farm animals and
+/// their breeds in photos.
+pub fn animal_eye() -> CapabilityConfig {
+    CapabilityConfig {
+        kind: "vision/classify".parse().expect("kind"),
+        ..capability(
+            "farm/animal-eye",
+            "gpu",
+            "eye",
+            "Recognises farm animals and their breeds in photos.",
+            &[
+                "What animal is in this photo?",
+                "Which breed is this llama?",
+                "Is this an alpaca or a llama?",
+            ],
+        )
+    }
+}
+
 /// The farm capabilities most tests route between.
 pub fn farm_capabilities(backend: &str) -> Vec<CapabilityConfig> {
     vec![

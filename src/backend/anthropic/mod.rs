@@ -65,6 +65,9 @@ impl Adapter for Anthropic {
         }
     }
 
+    fn rewrites_media(&self) -> bool {
+        true
+    }
     fn request_body(
         &self,
         _op: Op,

@@ -366,7 +366,11 @@ impl Core {
         if !told.is_empty() {
             messages.push(json!({"role": "system", "content": told.join("\n\n")}));
         }
-        messages.extend(given.iter().cloned());
+        // The agent's model is sent the images and audio themselves.
+        messages.extend(given.iter().cloned().map(|mut m| {
+            request.spans.restore(&mut m);
+            m
+        }));
         let model = self.agent_model(agent, &query).await?;
         let (tools, missing) = self.offer(agent, &query, request.caller.as_ref()).await?;
         if !missing.is_empty() {
