@@ -275,10 +275,11 @@ pub async fn wait_for_capability(client: &reqwest::Client, port: u16) {
     wait_ready(client, &format!("http://127.0.0.1:{port}/health")).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let url = format!("http://127.0.0.1:{port}/v1/mesh/capabilities");
-    while !get(client, &url)
-        .await
-        .is_some_and(|c| c["data"].as_array().is_some_and(|d| !d.is_empty()))
-    {
+    loop {
+        let caps = get(client, &url).await;
+        if caps.is_some_and(|c| c["data"].as_array().is_some_and(|d| !d.is_empty())) {
+            return;
+        }
         assert!(
             Instant::now() < deadline,
             "the node never learnt a capability"

@@ -4,13 +4,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ::http::StatusCode;
 use libp2p::PeerId;
 use parking_lot::Mutex;
 
-use super::ApiError;
+use super::{ApiError, Core};
 
 /// Peers whose rate is tracked; beyond it, buckets that have refilled (the
 /// same as new ones) are forgotten.
@@ -161,6 +161,33 @@ impl Admission {
                 format!("The node is serving as many {what} as it can."),
             )
             .code("overloaded")),
+        }
+    }
+}
+
+/// Longest a peer's request waits for its hello to be judged (it is sent
+/// the moment the connection opens; a request may overtake it).
+const HELLO_WAIT: Duration = Duration::from_secs(5);
+
+/// In a closed mesh, the roles of `peer`'s certificate, or the refusal of a
+/// peer that is not a member; in an open mesh, no roles.
+pub(super) async fn admitted(core: &Core, peer: PeerId) -> Result<Vec<String>, ApiError> {
+    let Some(gate) = core.mesh.as_ref().and_then(|m| m.gate.as_ref()) else {
+        return Ok(Vec::new());
+    };
+    match gate.admitted(peer, HELLO_WAIT).await {
+        Ok(member) => Ok(member.roles),
+        Err(refusal) => {
+            core.metrics.peer_refusal(&peer, "not_a_member");
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "invalid_request_error",
+                format!(
+                    "This node serves members of its mesh only ({}).",
+                    refusal.as_str().replace('_', " ")
+                ),
+            )
+            .code("not_a_member"))
         }
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::quota::{Admission, PeerRate, PerPeer, over_quota};
+use super::quota::{Admission, PeerRate, PerPeer, admitted, over_quota};
 use super::resolve::{runs, wrong_kind};
 use super::{ApiError, Core, Request, Target};
 use crate::answer::{Event, Reply};
@@ -167,33 +167,6 @@ async fn refuse_stream(mut io: libp2p::Stream, refusal: ApiError) {
         .is_ok()
     {
         let _ = tokio::time::timeout(WRITE_TIMEOUT, io.close()).await;
-    }
-}
-
-/// Longest a peer's request waits for its hello to be judged (it is sent
-/// the moment the connection opens; a request may overtake it).
-const HELLO_WAIT: Duration = Duration::from_secs(5);
-
-/// In a closed mesh, the roles of `peer`'s certificate, or the refusal of a
-/// peer that is not a member; in an open mesh, no roles.
-pub(super) async fn admitted(core: &Core, peer: PeerId) -> Result<Vec<String>, ApiError> {
-    let Some(gate) = core.mesh.as_ref().and_then(|m| m.gate.as_ref()) else {
-        return Ok(Vec::new());
-    };
-    match gate.admitted(peer, HELLO_WAIT).await {
-        Ok(member) => Ok(member.roles),
-        Err(refusal) => {
-            core.metrics.peer_refusal(&peer, "not_a_member");
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "invalid_request_error",
-                format!(
-                    "This node serves members of its mesh only ({}).",
-                    refusal.as_str().replace('_', " ")
-                ),
-            )
-            .code("not_a_member"))
-        }
     }
 }
 

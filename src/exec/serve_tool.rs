@@ -123,7 +123,7 @@ async fn serve_tool(
 async fn run(core: &Core, peer: PeerId, request: ToolRequest) -> ToolResponse {
     let deadline = super::serve::deadline_of(core, request.deadline_ms);
     let ran = async {
-        let roles = super::serve::admitted(core, peer).await?;
+        let roles = super::quota::admitted(core, peer).await?;
         let arguments = match serde_json::from_slice(&request.arguments) {
             Ok(Value::Object(arguments)) => arguments,
             _ => {

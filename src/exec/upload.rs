@@ -15,7 +15,8 @@ use futures::AsyncWriteExt;
 use libp2p::PeerId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::serve::{Forwarded, admitted, answer_stream, local_entry, send, send_whole, unreadable};
+use super::quota::admitted;
+use super::serve::{Forwarded, answer_stream, local_entry, send, send_whole, unreadable};
 use super::{ApiError, Core};
 use crate::network::frames;
 use crate::wire::Message;
