@@ -252,12 +252,16 @@ async fn a_node_lists_its_mcp_servers_tools_and_refuses_one_whose_schema_is_not_
 
 /// A program that writes what is not JSON-RPC, one that never answers
 /// `initialize`, and one that answers it but never lists its tools: each is
-/// unavailable with a reason, within the timeout, and retried; the node's
-/// other servers are not held up.
+/// unavailable with a reason, within its start or call timeout, and
+/// retried; the node's other servers are not held up.
 #[tokio::test]
 async fn a_server_that_writes_garbage_or_hangs_is_unavailable_not_fatal() {
     let cancel = CancellationToken::new();
-    let garbage = config(McpConfig::stdio(
+    let impatient = |server| McpConfig {
+        start_timeout: Duration::from_secs(2),
+        ..config(server)
+    };
+    let garbage = impatient(McpConfig::stdio(
         "garbage",
         &python(),
         &[
@@ -265,7 +269,7 @@ async fn a_server_that_writes_garbage_or_hangs_is_unavailable_not_fatal() {
             "import sys, time\nprint('this is not json-rpc', flush=True)\nsys.stdout.write('{\"jsonrpc\": 7}\\n'); sys.stdout.flush()\ntime.sleep(60)",
         ],
     ));
-    let hangs = config(McpConfig::stdio(
+    let hangs = impatient(McpConfig::stdio(
         "hangs",
         &python(),
         &["-c", "import time\ntime.sleep(60)"],
@@ -289,7 +293,7 @@ async fn a_server_that_writes_garbage_or_hangs_is_unavailable_not_fatal() {
         &cancel,
     );
     listed(&servers, "tools").await;
-    // Past "still connecting": given up on (within the 2 s timeout) and
+    // Past "still connecting": given up on (within the 2 s timeouts) and
     // waiting to be tried again, with why.
     for (server, reason) in [
         ("garbage", "no answer to initialize within 2s"),

@@ -32,6 +32,11 @@ pub struct McpConfig {
     /// Longest a call (or a listing) may take.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Longest the server may take to start and answer `initialize`: a
+    /// program that loads a runtime or installs itself on its first run
+    /// (Python, `npx`) can need far more than a call.
+    #[serde(default = "default_start_timeout", with = "humantime_serde")]
+    pub start_timeout: Duration,
     /// The kind of its tools as capabilities (`tool/*`; `tool/mcp` unless
     /// set), and their domain: what typed intents and routing go by.
     #[serde(default = "default_kind")]
@@ -70,6 +75,10 @@ fn default_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
+fn default_start_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
 /// How a server is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum McpTransport {
@@ -94,6 +103,7 @@ impl McpConfig {
             url: None,
             share: Share::Local,
             timeout: default_timeout(),
+            start_timeout: default_start_timeout(),
             kind: default_kind(),
             domain: String::new(),
             tools: BTreeMap::new(),
@@ -126,7 +136,7 @@ impl McpConfig {
 pub const MAX_NAME: usize = 32;
 
 /// Names unique, well-formed and unlike a backend's; exactly one of
-/// `command` and `url`, an http(s) URL; a timeout of 1 s to 10 min.
+/// `command` and `url`, an http(s) URL; timeouts of 1 s to 10 min.
 pub(super) fn validate(
     servers: &[McpConfig],
     backends: &[super::BackendConfig],
@@ -185,11 +195,13 @@ pub(super) fn validate(
                 ));
             }
         }
-        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&m.timeout) {
-            return Err(format!(
-                "mcp {:?}: timeout must be between 1s and 10m",
-                m.name
-            ));
+        for (field, value) in [("timeout", m.timeout), ("start_timeout", m.start_timeout)] {
+            if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&value) {
+                return Err(format!(
+                    "mcp {:?}: {field} must be between 1s and 10m",
+                    m.name
+                ));
+            }
         }
     }
     Ok(())
@@ -226,6 +238,7 @@ timeout = "5s"
         .expect("valid");
         assert_eq!(c.mcp[0].share, Share::Local);
         assert_eq!(c.mcp[0].timeout, Duration::from_secs(30));
+        assert_eq!(c.mcp[0].start_timeout, Duration::from_secs(60));
         assert_eq!(
             c.mcp[0].transport(),
             McpTransport::Stdio {
@@ -298,6 +311,10 @@ kind = "tool/iot"
             (
                 "name = \"cam\"\ncommand = \"x\"\ntimeout = \"0s\"",
                 "timeout",
+            ),
+            (
+                "name = \"cam\"\ncommand = \"x\"\nstart_timeout = \"11m\"",
+                "start_timeout must be between",
             ),
             (
                 "name = \"cam\"\ncommand = \"x\"\nshare = \"everyone\"",

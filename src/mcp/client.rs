@@ -55,7 +55,7 @@ pub struct Session {
 
 impl Session {
     /// Starts or reaches the server and completes MCP's initialisation,
-    /// within the server's timeout.
+    /// within the server's `start_timeout`.
     pub async fn open(config: &McpConfig) -> Result<Self, String> {
         let (changed_tx, changed) = mpsc::channel(1);
         let handler = Handler {
@@ -76,9 +76,9 @@ impl Session {
                 }
             }
         };
-        let service = tokio::time::timeout(config.timeout, connect)
+        let service = tokio::time::timeout(config.start_timeout, connect)
             .await
-            .map_err(|_| format!("no answer to initialize within {:?}", config.timeout))??;
+            .map_err(|_| format!("no answer to initialize within {:?}", config.start_timeout))??;
         let peer = service.peer().clone();
         let stop = service.cancellation_token();
         // Newer servers tell of changes only to a subscription; older ones

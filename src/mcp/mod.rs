@@ -2,8 +2,9 @@
 //! that connects to it (a child process over stdio, or streamable HTTP),
 //! lists its tools, lists them again when the server says they changed, and
 //! when the server dies or cannot be reached marks its tools unavailable and
-//! connects again after a backoff (1 s, doubling to 60 s). Calls run with
-//! the server's timeout. Every use of `rmcp` is in this module: its API has
+//! connects again after a backoff (1 s, doubling to 60 s). A server has its
+//! `start_timeout` to start and answer `initialize`; listings and calls run
+//! with its `timeout`. Every use of `rmcp` is in this module: its API has
 //! changed across minor releases.
 
 mod client;
