@@ -288,37 +288,10 @@ async fn upload(
     frames::write(&mut io, &bytes)
         .await
         .map_err(Miss::Dropped)?;
-    match read_frame(&mut io).await {
-        Ok(Some(StreamFrame::Head {
-            status: intent::CONTINUE,
-        })) => {}
-        Ok(Some(StreamFrame::Head { status })) => {
-            // Refused before the body: the refusal is the answer.
-            if busy(status) {
-                return Err(Miss::Overloaded(peer));
-            }
-            let body = match read_frame(&mut io).await? {
-                Some(StreamFrame::Event(b)) => b,
-                _ => Vec::new(),
-            };
-            return Ok(Reply::Whole {
-                status,
-                body: Bytes::from(body),
-            });
-        }
-        Ok(None) => {
-            return Err(Miss::Dropped(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "closed before asking for the body",
-            )));
-        }
-        Err(Miss::Stream(e)) => return Err(Miss::Dropped(e)),
-        Err(other) => return Err(other),
-        Ok(Some(other)) => {
-            return Err(Miss::BadAnswer(format!(
-                "expected the answer's head, got {other:?}"
-            )));
-        }
+    let status = read_head(&mut io).await?;
+    if status != intent::CONTINUE {
+        // Refused before the body: the refusal is the answer.
+        return answered(core, io, peer, false, status).await;
     }
     for part in raw.chunks(intent::PART_BYTES) {
         frames::write(&mut io, part).await?;
@@ -334,22 +307,34 @@ async fn answer(
     peer: PeerId,
     stream: bool,
 ) -> Result<Reply, Miss> {
-    let status = match read_frame(&mut io).await {
-        Ok(Some(StreamFrame::Head { status })) => status,
-        Ok(None) => {
-            return Err(Miss::Dropped(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "closed before the answer's head",
-            )));
-        }
-        Err(Miss::Stream(e)) => return Err(Miss::Dropped(e)),
-        Err(other) => return Err(other),
-        Ok(other) => {
-            return Err(Miss::BadAnswer(format!(
-                "expected the answer's head, got {other:?}"
-            )));
-        }
-    };
+    let status = read_head(&mut io).await?;
+    answered(core, io, peer, stream, status).await
+}
+
+/// The status of an answer's head; `Err` (try the next node) when none came.
+async fn read_head(io: &mut libp2p::Stream) -> Result<u16, Miss> {
+    match read_frame(io).await {
+        Ok(Some(StreamFrame::Head { status })) => Ok(status),
+        Ok(None) => Err(Miss::Dropped(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed before the answer's head",
+        ))),
+        Err(Miss::Stream(e)) => Err(Miss::Dropped(e)),
+        Err(other) => Err(other),
+        Ok(Some(other)) => Err(Miss::BadAnswer(format!(
+            "expected the answer's head, got {other:?}"
+        ))),
+    }
+}
+
+/// The rest of an answer whose head said `status`.
+async fn answered(
+    core: &Core,
+    mut io: libp2p::Stream,
+    peer: PeerId,
+    stream: bool,
+    status: u16,
+) -> Result<Reply, Miss> {
     if busy(status) {
         return Err(Miss::Overloaded(peer));
     }
