@@ -1,6 +1,6 @@
-//! Transcriptions: `POST /v1/audio/transcriptions` (OpenAI's form) goes to
-//! an `audio/transcribe` capability, never to a chat model, on this node or
-//! another one; what is not a form, not audio, or asks for what the node
+//! Transcriptions: `POST /v1/audio/transcriptions` (OpenAI's form) or a
+//! typed intent with the recording goes to an `audio/transcribe`
+//! capability, never to a chat model, on this node or another one; what is not a form, not audio, or asks for what the node
 //! does not serve is refused clearly.
 
 mod common;
@@ -125,6 +125,51 @@ async fn a_transcription_goes_to_the_transcriber_here_and_across_the_mesh() {
                 .as_str()
                 .is_some_and(|t| t.starts_with("[ear]")),
             "{body}"
+        );
+    }
+
+    // The same recording as a typed intent, here and from the other node.
+    let recording = {
+        use base64::Engine;
+        format!(
+            "data:audio/wav;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(wav())
+        )
+    };
+    for node in [&home, &hub] {
+        let (status, answer) = common::post_json(
+            node,
+            "/v1/intent",
+            serde_json::json!({"type": "audio/*", "data": {"audio": recording, "language": "en"}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["node"], home_id.as_str(), "{answer}");
+        assert_eq!(
+            answer["result"]["text"],
+            format!(
+                "[ear] model=whisper-small heard {} bytes of audio.wav (audio/wav)",
+                wav().len()
+            )
+        );
+        assert_eq!(answer["result"]["language"], "en", "{answer}");
+    }
+    let not_audio = "data:audio/wav;base64,aGVsbG8sIG5vdCBhdWRpbw==";
+    for (audio, code) in [
+        (not_audio, "unsupported_audio_format"),
+        ("clip.wav", "invalid_request_error"),
+    ] {
+        let (status, e) = common::post_json(
+            &hub,
+            "/v1/intent",
+            serde_json::json!({"type": "audio/transcribe", "data": {"audio": audio}}),
+        )
+        .await;
+        assert_eq!(status, 400, "{e}");
+        assert_eq!(e["error"]["param"], "data.audio", "{e}");
+        assert!(
+            e["error"]["code"] == code || e["error"]["type"] == code,
+            "{e}"
         );
     }
 

@@ -5,11 +5,12 @@
 //! the chosen capability lives: a tool is called with `data` as its
 //! arguments, a language model, agent or vision model is sent
 //! `data.messages` (or `data.prompt` and `data.image`) as a chat, an
-//! embedding model `data.input`.
+//! embedding model `data.input`, a transcriber the recording `data.audio`.
 
 use std::sync::Arc;
 
 use ::http::StatusCode;
+use base64::Engine;
 use serde_json::{Map, Value, json};
 
 use super::resolve::runs;
@@ -108,6 +109,53 @@ fn chat_of(kind: &Kind, data: &Map<String, Value>) -> Result<Value, ApiError> {
             format!("A {kind} intent needs data.messages (a chat), data.prompt or data.image."),
         )),
     }
+}
+
+/// The transcription an `audio/transcribe` intent's data stands for: the
+/// recording `data.audio` (a `data:` URL in base64), with `data.prompt` and
+/// `data.language` as the form's fields of those names.
+fn transcription_of(address: &str, data: &Map<String, Value>) -> Result<Value, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            "data.audio",
+            "An audio/transcribe intent needs data.audio, the recording as a data: URL in base64 (data:audio/wav;base64,...).",
+        )
+    };
+    let url = data.get("audio").and_then(Value::as_str).ok_or_else(bad)?;
+    let (mime, encoded) = url
+        .strip_prefix("data:")
+        .and_then(|rest| rest.split_once(";base64,"))
+        .ok_or_else(bad)?;
+    // Named by its format, as a client names a file (services go by the
+    // extension); what is not audio is refused by the check after this.
+    let head = base64::engine::general_purpose::STANDARD
+        .decode(&encoded.as_bytes()[..encoded.len().min(24)])
+        .unwrap_or_default();
+    let filename = match super::media::audio_file_format(&head) {
+        Some(format) => format!("audio.{format}"),
+        None => "audio".to_owned(),
+    };
+    let mut body = json!({
+        "model": address,
+        "file": {
+            "filename": filename,
+            "content_type": if mime.is_empty() { "application/octet-stream" } else { mime },
+            "data": encoded,
+        },
+    });
+    for field in ["prompt", "language"] {
+        match data.get(field) {
+            None => {}
+            Some(Value::String(text)) => body[field] = Value::String(text.clone()),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    &format!("data.{field}"),
+                    format!("data.{field} must be a string."),
+                ));
+            }
+        }
+    }
+    Ok(body)
 }
 
 /// Checks an intent's type: a kind of one of the categories, or a family.
@@ -244,12 +292,14 @@ impl Core {
                 Op::Chat,
                 json!({"model": address, "messages": chat_of(kind, &data)?}),
             )
+        } else if runs(kind, Op::Transcribe) {
+            (Op::Transcribe, transcription_of(&address, &data)?)
         } else {
             return Err(ApiError::new(
                 StatusCode::NOT_IMPLEMENTED,
                 "invalid_request_error",
                 format!(
-                    "`{}` fits, but {kind} capabilities cannot be run through /v1/intent yet (tools, language models, agents, vision and embedding models can).",
+                    "`{}` fits, but {kind} capabilities cannot be run through /v1/intent yet (tools, language models, agents, vision and embedding models, and transcribers can).",
                     entry.capability.id
                 ),
             )
@@ -258,6 +308,12 @@ impl Core {
         let Value::Object(body) = body else {
             return Err(ApiError::internal("intent", "a body that is not an object"));
         };
+        if op == Op::Transcribe {
+            super::media::check_transcription(&body, self.media).map_err(|e| ApiError {
+                param: Some("data.audio".into()),
+                ..e
+            })?;
+        }
         if op == Op::Chat {
             // Named as the client wrote it: data.image, or within data.messages.
             let from_image = !data.contains_key("messages");
