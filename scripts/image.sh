@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the node image without any image registry:
-#   1. the release binaries (atmosphere, echo-backend, camera-tool) and the ONNX Runtime
+#   1. the binaries (atmosphere, echo-backend, camera-tool; release build) and the ONNX Runtime
 #      library from the model cache (scripts/fetch-model.sh),
 #   2. a minimal root filesystem holding them, the shared libraries they load,
 #      CA certificates and a non-root user, imported as `atmosphere-rootfs:local`,
@@ -10,6 +10,11 @@
 # cache read-only at /cache (see testnet/docker-compose.yml).
 #
 #   scripts/image.sh            # prints the image size at the end
+#
+# ATMOSPHERE_PROFILE picks the cargo profile the binaries are built with:
+# `release` (the default) or `dev` (what scripts/test.sh uses, so that the
+# testnet test runs the binaries the Rust suite has just built instead of
+# compiling everything a second time).
 #
 # When the image was built from the same binaries, runtime and image files it
 # is kept as it is (a label holds the inputs' checksum), so calling this before
@@ -27,13 +32,19 @@ TARGET="${CARGO_TARGET_DIR:-target}"
 
 command -v docker >/dev/null || { echo "image: docker is not installed" >&2; exit 1; }
 scripts/fetch-model.sh
-echo "image: building release binaries" >&2
-cargo build --release --quiet --bin atmosphere --bin echo-backend --bin camera-tool
+PROFILE="${ATMOSPHERE_PROFILE:-release}"
+case "$PROFILE" in
+  release) BIN="$TARGET/release" ;;
+  dev) BIN="$TARGET/debug" ;;
+  *) echo "image: ATMOSPHERE_PROFILE must be release or dev, not $PROFILE" >&2; exit 1 ;;
+esac
+echo "image: building $PROFILE binaries" >&2
+cargo build --profile "$PROFILE" --quiet --bin atmosphere --bin echo-backend --bin camera-tool
 
 ORT_LIB="$(readlink -f "$CACHE/onnxruntime/libonnxruntime.so")"
 [ -f "$ORT_LIB" ] || { echo "image: no ONNX Runtime at $CACHE/onnxruntime" >&2; exit 1; }
 
-INPUTS="$(cat "$TARGET/release/atmosphere" "$TARGET/release/echo-backend" "$TARGET/release/camera-tool" "$ORT_LIB" \
+INPUTS="$(cat "$BIN/atmosphere" "$BIN/echo-backend" "$BIN/camera-tool" "$ORT_LIB" \
   testnet/image.Dockerfile scripts/image.sh | sha256sum | cut -d' ' -f1)"
 size_line() {
   local size
@@ -51,7 +62,7 @@ trap 'rm -rf "$ROOT"' EXIT
 install -d "$ROOT"/{usr/local/bin,usr/local/lib/onnxruntime,etc/ssl/certs,tmp,data,cache}
 chmod 1777 "$ROOT/tmp"
 for bin in atmosphere echo-backend camera-tool; do
-  install -m 0755 "$TARGET/release/$bin" "$ROOT/usr/local/bin/$bin"
+  install -m 0755 "$BIN/$bin" "$ROOT/usr/local/bin/$bin"
   strip "$ROOT/usr/local/bin/$bin" 2>/dev/null || true
 done
 install -m 0644 "$ORT_LIB" "$ROOT/usr/local/lib/onnxruntime/$(basename "$ORT_LIB")"
@@ -62,7 +73,7 @@ done
 
 # Every shared library the binaries and the runtime load, at the same path
 # (resolved through symlinks), plus the dynamic loader.
-ldd "$TARGET/release/atmosphere" "$TARGET/release/echo-backend" "$TARGET/release/camera-tool" "$ORT_LIB" \
+ldd "$BIN/atmosphere" "$BIN/echo-backend" "$BIN/camera-tool" "$ORT_LIB" \
   | awk '/=> \// { print $3 } /^\t\// { print $1 }' | sort -u \
   | while read -r lib; do
       install -D -m 0755 "$(readlink -f "$lib")" "$ROOT$lib"

@@ -4,7 +4,8 @@
 #   2. makes a Python venv in the cache with the official `openai` package and
 #      py-libp2p (the foreign peer of tests/interop.rs),
 #   3. runs every test with cargo-nextest (cargo test when nextest is absent),
-#   4. runs the docker-compose testnet test (scripts/testnet-test.sh).
+#   4. runs the docker-compose testnet test (scripts/testnet-test.sh) on the
+#      suite's own (dev profile) binaries.
 # Extra arguments go to the test runner (e.g. a filter) and skip step 4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,8 +39,10 @@ else
   cargo test --no-fail-fast "$@" || status=$?
 fi
 
-# The docker-compose testnet, end to end (not when a filter picks Rust tests).
+# The docker-compose testnet, end to end (not when a filter picks Rust tests),
+# on the binaries the suite has just built: a release build would compile
+# every dependency a second time (about 15 minutes on 2 cores).
 if [ $# -eq 0 ]; then
-  scripts/testnet-test.sh || status=$?
+  ATMOSPHERE_PROFILE=dev scripts/testnet-test.sh || status=$?
 fi
 exit "$status"

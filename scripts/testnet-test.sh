@@ -30,6 +30,9 @@ export TESTNET_HTTP_PORT="$(free_port)"
 export TESTNET_P2P_PORT="$(free_port)"
 TTL=30 # testnet/*.toml
 TARGET="${CARGO_TARGET_DIR:-target}"
+# The binaries of the image and of the host node (scripts/image.sh).
+PROFILE="${ATMOSPHERE_PROFILE:-release}"
+BIN="$TARGET/$([ "$PROFILE" = dev ] && echo debug || echo release)"
 WORK="$(mktemp -d)"
 HOST_PIDS=()
 RESULTS=()
@@ -98,11 +101,11 @@ TESTNET_UP_WAIT=180 scripts/testnet.sh up 2
 record "up to converged mesh" "$(since "$t")"
 
 step "join from the host through the bootstrap node's published port"
-cargo build --release --quiet --bin atmosphere --bin echo-backend
+cargo build --profile "$PROFILE" --quiet --bin atmosphere --bin echo-backend
 backend_port=$(free_port)
 host_http=$(free_port)
 host_p2p=$(free_port)
-"$TARGET/release/echo-backend" --listen "127.0.0.1:$backend_port" --name host-llm --model verse >"$WORK/backend.log" 2>&1 &
+"$BIN/echo-backend" --listen "127.0.0.1:$backend_port" --name host-llm --model verse >"$WORK/backend.log" 2>&1 &
 HOST_PIDS+=($!)
 cat >"$WORK/host.toml" <<EOF
 [node]
@@ -126,7 +129,7 @@ examples = ["Write a haiku about autumn rain.", "Compose a limerick about a cat.
 backend = "host-llm"
 EOF
 t=$(now)
-"$TARGET/release/atmosphere" start --config "$WORK/host.toml" >"$WORK/host.log" 2>&1 &
+"$BIN/atmosphere" start --config "$WORK/host.toml" >"$WORK/host.log" 2>&1 &
 HOST_PIDS+=($!)
 python3 - "$host_http" "$TESTNET_HTTP_PORT" <<'PY'
 import json, sys, time, urllib.request
