@@ -128,6 +128,21 @@ async fn a_transcription_goes_to_the_transcriber_here_and_across_the_mesh() {
         );
     }
 
+    // A recording of several megabytes crosses as an upload, whole.
+    let mut long = wav();
+    long.resize(3_000_000, 7);
+    let (status, node, body) = transcribe(&hub, form("auto", long, "long.wav")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(node.as_deref(), Some(home_id.as_str()));
+    assert_eq!(
+        body["text"],
+        "[ear] model=whisper-small heard 3000000 bytes of long.wav (audio/wav)"
+    );
+    assert_eq!(
+        common::metric(&home, "atmosphere_forwards_total{result=\"served_upload\"}").await,
+        1
+    );
+
     // The same recording as a typed intent, here and from the other node.
     let recording = {
         use base64::Engine;

@@ -309,10 +309,7 @@ impl Core {
             return Err(ApiError::internal("intent", "a body that is not an object"));
         };
         if op == Op::Transcribe {
-            super::media::check_transcription(&body, self.media).map_err(|e| ApiError {
-                param: Some("data.audio".into()),
-                ..e
-            })?;
+            super::media::check_transcription(&body, "data.audio", self.media)?;
         }
         if op == Op::Chat {
             // Named as the client wrote it: data.image, or within data.messages.

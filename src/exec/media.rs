@@ -164,7 +164,12 @@ pub fn audio_file_format(head: &[u8]) -> Option<&'static str> {
 /// Checks a transcription's file, `body.file` as the request core carries
 /// it (`{"filename", "content_type", "data"}`, data in base64): within the
 /// size limit, and audio of a format transcription takes by its bytes.
-pub fn check_transcription(body: &Map<String, Value>, limits: Limits) -> Result<(), ApiError> {
+/// Errors name `param`, where the client put the file.
+pub fn check_transcription(
+    body: &Map<String, Value>,
+    param: &str,
+    limits: Limits,
+) -> Result<(), ApiError> {
     let data = body
         .get("file")
         .and_then(|f| f.get("data"))
@@ -175,7 +180,7 @@ pub fn check_transcription(body: &Map<String, Value>, limits: Limits) -> Result<
                 "A transcription needs the audio as the form's `file` field.",
             )
         })?;
-    audio_file(&decode(data, "file", limits)?)
+    audio_file(&decode(data, param, limits)?, param)
 }
 
 /// Checks an audio file as a client uploaded it (raw bytes): within the
@@ -184,17 +189,17 @@ pub fn check_audio_file(bytes: &[u8], limits: Limits) -> Result<(), ApiError> {
     if bytes.len() > limits.max_bytes {
         return Err(too_large("file", limits));
     }
-    audio_file(&bytes[..bytes.len().min(HEAD)])
+    audio_file(&bytes[..bytes.len().min(HEAD)], "file")
 }
 
 /// Judges a file by its first bytes.
-fn audio_file(head: &[u8]) -> Result<(), ApiError> {
+fn audio_file(head: &[u8], param: &str) -> Result<(), ApiError> {
     if head.is_empty() {
-        return Err(ApiError::invalid("file", "The file is empty.").code("invalid_audio"));
+        return Err(ApiError::invalid(param, "The file is empty.").code("invalid_audio"));
     }
     if audio_file_format(head).is_none() {
         return Err(ApiError::invalid(
-            "file",
+            param,
             "The file is not audio in a format transcription takes (flac, mp3, mp4/m4a, ogg, wav, webm): its bytes begin as none of them do.",
         )
         .code("unsupported_audio_format"));

@@ -266,7 +266,7 @@ fn local_request(
         ));
     }
     if op == Op::Transcribe {
-        super::media::check_transcription(&body, core.media)?;
+        super::media::check_transcription(&body, "file", core.media)?;
     } else {
         // The protocol decides how the answer travels.
         body.insert("stream".into(), Value::Bool(stream));
