@@ -14,7 +14,10 @@
 # ATMOSPHERE_PROFILE picks the cargo profile the binaries are built with:
 # `release` (the default) or `dev` (what scripts/test.sh uses, so that the
 # testnet test runs the binaries the Rust suite has just built instead of
-# compiling everything a second time).
+# compiling everything a second time). A dev build is made as the suite
+# makes it, with the tests (`--tests`): the tests' dependencies turn on
+# features of shared crates, and a build without them would compile those
+# crates, and everything above them, again.
 #
 # When the image was built from the same binaries, runtime and image files it
 # is kept as it is (a label holds the inputs' checksum), so calling this before
@@ -34,12 +37,12 @@ command -v docker >/dev/null || { echo "image: docker is not installed" >&2; exi
 scripts/fetch-model.sh
 PROFILE="${ATMOSPHERE_PROFILE:-release}"
 case "$PROFILE" in
-  release) BIN="$TARGET/release" ;;
-  dev) BIN="$TARGET/debug" ;;
+  release) BIN="$TARGET/release" BUILD=(--release) ;;
+  dev) BIN="$TARGET/debug" BUILD=(--profile dev --tests) ;;
   *) echo "image: ATMOSPHERE_PROFILE must be release or dev, not $PROFILE" >&2; exit 1 ;;
 esac
 echo "image: building $PROFILE binaries" >&2
-cargo build --profile "$PROFILE" --quiet --bin atmosphere --bin echo-backend --bin camera-tool
+cargo build "${BUILD[@]}" --quiet --bin atmosphere --bin echo-backend --bin camera-tool
 
 ORT_LIB="$(readlink -f "$CACHE/onnxruntime/libonnxruntime.so")"
 [ -f "$ORT_LIB" ] || { echo "image: no ONNX Runtime at $CACHE/onnxruntime" >&2; exit 1; }
