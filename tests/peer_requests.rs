@@ -168,6 +168,11 @@ async fn every_answer_and_refusal_is_framed_to_its_end() {
             ),
             "wrong_capability_kind",
         ),
+        // A tool call goes on the tool protocol or as an upload only.
+        (
+            request("farm/llama-expert", Operation::Tool, json!({"a": 1})),
+            "invalid_forwarded_request",
+        ),
     ];
     for (bytes, code) in cases {
         let (answer, clean) = ask(&mut control, peer, &bytes).await;

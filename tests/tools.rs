@@ -195,15 +195,20 @@ async fn a_tool_on_one_node_is_called_from_another_by_name_and_by_meaning() {
     let (status, body) = execute(&hub, json!({"arguments": {}})).await;
     assert_eq!(status, 400, "{body}");
 
-    // 10 MB of arguments: within the body limit, too large for a call over
-    // the mesh (5 MiB); refused, the node unharmed.
-    let huge = json!({"tool": "shout", "arguments": {"text": "x".repeat(10 << 20)}});
+    // 6 MiB of arguments: too large for one tool message (5 MiB), sent to
+    // the tool's node in parts (an upload) and run whole.
+    let uploads = r#"atmosphere_forwards_total{result="served_upload"}"#;
+    let before = metric(&edge, uploads).await;
+    let huge = json!({"tool": "shout", "arguments": {"text": "x".repeat(6 << 20)}});
     let (status, body) = execute(&hub, huge).await;
-    assert_eq!(
-        (status, &body["error"]["code"]),
-        (413, &json!("tool_call_too_large")),
-        "{body}"
-    );
+    let start: String = body.to_string().chars().take(300).collect();
+    assert_eq!(status, 200, "{start}");
+    let shouted = body["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(shouted.len(), 6 << 20);
+    assert!(shouted.bytes().all(|b| b == b'X'));
+    assert_eq!(metric(&edge, uploads).await, before + 1);
     let (status, body) = execute(
         &hub,
         json!({"tool": "shout", "arguments": {"text": "still here"}}),
@@ -262,6 +267,25 @@ async fn a_tool_is_refused_to_a_node_it_is_not_shared_with() {
         (status, &body["error"]["code"]),
         (403, &json!("tool_not_shared")),
         "{body}"
+    );
+    // Arguments of 2 MiB go as an upload: refused on its head alike.
+    let (status, body) = execute(
+        &hub,
+        json!({"tool": "open-add@gateway", "arguments": {"a": 1, "b": 2, "pad": "x".repeat(2 << 20)}}),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (403, &json!("tool_not_shared")),
+        "{body}"
+    );
+    assert_eq!(
+        metric(
+            &gateway,
+            r#"atmosphere_forwards_total{result="served_upload"}"#
+        )
+        .await,
+        1
     );
     let (status, body) = execute(
         &hub,

@@ -299,6 +299,34 @@ async fn upload(
     answer(core, io, peer, stream).await
 }
 
+/// How an upload asking for a whole answer failed: whether the request
+/// surely did not run (no stream, or refused busy before its body), and why.
+pub(super) struct UploadMiss {
+    pub not_run: bool,
+    pub why: String,
+}
+
+/// Sends `raw` as an upload and reads the whole answer: its status and body.
+pub(super) async fn upload_whole(
+    core: &Core,
+    client: &network::Client,
+    peer: PeerId,
+    head: UploadRequest,
+    raw: Bytes,
+) -> Result<(u16, Bytes), UploadMiss> {
+    match upload(core, client, peer, head, raw).await {
+        Ok(Reply::Whole { status, body }) => Ok((status, body)),
+        Ok(Reply::Stream(_)) => Err(UploadMiss {
+            not_run: false,
+            why: "a stream answered a request for a whole answer".into(),
+        }),
+        Err(miss) => Err(UploadMiss {
+            not_run: matches!(miss, Miss::Unreachable(_) | Miss::Overloaded(_)),
+            why: miss.to_string(),
+        }),
+    }
+}
+
 /// Reads an answer from its head: a whole one, or (`stream`, status 200)
 /// the events as they arrive. `Err` (try the next node) before the head only.
 async fn answer(

@@ -358,14 +358,24 @@ impl From<Op> for crate::wire::intent::Operation {
     }
 }
 
-impl From<crate::wire::intent::Operation> for Op {
-    fn from(operation: crate::wire::intent::Operation) -> Self {
+impl TryFrom<crate::wire::intent::Operation> for Op {
+    type Error = ApiError;
+
+    /// A tool call is not a backend's operation (it runs on an MCP server).
+    fn try_from(operation: crate::wire::intent::Operation) -> Result<Self, ApiError> {
         use crate::wire::intent::Operation;
-        match operation {
+        Ok(match operation {
             Operation::Chat => Op::Chat,
             Operation::Completions => Op::Completions,
             Operation::Embeddings => Op::Embeddings,
             Operation::Transcription => Op::Transcribe,
-        }
+            Operation::Tool => {
+                return Err(ApiError::invalid(
+                    "operation",
+                    "A tool call is sent on the tool protocol, or as an upload.",
+                )
+                .code("invalid_forwarded_request"));
+            }
+        })
     }
 }

@@ -197,7 +197,8 @@ pub(super) fn local_entry(
     roles: &[String],
     capability: &str,
     operation: intent::Operation,
-) -> Result<Arc<Entry>, ApiError> {
+) -> Result<(Arc<Entry>, Op), ApiError> {
+    let op = Op::try_from(operation)?;
     let id: CapabilityId = capability
         .parse()
         .map_err(|_| ApiError::model_not_found(capability))?;
@@ -212,11 +213,10 @@ pub(super) fn local_entry(
         core.metrics.peer_refusal(&peer, "capability_not_shared");
         return Err(not_shared(capability));
     }
-    let op = Op::from(operation);
     if !runs(&entry.capability.kind, op) {
         return Err(wrong_kind(capability, &entry.capability.kind, op));
     }
-    Ok(entry)
+    Ok((entry, op))
 }
 
 /// Checks a forwarded request and finds the local capability it names.
@@ -227,8 +227,7 @@ fn local_request(
     request: Forwarded,
     stream: bool,
 ) -> Result<(Target, Request), ApiError> {
-    let entry = local_entry(core, peer, roles, &request.capability, request.operation)?;
-    let op = Op::from(request.operation);
+    let (entry, op) = local_entry(core, peer, roles, &request.capability, request.operation)?;
     let raw = request.body;
     // A chat's images and audio stay in the bytes that came ([`crate::lean`]).
     let parsed = if op == Op::Chat {

@@ -17,6 +17,7 @@ use super::quota::{Admission, PeerRate};
 use super::tool::{Outcome, refused};
 use super::{ApiError, Core};
 use crate::network::frames;
+use crate::routing::Entry;
 use crate::wire::Message;
 use crate::wire::tool::{self, ToolRequest, ToolResponse};
 
@@ -85,7 +86,14 @@ async fn serve_tool(
         Ok(_slot) => match ToolRequest::decode(&bytes) {
             Ok(request) => {
                 core.metrics.forward("tool_served");
-                run(core, peer, request).await
+                run(
+                    core,
+                    peer,
+                    &request.tool,
+                    &request.arguments,
+                    request.deadline_ms,
+                )
+                .await
             }
             Err(e) => {
                 core.metrics.forward("refused");
@@ -119,12 +127,54 @@ async fn serve_tool(
     }
 }
 
-/// Runs a peer's call on this node's tool, within the call's deadline.
-async fn run(core: &Core, peer: PeerId, request: ToolRequest) -> ToolResponse {
-    let deadline = super::serve::deadline_of(core, request.deadline_ms);
+/// This node's tool `tool` (a capability id), if the peer may call it.
+pub(super) fn tool_entry(
+    core: &Core,
+    peer: PeerId,
+    roles: &[String],
+    tool: &str,
+) -> Result<Arc<Entry>, ApiError> {
+    let entry = tool
+        .parse()
+        .ok()
+        .and_then(|id| core.catalog.table().lookup(&id).find(|e| e.local).cloned())
+        .filter(|e| e.capability.kind.category() == "tool")
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!("This node has no tool `{tool}`."),
+            )
+            .param("tool")
+            .code("tool_not_found")
+        })?;
+    if !entry.capability.share.allows(&peer.to_base58(), roles) {
+        core.metrics.peer_refusal(&peer, "tool_not_shared");
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            format!("The node does not share `{tool}` with this peer."),
+        )
+        .param("tool")
+        .code("tool_not_shared"));
+    }
+    Ok(entry)
+}
+
+/// Runs a peer's call of this node's tool `tool` with `arguments` (JSON),
+/// within the call's deadline: the answer as the tool protocol carries it
+/// (over `/atmosphere/tool/1.0.0`, or an upload's whole answer).
+pub(super) async fn run(
+    core: &Core,
+    peer: PeerId,
+    tool: &str,
+    arguments: &[u8],
+    deadline_ms: u32,
+) -> ToolResponse {
+    let deadline = super::serve::deadline_of(core, deadline_ms);
     let ran = async {
         let roles = super::quota::admitted(core, peer).await?;
-        let arguments = match serde_json::from_slice(&request.arguments) {
+        let arguments = match serde_json::from_slice(arguments) {
             Ok(Value::Object(arguments)) => arguments,
             _ => {
                 return Err(
@@ -133,31 +183,7 @@ async fn run(core: &Core, peer: PeerId, request: ToolRequest) -> ToolResponse {
                 );
             }
         };
-        let entry = request
-            .tool
-            .parse()
-            .ok()
-            .and_then(|id| core.catalog.table().lookup(&id).find(|e| e.local).cloned())
-            .filter(|e| e.capability.kind.category() == "tool")
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "invalid_request_error",
-                    format!("This node has no tool `{}`.", request.tool),
-                )
-                .param("tool")
-                .code("tool_not_found")
-            })?;
-        if !entry.capability.share.allows(&peer.to_base58(), &roles) {
-            core.metrics.peer_refusal(&peer, "tool_not_shared");
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "invalid_request_error",
-                format!("The node does not share `{}` with this peer.", request.tool),
-            )
-            .param("tool")
-            .code("tool_not_shared"));
-        }
+        let entry = tool_entry(core, peer, &roles, tool)?;
         core.call_tool(vec![entry], arguments).await
     };
     match tokio::time::timeout(deadline, ran).await {

@@ -24,6 +24,7 @@ use crate::mcp::{CallError, Schema};
 use crate::network::frames;
 use crate::routing::Entry;
 use crate::wire::Message;
+use crate::wire::intent::{self, Operation, UploadRequest};
 use crate::wire::tool::{self, ToolRequest, ToolResponse};
 
 /// What a tool call came to, and where it ran.
@@ -240,11 +241,42 @@ impl Core {
         let (Some(mesh), Ok(peer)) = (&self.mesh, entry.node.parse::<PeerId>()) else {
             return Err(unreachable("the node is not part of a mesh".into()));
         };
+        let arguments = serde_json::to_vec(arguments).unwrap_or_default();
+        let deadline_ms = remaining.as_millis().min(u128::from(u32::MAX)) as u32;
+        if arguments.len() > intent::UPLOAD_ABOVE {
+            // Too large for one message: in parts, refused before them if
+            // the node will not take them.
+            let head = UploadRequest {
+                version: intent::VERSION,
+                capability: entry.capability.id.to_string(),
+                operation: Operation::Tool,
+                stream: false,
+                body_len: arguments.len() as u64,
+                deadline_ms,
+                hops: 0,
+            };
+            let sent = super::forward::upload_whole(
+                self,
+                &mesh.client,
+                peer,
+                head,
+                Bytes::from(arguments),
+            );
+            return match tokio::time::timeout(remaining, sent).await {
+                Err(_) => Err(Attempt::Final(timed_out(remaining))),
+                Ok(Err(miss)) if miss.not_run => Err(unreachable(miss.why)),
+                Ok(Err(miss)) => Err(Attempt::Final(broke(&miss.why))),
+                Ok(Ok((status, body))) => {
+                    self.metrics.forward("tool_sent");
+                    outcome(status, body)
+                }
+            };
+        }
         let request = ToolRequest {
             version: tool::VERSION,
             tool: entry.capability.id.to_string(),
-            arguments: serde_json::to_vec(arguments).unwrap_or_default(),
-            deadline_ms: remaining.as_millis().min(u128::from(u32::MAX)) as u32,
+            arguments,
+            deadline_ms,
         };
         let bytes = request.encode().map_err(|e| {
             Attempt::Final(
@@ -276,25 +308,24 @@ impl Core {
         self.metrics.forward("tool_sent");
         let response =
             ToolResponse::decode(&answer).map_err(|e| Attempt::Final(broke(&e.to_string())))?;
-        if response.status != 200 {
-            // Unavailable there, or this node is over its quota there: the
-            // tool did not run.
-            return match response.status {
-                503 | 429 => Err(Attempt::Next(refusal_error(
-                    response.status,
-                    &response.body,
-                ))),
-                status => Ok(Outcome::Refused {
-                    status,
-                    body: Bytes::from(response.body),
-                }),
-            };
-        }
-        let result: Value = serde_json::from_slice(&response.body)
-            .map_err(|e| Attempt::Final(broke(&format!("the result is not JSON: {e}"))))?;
-        let is_error = result.get("isError").and_then(Value::as_bool) == Some(true);
-        Ok(Outcome::Result { result, is_error })
+        outcome(response.status, Bytes::from(response.body))
     }
+}
+
+/// What the tool's node answered, as an outcome.
+fn outcome(status: u16, body: Bytes) -> Result<Outcome, Attempt> {
+    if status != 200 {
+        // Unavailable there, or this node is over its quota there: the
+        // tool did not run.
+        return match status {
+            503 | 429 => Err(Attempt::Next(refusal_error(status, &body))),
+            status => Ok(Outcome::Refused { status, body }),
+        };
+    }
+    let result: Value = serde_json::from_slice(&body)
+        .map_err(|e| Attempt::Final(broke(&format!("the result is not JSON: {e}"))))?;
+    let is_error = result.get("isError").and_then(Value::as_bool) == Some(true);
+    Ok(Outcome::Result { result, is_error })
 }
 
 /// Whether a failed attempt may go to the next provider.

@@ -1,5 +1,6 @@
 //! The serving side of `/atmosphere/upload/1.0.0`: a peer's request whose
-//! body (over 1 MiB: a chat with images, a transcription) follows in parts.
+//! body (over 1 MiB: a chat with images, a transcription, a tool call's
+//! arguments) follows in parts.
 //! The head is checked first (membership, capability, share, kind, size, the
 //! node's budget of bodies held), so a refused upload costs the peer one
 //! round trip, not its body; then the parts are read into one buffer of the
@@ -20,7 +21,7 @@ use super::serve::{Forwarded, answer_stream, local_entry, send, send_whole, unre
 use super::{ApiError, Core};
 use crate::network::frames;
 use crate::wire::Message;
-use crate::wire::intent::{self, StreamFrame, UploadRequest};
+use crate::wire::intent::{self, Operation, StreamFrame, UploadRequest};
 
 /// Longest wait for the head, and then for each part of the body.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -113,9 +114,14 @@ async fn answer_upload(
     head: UploadRequest,
     uploads: &Uploads,
 ) -> std::io::Result<()> {
+    let tool_call = head.operation == Operation::Tool;
     let checked = async {
         let roles = admitted(core, peer).await?;
-        local_entry(core, peer, &roles, &head.capability, head.operation)?;
+        if tool_call {
+            super::serve_tool::tool_entry(core, peer, &roles, &head.capability)?;
+        } else {
+            local_entry(core, peer, &roles, &head.capability, head.operation)?;
+        }
         Ok::<_, ApiError>((roles, uploads.room(head.body_len)?))
     };
     let (_roles, _held) = match checked.await {
@@ -155,6 +161,12 @@ async fn answer_upload(
             return Err(broken("the body did not arrive in time"));
         }
     };
+    if tool_call {
+        core.metrics.forward("tool_served");
+        let answer =
+            super::serve_tool::run(core, peer, &head.capability, &body, head.deadline_ms).await;
+        return send_whole(io, answer.status, answer.body).await;
+    }
     let request = Forwarded {
         capability: head.capability,
         operation: head.operation,

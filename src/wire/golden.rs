@@ -319,6 +319,22 @@ fn intent_messages() {
         |v| v.encode().expect("e"),
         |b| UploadRequest::decode(b).expect("d"),
     );
+    // Operation 4: a tool call's arguments (2 MB here), on uploads only.
+    let tool_upload = UploadRequest {
+        version: 1,
+        capability: "tool/shout".into(),
+        operation: Operation::Tool,
+        stream: false,
+        body_len: 2_000_000,
+        deadline_ms: 30_000,
+        hops: 0,
+    };
+    check(
+        "upload-request-tool",
+        &tool_upload,
+        |v| v.encode().expect("e"),
+        |b| UploadRequest::decode(b).expect("d"),
+    );
     let resp = IntentResponse {
         version: 1,
         status: 200,

@@ -38,6 +38,10 @@ pub enum Operation {
     /// Added after version 1's first three: a node that predates it
     /// cannot decode such a request and drops it.
     Transcription,
+    /// A call of a tool (`tool/<name>`) whose arguments are too large for
+    /// `/atmosphere/tool/1.0.0`: on the upload protocol only, the body the
+    /// arguments (a JSON object), the answer whole, as a tool call's.
+    Tool,
 }
 
 /// A request for a capability that the receiving node offers.
