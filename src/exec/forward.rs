@@ -299,11 +299,14 @@ async fn upload(
     answer(core, io, peer, stream).await
 }
 
-/// How an upload asking for a whole answer failed: whether the request
-/// surely did not run (no stream, or refused busy before its body), and why.
-pub(super) struct UploadMiss {
-    pub not_run: bool,
-    pub why: String,
+/// How an upload asking for a whole answer failed, and why.
+pub(super) enum UploadMiss {
+    /// No stream to the node: the request did not run.
+    Unreachable(String),
+    /// Refused 503 or 429 on its head, before the body: it did not run.
+    Busy,
+    /// It broke off once the body was under way: it may have run.
+    Broke(String),
 }
 
 /// Sends `raw` as an upload and reads the whole answer: its status and body.
@@ -316,14 +319,12 @@ pub(super) async fn upload_whole(
 ) -> Result<(u16, Bytes), UploadMiss> {
     match upload(core, client, peer, head, raw).await {
         Ok(Reply::Whole { status, body }) => Ok((status, body)),
-        Ok(Reply::Stream(_)) => Err(UploadMiss {
-            not_run: false,
-            why: "a stream answered a request for a whole answer".into(),
-        }),
-        Err(miss) => Err(UploadMiss {
-            not_run: matches!(miss, Miss::Unreachable(_) | Miss::Overloaded(_)),
-            why: miss.to_string(),
-        }),
+        Ok(Reply::Stream(_)) => Err(UploadMiss::Broke(
+            "a stream answered a request for a whole answer".into(),
+        )),
+        Err(Miss::Overloaded(_)) => Err(UploadMiss::Busy),
+        Err(miss @ Miss::Unreachable(_)) => Err(UploadMiss::Unreachable(miss.to_string())),
+        Err(miss) => Err(UploadMiss::Broke(miss.to_string())),
     }
 }
 

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use libp2p::PeerId;
 use serde_json::{Map, Value};
 
+use super::forward::{UploadMiss, upload_whole};
 use super::{ApiError, Core};
 use crate::balance::Provider;
 use crate::capability::CapabilityId;
@@ -255,17 +256,12 @@ impl Core {
                 deadline_ms,
                 hops: 0,
             };
-            let sent = super::forward::upload_whole(
-                self,
-                &mesh.client,
-                peer,
-                head,
-                Bytes::from(arguments),
-            );
+            let sent = upload_whole(self, &mesh.client, peer, head, Bytes::from(arguments));
             return match tokio::time::timeout(remaining, sent).await {
                 Err(_) => Err(Attempt::Final(timed_out(remaining))),
-                Ok(Err(miss)) if miss.not_run => Err(unreachable(miss.why)),
-                Ok(Err(miss)) => Err(Attempt::Final(broke(&miss.why))),
+                Ok(Err(UploadMiss::Unreachable(why))) => Err(unreachable(why)),
+                Ok(Err(UploadMiss::Busy)) => Err(Attempt::Next(refusal_error(503, &[]))),
+                Ok(Err(UploadMiss::Broke(why))) => Err(Attempt::Final(broke(&why))),
                 Ok(Ok((status, body))) => {
                     self.metrics.forward("tool_sent");
                     outcome(status, body)
