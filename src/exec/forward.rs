@@ -261,14 +261,23 @@ async fn open_stream(
     peer: PeerId,
     request: IntentRequest,
 ) -> Result<Reply, Miss> {
-    let mut io = client
-        .open_stream(peer, crate::wire::STREAM_PROTOCOL)
-        .await?;
-    let bytes = request.encode().map_err(Miss::Unsendable)?;
+    let io = open_with(client, peer, crate::wire::STREAM_PROTOCOL, &request).await?;
+    answer(core, io, peer, true).await
+}
+
+/// Opens a stream of `protocol` to `peer` and writes `first` on it.
+async fn open_with<M: Message>(
+    client: &network::Client,
+    peer: PeerId,
+    protocol: &'static str,
+    first: &M,
+) -> Result<libp2p::Stream, Miss> {
+    let mut io = client.open_stream(peer, protocol).await?;
+    let bytes = first.encode().map_err(Miss::Unsendable)?;
     frames::write(&mut io, &bytes)
         .await
         .map_err(Miss::Dropped)?;
-    answer(core, io, peer, true).await
+    Ok(io)
 }
 
 /// Sends a request over `/atmosphere/upload/1.0.0`: its head, then (once
@@ -280,14 +289,7 @@ async fn upload(
     head: UploadRequest,
     raw: Bytes,
 ) -> Result<Reply, Miss> {
-    let mut io = client
-        .open_stream(peer, crate::wire::UPLOAD_PROTOCOL)
-        .await?;
-    let stream = head.stream;
-    let bytes = head.encode().map_err(Miss::Unsendable)?;
-    frames::write(&mut io, &bytes)
-        .await
-        .map_err(Miss::Dropped)?;
+    let mut io = open_with(client, peer, crate::wire::UPLOAD_PROTOCOL, &head).await?;
     let status = read_head(&mut io).await?;
     if status != intent::CONTINUE {
         // Refused before the body: the refusal is the answer.
@@ -296,7 +298,7 @@ async fn upload(
     for part in raw.chunks(intent::PART_BYTES) {
         frames::write(&mut io, part).await?;
     }
-    answer(core, io, peer, stream).await
+    answer(core, io, peer, head.stream).await
 }
 
 /// How an upload asking for a whole answer failed, and why.

@@ -162,10 +162,47 @@ async fn refuse_stream(mut io: libp2p::Stream, refusal: ApiError) {
         return;
     }
     let status = refusal.status.as_u16();
-    if send_whole(&mut io, status, refusal.to_bytes().to_vec())
-        .await
-        .is_ok()
-    {
+    let written = send_whole(&mut io, status, refusal.to_bytes().to_vec()).await;
+    finish(io, written).await;
+}
+
+/// The first frame of a peer's stream, read within
+/// [`REQUEST_FRAME_TIMEOUT`] and decoded as `M`. `Err` holds what became of
+/// the stream instead: a frame that is not an `M` answered 400 (counted
+/// `refused`), a stream closed at once, or an unreadable or missing frame
+/// (counted `stream_idle` when none came in time) as an error.
+pub(super) async fn first_message<M: Message>(
+    core: &Core,
+    peer: PeerId,
+    io: &mut libp2p::Stream,
+) -> Result<M, std::io::Result<()>> {
+    let first = tokio::time::timeout(REQUEST_FRAME_TIMEOUT, frames::read(&mut *io, M::MAX_BYTES));
+    match first.await {
+        Ok(Ok(Some(bytes))) => match M::decode(&bytes) {
+            Ok(message) => Ok(message),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "invalid forwarded request");
+                core.metrics.forward("refused");
+                Err(send_whole(io, 400, unreadable(&e).to_bytes().to_vec()).await)
+            }
+        },
+        Ok(Ok(None)) => Err(Ok(())),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "unreadable forwarded request");
+            Err(Err(e))
+        }
+        Err(_) => {
+            core.metrics.forward("stream_idle");
+            tracing::debug!(%peer, "no request on a stream in time; closed");
+            Err(Err(std::io::ErrorKind::TimedOut.into()))
+        }
+    }
+}
+
+/// Closes this side of a stream whose answer was written (the peer reads
+/// to the end); one whose writing failed is dropped.
+pub(super) async fn finish(mut io: libp2p::Stream, written: std::io::Result<()>) {
+    if written.is_ok() {
         let _ = tokio::time::timeout(WRITE_TIMEOUT, io.close()).await;
     }
 }
@@ -405,34 +442,11 @@ pub(super) async fn send_whole(
 /// closes its side of the stream (the peer reads to the end, nothing is reset).
 pub async fn serve_stream(core: &Core, peer: PeerId, mut io: libp2p::Stream) {
     core.metrics.forward("served_stream");
-    let first = tokio::time::timeout(
-        REQUEST_FRAME_TIMEOUT,
-        frames::read(&mut io, intent::MAX_REQUEST_BYTES),
-    )
-    .await;
-    let written = match first {
-        Ok(Ok(Some(bytes))) => match IntentRequest::decode(&bytes) {
-            Ok(request) => answer_stream(core, peer, &mut io, request.into(), true).await,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "invalid forwarded stream request");
-                core.metrics.forward("refused");
-                send_whole(&mut io, 400, unreadable(&e).to_bytes().to_vec()).await
-            }
-        },
-        Ok(Ok(None)) => Ok(()),
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "unreadable forwarded stream request");
-            return;
-        }
-        Err(_) => {
-            core.metrics.forward("stream_idle");
-            tracing::debug!(%peer, "no request on a stream in time; closed");
-            return;
-        }
+    let written = match first_message::<IntentRequest>(core, peer, &mut io).await {
+        Ok(request) => answer_stream(core, peer, &mut io, request.into(), true).await,
+        Err(done) => done,
     };
-    if written.is_ok() {
-        let _ = tokio::time::timeout(WRITE_TIMEOUT, io.close()).await;
-    }
+    finish(io, written).await;
 }
 
 /// Runs a peer's request and writes its answer: with `stream`, each event as

@@ -12,21 +12,19 @@ use std::time::Duration;
 
 use ::http::StatusCode;
 use bytes::BytesMut;
-use futures::AsyncWriteExt;
 use libp2p::PeerId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::quota::admitted;
-use super::serve::{Forwarded, answer_stream, local_entry, send, send_whole, unreadable};
+use super::serve::{
+    Forwarded, answer_stream, finish, first_message, local_entry, send, send_whole,
+};
 use super::{ApiError, Core};
 use crate::network::frames;
-use crate::wire::Message;
 use crate::wire::intent::{self, Operation, StreamFrame, UploadRequest};
 
-/// Longest wait for the head, and then for each part of the body.
+/// Longest wait for each part of the body.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest wait for a write to be taken by the peer.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What peers' uploads may hold: at most `max_body` bytes each, and
 /// `budget` bytes in all at once, the whole body within `body_timeout`
@@ -81,30 +79,11 @@ impl Uploads {
 /// stream protocol (a whole answer in events, or the events of a stream).
 pub async fn serve_upload(core: &Core, peer: PeerId, mut io: libp2p::Stream, uploads: &Uploads) {
     core.metrics.forward("served_upload");
-    let head = tokio::time::timeout(
-        READ_TIMEOUT,
-        frames::read(&mut io, UploadRequest::MAX_BYTES),
-    )
-    .await;
-    let head = match head {
-        Ok(Ok(Some(bytes))) => UploadRequest::decode(&bytes),
-        Ok(Ok(None) | Err(_)) => return,
-        Err(_) => {
-            core.metrics.forward("stream_idle");
-            return;
-        }
-    };
-    let written = match head {
+    let written = match first_message::<UploadRequest>(core, peer, &mut io).await {
         Ok(head) => answer_upload(core, peer, &mut io, head, uploads).await,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "invalid upload head");
-            core.metrics.forward("refused");
-            send_whole(&mut io, 400, unreadable(&e).to_bytes().to_vec()).await
-        }
+        Err(done) => done,
     };
-    if written.is_ok() {
-        let _ = tokio::time::timeout(WRITE_TIMEOUT, io.close()).await;
-    }
+    finish(io, written).await;
 }
 
 async fn answer_upload(
