@@ -44,37 +44,16 @@ async fn bench() {
     let _backend = echo_backend(backend_port);
     let dir = std::env::temp_dir().join(format!("atmosphere-fwd-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
-    let (pa, pb) = (free_port(), free_port());
-    let a = atmosphere(&node_config(
+    let (a, pa, b, pb) = forwarding_pair(
+        &client,
         &dir,
-        "a",
-        pa,
-        &format!(
-            // The per-peer rate limit (100/s by default) is not what is
-            // measured: one client sends back to back, faster than that.
-            r#"ttl = "{TTL_SECS}s"
-peer_rate = 100000
-[[backend]]
-name = "echo"
-kind = "openai"
-url = "http://127.0.0.1:{backend_port}"
-[[capability]]
-id = "farm/llama-expert"
+        backend_port,
+        &format!("ttl = \"{TTL_SECS}s\""),
+        r#"id = "farm/llama-expert"
 description = "Expert on raising llamas and alpacas."
-examples = ["What should I feed my alpacas in winter?"]
-backend = "echo"
-model = "llama3.2"
-"#
-        ),
-    ));
-    let addr_a = mesh_addr(&client, pa).await;
-    let b = atmosphere(&node_config(
-        &dir,
-        "b",
-        pb,
-        &format!("ttl = \"{TTL_SECS}s\"\nbootstrap = [\"{addr_a}\"]"),
-    ));
-    wait_for_capability(&client, pb).await;
+examples = ["What should I feed my alpacas in winter?"]"#,
+    )
+    .await;
 
     let local = format!("http://127.0.0.1:{pa}/v1/chat/completions");
     let forwarded = format!("http://127.0.0.1:{pb}/v1/chat/completions");

@@ -103,35 +103,17 @@ async fn bench() {
     // SAFETY: set before any thread of this process reads the environment;
     // the nodes started below inherit it.
     unsafe { std::env::set_var("MALLOC_MMAP_THRESHOLD_", "131072") };
-    let (pa, pb) = (free_port(), free_port());
-    let a = atmosphere(&node_config(
+    let (a, pa, b, pb) = forwarding_pair(
+        &client,
         &dir,
-        "a",
-        pa,
-        &format!(
-            r#"peer_rate = 100000
-[[backend]]
-name = "echo"
-kind = "openai"
-url = "http://127.0.0.1:{backend_port}"
-[[capability]]
-id = "farm/animal-eye"
+        backend_port,
+        "",
+        r#"id = "farm/animal-eye"
 kind = "vision/classify"
 description = "Recognises farm animals and their breeds in photos."
-examples = ["What animal is in this photo?", "Which breed is this llama?"]
-backend = "echo"
-model = "llama3.2"
-"#
-        ),
-    ));
-    let addr_a = mesh_addr(&client, pa).await;
-    let b = atmosphere(&node_config(
-        &dir,
-        "b",
-        pb,
-        &format!("bootstrap = [\"{addr_a}\"]"),
-    ));
-    wait_for_capability(&client, pb).await;
+examples = ["What animal is in this photo?", "Which breed is this llama?"]"#,
+    )
+    .await;
 
     let url = format!(
         "data:image/png;base64,{}",

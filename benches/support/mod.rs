@@ -255,6 +255,49 @@ mdns = false
     path
 }
 
+/// Two mesh nodes on loopback: `a` offering one capability on the echo
+/// backend at `backend_port` (`capability`: its `[[capability]]` lines but
+/// `backend` and `model`), and `b` bootstrapped from `a`, returned once `b`
+/// has learnt that capability. `mesh` goes into both nodes' `[mesh]`
+/// section. The per-peer rate limit (100/s by default) is lifted on `a`: it
+/// is not what the benches measure, and one client sends faster than that.
+pub async fn forwarding_pair(
+    client: &reqwest::Client,
+    dir: &std::path::Path,
+    backend_port: u16,
+    mesh: &str,
+    capability: &str,
+) -> (Killed, u16, Killed, u16) {
+    let (pa, pb) = (free_port(), free_port());
+    let a = atmosphere(&node_config(
+        dir,
+        "a",
+        pa,
+        &format!(
+            r#"{mesh}
+peer_rate = 100000
+[[backend]]
+name = "echo"
+kind = "openai"
+url = "http://127.0.0.1:{backend_port}"
+[[capability]]
+{capability}
+backend = "echo"
+model = "llama3.2"
+"#
+        ),
+    ));
+    let addr_a = mesh_addr(client, pa).await;
+    let b = atmosphere(&node_config(
+        dir,
+        "b",
+        pb,
+        &format!("{mesh}\nbootstrap = [\"{addr_a}\"]"),
+    ));
+    wait_for_capability(client, pb).await;
+    (a, pa, b, pb)
+}
+
 /// The mesh address (`.../p2p/<id>`) of the node whose API is on `port`,
 /// once that API answers.
 pub async fn mesh_addr(client: &reqwest::Client, port: u16) -> String {
