@@ -543,6 +543,7 @@ async fn upload(
     control: &mut libp2p_stream::Control,
     peer: PeerId,
     capability: &str,
+    operation: Operation,
     body_len: u64,
     parts: &[Vec<u8>],
 ) -> (Vec<StreamFrame>, bool) {
@@ -553,7 +554,7 @@ async fn upload(
     let head = intent::UploadRequest {
         version: intent::VERSION,
         capability: capability.into(),
-        operation: Operation::Chat,
+        operation,
         stream: false,
         body_len,
         deadline_ms: 10_000,
@@ -600,11 +601,32 @@ async fn uploads_are_refused_before_their_body_and_broken_ones_run_nothing() {
     let mut control = bare_peer(&mesh_addr(&a).await).await;
 
     // Refused on the head alone: nothing of the body is asked for.
-    let (answer, clean) = upload(&mut control, peer, "farm/nobody", 2 << 20, &[]).await;
+    let chat_op = Operation::Chat;
+    let (answer, clean) = upload(&mut control, peer, "farm/nobody", chat_op, 2 << 20, &[]).await;
     assert_eq!(error_code(&answer).as_deref(), Some("model_not_found"));
     assert!(clean);
-    let (answer, _) = upload(&mut control, peer, "farm/llama-expert", 64 << 20, &[]).await;
+    let (answer, _) = upload(
+        &mut control,
+        peer,
+        "farm/llama-expert",
+        chat_op,
+        64 << 20,
+        &[],
+    )
+    .await;
     assert_eq!(error_code(&answer).as_deref(), Some("request_too_large"));
+    // A tool call's head names a tool the node has: a chat model is none.
+    let (answer, clean) = upload(
+        &mut control,
+        peer,
+        "farm/llama-expert",
+        Operation::Tool,
+        2 << 20,
+        &[],
+    )
+    .await;
+    assert_eq!(error_code(&answer).as_deref(), Some("tool_not_found"));
+    assert!(clean);
 
     // A body of 1.5 MB of words in three parts: run, answered whole in events.
     let chat = serde_json::to_vec(&json!({"model": "auto", "messages": [
@@ -615,6 +637,7 @@ async fn uploads_are_refused_before_their_body_and_broken_ones_run_nothing() {
         &mut control,
         peer,
         "farm/llama-expert",
+        chat_op,
         chat.len() as u64,
         &parts,
     )
@@ -642,6 +665,7 @@ async fn uploads_are_refused_before_their_body_and_broken_ones_run_nothing() {
         &mut control,
         peer,
         "farm/llama-expert",
+        chat_op,
         (chat.len() - 1000) as u64,
         &parts,
     )
