@@ -9,12 +9,12 @@ use std::time::Duration;
 use ::http::StatusCode;
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::quota::{Admission, PeerRate};
-use super::tool::{Outcome, refused};
+use super::tool::{Outcome, ToolAnswer, refused};
 use super::{ApiError, Core};
 use crate::network::frames;
 use crate::routing::Entry;
@@ -86,14 +86,7 @@ async fn serve_tool(
         Ok(_slot) => match ToolRequest::decode(&bytes) {
             Ok(request) => {
                 core.metrics.forward("tool_served");
-                run(
-                    core,
-                    peer,
-                    &request.tool,
-                    &request.arguments,
-                    request.deadline_ms,
-                )
-                .await
+                run_request(core, peer, request).await
             }
             Err(e) => {
                 core.metrics.forward("refused");
@@ -161,31 +154,48 @@ pub(super) fn tool_entry(
     Ok(entry)
 }
 
-/// Runs a peer's call of this node's tool `tool` with `arguments` (JSON),
-/// within the call's deadline: the answer as the tool protocol carries it
-/// (over `/atmosphere/tool/1.0.0`, or an upload's whole answer).
+/// Checks a peer's call over `/atmosphere/tool/1.0.0` (membership, the
+/// arguments, the tool and its share) and runs it.
+async fn run_request(core: &Core, peer: PeerId, request: ToolRequest) -> ToolResponse {
+    let ran = async {
+        let roles = super::quota::admitted(core, peer).await?;
+        let arguments = arguments_of(&request.arguments)?;
+        let entry = tool_entry(core, peer, &roles, &request.tool)?;
+        core.call_tool(vec![entry], arguments).await
+    };
+    answer_within(core, request.deadline_ms, ran).await
+}
+
+/// Runs a call of `entry`, a tool the peer was found to be allowed (an
+/// upload's head), with `arguments` (JSON).
 pub(super) async fn run(
     core: &Core,
-    peer: PeerId,
-    tool: &str,
+    entry: Arc<Entry>,
     arguments: &[u8],
     deadline_ms: u32,
 ) -> ToolResponse {
+    let ran = async { core.call_tool(vec![entry], arguments_of(arguments)?).await };
+    answer_within(core, deadline_ms, ran).await
+}
+
+fn arguments_of(arguments: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice(arguments) {
+        Ok(Value::Object(arguments)) => Ok(arguments),
+        _ => Err(
+            ApiError::invalid("arguments", "The arguments must be a JSON object.")
+                .code("invalid_arguments"),
+        ),
+    }
+}
+
+/// A call's answer as the tool protocol carries it, within the call's
+/// deadline (or this node's request timeout).
+async fn answer_within(
+    core: &Core,
+    deadline_ms: u32,
+    ran: impl Future<Output = Result<ToolAnswer, ApiError>>,
+) -> ToolResponse {
     let deadline = super::serve::deadline_of(core, deadline_ms);
-    let ran = async {
-        let roles = super::quota::admitted(core, peer).await?;
-        let arguments = match serde_json::from_slice(arguments) {
-            Ok(Value::Object(arguments)) => arguments,
-            _ => {
-                return Err(
-                    ApiError::invalid("arguments", "The arguments must be a JSON object.")
-                        .code("invalid_arguments"),
-                );
-            }
-        };
-        let entry = tool_entry(core, peer, &roles, tool)?;
-        core.call_tool(vec![entry], arguments).await
-    };
     match tokio::time::timeout(deadline, ran).await {
         Err(_) => refused(
             &ApiError::new(

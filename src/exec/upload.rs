@@ -93,17 +93,24 @@ async fn answer_upload(
     head: UploadRequest,
     uploads: &Uploads,
 ) -> std::io::Result<()> {
-    let tool_call = head.operation == Operation::Tool;
     let checked = async {
         let roles = admitted(core, peer).await?;
-        if tool_call {
-            super::serve_tool::tool_entry(core, peer, &roles, &head.capability)?;
+        // A tool call runs the tool found here; other requests are looked
+        // up again, with their body, as a request over /stream is.
+        let tool = if head.operation == Operation::Tool {
+            Some(super::serve_tool::tool_entry(
+                core,
+                peer,
+                &roles,
+                &head.capability,
+            )?)
         } else {
             local_entry(core, peer, &roles, &head.capability, head.operation)?;
-        }
-        Ok::<_, ApiError>((roles, uploads.room(head.body_len)?))
+            None
+        };
+        Ok::<_, ApiError>((tool, uploads.room(head.body_len)?))
     };
-    let (_roles, _held) = match checked.await {
+    let (tool, _held) = match checked.await {
         Ok(ok) => ok,
         Err(e) => return send_whole(io, e.status.as_u16(), e.to_bytes().to_vec()).await,
     };
@@ -140,10 +147,9 @@ async fn answer_upload(
             return Err(broken("the body did not arrive in time"));
         }
     };
-    if tool_call {
+    if let Some(tool) = tool {
         core.metrics.forward("tool_served");
-        let answer =
-            super::serve_tool::run(core, peer, &head.capability, &body, head.deadline_ms).await;
+        let answer = super::serve_tool::run(core, tool, &body, head.deadline_ms).await;
         return send_whole(io, answer.status, answer.body).await;
     }
     let request = Forwarded {
