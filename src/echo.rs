@@ -48,6 +48,8 @@ pub enum Fault {
     ToolMalformed,
     /// Offered tools, it calls one it was not offered (`no_such_tool`).
     ToolUnknown,
+    /// Offered tools, it asks for 2,000 calls of one in a single turn.
+    ToolFanOut,
 }
 
 /// What the server is and does.
@@ -405,6 +407,15 @@ fn play_tools(e: &Echo, body: &Value, tools: &[Value]) -> Option<Value> {
         chosen
     };
     let n = messages.iter().filter(|m| m["role"] == "tool").count();
+    if e.fault == Fault::ToolFanOut {
+        let calls: Vec<Value> = (0..2000)
+            .map(|i| {
+                json!({"id": format!("call_{n}_{i}"), "type": "function",
+                    "function": {"name": name, "arguments": arguments}})
+            })
+            .collect();
+        return Some(json!({"role": "assistant", "content": null, "tool_calls": calls}));
+    }
     Some(
         json!({"role": "assistant", "content": null, "tool_calls": [{
             "id": format!("call_{n}"),

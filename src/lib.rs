@@ -4,6 +4,7 @@
 pub mod answer;
 pub mod backend;
 pub mod balance;
+pub mod budget;
 pub mod capability;
 pub mod catalog;
 pub mod cli;

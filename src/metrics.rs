@@ -46,6 +46,19 @@ pub struct PeerRefusalLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabel {
+    /// One of the node's budgets ([`crate::budget`]; README "Budgets").
+    pub budget: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetRefusalLabels {
+    pub budget: String,
+    /// `holder` (its share), `strangers` (theirs together) or `node`.
+    pub reason: String,
+}
+
 /// Peers that get their own label in `atmosphere_peer_refusals_total`; the
 /// rest are counted as `other` (fresh keys cost nothing to make).
 pub const MAX_LABELLED_PEERS: usize = 1024;
@@ -82,6 +95,10 @@ pub struct Metrics {
     pub dead_connections: Counter,
     /// Route tables built (index included): on local or mesh changes only.
     pub table_builds: Counter,
+    /// What each budget has handed out now, in its unit.
+    pub budget_held: Family<BudgetLabel, Gauge>,
+    /// Takes from a budget refused, by budget and reason.
+    pub budget_refusals: Family<BudgetRefusalLabels, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -200,7 +217,21 @@ impl Default for Metrics {
             "Route tables built, index included (on a change of this node's or the mesh's capabilities, not on refreshes)",
             table_builds.clone(),
         );
+        let budget_held = Family::<BudgetLabel, Gauge>::default();
+        registry.register(
+            "budget_held",
+            "What each budget (README \"Budgets\") has handed out now, in its unit (slots, bytes, sessions)",
+            budget_held.clone(),
+        );
+        let budget_refusals = Family::<BudgetRefusalLabels, Counter>::default();
+        registry.register(
+            "budget_refusals",
+            "Takes from a budget refused, by budget and reason (holder: its own share; strangers: strangers' share together; node: all of it)",
+            budget_refusals.clone(),
+        );
         Self {
+            budget_held,
+            budget_refusals,
             registry,
             libp2p: parking_lot::Mutex::new(Registry::with_prefix("atmosphere_libp2p")),
             dead_connections,
@@ -305,6 +336,25 @@ impl Metrics {
         self.peer_refusals
             .get_or_create(&PeerRefusalLabels {
                 peer,
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets what budget `budget` has handed out.
+    pub fn budget_held(&self, budget: &str, held: usize) {
+        self.budget_held
+            .get_or_create(&BudgetLabel {
+                budget: budget.to_owned(),
+            })
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a take from `budget` refused for `reason`.
+    pub fn budget_refusal(&self, budget: &str, reason: &str) {
+        self.budget_refusals
+            .get_or_create(&BudgetRefusalLabels {
+                budget: budget.to_owned(),
                 reason: reason.to_owned(),
             })
             .inc();

@@ -155,19 +155,15 @@ impl Node {
                 incoming,
                 rate.clone(),
                 cancel.child_token(),
-                |core, peer, io| async move { exec::serve_stream(&core, peer, io).await },
             )));
-            let uploads = exec::Uploads::new(&config.http);
+            let uploads = exec::Uploads::new(&config.http, core.metrics.clone());
             let incoming = client.accept_streams(crate::wire::UPLOAD_PROTOCOL)?;
-            tasks.push(tokio::spawn(exec::serve_streams(
+            tasks.push(tokio::spawn(exec::serve_uploads(
                 core.clone(),
                 incoming,
                 rate.clone(),
+                uploads,
                 cancel.child_token(),
-                move |core, peer, io| {
-                    let uploads = uploads.clone();
-                    async move { exec::serve_upload(&core, peer, io, &uploads).await }
-                },
             )));
             let incoming = client.accept_streams(crate::wire::TOOL_PROTOCOL)?;
             tasks.push(tokio::spawn(exec::serve_tools(
@@ -177,9 +173,19 @@ impl Node {
                 cancel.child_token(),
             )));
         }
+        let mcp_sessions = crate::mcp::sessions::Sessions::new(
+            crate::mcp::sessions::Limit {
+                max: config.http.mcp_sessions,
+                per_client: config.http.mcp_sessions_per_client,
+                idle: config.http.mcp_session_idle,
+            },
+            core.metrics.clone(),
+            cancel.child_token(),
+        );
         let state = AppState::new(http::Inner {
+            mcp_sessions,
             http: config.http.clone(),
-            gates: http::Gates::new(&config.http),
+            gates: http::Gates::new(&config.http, core.metrics.clone()),
             keys: http::ApiKeys::new(&config.http.api_keys),
             core,
             node_id: peer_id.to_base58(),
@@ -336,6 +342,7 @@ fn start_mesh(
             lookups,
             view,
             gate,
+            trusted: Arc::new(trusted_peers(config)),
         },
         tasks,
     )))

@@ -348,3 +348,102 @@ async fn a_model_that_misbehaves_ends_the_run_with_a_clear_error() {
     );
     assert_eq!(types(&run["steps"]), ["model"]);
 }
+
+#[tokio::test]
+async fn a_turn_or_a_run_past_its_tool_call_caps_runs_none_of_them() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut a = mesh_config(Vec::new(), Vec::new(), dir.path(), Vec::new());
+    a.mcp = vec![tools_server(Share::Local)];
+    model(&mut a, "fanning", Fault::ToolFanOut).await;
+    model(&mut a, "looping", Fault::ToolLoop).await;
+    a.agents.push(agent(
+        "id = \"fanning\"\nllm = \"llm/fanning\"\ntools = [\"add\"]",
+    ));
+    a.agents.push(agent(
+        "id = \"looping\"\nllm = \"llm/looping\"\ntools = [\"add\"]\nmax_steps = 8\nmax_tool_calls = 2",
+    ));
+    let home = start(a).await;
+    sees(&home, "/v1/tools", "capability", "tool/add").await;
+
+    // 2,000 calls in one turn: over 16 at once, none runs.
+    let (status, e) = invoke(&home, json!({"query": ADD, "agent": "fanning"})).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (502, Some("agent_too_many_tool_calls")),
+        "{e}"
+    );
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("2000") && m.contains("16")),
+        "{e}"
+    );
+    assert_eq!(types(&e["steps"]), ["model"], "nothing ran: {e}");
+
+    // One call a turn, two in the run: the third turn's call does not run.
+    let (status, e) = invoke(&home, json!({"query": ADD, "agent": "looping"})).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (502, Some("agent_too_many_tool_calls")),
+        "{e}"
+    );
+    assert_eq!(
+        types(&e["steps"]),
+        ["model", "tool", "model", "tool", "model"],
+        "{e}"
+    );
+    home.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_strangers_model_drives_an_agent_only_when_allowed_and_never_with_local_tools() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().expect("dir")).collect();
+    // S: a stranger whose model fits every request about the sea and sums.
+    let mut s = mesh_config(Vec::new(), Vec::new(), dirs[0].path(), Vec::new());
+    s.node.name = "stranger".into();
+    model(&mut s, "tidal", Fault::None).await;
+    let stranger = start(s).await;
+    // H: agents and a tool for this node's clients only; no model of its own.
+    let mut h = mesh_config(
+        Vec::new(),
+        Vec::new(),
+        dirs[1].path(),
+        vec![mesh_addr(&stranger).await],
+    );
+    h.mcp = vec![tools_server(Share::Local)];
+    h.agents = vec![
+        agent("id = \"careful\"\ntools = [\"add\"]"),
+        agent("id = \"named\"\nllm = \"llm/tidal\"\ntools = [\"add\"]"),
+        agent("id = \"open\"\ntools = [\"add\"]\nstranger_models = true"),
+    ];
+    let home = start(h).await;
+    sees(&home, "/v1/models", "id", "llm/tidal").await;
+    sees(&home, "/v1/tools", "capability", "tool/add").await;
+
+    // By default a stranger's model is never chosen, by meaning or by name.
+    let (status, e) = invoke(&home, json!({"query": ADD, "agent": "careful"})).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (503, Some("agent_model_unavailable")),
+        "{e}"
+    );
+    let (status, e) = invoke(&home, json!({"query": ADD, "agent": "named"})).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (503, Some("agent_model_untrusted")),
+        "{e}"
+    );
+
+    // Allowed: the stranger's model drives it, without this node's local tool.
+    let (status, run) = invoke(&home, json!({"query": ADD, "agent": "open"})).await;
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(
+        run["tools"],
+        json!([]),
+        "no local tool for a stranger: {run}"
+    );
+    assert_eq!(types(&run["steps"]), ["model"], "{run}");
+    assert_eq!(run["steps"][0]["node"], stranger.peer_id.to_base58());
+    home.shutdown().await;
+    stranger.shutdown().await;
+}

@@ -210,8 +210,9 @@ async fn an_oversize_body_is_answered_413_not_reset() {
     }
 }
 
-/// A body that claims most of the node's budget of body bytes keeps a second
-/// one waiting until its own deadline frees the room.
+/// A body whose bytes fill most of the node's budget of body bytes keeps a
+/// second one waiting until its own deadline frees the room. (Bytes declared
+/// and never sent hold nothing: tests/budgets.rs.)
 #[tokio::test]
 async fn body_bytes_held_at_once_are_bounded() {
     let (node, _dir) = node_with(Fault::None, |h| {
@@ -220,7 +221,7 @@ async fn body_bytes_held_at_once_are_bounded() {
         h.body_timeout = Duration::from_secs(2);
     })
     .await;
-    let mut hog = stalled_body(&node, 60 * 1024, 10).await;
+    let mut hog = stalled_body(&node, 64 * 1024, 60 * 1024).await;
     let hog_answer = tokio::spawn(async move {
         let a = read_until_closed(&mut hog).await;
         (a, Instant::now())

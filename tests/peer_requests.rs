@@ -22,10 +22,11 @@ use atmosphere::node::Node;
 use atmosphere::wire::Message;
 use atmosphere::wire::intent::{self, IntentRequest, Operation, StreamFrame};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, noise, request_response, tcp, yamux};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{PeerId, StreamProtocol, request_response};
 use serde_json::{Value, json};
 
+use common::hostile::{bare_peer, bare_swarm};
 use common::*;
 
 /// Node A: the llama expert (an `llm/chat` capability) on an echo backend.
@@ -38,38 +39,6 @@ async fn farm_node(dir: &std::path::Path) -> Node {
         Vec::new(),
     ))
     .await
-}
-
-/// A swarm with a fresh identity and only `behaviour`, dialling `addr`.
-fn bare_swarm<B: NetworkBehaviour>(behaviour: B, addr: &str) -> libp2p::Swarm<B> {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .expect("tcp")
-        .with_behaviour(|_| behaviour)
-        .expect("behaviour")
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
-    swarm
-        .dial(addr.parse::<Multiaddr>().expect("multiaddr"))
-        .expect("dial");
-    swarm
-}
-
-/// A bare stream peer connected to `addr`; its swarm runs in the background.
-async fn bare_peer(addr: &str) -> libp2p_stream::Control {
-    let mut swarm = bare_swarm(libp2p_stream::Behaviour::new(), addr);
-    let control = swarm.behaviour().new_control();
-    tokio::spawn(async move {
-        loop {
-            swarm.select_next_some().await;
-        }
-    });
-    control
 }
 
 fn protocol() -> StreamProtocol {

@@ -11,6 +11,13 @@ use crate::capability::{CapabilityId, Kind, Share};
 pub const MAX_STEPS: u32 = 64;
 /// Most tools offered to an agent's model at once.
 pub const MAX_TOOLS: usize = 64;
+/// Most tool calls one model turn may ask for (`max_calls_per_step`).
+pub const MAX_CALLS_PER_STEP: usize = 64;
+/// Most tool calls in one run (`max_tool_calls`).
+pub const MAX_TOOL_CALLS: usize = 1024;
+/// Most bytes of arguments (as JSON) one model turn's calls may carry: a
+/// turn is run at once, so this is what it holds.
+pub const MAX_TURN_ARGUMENT_BYTES: usize = 1024 * 1024;
 
 /// `[[agent]]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,6 +62,24 @@ pub struct AgentConfig {
     /// node's tools that peer could call itself.
     #[serde(default)]
     pub share: Share,
+    /// Most tool calls one model turn may ask for (they run at once); a
+    /// turn asking for more runs none and ends the run (502
+    /// `agent_too_many_tool_calls`). 16 unless set, 1 to 64.
+    #[serde(default = "default_max_calls_per_step")]
+    pub max_calls_per_step: usize,
+    /// Most tool calls in one run, all turns together. 64 unless set, 1 to
+    /// 1024.
+    #[serde(default = "default_max_tool_calls")]
+    pub max_tool_calls: usize,
+    /// Whether a stranger's model (offered by a node that is neither this
+    /// one, in `mesh.trusted`, nor a member of a closed mesh) may drive the
+    /// agent. Off unless set: a model sees the conversation and the tools'
+    /// results and decides which tools run. When on, a run whose model is
+    /// a stranger's is offered only this node's tools that the model's node
+    /// could call itself, and no tool that this node reaches through trust
+    /// the stranger does not have.
+    #[serde(default)]
+    pub stranger_models: bool,
 }
 
 /// Which tools an agent may call.
@@ -106,6 +131,14 @@ fn default_max_steps() -> u32 {
     8
 }
 
+fn default_max_calls_per_step() -> usize {
+    16
+}
+
+fn default_max_tool_calls() -> usize {
+    64
+}
+
 /// Ids unique among agents and capabilities, kinds `agent/*`, limits in
 /// range, and a model that is not an agent.
 pub(super) fn validate(
@@ -126,6 +159,16 @@ pub(super) fn validate(
         }
         if !(1..=MAX_TOOLS).contains(&a.max_tools) {
             return Err(format!("agent {id}: max_tools must be 1 to {MAX_TOOLS}"));
+        }
+        if !(1..=MAX_CALLS_PER_STEP).contains(&a.max_calls_per_step) {
+            return Err(format!(
+                "agent {id}: max_calls_per_step must be 1 to {MAX_CALLS_PER_STEP}"
+            ));
+        }
+        if !(1..=MAX_TOOL_CALLS).contains(&a.max_tool_calls) {
+            return Err(format!(
+                "agent {id}: max_tool_calls must be 1 to {MAX_TOOL_CALLS}"
+            ));
         }
         if let AgentTools::Named(names) = &a.tools
             && names.len() > MAX_TOOLS
@@ -190,6 +233,9 @@ mod tests {
         assert_eq!(agents[2].tools, AgentTools::Found(Auto::Auto));
         assert_eq!(agents[2].llm, "auto");
         assert_eq!(agents[2].max_steps, 8);
+        assert_eq!(agents[2].max_calls_per_step, 16);
+        assert_eq!(agents[2].max_tool_calls, 64);
+        assert!(!agents[2].stranger_models);
         assert!(validate(&agents, &[]).is_ok());
         assert!(parse("[[agent]]\nid = \"x\"\ntools = \"some\"").is_err());
     }
@@ -206,6 +252,10 @@ mod tests {
         );
         let steps = parse("[[agent]]\nid = \"a\"\nmax_steps = 0").expect("parses");
         assert!(validate(&steps, &[]).is_err());
+        let fan = parse("[[agent]]\nid = \"a\"\nmax_calls_per_step = 65").expect("parses");
+        assert!(validate(&fan, &[]).is_err());
+        let calls = parse("[[agent]]\nid = \"a\"\nmax_tool_calls = 0").expect("parses");
+        assert!(validate(&calls, &[]).is_err());
         let kind = parse("[[agent]]\nid = \"a\"\nkind = \"llm/chat\"").expect("parses");
         assert!(
             validate(&kind, &[])

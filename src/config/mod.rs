@@ -13,7 +13,7 @@ mod routing;
 
 use serde::{Deserialize, Serialize};
 
-pub use agent::{AgentConfig, AgentTools, MAX_STEPS};
+pub use agent::{AgentConfig, AgentTools, MAX_STEPS, MAX_TURN_ARGUMENT_BYTES};
 pub use backends::{BackendConfig, BackendKind, CapabilityConfig};
 pub use mcp::{McpConfig, McpTransport, ToolConfig};
 pub use mesh::{MeshConfig, authority_text, parse_authority};
@@ -119,6 +119,21 @@ pub struct HttpConfig {
     /// Whether chats may link images on private, loopback or link-local
     /// hosts (which the model's server would fetch); off by default.
     pub private_image_links: bool,
+    /// `/mcp` sessions open at once (each holds its client's state, about
+    /// 50 KB); an `initialize` past them is answered 429.
+    pub mcp_sessions: usize,
+    /// `/mcp` sessions one client address may hold (an IPv6 client by its
+    /// /64).
+    pub mcp_sessions_per_client: usize,
+    /// An `/mcp` session that sees no request for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub mcp_session_idle: Duration,
+    /// Whether `/mcp` serves clients beyond loopback when `api_keys` is
+    /// empty. Off by default: `/mcp` calls every tool this node can call,
+    /// its `share = "local"` tools included, so a node listening beyond
+    /// loopback without keys serves it to loopback clients only (403
+    /// `mcp_needs_key` to others).
+    pub open_mcp: bool,
 }
 
 impl Default for HttpConfig {
@@ -135,6 +150,10 @@ impl Default for HttpConfig {
             max_concurrent_requests: 1024,
             max_media_bytes: 20 * 1024 * 1024,
             private_image_links: false,
+            mcp_sessions: 256,
+            mcp_sessions_per_client: 32,
+            mcp_session_idle: Duration::from_secs(600),
+            open_mcp: false,
         }
     }
 }
@@ -275,6 +294,18 @@ impl Config {
                         .into(),
                 );
             }
+        }
+        if self.http.mcp_sessions == 0
+            || self.http.mcp_sessions_per_client == 0
+            || self.http.mcp_sessions_per_client > self.http.mcp_sessions
+        {
+            return invalid(
+                "http.mcp_sessions and http.mcp_sessions_per_client must be at least 1, per client at most the whole"
+                    .into(),
+            );
+        }
+        if self.http.mcp_session_idle < Duration::from_secs(1) {
+            return invalid("http.mcp_session_idle must be at least 1 s".into());
         }
         if self.http.max_concurrent_requests == 0 {
             return invalid("http.max_concurrent_requests must be at least 1".into());

@@ -10,6 +10,7 @@
 mod agent;
 mod error;
 mod forward;
+mod inbound;
 mod intent;
 pub mod media;
 mod quota;
@@ -34,10 +35,10 @@ pub use error::ApiError;
 pub use intent::{Intent, IntentAnswer, Locality, parse_kind as parse_intent_kind};
 pub use quota::PeerRate;
 pub use resolve::{AUTO, Target};
-pub use serve::{serve_intents, serve_stream, serve_streams};
+pub use serve::{serve_intents, serve_streams};
 pub use serve_tool::serve_tools;
 pub use tool::{Outcome as ToolOutcome, ToolAnswer, refusal_message};
-pub use upload::{Uploads, serve_upload};
+pub use upload::{Uploads, serve_uploads};
 
 use crate::answer::{Event, Reply};
 use crate::backend::{Backend, Op};
@@ -84,6 +85,8 @@ pub struct Mesh {
     pub view: tokio::sync::watch::Receiver<crate::mesh::View>,
     /// In a closed mesh, who belongs: peers' requests run only for members.
     pub gate: Option<Arc<crate::member::Gate>>,
+    /// `mesh.trusted`: peers known to this node whoever they are.
+    pub trusted: Arc<std::collections::HashSet<libp2p::PeerId>>,
 }
 
 /// The request core; cheap to clone.

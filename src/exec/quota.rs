@@ -123,48 +123,6 @@ pub(super) fn over_quota(limit: usize, what: &str) -> ApiError {
     .code("peer_over_quota")
 }
 
-/// Which inbound streams of one protocol are served: within the peer's
-/// rate, `per_peer` at once for each peer and `at_once` for the node.
-pub(super) struct Admission {
-    rate: Arc<PeerRate>,
-    peers: PerPeer,
-    permits: Arc<tokio::sync::Semaphore>,
-}
-
-/// A stream being served: its peer's turn and the node's slot.
-pub(super) type Admitted = (PeerTurn, tokio::sync::OwnedSemaphorePermit);
-
-impl Admission {
-    pub(super) fn new(rate: Arc<PeerRate>, per_peer: usize, at_once: usize) -> Self {
-        Self {
-            rate,
-            peers: PerPeer::new(per_peer),
-            permits: Arc::new(tokio::sync::Semaphore::new(at_once)),
-        }
-    }
-
-    /// A stream of `peer` admitted now, or the 429 that says why not
-    /// (`peer_over_rate`, `peer_over_quota` or `overloaded`).
-    pub(super) fn admit(&self, peer: PeerId, what: &str) -> Result<Admitted, ApiError> {
-        if !self.rate.allow(peer, Instant::now()) {
-            return Err(self.rate.refusal());
-        }
-        match (
-            self.peers.enter(peer),
-            self.permits.clone().try_acquire_owned(),
-        ) {
-            (Some(turn), Ok(permit)) => Ok((turn, permit)),
-            (None, _) => Err(over_quota(self.peers.limit, what)),
-            (Some(_), Err(_)) => Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_error",
-                format!("The node is serving as many {what} as it can."),
-            )
-            .code("overloaded")),
-        }
-    }
-}
-
 /// Longest a peer's request waits for its hello to be judged (it is sent
 /// the moment the connection opens; a request may overtake it).
 const HELLO_WAIT: Duration = Duration::from_secs(5);

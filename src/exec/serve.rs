@@ -2,9 +2,10 @@
 //! a peer's request runs on this node's own capability through the same core
 //! as the HTTP API's, and its answer goes back whole or frame by frame.
 //! Inbound work is bounded: a number of requests at once per node and per
-//! peer, a deadline for a stream's request frame and for every write, so a
-//! peer that opens streams and sends nothing cannot take the slots others
-//! need. Spec: `protocols/intent.md`.
+//! peer, the pace of [`crate::budget`] for a stream's request frame
+//! ([`super::inbound`]) and a deadline for every write, so a peer that opens
+//! streams and sends nothing cannot take the slots others need. Spec:
+//! `protocols/intent.md`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +19,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::quota::{Admission, PeerRate, PerPeer, admitted, over_quota};
+use super::inbound::{Inbound, Turn};
+use super::quota::{PeerRate, PerPeer, admitted, over_quota};
 use super::resolve::{runs, wrong_kind};
 use super::{ApiError, Core, Request, Target};
 use crate::answer::{Event, Reply};
@@ -35,14 +37,8 @@ use crate::wire::intent::{self, IntentRequest, IntentResponse, StreamFrame};
 const INBOUND_CONCURRENCY: usize = 64;
 /// Streamed requests one peer may have open at once; more are refused.
 const STREAMS_PER_PEER: usize = 8;
-/// Longest wait for a stream's request frame after the stream opened.
-const REQUEST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for one frame to be taken by the peer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Refused streams answered at once (more are reset), and how long the
-/// request frame of one is waited for.
-const REFUSALS_AT_ONCE: usize = 64;
-const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves requests that peers send over the intent protocol, a bounded
 /// number at once, `per_peer` at most for each peer (more are answered 429
@@ -98,103 +94,41 @@ pub async fn serve_intents(
     running.wait().await;
 }
 
-/// Serves streamed requests that peers open to this node, a bounded number
-/// at once, per peer and within each peer's `rate`. A refused stream is
-/// answered 429 (`peer_over_quota`, `peer_over_rate` or `overloaded`) in a
-/// whole-answer frame sequence; when even the refusals are at their bound,
-/// it is reset. Ends on `cancel` once the answers being streamed have ended.
-pub async fn serve_streams<F, Fut>(
+/// Serves streamed requests that peers open to this node
+/// ([`super::inbound`]: 8 served per peer, 64 in all) until `cancel`, then
+/// lets the answers being streamed end.
+pub async fn serve_streams(
     core: Core,
-    mut incoming: libp2p_stream::IncomingStreams,
+    incoming: libp2p_stream::IncomingStreams,
     rate: Arc<PeerRate>,
     cancel: CancellationToken,
-    serve: F,
-) where
-    F: Fn(Core, PeerId, libp2p::Stream) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let admission = Admission::new(rate, STREAMS_PER_PEER, INBOUND_CONCURRENCY);
-    let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
-    let running = TaskTracker::new();
-    loop {
-        let (peer, stream) = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            n = incoming.next() => match n { Some(n) => n, None => break },
-        };
-        let (turn, permit) = match admission.admit(peer, "streamed requests") {
-            Ok(admitted) => admitted,
-            Err(e) => {
-                let reason = e.code.unwrap_or("stream_refused");
-                core.metrics.forward("stream_refused");
-                core.metrics.peer_refusal(&peer, reason);
-                tracing::debug!(%peer, reason, "a streamed request refused");
-                // Answered when a refusal slot is free; else dropped, which
-                // resets the stream (the peer tries another node either way).
-                if let Ok(slot) = refusals.clone().try_acquire_owned() {
-                    running.spawn(async move {
-                        refuse_stream(stream, e).await;
-                        drop(slot);
-                    });
-                }
-                continue;
-            }
-        };
-        let served = serve(core.clone(), peer, stream);
-        running.spawn(async move {
-            served.await;
-            drop((permit, turn));
-        });
-    }
-    running.close();
-    running.wait().await;
+) {
+    let inbound = Inbound::new(
+        &core,
+        "stream",
+        "streamed requests",
+        intent::MAX_REQUEST_BYTES,
+        rate,
+        (STREAMS_PER_PEER, INBOUND_CONCURRENCY),
+    );
+    super::inbound::serve(core, incoming, inbound, cancel, serve_stream).await;
 }
 
-/// Answers a refused stream: its request frame is read (briefly) and the
-/// refusal written as a whole answer, so the peer learns why.
-async fn refuse_stream(mut io: libp2p::Stream, refusal: ApiError) {
-    let read = tokio::time::timeout(
-        REFUSAL_READ_TIMEOUT,
-        frames::read(&mut io, intent::MAX_REQUEST_BYTES),
-    )
-    .await;
-    if !matches!(read, Ok(Ok(Some(_)))) {
-        return;
-    }
-    let status = refusal.status.as_u16();
-    let written = send_whole(&mut io, status, refusal.to_bytes().to_vec()).await;
-    finish(io, written).await;
-}
-
-/// The first frame of a peer's stream, read within
-/// [`REQUEST_FRAME_TIMEOUT`] and decoded as `M`. `Err` holds what became of
-/// the stream instead: a frame that is not an `M` answered 400 (counted
-/// `refused`), a stream closed at once, or an unreadable or missing frame
-/// (counted `stream_idle` when none came in time) as an error.
-pub(super) async fn first_message<M: Message>(
+/// A stream's first frame decoded as `M`. `Err` holds what became of the
+/// stream instead: a frame that is not an `M` answered 400 (counted
+/// `refused`).
+pub(super) async fn decode_first<M: Message>(
     core: &Core,
     peer: PeerId,
     io: &mut libp2p::Stream,
+    first: &[u8],
 ) -> Result<M, std::io::Result<()>> {
-    let first = tokio::time::timeout(REQUEST_FRAME_TIMEOUT, frames::read(&mut *io, M::MAX_BYTES));
-    match first.await {
-        Ok(Ok(Some(bytes))) => match M::decode(&bytes) {
-            Ok(message) => Ok(message),
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "invalid forwarded request");
-                core.metrics.forward("refused");
-                Err(send_whole(io, 400, unreadable(&e).to_bytes().to_vec()).await)
-            }
-        },
-        Ok(Ok(None)) => Err(Ok(())),
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "unreadable forwarded request");
-            Err(Err(e))
-        }
-        Err(_) => {
-            core.metrics.forward("stream_idle");
-            tracing::debug!(%peer, "no request on a stream in time; closed");
-            Err(Err(std::io::ErrorKind::TimedOut.into()))
+    match M::decode(first) {
+        Ok(message) => Ok(message),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "invalid forwarded request");
+            core.metrics.forward("refused");
+            Err(send_whole(io, 400, unreadable(&e).to_bytes().to_vec()).await)
         }
     }
 }
@@ -440,13 +374,29 @@ pub(super) async fn send_whole(
 /// Serves a request a peer sent over `/atmosphere/stream/1.0.0`: runs it with
 /// `stream: true` and writes each event as a frame the moment it exists; then
 /// closes its side of the stream (the peer reads to the end, nothing is reset).
-pub async fn serve_stream(core: &Core, peer: PeerId, mut io: libp2p::Stream) {
-    core.metrics.forward("served_stream");
-    let written = match first_message::<IntentRequest>(core, peer, &mut io).await {
-        Ok(request) => answer_stream(core, peer, &mut io, request.into(), true).await,
-        Err(done) => done,
+async fn serve_stream(
+    core: Core,
+    peer: PeerId,
+    mut io: libp2p::Stream,
+    first: Vec<u8>,
+    turn: Result<Turn, ApiError>,
+) {
+    let written = match turn {
+        Err(e) => refuse(&mut io, &e).await,
+        Ok(_turn) => {
+            core.metrics.forward("served_stream");
+            match decode_first::<IntentRequest>(&core, peer, &mut io, &first).await {
+                Ok(request) => answer_stream(&core, peer, &mut io, request.into(), true).await,
+                Err(done) => done,
+            }
+        }
     };
     finish(io, written).await;
+}
+
+/// Writes a refusal as a whole answer, so the peer learns why.
+pub(super) async fn refuse(io: &mut libp2p::Stream, refusal: &ApiError) -> std::io::Result<()> {
+    send_whole(io, refusal.status.as_u16(), refusal.to_bytes().to_vec()).await
 }
 
 /// Runs a peer's request and writes its answer: with `stream`, each event as

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::http::StatusCode;
-use futures::{AsyncWriteExt, StreamExt};
+use futures::AsyncWriteExt;
 use libp2p::PeerId;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use super::quota::{Admission, PeerRate};
+use super::inbound::{Inbound, Turn};
+use super::quota::PeerRate;
 use super::tool::{Outcome, ToolAnswer, refused};
 use super::{ApiError, Core};
 use crate::network::frames;
@@ -24,69 +24,43 @@ use crate::wire::tool::{self, ToolRequest, ToolResponse};
 /// Tool calls served at once, and per peer; more are answered 429.
 const AT_ONCE: usize = 64;
 const PER_PEER: usize = 8;
-/// Longest wait for the call after the stream opened, and for the answer
-/// to be taken.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the answer to be taken.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves the tool calls peers open to this node until `cancel`, then lets
+/// Serves the tool calls peers open to this node ([`super::inbound`]: a
+/// call holds a place only once it has come) until `cancel`, then lets
 /// the calls running end.
 pub async fn serve_tools(
     core: Core,
-    mut incoming: libp2p_stream::IncomingStreams,
+    incoming: libp2p_stream::IncomingStreams,
     rate: Arc<PeerRate>,
     cancel: CancellationToken,
 ) {
-    let admission = Admission::new(rate, PER_PEER, AT_ONCE);
-    // Refusals are answered a bounded number at once; beyond, the stream
-    // is dropped (reset).
-    let refusals = Arc::new(tokio::sync::Semaphore::new(AT_ONCE));
-    let running = TaskTracker::new();
-    loop {
-        let (peer, stream) = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            n = incoming.next() => match n { Some(n) => n, None => break },
-        };
-        let admitted = admission.admit(peer, "tool calls");
-        let mut refusal_slot = None;
-        if let Err(e) = &admitted {
-            let reason = e.code.unwrap_or("tool_refused");
-            core.metrics.forward("tool_refused");
-            core.metrics.peer_refusal(&peer, reason);
-            match refusals.clone().try_acquire_owned() {
-                Ok(slot) => refusal_slot = Some(slot),
-                Err(_) => continue,
-            }
-        }
-        let core = core.clone();
-        running.spawn(async move {
-            serve_tool(&core, peer, stream, admitted).await;
-            drop(refusal_slot);
-        });
-    }
-    running.close();
-    running.wait().await;
+    let inbound = Inbound::new(
+        &core,
+        "tool",
+        "tool calls",
+        tool::MAX_REQUEST_BYTES,
+        rate,
+        (PER_PEER, AT_ONCE),
+    );
+    super::inbound::serve(core, incoming, inbound, cancel, serve_tool).await;
 }
 
-/// Reads one call, runs it (or answers why not) and writes the answer.
+/// Runs one call (or answers why not) and writes the answer.
 async fn serve_tool(
-    core: &Core,
+    core: Core,
     peer: PeerId,
     mut io: libp2p::Stream,
-    admitted: Result<super::quota::Admitted, ApiError>,
+    first: Vec<u8>,
+    turn: Result<Turn, ApiError>,
 ) {
-    let read = tokio::time::timeout(READ_TIMEOUT, frames::read(&mut io, tool::MAX_REQUEST_BYTES));
-    let Ok(Ok(Some(bytes))) = read.await else {
-        tracing::debug!(%peer, "no tool call on a stream in time; closed");
-        return;
-    };
-    let response = match admitted {
+    let response = match turn {
         Err(e) => refused(&e),
-        Ok(_slot) => match ToolRequest::decode(&bytes) {
+        Ok(_turn) => match ToolRequest::decode(&first) {
             Ok(request) => {
                 core.metrics.forward("tool_served");
-                run_request(core, peer, request).await
+                run_request(&core, peer, request).await
             }
             Err(e) => {
                 core.metrics.forward("refused");

@@ -13,44 +13,59 @@ use std::time::Duration;
 use ::http::StatusCode;
 use bytes::BytesMut;
 use libp2p::PeerId;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
-use super::quota::admitted;
+use super::inbound::{Inbound, Turn, standing};
+use super::quota::{PeerRate, admitted};
 use super::serve::{
-    Forwarded, answer_stream, finish, first_message, local_entry, send, send_whole,
+    Forwarded, answer_stream, decode_first, finish, local_entry, refuse, send, send_whole,
 };
 use super::{ApiError, Core};
+use crate::budget::{Budget, Hold, Holder, Limits, Pace, Paced, Refusal};
 use crate::network::frames;
+use crate::wire::Message;
 use crate::wire::intent::{self, Operation, StreamFrame, UploadRequest};
 
-/// Longest wait for each part of the body.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Uploads served per peer and in all (as streamed requests).
+const PER_PEER: usize = 8;
+const AT_ONCE: usize = 64;
 
-/// What peers' uploads may hold: at most `max_body` bytes each, and
-/// `budget` bytes in all at once, the whole body within `body_timeout`
+/// What peers' uploads may hold: at most `max_body` bytes each, within the
+/// node's budget of upload bytes (`http.max_body_bytes_held` in all, half
+/// of it for one peer, three quarters for strangers together) taken part by
+/// part as the body arrives, at the steady pace and within `body_timeout`
 /// (`http.max_body_bytes`, `http.max_body_bytes_held`, `http.body_timeout`,
 /// as for the node's own clients).
 #[derive(Clone)]
 pub struct Uploads {
     max_body: usize,
-    budget: Arc<Semaphore>,
+    budget: Arc<Budget>,
     body_timeout: Duration,
 }
 
 impl Uploads {
-    pub fn new(http: &crate::config::HttpConfig) -> Self {
+    pub fn new(http: &crate::config::HttpConfig, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        let total = http.max_body_bytes_held;
         Self {
             max_body: http.max_body_bytes,
-            budget: Arc::new(Semaphore::new(
-                http.max_body_bytes_held.min(Semaphore::MAX_PERMITS),
-            )),
+            budget: Budget::new(
+                "upload_bytes",
+                Limits::shared(total, (total / 2).max(http.max_body_bytes)),
+                metrics,
+            ),
             body_timeout: http.body_timeout,
         }
     }
 
-    /// Room for a body of `len` bytes, now or never: an upload does not wait
-    /// for others' (the peer tries another node).
-    fn room(&self, len: u64) -> Result<OwnedSemaphorePermit, ApiError> {
+    /// Whether a body of `len` bytes is taken and could find room now:
+    /// nothing is reserved (room is taken as the parts arrive), but an
+    /// upload that could not fit is refused before its body travels.
+    fn check(
+        &self,
+        peer: PeerId,
+        len: u64,
+        standing: crate::budget::Standing,
+    ) -> Result<Hold, ApiError> {
         if len > self.max_body as u64 {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -62,26 +77,84 @@ impl Uploads {
             )
             .code("request_too_large"));
         }
-        // Under `max_body`, which the config keeps under 4 GiB.
-        let n = u32::try_from(len).unwrap_or(u32::MAX);
-        self.budget.clone().try_acquire_many_owned(n).map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                "The node holds as many request bodies as it may; try again shortly.",
-            )
-            .code("overloaded")
-        })
+        let hold = self
+            .budget
+            .take(Holder::Peer(peer), standing, 0)
+            .map_err(no_room)?;
+        let limits = self.budget.limits();
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        let mine = self.budget.held(Some(&Holder::Peer(peer)));
+        if mine.saturating_add(len) > limits.per_holder {
+            return Err(no_room(Refusal::Holder));
+        }
+        if self.budget.held(None).saturating_add(len) > limits.total {
+            return Err(no_room(Refusal::Node));
+        }
+        Ok(hold)
     }
+}
+
+fn no_room(refusal: Refusal) -> ApiError {
+    let message = match refusal {
+        Refusal::Holder => {
+            "This peer's uploads hold as many bytes as one peer may; try again shortly."
+        }
+        Refusal::Strangers | Refusal::Node => {
+            "The node holds as many request bodies as it may; try again shortly."
+        }
+    };
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message).code("overloaded")
+}
+
+/// Serves the uploads peers open to this node ([`super::inbound`]) until
+/// `cancel`.
+pub async fn serve_uploads(
+    core: Core,
+    incoming: libp2p_stream::IncomingStreams,
+    rate: Arc<PeerRate>,
+    uploads: Uploads,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let inbound = Inbound::new(
+        &core,
+        "upload",
+        "uploads",
+        UploadRequest::MAX_BYTES,
+        rate,
+        (PER_PEER, AT_ONCE),
+    );
+    super::inbound::serve(
+        core,
+        incoming,
+        inbound,
+        cancel,
+        move |core, peer, io, first, turn| {
+            let uploads = uploads.clone();
+            async move { serve_upload(&core, peer, io, first, turn, &uploads).await }
+        },
+    )
+    .await;
 }
 
 /// Serves one upload: head, go-ahead, parts, then the answer as on the
 /// stream protocol (a whole answer in events, or the events of a stream).
-pub async fn serve_upload(core: &Core, peer: PeerId, mut io: libp2p::Stream, uploads: &Uploads) {
-    core.metrics.forward("served_upload");
-    let written = match first_message::<UploadRequest>(core, peer, &mut io).await {
-        Ok(head) => answer_upload(core, peer, &mut io, head, uploads).await,
-        Err(done) => done,
+async fn serve_upload(
+    core: &Core,
+    peer: PeerId,
+    mut io: libp2p::Stream,
+    first: Vec<u8>,
+    turn: Result<Turn, ApiError>,
+    uploads: &Uploads,
+) {
+    let written = match turn {
+        Err(e) => refuse(&mut io, &e).await,
+        Ok(_turn) => {
+            core.metrics.forward("served_upload");
+            match decode_first::<UploadRequest>(core, peer, &mut io, &first).await {
+                Ok(head) => answer_upload(core, peer, &mut io, head, uploads).await,
+                Err(done) => done,
+            }
+        }
     };
     finish(io, written).await;
 }
@@ -108,9 +181,10 @@ async fn answer_upload(
             local_entry(core, peer, &roles, &head.capability, head.operation)?;
             None
         };
-        Ok::<_, ApiError>((tool, uploads.room(head.body_len)?))
+        let held = uploads.check(peer, head.body_len, standing(core, &peer))?;
+        Ok::<_, ApiError>((tool, held))
     };
-    let (tool, _held) = match checked.await {
+    let (tool, mut held) = match checked.await {
         Ok(ok) => ok,
         Err(e) => return send_whole(io, e.status.as_u16(), e.to_bytes().to_vec()).await,
     };
@@ -122,25 +196,40 @@ async fn answer_upload(
     )
     .await?;
     let len = head.body_len as usize;
+    let deadline = Instant::now() + uploads.body_timeout;
+    // Room is taken part by part as the body arrives, and the peer keeps
+    // the steady pace or is cut off with what it holds.
     let read = async {
-        let mut body = BytesMut::with_capacity(len);
+        let mut paced = Paced::new(&mut *io, Pace::STEADY);
+        let mut body = BytesMut::with_capacity(len.min(intent::MAX_PART_BYTES));
         while body.len() < len {
             let limit = intent::MAX_PART_BYTES.min(len - body.len());
-            match tokio::time::timeout(READ_TIMEOUT, frames::read(&mut *io, limit)).await {
-                Ok(Ok(Some(part))) if !part.is_empty() => body.extend_from_slice(&part),
-                Ok(Ok(_)) => return Err(broken("the body ended short")),
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(broken("a part of the body did not arrive in time")),
+            let part = match frames::read(&mut paced, limit).await {
+                Ok(Some(part)) if !part.is_empty() => part,
+                Ok(_) => return Err(Ok(broken("the body ended short"))),
+                Err(e) => return Err(Ok(e)),
+            };
+            let wait = deadline.min(Instant::now() + Pace::STEADY.window);
+            if let Err(refusal) = held.grow_by(part.len(), wait).await {
+                return Err(Err(no_room(refusal)));
             }
+            if body.capacity() < len {
+                body.reserve(len - body.len());
+            }
+            body.extend_from_slice(&part);
         }
         Ok(body.freeze())
     };
-    // A peer that trickles its body does not hold the budget for long.
-    let body = match tokio::time::timeout(uploads.body_timeout, read).await {
+    let body = match tokio::time::timeout_at(deadline, read).await {
         Ok(Ok(body)) => body,
-        Ok(Err(e)) => {
+        Ok(Err(Ok(e))) => {
             core.metrics.forward("upload_broken");
+            tracing::debug!(%peer, error = %e, "an upload broke off");
             return Err(e);
+        }
+        Ok(Err(Err(refused))) => {
+            core.metrics.forward("upload_broken");
+            return refuse(io, &refused).await;
         }
         Err(_) => {
             core.metrics.forward("upload_broken");

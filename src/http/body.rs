@@ -1,7 +1,11 @@
 //! What a client can make the node hold: request bodies are read within a
-//! size limit, a deadline and a node-wide budget of bytes held at once, and
-//! requests run under one node-wide cap on concurrency (not one per route).
+//! size limit, at the pace every holder keeps ([`crate::budget::Pace`]), and
+//! within a node-wide budget of body bytes of which each client address and
+//! strangers together have a share, taken as the bytes arrive (never by the
+//! `Content-Length` a client declares); requests run under one node-wide
+//! cap on concurrency (not one per route).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,17 +17,51 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::ApiError;
+use crate::budget::{Budget, Hold, Holder, Limits, Pace, Refusal, Standing};
 use crate::config::HttpConfig;
+use crate::metrics::Metrics;
+
+/// Bytes of a declared body allocated before any arrived; the rest once
+/// this much has (a client that declares 32 MiB and sends nothing costs
+/// this, not 32 MiB).
+const FIRST_ALLOCATION: usize = 1024 * 1024;
 
 /// The node's limits on what clients' requests hold.
 pub struct Gates {
     max_body: usize,
     body_timeout: Duration,
-    /// One permit per byte of request body held.
-    held: Arc<Semaphore>,
+    /// Bytes of request bodies held, by client address.
+    held: Arc<Budget>,
     /// One permit per request being run.
     slots: Arc<Semaphore>,
     slot_wait: Duration,
+}
+
+/// The address a request came from (set by the server on every request of
+/// a connection; absent for requests made in process).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Set on a request that carried one of `http.api_keys`.
+#[derive(Clone, Copy, Debug)]
+pub struct Keyed;
+
+/// Who holds what a request holds: its client's address, known when on
+/// loopback or with a key.
+pub fn holder_of<B>(req: &axum::http::Request<B>) -> (Holder, Standing) {
+    let keyed = req.extensions().get::<Keyed>().is_some();
+    match req.extensions().get::<ClientAddr>() {
+        Some(ClientAddr(addr)) => {
+            let known = keyed || addr.ip().to_canonical().is_loopback();
+            let standing = if known {
+                Standing::Known
+            } else {
+                Standing::Stranger
+            };
+            (Holder::addr(addr.ip()), standing)
+        }
+        None => (Holder::Unknown, Standing::Known),
+    }
 }
 
 /// A request body, counted against the node's budget until dropped.
@@ -33,19 +71,17 @@ pub struct Body {
 }
 
 /// Room taken in the node's budget of body bytes.
-pub struct Held(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+pub struct Held(#[allow(dead_code)] Hold);
 
 /// A place among the requests the node runs at once.
 pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
 
 impl Gates {
-    pub fn new(http: &HttpConfig) -> Self {
+    pub fn new(http: &HttpConfig, metrics: Arc<Metrics>) -> Self {
         Self {
             max_body: http.max_body_bytes,
             body_timeout: http.body_timeout,
-            held: Arc::new(Semaphore::new(
-                http.max_body_bytes_held.min(Semaphore::MAX_PERMITS),
-            )),
+            held: Budget::new("http_body_bytes", body_limits(http), metrics),
             slots: Arc::new(Semaphore::new(http.max_concurrent_requests)),
             slot_wait: http.request_timeout,
         }
@@ -64,10 +100,12 @@ impl Gates {
 
     /// Reads a request's body: at most `max_body_bytes` (413, after reading
     /// and discarding up to as much again so that the client, still sending,
-    /// gets the answer rather than a reset), within `body_timeout` (408), once
-    /// the node's budget of bytes held has room for it.
+    /// gets the answer rather than a reset), at the body pace and within
+    /// `body_timeout` (408), its bytes counted against the client's share
+    /// of the node's budget as they arrive (503 when there is no room).
     pub async fn read(&self, req: Request) -> Result<Body, ApiError> {
         let deadline = Instant::now() + self.body_timeout;
+        let (holder, standing) = holder_of(&req);
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -82,16 +120,18 @@ impl Gates {
             }
             return Err(too_large());
         }
-        let mut held = match declared {
-            // Room for the whole body at once: bodies never wait on each
-            // other half-read.
-            Some(n) => Some(self.room(n as usize, deadline).await?),
-            None => None,
-        };
-        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+        let mut held = self
+            .held
+            .take(holder, standing, 0)
+            .map_err(|r| no_room(r, holder))?;
+        let declared = declared.map(|n| n as usize);
+        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(FIRST_ALLOCATION));
+        let mut progress = Pace::STEADY.start();
         loop {
-            let chunk = match timeout_at(deadline, chunks.next()).await {
-                Err(_) => return Err(too_slow(self.body_timeout)),
+            let cut = progress.deadline().min(deadline);
+            let chunk = match timeout_at(cut, chunks.next()).await {
+                Err(_) if cut == deadline => return Err(too_slow(self.body_timeout)),
+                Err(_) => return Err(behind_pace()),
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
                     return Err(ApiError::invalid(
@@ -101,16 +141,22 @@ impl Gates {
                 }
                 Ok(Some(Ok(chunk))) => chunk,
             };
+            progress.arrived(chunk.len());
             if buf.len() + chunk.len() > self.max_body {
                 discard(&mut chunks, self.max_body, deadline).await;
                 return Err(too_large());
             }
-            if declared.is_none() {
-                let more = self.room(chunk.len(), deadline).await?;
-                match &mut held {
-                    Some(h) => h.merge(more),
-                    None => held = Some(more),
-                }
+            // Waiting for room others hold counts against neither the
+            // client's pace nor more than one window.
+            let wait = deadline.min(Instant::now() + Pace::STEADY.window);
+            held.grow_by(chunk.len(), wait)
+                .await
+                .map_err(|r| no_room(r, holder))?;
+            if let Some(n) = declared
+                && buf.len() < FIRST_ALLOCATION
+                && buf.len() + chunk.len() >= FIRST_ALLOCATION
+            {
+                buf.reserve(n.min(self.max_body).saturating_sub(buf.len()));
             }
             buf.extend_from_slice(&chunk);
         }
@@ -119,21 +165,13 @@ impl Gates {
             held: Held(held),
         })
     }
+}
 
-    async fn room(
-        &self,
-        bytes: usize,
-        deadline: Instant,
-    ) -> Result<OwnedSemaphorePermit, ApiError> {
-        // `bytes` <= max_body_bytes, which the config keeps under 4 GiB.
-        let n = u32::try_from(bytes).map_err(|_| too_large())?;
-        match timeout_at(deadline, self.held.clone().acquire_many_owned(n)).await {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => Err(overloaded(
-                "The node holds as many request bodies as it may; try again shortly.",
-            )),
-        }
-    }
+/// `http.max_body_bytes_held` in all; for one client address, half of it
+/// (at least one whole body); for strangers together, three quarters.
+fn body_limits(http: &HttpConfig) -> Limits {
+    let total = http.max_body_bytes_held;
+    Limits::shared(total, (total / 2).max(http.max_body_bytes))
 }
 
 /// Reads and drops up to `limit` more bytes of a body the node refuses.
@@ -169,6 +207,40 @@ fn too_slow(limit: Duration) -> ApiError {
         ),
     )
     .code("body_timeout")
+}
+
+fn behind_pace() -> ApiError {
+    let pace = Pace::STEADY;
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "invalid_request_error",
+        format!(
+            "The request body arrived too slowly: the first bytes must come within {} s, then at least {} KiB every {} s.",
+            pace.first.as_secs(),
+            pace.min_bytes / 1024,
+            pace.window.as_secs()
+        ),
+    )
+    .code("body_too_slow")
+}
+
+/// No room for a body's bytes: the client has its share (429) or the node
+/// is full (503).
+fn no_room(refusal: Refusal, holder: Holder) -> ApiError {
+    match refusal {
+        Refusal::Holder => {
+            tracing::debug!(?holder, "a client holds its share of request bodies");
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "This client holds as many request body bytes as one client may; send the next body when one is done.",
+            )
+            .code("client_over_quota")
+        }
+        Refusal::Strangers | Refusal::Node => {
+            overloaded("The node holds as many request bodies as it may; try again shortly.")
+        }
+    }
 }
 
 fn overloaded(message: &str) -> ApiError {

@@ -1,14 +1,26 @@
 //! `/mcp`: the node as an MCP server for every tool it can call (its own,
 //! whatever their `share`, since its clients may call them, and those other
-//! nodes announce), through the request core's tool calls.
+//! nodes announce), through the request core's tool calls. Its sessions are
+//! a budget ([`crate::mcp::sessions`]); without API keys, a node listening
+//! beyond loopback serves `/mcp` to loopback clients only, unless
+//! `http.open_mcp`.
 
 use std::future::Future;
 use std::pin::Pin;
 
 use serde_json::{Map, Value};
 
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::body::holder_of;
+use super::{ApiError, AppState};
+use crate::budget::{Holder, Refusal, Standing};
 use crate::exec::{Core, ToolOutcome, refusal_message};
 use crate::mcp::server::{Called, Offered, ToolHost};
+use crate::mcp::sessions::Sessions;
 
 /// The request core as `/mcp` sees it.
 #[derive(Clone)]
@@ -61,5 +73,47 @@ impl ToolHost for MeshTools {
                 ToolOutcome::Refused { status, body } => Err(refusal_message(status, &body)),
             }
         })
+    }
+}
+
+/// Who may use `/mcp`, and a place for the session an `initialize` (a POST
+/// without `Mcp-Session-Id`) opens.
+pub async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let (holder, standing) = holder_of(&req);
+    let keyless_stranger = state.http.api_keys.is_empty()
+        && !state.http.open_mcp
+        && matches!(holder, Holder::Addr(_))
+        && standing == Standing::Stranger;
+    if keyless_stranger {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            "This node serves /mcp beyond loopback only with an API key (http.api_keys), or when http.open_mcp is set.",
+        )
+        .code("mcp_needs_key")
+        .into_response();
+    }
+    let opens = req.method() == Method::POST && !req.headers().contains_key("mcp-session-id");
+    if !opens {
+        return next.run(req).await;
+    }
+    match state.mcp_sessions.admit(holder, standing) {
+        Ok(place) => Sessions::opening(place, next.run(req)).await,
+        Err(refusal) => {
+            let message = match refusal {
+                Refusal::Holder => format!(
+                    "This client has {} /mcp sessions open, as many as one client may; close one (DELETE /mcp) or let one idle out ({} s).",
+                    state.http.mcp_sessions_per_client,
+                    state.http.mcp_session_idle.as_secs()
+                ),
+                Refusal::Strangers | Refusal::Node => format!(
+                    "The node has as many /mcp sessions open as it may ({}); try again when one closes or idles out.",
+                    state.http.mcp_sessions
+                ),
+            };
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message)
+                .code("too_many_sessions")
+                .into_response()
+        }
     }
 }

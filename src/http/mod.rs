@@ -24,7 +24,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-pub use body::Gates;
+pub use body::{ClientAddr, Gates};
 pub use error::{ApiError, ApiJson, ApiObject, ChatObject};
 pub use serve::serve;
 
@@ -53,6 +53,8 @@ pub struct Inner {
     pub started: Instant,
     /// Ends what outlives a request (`/mcp` sessions) when the node stops.
     pub cancel: tokio_util::sync::CancellationToken,
+    /// `/mcp` sessions, counted and expired.
+    pub mcp_sessions: Arc<crate::mcp::sessions::Sessions>,
 }
 
 impl AppState {
@@ -93,14 +95,19 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/mesh/peers", get(info::peers))
         .route("/v1/mesh/revocations", post(info::revoke))
         .route("/metrics", get(info::metrics))
-        .nest_service(
-            "/mcp",
-            crate::mcp::server::service(
-                mcp::MeshTools(state.core.clone()),
-                !state.http.listen.ip().is_loopback(),
-                state.http.max_body_bytes,
-                state.cancel.child_token(),
-            ),
+        .merge(
+            Router::new()
+                .nest_service(
+                    "/mcp",
+                    crate::mcp::server::service(
+                        mcp::MeshTools(state.core.clone()),
+                        state.mcp_sessions.clone(),
+                        !state.http.listen.ip().is_loopback(),
+                        state.http.max_body_bytes,
+                        state.cancel.child_token(),
+                    ),
+                )
+                .layer(middleware::from_fn_with_state(state.clone(), mcp::gate)),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -139,11 +146,15 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 async fn auth(
     State(state): State<AppState>,
     headers: HeaderMap,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     let given = match state.keys.check(&headers) {
-        Access::Open | Access::Granted => return next.run(req).await,
+        Access::Open => return next.run(req).await,
+        Access::Granted => {
+            req.extensions_mut().insert(body::Keyed);
+            return next.run(req).await;
+        }
         Access::Denied { given } => given,
     };
     let message = if !given {

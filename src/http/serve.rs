@@ -28,14 +28,14 @@ pub async fn serve(
             _ = stop.cancelled() => break,
             a = listener.accept() => a,
         };
-        let socket = match accepted {
-            Ok((socket, _)) => {
+        let (socket, from) = match accepted {
+            Ok((socket, from)) => {
                 // Answers written in parts (events, a large body's chunks)
                 // go out at once, not after the client's delayed ACK.
                 if let Err(e) = socket.set_nodelay(true) {
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                 }
-                socket
+                (socket, from)
             }
             Err(e) => {
                 // Out of file descriptors and the like: pause instead of spinning.
@@ -44,8 +44,14 @@ pub async fn serve(
                 continue;
             }
         };
+        // Every request knows its client's address: budgets are shared
+        // per address (`crate::budget`).
         let service = TowerToHyperService::new(app.clone().map_request(
-            |req: axum::http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new),
+            move |req: axum::http::Request<hyper::body::Incoming>| {
+                let mut req = req.map(axum::body::Body::new);
+                req.extensions_mut().insert(super::body::ClientAddr(from));
+                req
+            },
         ));
         let stop = stop.clone();
         connections.spawn(async move {

@@ -10,6 +10,7 @@
 mod client;
 mod schema;
 pub mod server;
+pub mod sessions;
 pub mod stdio;
 
 use std::collections::HashMap;

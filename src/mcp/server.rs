@@ -15,11 +15,12 @@ use rmcp::model::{
     PaginatedRequestParams, ResultType, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
+
+use super::sessions::Sessions;
 
 /// Longest tool name offered (OpenAI's function name rule).
 pub const MAX_NAME: usize = 64;
@@ -53,27 +54,24 @@ pub trait ToolHost: Clone + Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = Called> + Send>>;
 }
 
-/// The tower service to mount at `/mcp`. `any_host`: accept any `Host`
-/// header (the node listens beyond loopback); else only loopback names,
-/// against DNS rebinding. A request body over `max_body` bytes is refused
-/// (413) before it is all read.
+/// The tower service to mount at `/mcp`, its sessions kept by `sessions`.
+/// `any_host`: accept any `Host` header (the node listens beyond
+/// loopback); else only loopback names, against DNS rebinding. A request
+/// body over `max_body` bytes is refused (413) before it is all read.
 pub fn service<H: ToolHost>(
     host: H,
+    sessions: Arc<Sessions>,
     any_host: bool,
     max_body: usize,
     cancel: CancellationToken,
-) -> StreamableHttpService<Facade<H>, LocalSessionManager> {
+) -> StreamableHttpService<Facade<H>, Sessions> {
     let mut config = StreamableHttpServerConfig::default()
         .with_cancellation_token(cancel)
         .with_max_request_body_bytes(max_body);
     if any_host {
         config = config.disable_allowed_hosts();
     }
-    StreamableHttpService::new(
-        move || Ok(Facade { host: host.clone() }),
-        Default::default(),
-        config,
-    )
+    StreamableHttpService::new(move || Ok(Facade { host: host.clone() }), sessions, config)
 }
 
 /// One MCP session's handler.

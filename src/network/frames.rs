@@ -6,6 +6,9 @@ use std::io;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// Bytes of a frame allocated before any of it arrived.
+const FIRST_ALLOCATION: usize = 64 * 1024;
+
 /// Writes one frame and flushes it (each frame is a token on its way).
 pub async fn write<T: AsyncWrite + Unpin>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
     let mut buf = unsigned_varint::encode::usize_buffer();
@@ -22,6 +25,8 @@ pub async fn read<T: AsyncRead + Unpin>(io: &mut T, limit: usize) -> io::Result<
         Err(unsigned_varint::io::ReadError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
             return Ok(None);
         }
+        // As it came (a reader's deadline says `TimedOut`).
+        Err(unsigned_varint::io::ReadError::Io(e)) => return Err(e),
         Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
     };
     if len > limit {
@@ -30,8 +35,13 @@ pub async fn read<T: AsyncRead + Unpin>(io: &mut T, limit: usize) -> io::Result<
             format!("frame of {len} bytes over the limit of {limit}"),
         ));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+    // Grown as the bytes arrive, never allocated by what the prefix
+    // declares: a peer that announces 5 MiB and sends a byte holds a byte.
+    let mut buf = Vec::with_capacity(len.min(FIRST_ALLOCATION));
+    (&mut *io).take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() < len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
     Ok(Some(buf))
 }
 

@@ -304,3 +304,36 @@ impl Member {
         .await;
     }
 }
+
+/// A swarm with a fresh identity and only `behaviour`, dialling `addr`.
+pub fn bare_swarm<B: NetworkBehaviour>(behaviour: B, addr: &str) -> libp2p::Swarm<B> {
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|_| behaviour)
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    swarm
+        .dial(addr.parse::<Multiaddr>().expect("multiaddr"))
+        .expect("dial");
+    swarm
+}
+
+/// A bare stream peer with a fresh key connected to `addr`; its swarm runs
+/// in the background.
+pub async fn bare_peer(addr: &str) -> libp2p_stream::Control {
+    let mut swarm = bare_swarm(libp2p_stream::Behaviour::new(), addr);
+    let control = swarm.behaviour().new_control();
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    control
+}

@@ -23,11 +23,11 @@ use self::offer::{Tool, functions, result_text};
 use self::reply::{Call, Turn};
 use super::resolve::runs;
 use super::tool::Outcome;
-use super::{AUTO, ApiError, Core, Request, Target};
+use super::{AUTO, ApiError, Caller, Core, Request, Target};
 use crate::answer::{Event, Reply};
 use crate::backend::Op;
-use crate::config::{AgentConfig, MAX_STEPS};
-use crate::routing::Need;
+use crate::config::{AgentConfig, MAX_STEPS, MAX_TURN_ARGUMENT_BYTES};
+use crate::routing::{Need, Trust};
 
 /// One run of an agent: the conversation so far and what happened.
 struct Run<'a> {
@@ -40,6 +40,8 @@ struct Run<'a> {
     functions: Value,
     messages: Vec<Value>,
     max_steps: u32,
+    /// Tool calls run so far (within `max_tool_calls`).
+    calls_made: usize,
     steps: Vec<Value>,
     usage: [u64; 3],
     session: String,
@@ -77,6 +79,8 @@ impl Run<'_> {
                     ),
                 ));
             }
+            self.within_fan_out(&calls)?;
+            self.calls_made += calls.len();
             tracing::debug!(agent = %self.agent.id, calls = calls.len(), model_ms = ms(took), "agent step");
             let results = futures::future::join_all(calls.iter().map(|c| self.call(c))).await;
             for (call, (text, step)) in calls.iter().zip(results) {
@@ -95,6 +99,47 @@ impl Run<'_> {
                 self.max_steps
             ),
         ))
+    }
+
+    /// A turn's calls run at once: at most `max_calls_per_step` of them,
+    /// [`MAX_TURN_ARGUMENT_BYTES`] of arguments together, and
+    /// `max_tool_calls` in the run; past that, none of the turn runs.
+    fn within_fan_out(&self, calls: &[Call]) -> Result<(), ApiError> {
+        let agent = self.agent;
+        if calls.len() > agent.max_calls_per_step {
+            return Err(failed(
+                "agent_too_many_tool_calls",
+                format!(
+                    "The agent's model asked for {} tool calls in one turn; this agent runs at most {} at once (max_calls_per_step). None of them ran.",
+                    calls.len(),
+                    agent.max_calls_per_step
+                ),
+            ));
+        }
+        if self.calls_made + calls.len() > agent.max_tool_calls {
+            return Err(failed(
+                "agent_too_many_tool_calls",
+                format!(
+                    "The agent's model asked for more than {} tool calls in one run (max_tool_calls); {} ran before this turn's {}.",
+                    agent.max_tool_calls,
+                    self.calls_made,
+                    calls.len()
+                ),
+            ));
+        }
+        let bytes: usize = calls
+            .iter()
+            .map(|c| serde_json::to_vec(&c.arguments).map_or(usize::MAX, |v| v.len()))
+            .fold(0, usize::saturating_add);
+        if bytes > MAX_TURN_ARGUMENT_BYTES {
+            return Err(failed(
+                "agent_arguments_too_large",
+                format!(
+                    "The agent's model sent {bytes} bytes of tool arguments in one turn; at most {MAX_TURN_ARGUMENT_BYTES} run at once. None of them ran."
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn offered_names(&self) -> String {
@@ -372,7 +417,21 @@ impl Core {
             m
         }));
         let model = self.agent_model(agent, &query).await?;
-        let (tools, missing) = self.offer(agent, &query, request.caller.as_ref()).await?;
+        // The tools are offered as far as the caller, and a stranger whose
+        // model drives the run, could call them.
+        let strangers: Vec<Caller> = model
+            .group
+            .iter()
+            .chain(&model.fallbacks)
+            .filter(|p| p.entry.trust == Trust::Stranger)
+            .map(|p| Caller {
+                peer: p.entry.node.clone(),
+                roles: Vec::new(),
+            })
+            .collect();
+        let stranger_model = !strangers.is_empty();
+        let callers: Vec<Caller> = request.caller.iter().cloned().chain(strangers).collect();
+        let (tools, missing) = self.offer(agent, &query, &callers, stranger_model).await?;
         if !missing.is_empty() {
             tracing::warn!(agent = %agent.id, missing = ?missing, "configured tools not reachable; the agent runs without them");
         }
@@ -384,6 +443,7 @@ impl Core {
             tools,
             messages,
             max_steps,
+            calls_made: 0,
             steps: Vec::new(),
             usage: [0; 3],
             session: format!("{:016x}", rand::random::<u64>()),
@@ -392,7 +452,9 @@ impl Core {
 
     /// The providers of an agent's model: the one named, or the `llm/*`
     /// model that best fits the request (the nearest one when none fits
-    /// well: the agent was chosen for the request, its model need only chat).
+    /// well: the agent was chosen for the request, its model need only chat);
+    /// strangers' copies only where the agent allows them
+    /// (`stranger_models`).
     async fn agent_model(&self, agent: &AgentConfig, query: &str) -> Result<Target, ApiError> {
         if agent.llm != AUTO {
             let copies = self.copies(&agent.llm)?;
@@ -411,9 +473,35 @@ impl Core {
                 )
                 .code("agent_model_invalid"));
             }
+            let copies: Vec<_> = copies
+                .into_iter()
+                .filter(|e| agent.stranger_models || e.trust != Trust::Stranger)
+                .collect();
+            if copies.is_empty() {
+                return Err(untrusted_model(&agent.llm));
+            }
             return Ok(self.explicit_target(copies));
         }
         let decision = self.decide(vec![query.to_owned()], Need::Llm).await?;
+        if !agent.stranger_models {
+            // The best-fitting model a stranger does not offer.
+            let up = self.available();
+            let trusted = decision
+                .candidates
+                .iter()
+                .filter(|c| c.eligible)
+                .filter_map(|c| c.entry.clone())
+                .find(|e| e.trust != Trust::Stranger && up(e));
+            return match trusted {
+                Some(entry) => Ok(self.target(vec![(entry, None)], Vec::new())),
+                None => Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "No language model of this node, of a trusted node or of a member can be reached to drive the agent (strangers' models drive it only with stranger_models = true).",
+                )
+                .code("agent_model_unavailable")),
+            };
+        }
         match self.nearest_target(&decision) {
             Some(target) => Ok(target),
             None => Err(ApiError::new(
@@ -424,6 +512,18 @@ impl Core {
             .code("agent_model_unavailable")),
         }
     }
+}
+
+/// The refusal of a named model that only strangers offer.
+fn untrusted_model(model: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        format!(
+            "The agent's model `{model}` is offered only by nodes this one does not trust; set stranger_models = true on the agent to let a stranger's model drive it."
+        ),
+    )
+    .code("agent_model_untrusted")
 }
 
 /// What `/v1/agent/invoke` came to: the run's status and its chat

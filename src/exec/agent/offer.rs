@@ -28,13 +28,16 @@ pub struct Tool {
 const MAX_RESULT_TEXT: usize = 64 * 1024;
 
 impl Core {
-    /// The tools `agent` may call in a run for `caller` on `query`, and
-    /// the names of configured tools that cannot be reached now.
+    /// The tools `agent` may call in a run for `callers` (the peer that
+    /// asked; the stranger whose model drives the run, `stranger_model`)
+    /// on `query`, and the names of configured tools that cannot be
+    /// reached now.
     pub(super) async fn offer(
         &self,
         agent: &AgentConfig,
         query: &str,
-        caller: Option<&Caller>,
+        callers: &[Caller],
+        stranger_model: bool,
     ) -> Result<(Vec<Tool>, Vec<String>), ApiError> {
         let mut found: Vec<(String, Vec<Arc<Entry>>)> = Vec::new();
         let mut missing = Vec::new();
@@ -75,15 +78,21 @@ impl Core {
             }
         }
         // Run for a peer, this node's tools are offered only as far as that
-        // peer could call them itself.
+        // peer could call them itself; and a run that lends a stranger's
+        // model this node's trust in other nodes offers none of their tools.
         let mut tools: Vec<(String, Vec<Arc<Entry>>)> = found
             .into_iter()
             .map(|(name, copies)| {
                 let copies: Vec<Arc<Entry>> = copies
                     .into_iter()
                     .filter(|e| {
-                        !e.local
-                            || caller.is_none_or(|c| e.capability.share.allows(&c.peer, &c.roles))
+                        if e.local {
+                            callers
+                                .iter()
+                                .all(|c| e.capability.share.allows(&c.peer, &c.roles))
+                        } else {
+                            !stranger_model || e.trust == crate::routing::Trust::Stranger
+                        }
                     })
                     .collect();
                 (name, copies)

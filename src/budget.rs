@@ -1,0 +1,584 @@
+//! The one rule for everything a peer or a client can make this node hold
+//! (a stream slot, an upload's room, body bytes, an `/mcp` session, a tool
+//! call): it is held only while it makes progress, and shared fairly.
+//!
+//! - **Progress** ([`Pace`]): the first frame (or byte) within
+//!   [`Pace::first`], then at least [`Pace::min_bytes`] in every
+//!   [`Pace::window`] until the end. A holder that falls behind is cut off
+//!   and what it held is freed: an idle or trickling holder keeps nothing
+//!   for longer than one window.
+//! - **Fair shares** ([`Budget`]): a node-wide amount, of which one holder
+//!   (a peer; a client's address for HTTP) may take at most
+//!   [`Limits::per_holder`], and strangers together (peers neither trusted
+//!   nor members; clients neither on loopback nor holding a key) at most
+//!   [`Limits::strangers`], so that fresh keys or addresses cannot take what
+//!   known peers need. Room is taken as it is used (bytes as they arrive),
+//!   never by what a holder declares.
+//!
+//! Every refusal is counted in `atmosphere_budget_refusals_total{budget,
+//! reason}` and what is held in `atmosphere_budget_held{budget}`. README
+//! "Budgets" lists every budget with its numbers.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use libp2p::PeerId;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
+
+use crate::metrics::Metrics;
+
+/// Who holds a share of a budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Holder {
+    /// A peer of the mesh, by its key.
+    Peer(PeerId),
+    /// An HTTP client, by its address (IPv6 by its /64: one host's share,
+    /// however many addresses of its network it uses).
+    Addr(IpAddr),
+    /// An HTTP client whose address is not known (a request made in
+    /// process, as tests do).
+    Unknown,
+}
+
+impl Holder {
+    /// The holder of a request from `ip`.
+    pub fn addr(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::Addr(IpAddr::V4(v4)),
+                None => {
+                    let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                    Self::Addr(IpAddr::V6(bits.into()))
+                }
+            },
+            v4 => Self::Addr(v4),
+        }
+    }
+}
+
+/// Whether a holder is known to this node or a stranger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// This node's own, a trusted peer (`mesh.trusted`), a member of a
+    /// closed mesh, a client on loopback or with an API key.
+    Known,
+    /// Anyone else: fresh keys and addresses cost nothing to make.
+    Stranger,
+}
+
+/// How much of a budget there is and how it is shared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// In all, at once.
+    pub total: usize,
+    /// For any one holder.
+    pub per_holder: usize,
+    /// For strangers together.
+    pub strangers: usize,
+}
+
+impl Limits {
+    /// `total` shared with `per_holder` for each holder and three quarters
+    /// for strangers together (a quarter always left to known peers).
+    pub fn shared(total: usize, per_holder: usize) -> Self {
+        Self {
+            total,
+            per_holder: per_holder.min(total),
+            strangers: (total - total / 4).max(1),
+        }
+    }
+}
+
+/// Why a budget had no room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The holder has its share.
+    Holder,
+    /// Strangers together have theirs.
+    Strangers,
+    /// The node's whole budget is held.
+    Node,
+}
+
+impl Refusal {
+    /// The label in metrics and the word in error codes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Holder => "holder",
+            Self::Strangers => "strangers",
+            Self::Node => "node",
+        }
+    }
+}
+
+/// One budget of the node (stream slots, bytes of bodies, sessions...).
+pub struct Budget {
+    name: &'static str,
+    limits: Limits,
+    state: Mutex<State>,
+    freed: Notify,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct State {
+    used: usize,
+    strangers: usize,
+    /// Holders holding anything (none at zero: bounded by `total`).
+    holders: HashMap<Holder, usize>,
+}
+
+/// What one holder took of a budget; given back when dropped.
+pub struct Hold {
+    budget: Arc<Budget>,
+    holder: Holder,
+    standing: Standing,
+    amount: usize,
+}
+
+impl Budget {
+    /// A budget called `name` in metrics and logs.
+    pub fn new(name: &'static str, limits: Limits, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            name,
+            limits,
+            state: Mutex::default(),
+            freed: Notify::new(),
+            metrics,
+        })
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Takes `amount` for `holder` now, or says why not (counted).
+    pub fn take(
+        self: &Arc<Self>,
+        holder: Holder,
+        standing: Standing,
+        amount: usize,
+    ) -> Result<Hold, Refusal> {
+        let mut hold = Hold {
+            budget: self.clone(),
+            holder,
+            standing,
+            amount: 0,
+        };
+        hold.grow(amount)?;
+        Ok(hold)
+    }
+
+    /// Takes `amount` for `holder`, waiting until `deadline` for room
+    /// (freed by others, or by the holder's own other requests).
+    pub async fn take_by(
+        self: &Arc<Self>,
+        holder: Holder,
+        standing: Standing,
+        amount: usize,
+        deadline: Instant,
+    ) -> Result<Hold, Refusal> {
+        let mut hold = Hold {
+            budget: self.clone(),
+            holder,
+            standing,
+            amount: 0,
+        };
+        hold.grow_by(amount, deadline).await?;
+        Ok(hold)
+    }
+
+    /// How much is held, in all and by `holder`.
+    pub fn held(&self, holder: Option<&Holder>) -> usize {
+        let state = self.state.lock();
+        match holder {
+            None => state.used,
+            Some(h) => state.holders.get(h).copied().unwrap_or(0),
+        }
+    }
+
+    fn try_add(&self, holder: Holder, standing: Standing, amount: usize) -> Result<(), Refusal> {
+        let mut state = self.state.lock();
+        let mine = state.holders.get(&holder).copied().unwrap_or(0);
+        let refusal = if mine + amount > self.limits.per_holder {
+            Some(Refusal::Holder)
+        } else if standing == Standing::Stranger && state.strangers + amount > self.limits.strangers
+        {
+            Some(Refusal::Strangers)
+        } else if state.used + amount > self.limits.total {
+            Some(Refusal::Node)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            drop(state);
+            self.metrics.budget_refusal(self.name, refusal.as_str());
+            tracing::debug!(
+                budget = self.name,
+                ?holder,
+                reason = refusal.as_str(),
+                "budget refused"
+            );
+            return Err(refusal);
+        }
+        state.used += amount;
+        if standing == Standing::Stranger {
+            state.strangers += amount;
+        }
+        *state.holders.entry(holder).or_default() += amount;
+        self.metrics.budget_held(self.name, state.used);
+        Ok(())
+    }
+
+    fn give_back(&self, holder: Holder, standing: Standing, amount: usize) {
+        if amount == 0 {
+            return;
+        }
+        let mut state = self.state.lock();
+        state.used -= amount;
+        if standing == Standing::Stranger {
+            state.strangers -= amount;
+        }
+        if let Some(n) = state.holders.get_mut(&holder) {
+            *n -= amount;
+            if *n == 0 {
+                state.holders.remove(&holder);
+            }
+        }
+        self.metrics.budget_held(self.name, state.used);
+        drop(state);
+        self.freed.notify_waiters();
+    }
+}
+
+impl Hold {
+    /// How much this hold has.
+    pub fn amount(&self) -> usize {
+        self.amount
+    }
+
+    /// Takes `more` now, or says why not (the hold keeps what it had).
+    pub fn grow(&mut self, more: usize) -> Result<(), Refusal> {
+        self.budget.try_add(self.holder, self.standing, more)?;
+        self.amount += more;
+        Ok(())
+    }
+
+    /// Takes `more`, waiting until `deadline` for room that others hold.
+    pub async fn grow_by(&mut self, more: usize, deadline: Instant) -> Result<(), Refusal> {
+        let budget = self.budget.clone();
+        loop {
+            let freed = budget.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            match self.grow(more) {
+                Ok(()) => return Ok(()),
+                Err(refusal) => {
+                    if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                        return Err(refusal);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.budget
+            .give_back(self.holder, self.standing, self.amount);
+    }
+}
+
+/// How fast a holder must make progress to keep what it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pace {
+    /// Longest wait for the first frame (or byte).
+    pub first: Duration,
+    /// After it, every `window` must bring `min_bytes` (or the end).
+    pub window: Duration,
+    pub min_bytes: usize,
+}
+
+impl Pace {
+    /// Bodies, frames and uploads: the first bytes within 10 s, then 16 KiB in
+    /// every 10 s (a 1.6 KB/s link keeps up; a trickle of a byte every few
+    /// seconds holds nothing past its first window).
+    pub const STEADY: Pace = Pace {
+        first: Duration::from_secs(10),
+        window: Duration::from_secs(10),
+        min_bytes: 16 * 1024,
+    };
+
+    /// A progress clock started now.
+    pub fn start(self) -> Progress {
+        Progress {
+            pace: self,
+            started: false,
+            deadline: Instant::now() + self.first,
+            got: 0,
+        }
+    }
+}
+
+/// A holder's progress against its [`Pace`].
+#[derive(Debug)]
+pub struct Progress {
+    pace: Pace,
+    started: bool,
+    deadline: Instant,
+    got: usize,
+}
+
+impl Progress {
+    /// When the holder is cut off unless more arrives.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Counts `n` bytes that arrived now.
+    pub fn arrived(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let now = Instant::now();
+        if !self.started {
+            self.started = true;
+            self.deadline = now + self.pace.window;
+            self.got = 0;
+            return;
+        }
+        self.got += n;
+        if self.got >= self.pace.min_bytes {
+            self.deadline = now + self.pace.window;
+            self.got = 0;
+        }
+    }
+}
+
+/// A reader held to a [`Pace`]: reading past its deadline fails with
+/// `TimedOut`, so whatever waits on it (a frame, a body) gives up what it
+/// holds. For libp2p streams and other `futures` readers.
+pub struct Paced<R> {
+    inner: R,
+    progress: Progress,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<R> Paced<R> {
+    pub fn new(inner: R, pace: Pace) -> Self {
+        let progress = pace.start();
+        let timer = Box::pin(tokio::time::sleep_until(progress.deadline()));
+        Self {
+            inner,
+            progress,
+            timer,
+        }
+    }
+
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+impl<R: futures::AsyncRead + Unpin> futures::AsyncRead for Paced<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if let Poll::Ready(n) = Pin::new(&mut this.inner).poll_read(cx, buf) {
+            let n = n?;
+            this.progress.arrived(n);
+            this.timer.as_mut().reset(this.progress.deadline());
+            return Poll::Ready(Ok(n));
+        }
+        ready!(this.timer.as_mut().poll(cx));
+        Poll::Ready(Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the peer fell behind the pace a holder must keep",
+        )))
+    }
+}
+
+impl<W: futures::AsyncWrite + Unpin> futures::AsyncWrite for Paced<W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(limits: Limits) -> Arc<Budget> {
+        Budget::new("test", limits, Arc::new(Metrics::default()))
+    }
+
+    #[test]
+    fn one_holder_takes_its_share_and_no_more() {
+        let b = budget(Limits::shared(100, 30));
+        let a = Holder::Peer(PeerId::random());
+        let held = b.take(a, Standing::Known, 30).expect("its share");
+        assert_eq!(b.take(a, Standing::Known, 1).err(), Some(Refusal::Holder));
+        let other = Holder::Peer(PeerId::random());
+        assert!(
+            b.take(other, Standing::Known, 30).is_ok(),
+            "others are not held back"
+        );
+        drop(held);
+        assert!(
+            b.take(a, Standing::Known, 30).is_ok(),
+            "given back when dropped"
+        );
+    }
+
+    #[test]
+    fn strangers_together_leave_known_peers_their_quarter() {
+        let b = budget(Limits::shared(100, 10));
+        let mut strangers = Vec::new();
+        let refused = loop {
+            match b.take(Holder::Peer(PeerId::random()), Standing::Stranger, 10) {
+                Ok(h) => strangers.push(h),
+                Err(r) => break r,
+            }
+        };
+        assert_eq!(refused, Refusal::Strangers);
+        assert_eq!(b.held(None), 70, "75 for strangers, taken 10 at a time");
+        let known: Vec<_> = (0..3)
+            .map(|_| b.take(Holder::Peer(PeerId::random()), Standing::Known, 10))
+            .collect();
+        assert!(
+            known.iter().all(Result::is_ok),
+            "known peers still find room"
+        );
+        assert_eq!(
+            b.take(Holder::Peer(PeerId::random()), Standing::Known, 10)
+                .err(),
+            Some(Refusal::Node)
+        );
+    }
+
+    #[test]
+    fn a_hold_grows_as_its_bytes_arrive_and_the_holders_are_forgotten() {
+        let b = budget(Limits::shared(100, 50));
+        let a = Holder::addr("2001:db8::1".parse().expect("v6"));
+        let same_host = Holder::addr("2001:db8::2".parse().expect("v6"));
+        assert_eq!(a, same_host, "one /64, one holder");
+        let mut h = b.take(a, Standing::Stranger, 0).expect("nothing yet");
+        for _ in 0..5 {
+            h.grow(10).expect("room");
+        }
+        assert_eq!(h.grow(1), Err(Refusal::Holder));
+        assert_eq!(h.amount(), 50);
+        drop(h);
+        assert_eq!(b.held(None), 0);
+        assert!(b.state.lock().holders.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_taker_gets_room_freed_by_others() {
+        let b = budget(Limits {
+            total: 10,
+            per_holder: 10,
+            strangers: 10,
+        });
+        let first = b.take(Holder::Unknown, Standing::Known, 10).expect("all");
+        let b2 = b.clone();
+        let waiter = tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            b2.take_by(Holder::Peer(PeerId::random()), Standing::Known, 5, deadline)
+                .await
+                .map(|h| h.amount())
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(first);
+        assert_eq!(waiter.await.expect("task"), Ok(5));
+
+        let b = budget(Limits::shared(10, 5));
+        let _mine = b
+            .take(Holder::Unknown, Standing::Known, 5)
+            .expect("its share");
+        let deadline = Instant::now() + Duration::from_millis(100);
+        assert_eq!(
+            b.take_by(Holder::Unknown, Standing::Known, 1, deadline)
+                .await
+                .err(),
+            Some(Refusal::Holder),
+            "over its own share until the deadline"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_trickle_is_cut_after_one_window_and_a_steady_flow_is_not() {
+        use futures::AsyncReadExt;
+        // A byte every 100 ms: the first arrives in time, the window after
+        // it brings 3 bytes, not 100.
+        let pace = Pace {
+            first: Duration::from_millis(300),
+            window: Duration::from_millis(300),
+            min_bytes: 100,
+        };
+        let mut paced = Paced::new(flow(20, 1, Duration::from_millis(100)), pace);
+        let mut buf = [0u8; 16];
+        let err = loop {
+            match paced.read(&mut buf).await {
+                Ok(0) => panic!("the trickle was kept to its end"),
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+
+        // 200 bytes every 50 ms against 100 every 2 s: kept to the end.
+        let pace = Pace {
+            first: Duration::from_secs(2),
+            window: Duration::from_secs(2),
+            min_bytes: 100,
+        };
+        let mut paced = Paced::new(flow(10, 200, Duration::from_millis(50)), pace);
+        let mut all = Vec::new();
+        paced
+            .read_to_end(&mut all)
+            .await
+            .expect("a steady flow is kept");
+        assert_eq!(all.len(), 2000);
+    }
+
+    /// A reader that gets `times` chunks of `size` bytes, one every `every`.
+    fn flow(times: usize, size: usize, every: Duration) -> impl futures::AsyncRead + Unpin {
+        use futures::TryStreamExt;
+        let chunks = futures::stream::unfold(0, move |i| async move {
+            if i == times {
+                return None;
+            }
+            tokio::time::sleep(every).await;
+            Some((Ok::<_, std::io::Error>(vec![1u8; size]), i + 1))
+        });
+        Box::pin(chunks).into_async_read()
+    }
+}

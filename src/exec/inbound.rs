@@ -1,0 +1,233 @@
+//! Inbound streams of the mesh's stream protocols (`stream`, `upload`,
+//! `tool`), admitted under the one rule of [`crate::budget`]:
+//!
+//! 1. a new stream takes a place among the streams whose first frame is
+//!    awaited (`<protocol>_opening`: 8 per peer, 256 in all, strangers 192
+//!    together) within the peer's rate, and must bring that frame at the
+//!    steady pace (first bytes within 10 s, then 16 KiB every 10 s);
+//! 2. only with its frame does it take a place among the requests served
+//!    (`<protocol>_serving`: per peer and in all as each protocol says,
+//!    strangers three quarters together).
+//!
+//! So a peer that opens streams and sends nothing, or trickles, holds none
+//! of the places served requests need, and strangers together never hold
+//! what trusted peers and members need. A stream refused at step 1 is
+//! answered when a place among the refusals is free (its frame read for
+//! 2 s), else reset; refused at step 2, it is answered at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::http::StatusCode;
+use futures::StreamExt;
+use libp2p::PeerId;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::quota::{PeerRate, over_quota};
+use super::{ApiError, Core};
+use crate::budget::{Budget, Hold, Holder, Limits, Pace, Paced, Refusal, Standing};
+use crate::network::frames;
+
+/// Streams awaiting their first frame, per peer and in all.
+const OPENING_PER_PEER: usize = 8;
+const OPENING_AT_ONCE: usize = 256;
+/// Refused streams answered at once (more are reset), and how long the
+/// first frame of one is waited for.
+const REFUSALS_AT_ONCE: usize = 64;
+const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How one protocol's inbound streams are admitted.
+pub(super) struct Inbound {
+    /// What its requests are called in refusals ("tool calls").
+    what: &'static str,
+    /// Largest first frame.
+    max_first: usize,
+    rate: Arc<PeerRate>,
+    opening: Arc<Budget>,
+    serving: Arc<Budget>,
+}
+
+/// A request being served: its place, given back when dropped.
+pub(super) struct Turn(#[allow(dead_code)] Hold);
+
+impl Inbound {
+    /// The budgets of protocol `name` (`stream`, `upload`, `tool`): `per_peer`
+    /// requests served for one peer and `at_once` in all.
+    pub(super) fn new(
+        core: &Core,
+        name: &'static str,
+        what: &'static str,
+        max_first: usize,
+        rate: Arc<PeerRate>,
+        (per_peer, at_once): (usize, usize),
+    ) -> Self {
+        let (opening, serving) = budget_names(name);
+        Self {
+            what,
+            max_first,
+            rate,
+            opening: Budget::new(
+                opening,
+                Limits::shared(OPENING_AT_ONCE, OPENING_PER_PEER),
+                core.metrics.clone(),
+            ),
+            serving: Budget::new(
+                serving,
+                Limits::shared(at_once, per_peer),
+                core.metrics.clone(),
+            ),
+        }
+    }
+
+    /// Why a peer's request found no place among those served.
+    fn refusal(&self, refusal: Refusal) -> ApiError {
+        match refusal {
+            Refusal::Holder => over_quota(self.serving.limits().per_holder, self.what),
+            Refusal::Strangers | Refusal::Node => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                format!("The node is serving as many {} as it can.", self.what),
+            )
+            .code("overloaded"),
+        }
+    }
+}
+
+fn budget_names(protocol: &'static str) -> (&'static str, &'static str) {
+    match protocol {
+        "stream" => ("stream_opening", "stream_serving"),
+        "upload" => ("upload_opening", "upload_serving"),
+        _ => ("tool_opening", "tool_serving"),
+    }
+}
+
+/// Whether `peer` is known to this node: trusted (`mesh.trusted`) or, in a
+/// closed mesh, a member whose certificate is in force.
+pub(super) fn standing(core: &Core, peer: &PeerId) -> Standing {
+    let Some(mesh) = &core.mesh else {
+        return Standing::Stranger;
+    };
+    let member = mesh.gate.as_ref().is_some_and(|gate| {
+        matches!(
+            gate.standing(peer, crate::member::now_ms()),
+            Some(crate::member::Standing::Member(_))
+        )
+    });
+    if member || mesh.trusted.contains(peer) {
+        Standing::Known
+    } else {
+        Standing::Stranger
+    }
+}
+
+/// Serves the streams peers open with one protocol until `cancel`, then
+/// lets those being served end. `serve` gets each stream with its first
+/// frame, and its place or the refusal to answer.
+pub(super) async fn serve<F, Fut>(
+    core: Core,
+    mut incoming: libp2p_stream::IncomingStreams,
+    inbound: Inbound,
+    cancel: CancellationToken,
+    serve: F,
+) where
+    F: Fn(Core, PeerId, libp2p::Stream, Vec<u8>, Result<Turn, ApiError>) -> Fut
+        + Send
+        + Sync
+        + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let serve = Arc::new(serve);
+    let inbound = Arc::new(inbound);
+    let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
+    let running = TaskTracker::new();
+    loop {
+        let (peer, mut io) = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            n = incoming.next() => match n { Some(n) => n, None => break },
+        };
+        let standing = standing(&core, &peer);
+        let opening = if inbound.rate.allow(peer, std::time::Instant::now()) {
+            inbound
+                .opening
+                .take(Holder::Peer(peer), standing, 1)
+                .map_err(|r| inbound.refusal(r))
+        } else {
+            Err(inbound.rate.refusal())
+        };
+        let opening = match opening {
+            Ok(opening) => opening,
+            Err(e) => {
+                let reason = e.code.unwrap_or("stream_refused");
+                core.metrics.forward("stream_refused");
+                core.metrics.peer_refusal(&peer, reason);
+                tracing::debug!(%peer, reason, "an inbound stream refused");
+                // Answered when a refusal slot is free; else dropped, which
+                // resets the stream (the peer tries another node either way).
+                let Ok(slot) = refusals.clone().try_acquire_owned() else {
+                    continue;
+                };
+                let (core, inbound, serve) = (core.clone(), inbound.clone(), serve.clone());
+                let served = async move {
+                    let read = tokio::time::timeout(
+                        REFUSAL_READ_TIMEOUT,
+                        frames::read(&mut io, inbound.max_first),
+                    );
+                    if let Ok(Ok(Some(first))) = read.await {
+                        (serve)(core, peer, io, first, Err(e)).await;
+                    }
+                    drop(slot);
+                };
+                running.spawn(served);
+                continue;
+            }
+        };
+        let (core, inbound, serve) = (core.clone(), inbound.clone(), serve.clone());
+        running.spawn(async move {
+            let Some((io, first)) = read_first(&core, peer, io, inbound.max_first).await else {
+                return;
+            };
+            drop(opening);
+            let turn = inbound
+                .serving
+                .take(Holder::Peer(peer), standing, 1)
+                .map(Turn)
+                .map_err(|r| {
+                    let e = inbound.refusal(r);
+                    let reason = e.code.unwrap_or("stream_refused");
+                    core.metrics.forward("stream_refused");
+                    core.metrics.peer_refusal(&peer, reason);
+                    e
+                });
+            serve(core, peer, io, first, turn).await;
+        });
+    }
+    running.close();
+    running.wait().await;
+}
+
+/// The first frame of a stream, at the steady pace; `None` (counted
+/// `stream_idle` when none came in time) when the stream brought none.
+async fn read_first(
+    core: &Core,
+    peer: PeerId,
+    mut io: libp2p::Stream,
+    max: usize,
+) -> Option<(libp2p::Stream, Vec<u8>)> {
+    let mut paced = Paced::new(&mut io, Pace::STEADY);
+    match frames::read(&mut paced, max).await {
+        Ok(Some(first)) => Some((io, first)),
+        Ok(None) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            core.metrics.forward("stream_idle");
+            tracing::debug!(%peer, "no request on a stream in time; closed");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "unreadable first frame");
+            None
+        }
+    }
+}
