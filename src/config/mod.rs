@@ -116,8 +116,11 @@ pub struct HttpConfig {
     /// Largest image or audio clip a chat may carry, decoded (within
     /// `max_body_bytes` for the whole body).
     pub max_media_bytes: usize,
-    /// Whether chats may link images on private, loopback or link-local
-    /// hosts (which the model's server would fetch); off by default.
+    /// Whether chats may carry links (images, video, audio, files: any
+    /// part's `*url` field) to private, loopback or link-local hosts, which
+    /// the model's server would fetch; off by default. Off, a link's host
+    /// name is resolved here and refused when any address it resolves to is
+    /// private, or when it resolves to none.
     pub private_image_links: bool,
     /// `/mcp` sessions open at once (each holds its client's state, about
     /// 50 KB); an `initialize` past them is answered 429.

@@ -314,8 +314,9 @@ impl Core {
         if op == Op::Chat {
             // Named as the client wrote it: data.image, or within data.messages.
             let from_image = !data.contains_key("messages");
-            super::media::check(&body, &crate::lean::Spans::default(), self.media).map_err(
-                |e| ApiError {
+            super::media::check(&body, &crate::lean::Spans::default(), self.media)
+                .await
+                .map_err(|e| ApiError {
                     param: e.param.map(|p| {
                         if from_image && p.ends_with("image_url.url") {
                             "data.image".to_owned()
@@ -324,8 +325,7 @@ impl Core {
                         }
                     }),
                     ..e
-                },
-            )?;
+                })?;
         }
         let target = self.explicit_target(self.copies(&address)?);
         let answer = self

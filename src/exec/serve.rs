@@ -191,7 +191,7 @@ pub(super) fn local_entry(
 }
 
 /// Checks a forwarded request and finds the local capability it names.
-fn local_request(
+async fn local_request(
     core: &Core,
     peer: PeerId,
     roles: &[String],
@@ -219,7 +219,7 @@ fn local_request(
     if op == Op::Chat {
         // What the peer checked is checked again: images and audio are
         // what this node's backends would be sent (and links they fetch).
-        super::media::check(&body, &spans, core.media)?;
+        super::media::check(&body, &spans, core.media).await?;
         let carries = super::texts::chat_inputs(&body);
         if !Need::Text(carries).takes_inputs(&entry.capability) {
             return Err(super::resolve::not_taken(
@@ -293,7 +293,7 @@ pub(super) async fn run(
 ) -> Result<Reply, ApiError> {
     let deadline = deadline_of(core, request.deadline_ms);
     let roles = admitted(core, peer).await?;
-    let (target, local) = local_request(core, peer, &roles, request, stream)?;
+    let (target, local) = local_request(core, peer, &roles, request, stream).await?;
     let answer = tokio::time::timeout(deadline, core.run(target, local))
         .await
         .map_err(|_| out_of_time())??;

@@ -88,7 +88,7 @@ pub async fn chat(
     let model = model_field(&request.body)?;
     stream_field(&request.body)?;
     let texts = chat_texts(&request.body)?;
-    crate::exec::media::check(&request.body, &request.spans, state.core.media)?;
+    crate::exec::media::check(&request.body, &request.spans, state.core.media).await?;
     run(&state, &headers, Op::Chat, request, &model, || {
         need_text(texts, "messages")
     })
