@@ -392,12 +392,17 @@ async fn trusted_nodes_go_before_strangers() {
             bootstrap,
         )
     };
-    // The stranger joins first (known longest), the trusted node later.
+    // The stranger joins first (known longest), the trusted node later;
+    // the stranger has taken the trusted node's name.
     let dir_s = tempfile::tempdir().expect("tempdir");
-    let stranger = start(provider(dir_s.path(), Vec::new())).await;
+    let mut s = provider(dir_s.path(), Vec::new());
+    s.node.name = "barn".into();
+    let stranger = start(s).await;
     let s_addr = mesh_addr(&stranger).await;
     let dir_t = tempfile::tempdir().expect("tempdir");
-    let trusted = start(provider(dir_t.path(), vec![s_addr.clone()])).await;
+    let mut t = provider(dir_t.path(), vec![s_addr.clone()]);
+    t.node.name = "barn".into();
+    let trusted = start(t).await;
     let dir_a = tempfile::tempdir().expect("tempdir");
     let mut config = mesh_config(Vec::new(), Vec::new(), dir_a.path(), vec![s_addr]);
     config.mesh.as_mut().expect("mesh").trusted = vec![trusted.peer_id.to_base58()];
@@ -421,6 +426,12 @@ async fn trusted_nodes_go_before_strangers() {
     assert_eq!(other["trust"], "stranger");
     assert_eq!(
         served_by(&a, "farm/llama-expert", LLAMA_QUESTIONS[1]).await,
+        t_id
+    );
+    // A name pin goes to the trusted node that uses the name: a stranger
+    // (even one connected to A) that takes it does not make it ambiguous.
+    assert_eq!(
+        served_by(&a, "farm/llama-expert@barn", LLAMA_QUESTIONS[1]).await,
         t_id
     );
 

@@ -360,7 +360,11 @@ impl Core {
     }
 
     /// The PeerId (base58) of a node named by PeerId or by name: this node,
-    /// or an origin it holds. A name that several nodes use is refused.
+    /// or an origin it holds. Names are not owned, so a name is taken as the
+    /// node that uses it and this node trusts most: a trusted node or a
+    /// member, then a node connected to it (or heard from itself), then any
+    /// other. Several at that rank: refused as ambiguous, so a stranger
+    /// that takes a trusted node's name breaks no pin of it.
     fn node_named(&self, node: &str) -> Result<String, ApiError> {
         if node == self.node_id || node == self.node_name {
             return Ok(self.node_id.clone());
@@ -369,9 +373,26 @@ impl Core {
         if let Some(o) = origins.iter().find(|o| o.peer.to_base58() == node) {
             return Ok(o.peer.to_base58());
         }
-        let named: Vec<String> = origins
-            .iter()
-            .filter(|o| o.node_name == node)
+        let closed = self.mesh.as_ref().is_some_and(|m| m.gate.is_some());
+        let rank = |o: &crate::mesh::OriginState| {
+            let trusted = self
+                .mesh
+                .as_ref()
+                .is_some_and(|m| m.trusted.contains(&o.peer));
+            if trusted || closed {
+                0
+            } else if o.protected {
+                1
+            } else {
+                2
+            }
+        };
+        let named: Vec<&crate::mesh::OriginState> =
+            origins.iter().filter(|o| o.node_name == node).collect();
+        let best = named.iter().map(|o| rank(o)).min();
+        let named: Vec<String> = named
+            .into_iter()
+            .filter(|o| Some(rank(o)) == best)
             .map(|o| o.peer.to_base58())
             .collect();
         match named.as_slice() {
@@ -386,7 +407,7 @@ impl Core {
             many => Err(ApiError::invalid(
                 "model",
                 format!(
-                    "Several nodes are called `{node}`: {}. Name one by its PeerId.",
+                    "Several nodes this node trusts as much are called `{node}`: {}. Name one by its PeerId.",
                     many.join(", ")
                 ),
             )
