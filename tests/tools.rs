@@ -172,7 +172,7 @@ async fn a_tool_on_one_node_is_called_from_another_by_name_and_by_meaning() {
     );
     let (status, body) = execute(
         &hub,
-        json!({"tool": "sleep@edge-gateway", "arguments": {"seconds": 5}}),
+        json!({"tool": "sleep@edge-gateway", "arguments": {"seconds": 60}}),
     )
     .await;
     assert_eq!(
@@ -180,6 +180,13 @@ async fn a_tool_on_one_node_is_called_from_another_by_name_and_by_meaning() {
         (504, &json!("tool_timeout")),
         "{body}"
     );
+    // The call that timed out was cancelled on the MCP server, not left to
+    // hold its place there.
+    eventually("the timed-out sleep is cancelled on the server", || async {
+        let (_, body) = execute(&hub, json!({"tool": "sleeping@edge-gateway"})).await;
+        body["result"]["content"][0]["text"] == "0"
+    })
+    .await;
     let (status, body) = execute(&hub, json!({"tool": "no-such-tool"})).await;
     assert_eq!(
         (status, &body["error"]["code"]),

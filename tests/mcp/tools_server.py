@@ -4,7 +4,8 @@
     python tools_server.py --http PORT     # streamable HTTP at /mcp
 
 Tools: `add` (two integers), `shout` (text), `fail` (always an error
-result), `sleep` (seconds), `learn` (adds a tool `fresh` and tells the
+result), `sleep` (seconds), `sleeping` (how many sleeps are under way:
+cancelled ones end), `learn` (adds a tool `fresh` and tells the
 client the tools changed), `die` (the process exits at once) and
 `camera-front` (a photo, as a camera on an edge gateway would give). With
 `ATMOSPHERE_BROKEN_SCHEMA=1` it also lists `broken`, whose input schema is
@@ -39,10 +40,24 @@ def fail() -> str:
     raise ToolError("this tool always fails")
 
 
+SLEEPING = 0
+
+
 @server.tool(description="Waits, then answers.")
 async def sleep(seconds: float) -> str:
-    await asyncio.sleep(seconds)
+    global SLEEPING
+    SLEEPING += 1
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        # Also when the client cancels the call (notifications/cancelled).
+        SLEEPING -= 1
     return "awake"
+
+
+@server.tool(description="How many calls of sleep are still waiting.")
+def sleeping() -> int:
+    return SLEEPING
 
 
 def fresh() -> str:
