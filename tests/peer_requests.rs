@@ -26,7 +26,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{PeerId, StreamProtocol, request_response};
 use serde_json::{Value, json};
 
-use common::hostile::{bare_peer, bare_swarm};
+use common::hostile::{bare_peer, bare_swarm, bare_swarm_keyed, key};
 use common::*;
 
 /// Node A: the llama expert (an `llm/chat` capability) on an echo backend.
@@ -206,6 +206,20 @@ type RawPeer = libp2p::Swarm<request_response::Behaviour<RawCodec>>;
 
 /// A bare request-response peer speaking `protocol` with raw bytes, dialling `node`.
 async fn raw_peer(node: &Node, protocol: &'static str) -> RawPeer {
+    raw_peer_keyed(
+        libp2p::identity::Keypair::generate_ed25519(),
+        node,
+        protocol,
+    )
+    .await
+}
+
+/// [`raw_peer`] with identity `key`.
+async fn raw_peer_keyed(
+    key: libp2p::identity::Keypair,
+    node: &Node,
+    protocol: &'static str,
+) -> RawPeer {
     let behaviour = request_response::Behaviour::with_codec(
         RawCodec,
         [(
@@ -214,7 +228,7 @@ async fn raw_peer(node: &Node, protocol: &'static str) -> RawPeer {
         )],
         request_response::Config::default(),
     );
-    bare_swarm(behaviour, &mesh_addr(node).await)
+    bare_swarm_keyed(key, behaviour, &mesh_addr(node).await)
 }
 
 /// Sends one request; its answer, or why none came (the stream closed).
@@ -435,6 +449,81 @@ async fn a_flooding_peer_gets_its_quota_and_another_peer_is_served() {
     let answer = intent::IntentResponse::decode(&served.await.expect("task").expect("answered"))
         .expect("a response");
     assert_eq!(answer.status, 200);
+}
+
+/// Fresh keys flooding a node with intents on a stalled backend hold at most
+/// the strangers' share of its places (48 of 64): a trusted peer's intent is
+/// served meanwhile, not queued behind theirs.
+#[tokio::test]
+async fn strangers_together_leave_trusted_peers_their_share() {
+    let mut slow = Echo::new("slow-backend", Flavour::Openai, &["qwen2.5-coder"]);
+    slow.fault = atmosphere::echo::Fault::Stall;
+    slow.stall = Duration::from_secs(60);
+    let slow = spawn_echo(slow).await;
+    let fast = spawn_echo(Echo::new("farm-backend", Flavour::Openai, &["llama3.2"])).await;
+    let caps = farm_capabilities("fast");
+    let mut coder = caps[1].clone();
+    coder.backend = vec!["slow".into()];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = mesh_config(
+        vec![
+            backend("fast", BackendKind::Openai, fast, false),
+            backend("slow", BackendKind::Openai, slow, false),
+        ],
+        vec![caps[0].clone(), coder],
+        dir.path(),
+        Vec::new(),
+    );
+    let friend = key(77);
+    config.mesh.as_mut().expect("mesh").trusted = vec![friend.public().to_peer_id().to_base58()];
+    let node = start(config).await;
+    let chat = json!({"model": "x", "messages": [{"role": "user", "content": "hi"}]});
+
+    // Six fresh keys, 16 stalled intents each (their whole quota): 96, more
+    // than the node serves at once.
+    let mut flooders = Vec::new();
+    for _ in 0..6 {
+        let mut flooder = raw_peer(&node, atmosphere::wire::INTENT_PROTOCOL).await;
+        for _ in 0..16 {
+            flooder.behaviour_mut().send_request(
+                &node.peer_id,
+                request("farm/coder", Operation::Chat, chat.clone()),
+            );
+        }
+        flooders.push(tokio::spawn(async move {
+            loop {
+                flooder.select_next_some().await;
+            }
+        }));
+    }
+    eventually("the strangers' intents are running", || async {
+        metric(&node, "atmosphere_budget_held{budget=\"intent_serving\"}").await >= 48
+    })
+    .await;
+
+    let mut trusted = raw_peer_keyed(friend, &node, atmosphere::wire::INTENT_PROTOCOL).await;
+    let answer = exchange(
+        &mut trusted,
+        node.peer_id,
+        request("farm/llama-expert", Operation::Chat, chat),
+    )
+    .await
+    .expect("answered");
+    let answer = intent::IntentResponse::decode(&answer).expect("a response");
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        metric(&node, "atmosphere_budget_held{budget=\"intent_serving\"}").await,
+        48,
+        "strangers hold three quarters"
+    );
+    assert_eq!(
+        metric(&node, "atmosphere_forwards_total{result=\"overloaded\"}").await,
+        48,
+        "the rest of their intents were refused at once"
+    );
+    for f in flooders {
+        f.abort();
+    }
 }
 
 /// A peer with as many streamed requests running as it may gets the next one

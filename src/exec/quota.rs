@@ -1,6 +1,7 @@
-//! What one peer may run on this node: a number of forwarded requests at
-//! once, and a rate of new ones (intents and streams together), so that an
-//! honest peer's forwards keep working while another floods.
+//! What one peer may send this node: a rate of new forwarded requests
+//! (intents and streams together), so that an honest peer's forwards keep
+//! working while another floods; how many it may have running is a budget
+//! ([`crate::budget`]), and in a closed mesh, whether it is a member.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,54 +16,6 @@ use super::{ApiError, Core};
 /// Peers whose rate is tracked; beyond it, buckets that have refilled (the
 /// same as new ones) are forgotten.
 const TRACKED_PEERS: usize = 4096;
-
-/// Requests each peer has running here, within a limit per peer.
-#[derive(Clone)]
-pub(super) struct PerPeer {
-    limit: usize,
-    counts: Arc<Mutex<HashMap<PeerId, usize>>>,
-}
-
-/// One request of a peer, counted until dropped.
-pub(super) struct PeerTurn {
-    peer: PeerId,
-    counts: Arc<Mutex<HashMap<PeerId, usize>>>,
-}
-
-impl PerPeer {
-    pub(super) fn new(limit: usize) -> Self {
-        Self {
-            limit,
-            counts: Arc::default(),
-        }
-    }
-
-    /// A turn for `peer`, or `None` when it has `limit` requests running.
-    pub(super) fn enter(&self, peer: PeerId) -> Option<PeerTurn> {
-        let mut counts = self.counts.lock();
-        let n = counts.entry(peer).or_default();
-        if *n >= self.limit {
-            return None;
-        }
-        *n += 1;
-        Some(PeerTurn {
-            peer,
-            counts: self.counts.clone(),
-        })
-    }
-}
-
-impl Drop for PeerTurn {
-    fn drop(&mut self) {
-        let mut counts = self.counts.lock();
-        if let Some(n) = counts.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.peer);
-            }
-        }
-    }
-}
 
 /// New forwarded requests per peer and second (a token bucket holding one
 /// second's worth), shared by the intent and stream protocols.

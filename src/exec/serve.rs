@@ -15,16 +15,17 @@ use bytes::Bytes;
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
 use serde_json::Value;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::inbound::{Inbound, Turn};
-use super::quota::{PeerRate, PerPeer, admitted, over_quota};
+use super::quota::{PeerRate, admitted, over_quota};
 use super::resolve::{runs, wrong_kind};
 use super::{ApiError, Core, Request, Target};
 use crate::answer::{Event, Reply};
 use crate::backend::Op;
+use crate::budget::{Budget, Holder, Limits, Refusal};
 use crate::capability::CapabilityId;
 use crate::lean::Spans;
 use crate::network::{self, frames};
@@ -40,11 +41,14 @@ const STREAMS_PER_PEER: usize = 8;
 /// Longest wait for one frame to be taken by the peer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves requests that peers send over the intent protocol, a bounded
-/// number at once, `per_peer` at most for each peer (more are answered 429
-/// `peer_over_quota` at once) and within each peer's `rate` (429
-/// `peer_over_rate`). Ends on `cancel` once the requests being served are
-/// answered.
+/// Serves requests that peers send over the intent protocol under the
+/// budget `intent_serving` ([`crate::budget`]): [`INBOUND_CONCURRENCY`] at
+/// once, `per_peer` at most for each peer and three quarters of the whole
+/// for strangers together (more are answered 429 `peer_over_quota` or
+/// `overloaded` at once), within each peer's `rate` (429
+/// `peer_over_rate`); when the node itself is full, requests wait in the
+/// mesh's bounded queue. Ends on `cancel` once the requests being served
+/// are answered.
 pub async fn serve_intents(
     core: Core,
     client: network::Client,
@@ -53,8 +57,11 @@ pub async fn serve_intents(
     rate: Arc<PeerRate>,
     cancel: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
-    let peers = PerPeer::new(per_peer);
+    let serving = Budget::new(
+        "intent_serving",
+        Limits::shared(INBOUND_CONCURRENCY, per_peer),
+        core.metrics.clone(),
+    );
     let running = TaskTracker::new();
     loop {
         let next = tokio::select! {
@@ -62,12 +69,32 @@ pub async fn serve_intents(
             _ = cancel.cancelled() => break,
             n = inbound.recv() => match n { Some(n) => n, None => break },
         };
-        let turn = if rate.allow(next.peer, Instant::now()) {
-            peers
-                .enter(next.peer)
-                .ok_or_else(|| over_quota(per_peer, "requests"))
-        } else {
+        let holder = Holder::Peer(next.peer);
+        let standing = super::inbound::standing(&core, &next.peer);
+        let turn = if !rate.allow(next.peer, Instant::now()) {
             Err(rate.refusal())
+        } else {
+            match serving.take(holder, standing, 1) {
+                Ok(turn) => Ok(turn),
+                Err(Refusal::Holder) => Err(over_quota(per_peer, "requests")),
+                Err(Refusal::Strangers) => Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    "The node is serving as many requests of peers it does not know as it may.",
+                )
+                .code("overloaded")),
+                // Full: wait for a place (the mesh's queue backs up).
+                Err(Refusal::Node) => {
+                    let wait = tokio::time::Instant::now() + core.request_timeout;
+                    tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => break,
+                        t = serving.take_by(holder, standing, 1, wait) => {
+                            t.map_err(|_| overloaded_node())
+                        }
+                    }
+                }
+            }
         };
         let turn = match turn {
             Ok(turn) => turn,
@@ -79,19 +106,25 @@ pub async fn serve_intents(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
         let core = core.clone();
         let client = client.clone();
         running.spawn(async move {
             let response = serve_intent(&core, next.peer, next.request).await;
             let _ = client.answer_intent(next.id, response).await;
-            drop((permit, turn));
+            drop(turn);
         });
     }
     running.close();
     running.wait().await;
+}
+
+fn overloaded_node() -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_error",
+        "The node is serving as many requests as it can.",
+    )
+    .code("overloaded")
 }
 
 /// Serves streamed requests that peers open to this node

@@ -307,7 +307,16 @@ impl Member {
 
 /// A swarm with a fresh identity and only `behaviour`, dialling `addr`.
 pub fn bare_swarm<B: NetworkBehaviour>(behaviour: B, addr: &str) -> libp2p::Swarm<B> {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+    bare_swarm_keyed(Keypair::generate_ed25519(), behaviour, addr)
+}
+
+/// A swarm with identity `key` and only `behaviour`, dialling `addr`.
+pub fn bare_swarm_keyed<B: NetworkBehaviour>(
+    key: Keypair,
+    behaviour: B,
+    addr: &str,
+) -> libp2p::Swarm<B> {
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
             tcp::Config::default(),
