@@ -485,10 +485,15 @@ async fn strangers_together_leave_trusted_peers_their_share() {
     for _ in 0..6 {
         let mut flooder = raw_peer(&node, atmosphere::wire::INTENT_PROTOCOL).await;
         for _ in 0..16 {
-            flooder.behaviour_mut().send_request(
-                &node.peer_id,
-                request("farm/coder", Operation::Chat, chat.clone()),
-            );
+            // Deadlines as long as the stall: nothing frees a place early.
+            let long = IntentRequest {
+                deadline_ms: 60_000,
+                ..IntentRequest::decode(&request("farm/coder", Operation::Chat, chat.clone()))
+                    .expect("decodes")
+            };
+            flooder
+                .behaviour_mut()
+                .send_request(&node.peer_id, long.encode().expect("encodes"));
         }
         flooders.push(tokio::spawn(async move {
             loop {
@@ -496,9 +501,14 @@ async fn strangers_together_leave_trusted_peers_their_share() {
             }
         }));
     }
-    eventually("the strangers' intents are running", || async {
-        metric(&node, "atmosphere_budget_held{budget=\"intent_serving\"}").await >= 48
-    })
+    eventually(
+        "every intent of the flood is running or refused",
+        || async {
+            metric(&node, "atmosphere_budget_held{budget=\"intent_serving\"}").await
+                + metric(&node, "atmosphere_forwards_total{result=\"overloaded\"}").await
+                == 96
+        },
+    )
     .await;
 
     let mut trusted = raw_peer_keyed(friend, &node, atmosphere::wire::INTENT_PROTOCOL).await;
