@@ -367,3 +367,64 @@ async fn mcp_sessions_are_capped_per_client_and_closed_when_idle() {
     assert_eq!(mcp_initialize(&node).await.0, 200, "a new one may open");
     node.shutdown().await;
 }
+
+/// An MCP `initialize` through the node's router, as if from `from`, with
+/// `key` as its bearer token: the status and the error code.
+async fn mcp_from(node: &Node, from: &str, key: Option<&str>) -> (u16, Option<String>) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "budget-test", "version": "1"}}});
+    let mut req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/mcp")
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream");
+    if let Some(key) = key {
+        req = req.header("authorization", format!("Bearer {key}"));
+    }
+    let mut req = req
+        .body(axum::body::Body::from(body.to_string()))
+        .expect("request");
+    req.extensions_mut()
+        .insert(atmosphere::http::ClientAddr(from.parse().expect("addr")));
+    let resp = tokio::time::timeout(WAIT, node.app().oneshot(req))
+        .await
+        .expect("answered in time")
+        .expect("infallible");
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let code = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+    (status, code)
+}
+
+#[tokio::test]
+async fn mcp_without_a_key_is_for_loopback_clients_unless_opened() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let node = start(common::config(Vec::new(), Vec::new(), dirs[0].path())).await;
+    assert_eq!(
+        mcp_from(&node, "198.51.100.7:40000", None).await,
+        (403, Some("mcp_needs_key".into()))
+    );
+    assert_eq!(mcp_from(&node, "127.0.0.1:40000", None).await.0, 200);
+
+    let mut open = common::config(Vec::new(), Vec::new(), dirs[1].path());
+    open.http.open_mcp = true;
+    let open = start(open).await;
+    assert_eq!(mcp_from(&open, "198.51.100.7:40000", None).await.0, 200);
+
+    let mut keyed = common::config(Vec::new(), Vec::new(), dirs[2].path());
+    keyed.http.api_keys = vec!["sesame".into()];
+    let keyed = start(keyed).await;
+    assert_eq!(
+        mcp_from(&keyed, "198.51.100.7:40000", Some("sesame"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(mcp_from(&keyed, "198.51.100.7:40000", None).await.0, 401);
+}
