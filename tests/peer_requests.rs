@@ -26,7 +26,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{PeerId, StreamProtocol, request_response};
 use serde_json::{Value, json};
 
-use common::hostile::{bare_peer, bare_swarm, bare_swarm_keyed, key};
+use common::hostile::{bare_peer, bare_swarm_keyed, key};
 use common::*;
 
 /// Node A: the llama expert (an `llm/chat` capability) on an echo backend.

@@ -463,7 +463,7 @@ fn private_ip(ip: IpAddr) -> bool {
 /// them.
 fn embedded_v4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
     let s = v6.segments();
-    let low = Ipv4Addr::from(u32::from(v6.to_bits() as u32));
+    let low = Ipv4Addr::from(v6.to_bits() as u32);
     let mut found = Vec::new();
     if let Some(v4) = v6.to_ipv4_mapped() {
         found.push(v4); // ::ffff:a.b.c.d

@@ -4,7 +4,6 @@
 //! ([`crate::budget`]), and in a closed mesh, whether it is a member.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::http::StatusCode;
