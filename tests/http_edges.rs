@@ -167,12 +167,11 @@ async fn many_slow_uploads_do_not_hold_back_a_ready_request() {
 async fn an_oversize_body_is_answered_413_not_reset() {
     let limit = 1024 * 1024;
     let (node, _dir) = node_with(Fault::None, |h| h.max_body_bytes = limit).await;
-    // Nearly twice the limit: more than socket buffers hold, so a server that
-    // answered without reading would reset the upload.
+    // Nearly twice the limit, and five times: more than socket buffers hold,
+    // so a server that answered without reading would reset the upload.
     let piece = vec![b'a'; 64 * 1024];
-    let pieces = 30;
-    let length = pieces * piece.len();
-    for chunked in [false, true] {
+    for (chunked, pieces) in [(false, 30), (true, 30), (false, 80), (true, 80)] {
+        let length = pieces * piece.len();
         // A small send buffer: the upload sits in the node's receive buffer,
         // not in this client's.
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");

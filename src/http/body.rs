@@ -21,6 +21,12 @@ use crate::budget::{Budget, Hold, Holder, Limits, Pace, Refusal, Standing};
 use crate::config::HttpConfig;
 use crate::metrics::Metrics;
 
+/// A body over `max_body_bytes` is read and dropped up to this many times
+/// the limit (at the pace every holder keeps, within `body_timeout`), so
+/// that a client still sending gets the 413 rather than a reset
+/// connection; past it the connection is closed on it.
+const DISCARD_FACTOR: u64 = 8;
+
 /// Bytes of a declared body allocated before any arrived; the rest once
 /// this much has (a client that declares 32 MiB and sends nothing costs
 /// this, not 32 MiB).
@@ -99,8 +105,9 @@ impl Gates {
     }
 
     /// Reads a request's body: at most `max_body_bytes` (413, after reading
-    /// and discarding up to as much again so that the client, still sending,
-    /// gets the answer rather than a reset), at the body pace and within
+    /// and discarding up to [`DISCARD_FACTOR`] times as much so that the
+    /// client, still sending, gets the answer rather than a reset), at the
+    /// body pace and within
     /// `body_timeout` (408), its bytes counted against the client's share
     /// of the node's budget as they arrive (503 when there is no room).
     pub async fn read(&self, req: Request) -> Result<Body, ApiError> {
@@ -115,7 +122,7 @@ impl Gates {
         if let Some(n) = declared
             && n > self.max_body as u64
         {
-            if n <= 2 * self.max_body as u64 {
+            if n <= DISCARD_FACTOR * self.max_body as u64 {
                 discard(&mut chunks, n as usize, deadline).await;
             }
             return Err(too_large());
@@ -143,7 +150,8 @@ impl Gates {
             };
             progress.arrived(chunk.len());
             if buf.len() + chunk.len() > self.max_body {
-                discard(&mut chunks, self.max_body, deadline).await;
+                let rest = (DISCARD_FACTOR as usize * self.max_body).saturating_sub(buf.len());
+                discard(&mut chunks, rest, deadline).await;
                 return Err(too_large());
             }
             // Waiting for room others hold counts against neither the
