@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks behind BENCHMARKS.md and prints their tables (Markdown).
-#   scripts/bench.sh                 # all: latency, proxy, clinc150, mesh, forward, edges, vector_check, soak, balance, tools, agent, media
+#   scripts/bench.sh                 # all: latency, proxy, clinc150, mesh, forward, edges, vector_check, soak, balance, tools, agent, media, budgets
 #   scripts/bench.sh latency proxy   # some
 # Needs the model (scripts/fetch-model.sh) and, for clinc150 and vector_check, ../shared/datasets
 # or CLINC150_DIR. Figures depend on the machine: run on an otherwise idle one.
@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-model.sh
 benches=("$@")
-[ ${#benches[@]} -gt 0 ] || benches=(latency proxy clinc150 mesh forward edges vector_check soak balance tools agent media)
+[ ${#benches[@]} -gt 0 ] || benches=(latency proxy clinc150 mesh forward edges vector_check soak balance tools agent media budgets)
 cargo build --release --bins
 out="${CARGO_TARGET_DIR:-target}/bench-results.md"
 : > "$out"
