@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the node image without any image registry:
-#   1. the binaries (atmosphere, echo-backend, camera-tool; release build) and the ONNX Runtime
+#   1. the binaries (atmosphere, echo-backend, camera-tool, chaos; release build) and the ONNX Runtime
 #      library from the model cache (scripts/fetch-model.sh),
 #   2. a minimal root filesystem holding them, the shared libraries they load,
 #      CA certificates and a non-root user, imported as `atmosphere-rootfs:local`,
@@ -42,12 +42,12 @@ case "$PROFILE" in
   *) echo "image: ATMOSPHERE_PROFILE must be release or dev, not $PROFILE" >&2; exit 1 ;;
 esac
 echo "image: building $PROFILE binaries" >&2
-cargo build "${BUILD[@]}" --quiet --bin atmosphere --bin echo-backend --bin camera-tool
+cargo build "${BUILD[@]}" --quiet --bin atmosphere --bin echo-backend --bin camera-tool --bin chaos
 
 ORT_LIB="$(readlink -f "$CACHE/onnxruntime/libonnxruntime.so")"
 [ -f "$ORT_LIB" ] || { echo "image: no ONNX Runtime at $CACHE/onnxruntime" >&2; exit 1; }
 
-INPUTS="$(cat "$BIN/atmosphere" "$BIN/echo-backend" "$BIN/camera-tool" "$ORT_LIB" \
+INPUTS="$(cat "$BIN/atmosphere" "$BIN/echo-backend" "$BIN/camera-tool" "$BIN/chaos" "$ORT_LIB" \
   testnet/image.Dockerfile scripts/image.sh | sha256sum | cut -d' ' -f1)"
 size_line() {
   local size
@@ -64,7 +64,7 @@ trap 'rm -rf "$ROOT"' EXIT
 
 install -d "$ROOT"/{usr/local/bin,usr/local/lib/onnxruntime,etc/ssl/certs,tmp,data,cache}
 chmod 1777 "$ROOT/tmp"
-for bin in atmosphere echo-backend camera-tool; do
+for bin in atmosphere echo-backend camera-tool chaos; do
   install -m 0755 "$BIN/$bin" "$ROOT/usr/local/bin/$bin"
   strip "$ROOT/usr/local/bin/$bin" 2>/dev/null || true
 done
@@ -76,7 +76,7 @@ done
 
 # Every shared library the binaries and the runtime load, at the same path
 # (resolved through symlinks), plus the dynamic loader.
-ldd "$BIN/atmosphere" "$BIN/echo-backend" "$BIN/camera-tool" "$ORT_LIB" \
+ldd "$BIN/atmosphere" "$BIN/echo-backend" "$BIN/camera-tool" "$BIN/chaos" "$ORT_LIB" \
   | awk '/=> \// { print $3 } /^\t\// { print $1 }' | sort -u \
   | while read -r lib; do
       install -D -m 0755 "$(readlink -f "$lib")" "$ROOT$lib"

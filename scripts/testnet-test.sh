@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The testnet, tested end to end (scripts/test.sh runs it after the Rust suite):
 #
-#   up (with two providers of travel/planner) -> check -> a node joins from the
-#   host -> partition -> check -> heal -> check -> kill (coder, the edge
-#   gateway and one travel provider) -> check -> restart -> check -> down
+#   up (with two providers of travel/planner) -> check -> chaos (a hostile
+#   container attacks camelid as idle and trickling holders would) -> check,
+#   unchanged -> a node joins from the host -> partition -> check -> heal ->
+#   check -> kill (coder, the edge gateway and one travel provider) -> check ->
+#   restart -> check -> down
 #
 # Every step prints how long it took to hold (convergence, expiry, recovery).
 # A step that misses fails the run with what was wrong and the nodes' logs. The
@@ -47,6 +49,7 @@ cleanup() {
     scripts/testnet.sh logs --tail 60 bootstrap camelid coder wildlife finance vision edge-gateway research extra >&2 2>&1 || true
     [ -f "$WORK/host.log" ] && { echo "--- host node ---" >&2; tail -n 60 "$WORK/host.log" >&2; }
   fi
+  docker rm -f "$TESTNET_PROJECT-chaos" >/dev/null 2>&1 || true
   scripts/testnet.sh down >/dev/null 2>&1 || true
   rm -rf "$WORK"
   exit "$rc"
@@ -99,6 +102,36 @@ step "up: start the testnet and wait until every node routes every question righ
 t=$(now)
 TESTNET_UP_WAIT=180 scripts/testnet.sh up 2
 record "up to converged mesh" "$(since "$t")"
+
+step "chaos: a hostile container attacks camelid (idle streams, trickled uploads, trickled bodies) while every check goes through it"
+docker run -d --rm --name "$TESTNET_PROJECT-chaos" --network "${TESTNET_PROJECT}_mesh" \
+  --entrypoint /usr/local/bin/chaos atmosphere:local \
+  --attack idle-streams,upload-trickle,body-trickle \
+  --mesh /dns4/camelid/tcp/11450 --http camelid:8000 --capability camelid/expert >/dev/null
+# Every attack in place: the chaos container says what it holds every 10 s.
+python3 - "$TESTNET_PROJECT-chaos" <<'PY'
+import re, subprocess, sys, time
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    logs = subprocess.run(["docker", "logs", sys.argv[1]], capture_output=True, text=True).stdout
+    held = re.findall(r"holding (\d+) idle streams, (\d+) trickled uploads, (\d+) trickled bodies", logs)
+    if held and all(int(n) > 0 for n in held[-1]):
+        print(f"chaos: holding {held[-1][0]} idle streams, {held[-1][1]} trickled uploads, {held[-1][2]} trickled bodies")
+        sys.exit(0)
+    time.sleep(1)
+sys.exit(f"testnet-test: the chaos container's attacks never were all in place:\n{logs}")
+PY
+t=$(now)
+settle "check passed under attack" 60
+# What the attacks cost camelid: streams closed idle, uploads cut off, bodies too slow.
+python3 - "$TESTNET_HTTP_PORT" <<'PY'
+import re, sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10).read().decode()
+for line in text.splitlines():
+    if re.match(r'atmosphere_(forwards_total\{result="(stream_idle|upload_broken)"\}|http_requests_total\{route="/v1/chat/completions",status="408"\})', line):
+        print("camelid:", line)
+PY
+docker rm -f "$TESTNET_PROJECT-chaos" >/dev/null
 
 step "join from the host through the bootstrap node's published port"
 # Built as scripts/image.sh builds the image's: nothing to do after `up`.

@@ -166,14 +166,19 @@ impl Budget {
         standing: Standing,
         amount: usize,
     ) -> Result<Hold, Refusal> {
-        let mut hold = Hold {
+        let mut hold = self.nothing(holder, standing);
+        hold.grow(amount)?;
+        Ok(hold)
+    }
+
+    /// A hold of nothing yet, for `holder`.
+    fn nothing(self: &Arc<Self>, holder: Holder, standing: Standing) -> Hold {
+        Hold {
             budget: self.clone(),
             holder,
             standing,
             amount: 0,
-        };
-        hold.grow(amount)?;
-        Ok(hold)
+        }
     }
 
     /// Takes `amount` for `holder`, waiting until `deadline` for room
@@ -185,12 +190,7 @@ impl Budget {
         amount: usize,
         deadline: Instant,
     ) -> Result<Hold, Refusal> {
-        let mut hold = Hold {
-            budget: self.clone(),
-            holder,
-            standing,
-            amount: 0,
-        };
+        let mut hold = self.nothing(holder, standing);
         hold.grow_by(amount, deadline).await?;
         Ok(hold)
     }

@@ -367,11 +367,11 @@ async fn sync_requests_are_answered_and_unreadable_ones_counted() {
     a.shutdown().await;
 }
 
-/// One peer flooding a node with intents on a stalled backend holds at most
-/// its quota (`mesh.peer_requests`): the rest are refused at once with
-/// `peer_over_quota`, and another peer's intent is served meanwhile.
-#[tokio::test]
-async fn a_flooding_peer_gets_its_quota_and_another_peer_is_served() {
+/// A node with the llama expert on a backend that answers and the coder on
+/// one that stalls for 60 s; `mesh` changes its `[mesh]`.
+async fn stalled_coder(
+    mesh: impl FnOnce(&mut atmosphere::config::MeshConfig),
+) -> (Node, tempfile::TempDir) {
     let mut slow = Echo::new("slow-backend", Flavour::Openai, &["qwen2.5-coder"]);
     slow.fault = atmosphere::echo::Fault::Stall;
     slow.stall = Duration::from_secs(60);
@@ -390,8 +390,16 @@ async fn a_flooding_peer_gets_its_quota_and_another_peer_is_served() {
         dir.path(),
         Vec::new(),
     );
-    config.mesh.as_mut().expect("mesh").peer_requests = 4;
-    let node = start(config).await;
+    mesh(config.mesh.as_mut().expect("mesh"));
+    (start(config).await, dir)
+}
+
+/// One peer flooding a node with intents on a stalled backend holds at most
+/// its quota (`mesh.peer_requests`): the rest are refused at once with
+/// `peer_over_quota`, and another peer's intent is served meanwhile.
+#[tokio::test]
+async fn a_flooding_peer_gets_its_quota_and_another_peer_is_served() {
+    let (node, _dir) = stalled_coder(|m| m.peer_requests = 4).await;
     let chat = json!({"model": "x", "messages": [{"role": "user", "content": "hi"}]});
 
     // The flood: 20 intents at once for the stalled capability.
@@ -456,27 +464,9 @@ async fn a_flooding_peer_gets_its_quota_and_another_peer_is_served() {
 /// served meanwhile, not queued behind theirs.
 #[tokio::test]
 async fn strangers_together_leave_trusted_peers_their_share() {
-    let mut slow = Echo::new("slow-backend", Flavour::Openai, &["qwen2.5-coder"]);
-    slow.fault = atmosphere::echo::Fault::Stall;
-    slow.stall = Duration::from_secs(60);
-    let slow = spawn_echo(slow).await;
-    let fast = spawn_echo(Echo::new("farm-backend", Flavour::Openai, &["llama3.2"])).await;
-    let caps = farm_capabilities("fast");
-    let mut coder = caps[1].clone();
-    coder.backend = vec!["slow".into()];
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = mesh_config(
-        vec![
-            backend("fast", BackendKind::Openai, fast, false),
-            backend("slow", BackendKind::Openai, slow, false),
-        ],
-        vec![caps[0].clone(), coder],
-        dir.path(),
-        Vec::new(),
-    );
     let friend = key(77);
-    config.mesh.as_mut().expect("mesh").trusted = vec![friend.public().to_peer_id().to_base58()];
-    let node = start(config).await;
+    let trusted = vec![friend.public().to_peer_id().to_base58()];
+    let (node, _dir) = stalled_coder(|m| m.trusted = trusted).await;
     let chat = json!({"model": "x", "messages": [{"role": "user", "content": "hi"}]});
 
     // Six fresh keys, 16 stalled intents each (their whole quota): 96, more

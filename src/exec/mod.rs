@@ -12,6 +12,7 @@ mod error;
 mod forward;
 mod inbound;
 mod intent;
+mod links;
 pub mod media;
 mod quota;
 mod refusal;
