@@ -88,6 +88,36 @@ async fn honest(
     (times, failed)
 }
 
+/// Waits (30 s at most) until A's metric line `sign` reads `least` or more:
+/// the attack is in place.
+async fn in_place(client: &reqwest::Client, port: u16, sign: &str, least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = match client
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+        {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let value = text
+            .lines()
+            .find(|l| l.starts_with(sign))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if value >= least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the attack never showed: {sign} = {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn row(name: &str, (mut times, failed): (Vec<Duration>, usize)) -> f64 {
     let (p50, p99) = (pct(&mut times, 0.5), pct(&mut times, 0.99));
     println!(
@@ -102,6 +132,7 @@ async fn bench() {
     let _backend = echo_backend(backend_port);
     let client = reqwest::Client::new();
     let dir = std::env::temp_dir().join(format!("atmosphere-bench-budgets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("bench dir");
     let (a, pa, _b, pb) = forwarding_pair(
         &client,
         &dir,
@@ -133,10 +164,25 @@ examples = ["What should I feed my alpacas in winter?"]"#,
     // Warm up, then each way quiet and attacked.
     let _ = honest(&client, &url_b, &streamed, true).await;
     let mut ratios = Vec::new();
-    for (name, attack) in ["idle streams", "upload trickle", "body trickle"]
-        .into_iter()
-        .enumerate()
-    {
+    // Each attack and what A shows while it is in place.
+    let attacks = [
+        (
+            "idle-streams",
+            "atmosphere_budget_held{budget=\"stream_opening\"}",
+            64,
+        ),
+        (
+            "upload-trickle",
+            "atmosphere_budget_held{budget=\"upload_serving\"}",
+            3,
+        ),
+        (
+            "body-trickle",
+            "atmosphere_budget_held{budget=\"http_body_bytes\"}",
+            5,
+        ),
+    ];
+    for (name, (attack, sign, least)) in attacks.into_iter().enumerate() {
         let (url, body, stream) = match name {
             0 => (&url_b, &streamed, true),
             1 => (&url_b, &large, false),
@@ -146,11 +192,15 @@ examples = ["What should I feed my alpacas in winter?"]"#,
             &format!("{attack}: quiet"),
             honest(&client, url, body, stream).await,
         );
-        let attacker = chaos(attack, &addr_a, pa);
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut attacker = chaos(attack, &addr_a, pa);
+        in_place(&client, pa, sign, least).await;
         let attacked = row(
             &format!("{attack}: attacked"),
             honest(&client, url, body, stream).await,
+        );
+        assert!(
+            attacker.0.try_wait().expect("chaos").is_none(),
+            "chaos stopped during the run"
         );
         ratios.push((attack, attacked / quiet));
         drop(attacker);
