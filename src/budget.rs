@@ -431,6 +431,39 @@ impl<W: futures::AsyncWrite + Unpin> futures::AsyncWrite for Paced<W> {
     }
 }
 
+/// A reader whose bytes are counted against a [`Hold`] as they arrive:
+/// reading fails (`OutOfMemory`) once the budget has no room for them, so a
+/// frame announced large holds only what came, and never more than its
+/// holder's share.
+pub struct Metered<R> {
+    inner: R,
+    hold: Hold,
+}
+
+impl<R> Metered<R> {
+    pub fn new(inner: R, hold: Hold) -> Self {
+        Self { inner, hold }
+    }
+}
+
+impl<R: futures::AsyncRead + Unpin> futures::AsyncRead for Metered<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let n = ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if let Err(refusal) = this.hold.grow(n) {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::OutOfMemory,
+                format!("no room for more bytes ({})", refusal.as_str()),
+            )));
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -567,6 +600,25 @@ mod tests {
             .await
             .expect("a steady flow is kept");
         assert_eq!(all.len(), 2000);
+    }
+
+    #[tokio::test]
+    async fn a_metered_reader_holds_what_came_and_stops_at_its_share() {
+        use futures::AsyncReadExt;
+        let b = budget(Limits::shared(1000, 300));
+        let peer = Holder::Peer(PeerId::random());
+        let hold = b.take(peer, Standing::Stranger, 0).expect("nothing yet");
+        let mut metered = Metered::new(flow(10, 50, Duration::from_millis(1)), hold);
+        let mut got = Vec::new();
+        let err = metered
+            .read_to_end(&mut got)
+            .await
+            .expect_err("past its share");
+        assert_eq!(err.kind(), std::io::ErrorKind::OutOfMemory);
+        assert_eq!(got.len(), 300, "what came within its share");
+        assert_eq!(b.held(Some(&peer)), 300);
+        drop(metered);
+        assert_eq!(b.held(None), 0, "given back with the reader");
     }
 
     /// A reader that gets `times` chunks of `size` bytes, one every `every`.

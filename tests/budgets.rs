@@ -428,3 +428,69 @@ async fn mcp_without_a_key_is_for_loopback_clients_unless_opened() {
     );
     assert_eq!(mcp_from(&keyed, "198.51.100.7:40000", None).await.0, 401);
 }
+
+#[tokio::test]
+async fn the_bytes_of_first_frames_are_held_to_a_peers_share() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let farm = farm_node(dirs[0].path()).await;
+    let hub = honest_node(&farm, dirs[1].path(), "farm/llama-expert").await;
+    let mut control = bare_peer(&mesh_addr(&farm).await).await;
+    // Eight streams announcing 4 MiB request frames; 3 MiB of each sent, then
+    // nothing: 24 MiB, more than the 16 MiB one peer's frames may hold.
+    let mut writers = Vec::new();
+    for _ in 0..8 {
+        let mut io = control
+            .open_stream(
+                farm.peer_id,
+                StreamProtocol::new(atmosphere::wire::STREAM_PROTOCOL),
+            )
+            .await
+            .expect("stream opens");
+        writers.push(tokio::spawn(async move {
+            let mut prefix = unsigned_varint::encode::usize_buffer();
+            let prefix = unsigned_varint::encode::usize(4 << 20, &mut prefix).to_vec();
+            let sent = async {
+                io.write_all(&prefix).await?;
+                for _ in 0..3 {
+                    io.write_all(&vec![b'x'; 1 << 20]).await?;
+                }
+                io.flush().await
+            };
+            let _ = tokio::time::timeout(WAIT, sent).await;
+            io
+        }));
+    }
+    eventually("streams past the peer's share are closed", || async {
+        metric(&farm, "atmosphere_forwards_total{result=\"frame_refused\"}").await >= 2
+    })
+    .await;
+    assert!(
+        metric(
+            &farm,
+            "atmosphere_budget_held{budget=\"stream_frame_bytes\"}"
+        )
+        .await
+            <= 16 << 20,
+        "one peer's frames hold at most its share"
+    );
+    // Meanwhile another node's streamed chat is served.
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", hub.http_addr))
+        .json(&json!({"model": "farm/llama-expert", "stream": true,
+            "messages": [{"role": "user", "content": "How do I care for my llama?"}]}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.text()
+            .await
+            .expect("body")
+            .ends_with("data: [DONE]\n\n")
+    );
+    for w in writers {
+        drop(w.await);
+    }
+    hub.shutdown().await;
+    farm.shutdown().await;
+}

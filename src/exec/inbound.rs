@@ -4,7 +4,10 @@
 //! 1. a new stream takes a place among the streams whose first frame is
 //!    awaited (`<protocol>_opening`: 8 per peer, 256 in all, strangers 192
 //!    together) within the peer's rate, and must bring that frame at the
-//!    steady pace (first bytes within 10 s, then 16 KiB every 10 s);
+//!    steady pace (first bytes within 10 s, then 16 KiB every 10 s), its
+//!    bytes counted as they arrive (`<protocol>_frame_bytes`: 16 MiB per
+//!    peer, 64 MiB in all, strangers 48 MiB; past them the stream is
+//!    closed);
 //! 2. only with its frame does it take a place among the requests served
 //!    (`<protocol>_serving`: per peer and in all as each protocol says,
 //!    strangers three quarters together).
@@ -27,12 +30,16 @@ use tokio_util::task::TaskTracker;
 
 use super::quota::{PeerRate, over_quota};
 use super::{ApiError, Core};
-use crate::budget::{Budget, Hold, Holder, Limits, Pace, Paced, Refusal, Standing};
+use crate::budget::{Budget, Hold, Holder, Limits, Metered, Pace, Paced, Refusal, Standing};
 use crate::network::frames;
 
 /// Streams awaiting their first frame, per peer and in all.
 const OPENING_PER_PEER: usize = 8;
 const OPENING_AT_ONCE: usize = 256;
+/// Bytes of first frames being read, per peer and in all (a frame is at
+/// most 5 MiB; those over 1 MiB of body travel as uploads, in parts).
+const FRAME_BYTES_PER_PEER: usize = 16 << 20;
+const FRAME_BYTES_AT_ONCE: usize = 64 << 20;
 /// Refused streams answered at once (more are reset), and how long the
 /// first frame of one is waited for.
 const REFUSALS_AT_ONCE: usize = 64;
@@ -46,6 +53,8 @@ pub(super) struct Inbound {
     max_first: usize,
     rate: Arc<PeerRate>,
     opening: Arc<Budget>,
+    /// Bytes of the first frames being read (`<protocol>_frame_bytes`).
+    frame_bytes: Arc<Budget>,
     serving: Arc<Budget>,
 }
 
@@ -63,7 +72,7 @@ impl Inbound {
         rate: Arc<PeerRate>,
         (per_peer, at_once): (usize, usize),
     ) -> Self {
-        let (opening, serving) = budget_names(name);
+        let (opening, frame_bytes, serving) = budget_names(name);
         Self {
             what,
             max_first,
@@ -71,6 +80,11 @@ impl Inbound {
             opening: Budget::new(
                 opening,
                 Limits::shared(OPENING_AT_ONCE, OPENING_PER_PEER),
+                core.metrics.clone(),
+            ),
+            frame_bytes: Budget::new(
+                frame_bytes,
+                Limits::shared(FRAME_BYTES_AT_ONCE, FRAME_BYTES_PER_PEER),
                 core.metrics.clone(),
             ),
             serving: Budget::new(
@@ -95,11 +109,11 @@ impl Inbound {
     }
 }
 
-fn budget_names(protocol: &'static str) -> (&'static str, &'static str) {
+fn budget_names(protocol: &'static str) -> (&'static str, &'static str, &'static str) {
     match protocol {
-        "stream" => ("stream_opening", "stream_serving"),
-        "upload" => ("upload_opening", "upload_serving"),
-        _ => ("tool_opening", "tool_serving"),
+        "stream" => ("stream_opening", "stream_frame_bytes", "stream_serving"),
+        "upload" => ("upload_opening", "upload_frame_bytes", "upload_serving"),
+        _ => ("tool_opening", "tool_frame_bytes", "tool_serving"),
     }
 }
 
@@ -186,7 +200,11 @@ pub(super) async fn serve<F, Fut>(
         };
         let (core, inbound, serve) = (core.clone(), inbound.clone(), serve.clone());
         running.spawn(async move {
-            let Some((io, first)) = read_first(&core, peer, io, inbound.max_first).await else {
+            let Ok(bytes) = inbound.frame_bytes.take(Holder::Peer(peer), standing, 0) else {
+                return;
+            };
+            let Some((io, first)) = read_first(&core, peer, io, inbound.max_first, bytes).await
+            else {
                 return;
             };
             drop(opening);
@@ -208,21 +226,32 @@ pub(super) async fn serve<F, Fut>(
     running.wait().await;
 }
 
-/// The first frame of a stream, at the steady pace; `None` (counted
-/// `stream_idle` when none came in time) when the stream brought none.
+/// The first frame of a stream, at the steady pace, its bytes counted in
+/// `bytes` as they arrive; `None` (counted `stream_idle` when none came in
+/// time, `frame_refused` when its bytes found no room) when the stream
+/// brought none.
 async fn read_first(
     core: &Core,
     peer: PeerId,
     mut io: libp2p::Stream,
     max: usize,
+    bytes: Hold,
 ) -> Option<(libp2p::Stream, Vec<u8>)> {
-    let mut paced = Paced::new(&mut io, Pace::STEADY);
-    match frames::read(&mut paced, max).await {
+    let mut paced = Paced::new(Metered::new(&mut io, bytes), Pace::STEADY);
+    let read = frames::read(&mut paced, max).await;
+    drop(paced);
+    match read {
         Ok(Some(first)) => Some((io, first)),
         Ok(None) => None,
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
             core.metrics.forward("stream_idle");
             tracing::debug!(%peer, "no request on a stream in time; closed");
+            None
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::OutOfMemory => {
+            core.metrics.forward("frame_refused");
+            core.metrics.peer_refusal(&peer, "frame_refused");
+            tracing::debug!(%peer, "no room for a first frame's bytes; closed");
             None
         }
         Err(e) => {
