@@ -341,13 +341,14 @@ impl Metrics {
             .inc();
     }
 
-    /// Sets what budget `budget` has handed out.
-    pub fn budget_held(&self, budget: &str, held: usize) {
+    /// The gauge of what budget `budget` has handed out (kept by the
+    /// budget: set on every take, not looked up each time).
+    pub fn budget_gauge(&self, budget: &str) -> Gauge {
         self.budget_held
             .get_or_create(&BudgetLabel {
                 budget: budget.to_owned(),
             })
-            .set(i64::try_from(held).unwrap_or(i64::MAX));
+            .clone()
     }
 
     /// Counts a take from `budget` refused for `reason`.

@@ -137,7 +137,7 @@ pub(super) fn judge_link(param: &str, url: &str) -> Result<Option<Named>, ApiErr
 /// `invalid_link`.
 fn bad_link(param: &str, why: &str) -> ApiError {
     if param.ends_with("image_url.url") {
-        return super::media::invalid_image(param, why);
+        return invalid_image(param, why);
     }
     ApiError::invalid(
         param,
@@ -225,4 +225,13 @@ fn embedded_v4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
         found.push(Ipv4Addr::from(!(v6.to_bits() as u32))); // Teredo client
     }
     found
+}
+
+/// The refusal of an image that is not one this node takes.
+pub(super) fn invalid_image(param: &str, why: &str) -> ApiError {
+    ApiError::invalid(
+        param,
+        format!("The image is not one this node takes: {why}."),
+    )
+    .code("invalid_image")
 }

@@ -18,7 +18,7 @@
 use serde_json::{Map, Value};
 
 use super::ApiError;
-use super::links::{Named, judge_link, links};
+use super::links::{Named, invalid_image, judge_link, links};
 use crate::lean::Spans;
 
 /// What a chat's media may be (`[http]` in the config).
@@ -264,14 +264,6 @@ fn decode(encoded: &str, param: &str, limits: Limits) -> Result<Vec<u8>, ApiErro
         .map_err(bad)?;
     std::io::copy(&mut reader, &mut std::io::sink()).map_err(bad)?;
     Ok(head)
-}
-
-pub(super) fn invalid_image(param: &str, why: &str) -> ApiError {
-    ApiError::invalid(
-        param,
-        format!("The image is not one this node takes: {why}."),
-    )
-    .code("invalid_image")
 }
 
 #[cfg(test)]

@@ -77,20 +77,10 @@ impl Uploads {
             )
             .code("request_too_large"));
         }
-        let hold = self
-            .budget
-            .take(Holder::Peer(peer), standing, 0)
-            .map_err(no_room)?;
-        let limits = self.budget.limits();
+        let holder = Holder::Peer(peer);
         let len = usize::try_from(len).unwrap_or(usize::MAX);
-        let mine = self.budget.held(Some(&Holder::Peer(peer)));
-        if mine.saturating_add(len) > limits.per_holder {
-            return Err(no_room(Refusal::Holder));
-        }
-        if self.budget.held(None).saturating_add(len) > limits.total {
-            return Err(no_room(Refusal::Node));
-        }
-        Ok(hold)
+        self.budget.fits(holder, standing, len).map_err(no_room)?;
+        self.budget.take(holder, standing, 0).map_err(no_room)
     }
 }
 

@@ -19,18 +19,18 @@
 //! reason}` and what is held in `atmosphere_budget_held{budget}`. README
 //! "Budgets" lists every budget with its numbers.
 
+mod pace;
+
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use libp2p::PeerId;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
+
+pub use pace::{Metered, Pace, Paced, Progress};
 
 use crate::metrics::Metrics;
 
@@ -125,6 +125,8 @@ pub struct Budget {
     state: Mutex<State>,
     freed: Notify,
     metrics: Arc<Metrics>,
+    /// `atmosphere_budget_held{budget=name}`, looked up once.
+    held: prometheus_client::metrics::gauge::Gauge,
 }
 
 #[derive(Default)]
@@ -133,6 +135,10 @@ struct State {
     strangers: usize,
     /// Holders holding anything (none at zero: bounded by `total`).
     holders: HashMap<Holder, usize>,
+}
+
+fn gauge_value(used: usize) -> i64 {
+    i64::try_from(used).unwrap_or(i64::MAX)
 }
 
 /// What one holder took of a budget; given back when dropped.
@@ -151,6 +157,7 @@ impl Budget {
             limits,
             state: Mutex::default(),
             freed: Notify::new(),
+            held: metrics.budget_gauge(name),
             metrics,
         })
     }
@@ -204,20 +211,43 @@ impl Budget {
         }
     }
 
-    fn try_add(&self, holder: Holder, standing: Standing, amount: usize) -> Result<(), Refusal> {
-        let mut state = self.state.lock();
+    /// Why `amount` more for `holder` would not fit now, if it would not.
+    fn refusal(
+        &self,
+        state: &State,
+        holder: Holder,
+        standing: Standing,
+        amount: usize,
+    ) -> Option<Refusal> {
         let mine = state.holders.get(&holder).copied().unwrap_or(0);
-        let refusal = if mine + amount > self.limits.per_holder {
+        if mine.saturating_add(amount) > self.limits.per_holder {
             Some(Refusal::Holder)
-        } else if standing == Standing::Stranger && state.strangers + amount > self.limits.strangers
+        } else if standing == Standing::Stranger
+            && state.strangers.saturating_add(amount) > self.limits.strangers
         {
             Some(Refusal::Strangers)
-        } else if state.used + amount > self.limits.total {
+        } else if state.used.saturating_add(amount) > self.limits.total {
             Some(Refusal::Node)
         } else {
             None
-        };
-        if let Some(refusal) = refusal {
+        }
+    }
+
+    /// Whether `amount` more for `holder` would fit now, taking nothing (an
+    /// upload's head is judged by it before its body travels).
+    pub fn fits(&self, holder: Holder, standing: Standing, amount: usize) -> Result<(), Refusal> {
+        match self.refusal(&self.state.lock(), holder, standing, amount) {
+            Some(refusal) => {
+                self.metrics.budget_refusal(self.name, refusal.as_str());
+                Err(refusal)
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn try_add(&self, holder: Holder, standing: Standing, amount: usize) -> Result<(), Refusal> {
+        let mut state = self.state.lock();
+        if let Some(refusal) = self.refusal(&state, holder, standing, amount) {
             drop(state);
             self.metrics.budget_refusal(self.name, refusal.as_str());
             tracing::debug!(
@@ -233,7 +263,7 @@ impl Budget {
             state.strangers += amount;
         }
         *state.holders.entry(holder).or_default() += amount;
-        self.metrics.budget_held(self.name, state.used);
+        self.held.set(gauge_value(state.used));
         Ok(())
     }
 
@@ -252,7 +282,7 @@ impl Budget {
                 state.holders.remove(&holder);
             }
         }
-        self.metrics.budget_held(self.name, state.used);
+        self.held.set(gauge_value(state.used));
         drop(state);
         self.freed.notify_waiters();
     }
@@ -273,6 +303,10 @@ impl Hold {
 
     /// Takes `more`, waiting until `deadline` for room that others hold.
     pub async fn grow_by(&mut self, more: usize, deadline: Instant) -> Result<(), Refusal> {
+        // Room is there nearly always: no waiter is set up for that.
+        if self.grow(more).is_ok() {
+            return Ok(());
+        }
         let budget = self.budget.clone();
         loop {
             let freed = budget.freed.notified();
@@ -297,178 +331,13 @@ impl Drop for Hold {
     }
 }
 
-/// How fast a holder must make progress to keep what it holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Pace {
-    /// Longest wait for the first frame (or byte).
-    pub first: Duration,
-    /// After it, every `window` must bring `min_bytes` (or the end).
-    pub window: Duration,
-    pub min_bytes: usize,
-}
-
-impl Pace {
-    /// Bodies, frames and uploads: the first bytes within 10 s, then 16 KiB in
-    /// every 10 s (a 1.6 KB/s link keeps up; a trickle of a byte every few
-    /// seconds holds nothing past its first window).
-    pub const STEADY: Pace = Pace {
-        first: Duration::from_secs(10),
-        window: Duration::from_secs(10),
-        min_bytes: 16 * 1024,
-    };
-
-    /// A progress clock started now.
-    pub fn start(self) -> Progress {
-        Progress {
-            pace: self,
-            started: false,
-            deadline: Instant::now() + self.first,
-            got: 0,
-        }
-    }
-}
-
-/// A holder's progress against its [`Pace`].
-#[derive(Debug)]
-pub struct Progress {
-    pace: Pace,
-    started: bool,
-    deadline: Instant,
-    got: usize,
-}
-
-impl Progress {
-    /// When the holder is cut off unless more arrives.
-    pub fn deadline(&self) -> Instant {
-        self.deadline
-    }
-
-    /// Counts `n` bytes that arrived now.
-    pub fn arrived(&mut self, n: usize) {
-        if n == 0 {
-            return;
-        }
-        let now = Instant::now();
-        if !self.started {
-            self.started = true;
-            self.deadline = now + self.pace.window;
-            self.got = 0;
-            return;
-        }
-        self.got += n;
-        if self.got >= self.pace.min_bytes {
-            self.deadline = now + self.pace.window;
-            self.got = 0;
-        }
-    }
-}
-
-/// A reader held to a [`Pace`]: reading past its deadline fails with
-/// `TimedOut`, so whatever waits on it (a frame, a body) gives up what it
-/// holds. For libp2p streams and other `futures` readers.
-pub struct Paced<R> {
-    inner: R,
-    progress: Progress,
-    timer: Pin<Box<Sleep>>,
-}
-
-impl<R> Paced<R> {
-    pub fn new(inner: R, pace: Pace) -> Self {
-        let progress = pace.start();
-        let timer = Box::pin(tokio::time::sleep_until(progress.deadline()));
-        Self {
-            inner,
-            progress,
-            timer,
-        }
-    }
-
-    pub fn get_mut(&mut self) -> &mut R {
-        &mut self.inner
-    }
-
-    pub fn into_inner(self) -> R {
-        self.inner
-    }
-}
-
-impl<R: futures::AsyncRead + Unpin> futures::AsyncRead for Paced<R> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        if let Poll::Ready(n) = Pin::new(&mut this.inner).poll_read(cx, buf) {
-            let n = n?;
-            this.progress.arrived(n);
-            this.timer.as_mut().reset(this.progress.deadline());
-            return Poll::Ready(Ok(n));
-        }
-        ready!(this.timer.as_mut().poll(cx));
-        Poll::Ready(Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "the peer fell behind the pace a holder must keep",
-        )))
-    }
-}
-
-impl<W: futures::AsyncWrite + Unpin> futures::AsyncWrite for Paced<W> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_close(cx)
-    }
-}
-
-/// A reader whose bytes are counted against a [`Hold`] as they arrive:
-/// reading fails (`OutOfMemory`) once the budget has no room for them, so a
-/// frame announced large holds only what came, and never more than its
-/// holder's share.
-pub struct Metered<R> {
-    inner: R,
-    hold: Hold,
-}
-
-impl<R> Metered<R> {
-    pub fn new(inner: R, hold: Hold) -> Self {
-        Self { inner, hold }
-    }
-}
-
-impl<R: futures::AsyncRead + Unpin> futures::AsyncRead for Metered<R> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let n = ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        if let Err(refusal) = this.hold.grow(n) {
-            return Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::OutOfMemory,
-                format!("no room for more bytes ({})", refusal.as_str()),
-            )));
-        }
-        Poll::Ready(Ok(n))
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
-    fn budget(limits: Limits) -> Arc<Budget> {
+    pub(super) fn budget(limits: Limits) -> Arc<Budget> {
         Budget::new("test", limits, Arc::new(Metrics::default()))
     }
 
@@ -564,73 +433,5 @@ mod tests {
             Some(Refusal::Holder),
             "over its own share until the deadline"
         );
-    }
-
-    #[tokio::test]
-    async fn a_trickle_is_cut_after_one_window_and_a_steady_flow_is_not() {
-        use futures::AsyncReadExt;
-        // A byte every 100 ms: the first arrives in time, the window after
-        // it brings 3 bytes, not 100.
-        let pace = Pace {
-            first: Duration::from_millis(300),
-            window: Duration::from_millis(300),
-            min_bytes: 100,
-        };
-        let mut paced = Paced::new(flow(20, 1, Duration::from_millis(100)), pace);
-        let mut buf = [0u8; 16];
-        let err = loop {
-            match paced.read(&mut buf).await {
-                Ok(0) => panic!("the trickle was kept to its end"),
-                Ok(_) => continue,
-                Err(e) => break e,
-            }
-        };
-        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
-
-        // 200 bytes every 50 ms against 100 every 2 s: kept to the end.
-        let pace = Pace {
-            first: Duration::from_secs(2),
-            window: Duration::from_secs(2),
-            min_bytes: 100,
-        };
-        let mut paced = Paced::new(flow(10, 200, Duration::from_millis(50)), pace);
-        let mut all = Vec::new();
-        paced
-            .read_to_end(&mut all)
-            .await
-            .expect("a steady flow is kept");
-        assert_eq!(all.len(), 2000);
-    }
-
-    #[tokio::test]
-    async fn a_metered_reader_holds_what_came_and_stops_at_its_share() {
-        use futures::AsyncReadExt;
-        let b = budget(Limits::shared(1000, 300));
-        let peer = Holder::Peer(PeerId::random());
-        let hold = b.take(peer, Standing::Stranger, 0).expect("nothing yet");
-        let mut metered = Metered::new(flow(10, 50, Duration::from_millis(1)), hold);
-        let mut got = Vec::new();
-        let err = metered
-            .read_to_end(&mut got)
-            .await
-            .expect_err("past its share");
-        assert_eq!(err.kind(), std::io::ErrorKind::OutOfMemory);
-        assert_eq!(got.len(), 300, "what came within its share");
-        assert_eq!(b.held(Some(&peer)), 300);
-        drop(metered);
-        assert_eq!(b.held(None), 0, "given back with the reader");
-    }
-
-    /// A reader that gets `times` chunks of `size` bytes, one every `every`.
-    fn flow(times: usize, size: usize, every: Duration) -> impl futures::AsyncRead + Unpin {
-        use futures::TryStreamExt;
-        let chunks = futures::stream::unfold(0, move |i| async move {
-            if i == times {
-                return None;
-            }
-            tokio::time::sleep(every).await;
-            Some((Ok::<_, std::io::Error>(vec![1u8; size]), i + 1))
-        });
-        Box::pin(chunks).into_async_read()
     }
 }
