@@ -24,7 +24,6 @@ use std::time::Duration;
 use ::http::StatusCode;
 use futures::StreamExt;
 use libp2p::PeerId;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -40,8 +39,9 @@ const OPENING_AT_ONCE: usize = 256;
 /// most 5 MiB; those over 1 MiB of body travel as uploads, in parts).
 const FRAME_BYTES_PER_PEER: usize = 16 << 20;
 const FRAME_BYTES_AT_ONCE: usize = 64 << 20;
-/// Refused streams answered at once (more are reset), and how long the
-/// first frame of one is waited for.
+/// Refused streams answered at once, per peer and in all (more are
+/// reset), and how long the first frame of one is waited for.
+const REFUSALS_PER_PEER: usize = 8;
 const REFUSALS_AT_ONCE: usize = 64;
 const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -56,6 +56,8 @@ pub(super) struct Inbound {
     /// Bytes of the first frames being read (`<protocol>_frame_bytes`).
     frame_bytes: Arc<Budget>,
     serving: Arc<Budget>,
+    /// Refused streams being answered (`<protocol>_refusals`).
+    refusals: Arc<Budget>,
 }
 
 /// A request being served: its place, given back when dropped.
@@ -66,13 +68,13 @@ impl Inbound {
     /// requests served for one peer and `at_once` in all.
     pub(super) fn new(
         core: &Core,
-        name: &'static str,
+        name: Protocol,
         what: &'static str,
         max_first: usize,
         rate: Arc<PeerRate>,
         (per_peer, at_once): (usize, usize),
     ) -> Self {
-        let (opening, frame_bytes, serving) = budget_names(name);
+        let [opening, frame_bytes, serving, refusals] = name.budgets();
         Self {
             what,
             max_first,
@@ -92,6 +94,11 @@ impl Inbound {
                 Limits::shared(at_once, per_peer),
                 core.metrics.clone(),
             ),
+            refusals: Budget::new(
+                refusals,
+                Limits::shared(REFUSALS_AT_ONCE, REFUSALS_PER_PEER),
+                core.metrics.clone(),
+            ),
         }
     }
 
@@ -109,11 +116,38 @@ impl Inbound {
     }
 }
 
-fn budget_names(protocol: &'static str) -> (&'static str, &'static str, &'static str) {
-    match protocol {
-        "stream" => ("stream_opening", "stream_frame_bytes", "stream_serving"),
-        "upload" => ("upload_opening", "upload_frame_bytes", "upload_serving"),
-        _ => ("tool_opening", "tool_frame_bytes", "tool_serving"),
+/// The stream protocols served here.
+#[derive(Clone, Copy)]
+pub(super) enum Protocol {
+    Stream,
+    Upload,
+    Tool,
+}
+
+impl Protocol {
+    /// Its budgets' names: opening places, first frames' bytes, serving
+    /// places, refusals being answered.
+    fn budgets(self) -> [&'static str; 4] {
+        match self {
+            Self::Stream => [
+                "stream_opening",
+                "stream_frame_bytes",
+                "stream_serving",
+                "stream_refusals",
+            ],
+            Self::Upload => [
+                "upload_opening",
+                "upload_frame_bytes",
+                "upload_serving",
+                "upload_refusals",
+            ],
+            Self::Tool => [
+                "tool_opening",
+                "tool_frame_bytes",
+                "tool_serving",
+                "tool_refusals",
+            ],
+        }
     }
 }
 
@@ -154,7 +188,6 @@ pub(super) async fn serve<F, Fut>(
 {
     let serve = Arc::new(serve);
     let inbound = Arc::new(inbound);
-    let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
     let running = TaskTracker::new();
     loop {
         let (peer, mut io) = tokio::select! {
@@ -178,23 +211,30 @@ pub(super) async fn serve<F, Fut>(
                 core.metrics.forward("stream_refused");
                 core.metrics.peer_refusal(&peer, reason);
                 tracing::debug!(%peer, reason, "an inbound stream refused");
-                // Answered when a refusal slot is free; else dropped, which
-                // resets the stream (the peer tries another node either way).
-                let Ok(slot) = refusals.clone().try_acquire_owned() else {
+                // Answered when the peer has a refusal place free and its
+                // frame's bytes find room; else dropped, which resets the
+                // stream (the peer tries another node either way).
+                let holder = Holder::Peer(peer);
+                let (Ok(place), Ok(bytes)) = (
+                    inbound.refusals.take(holder, standing, 1),
+                    inbound.frame_bytes.take(holder, standing, 0),
+                ) else {
                     continue;
                 };
                 let (core, inbound, serve) = (core.clone(), inbound.clone(), serve.clone());
-                let served = async move {
+                running.spawn(async move {
+                    let mut metered = Metered::new(&mut io, bytes);
                     let read = tokio::time::timeout(
                         REFUSAL_READ_TIMEOUT,
-                        frames::read(&mut io, inbound.max_first),
-                    );
-                    if let Ok(Ok(Some(first))) = read.await {
+                        frames::read(&mut metered, inbound.max_first),
+                    )
+                    .await;
+                    drop(metered);
+                    if let Ok(Ok(Some(first))) = read {
                         (serve)(core, peer, io, first, Err(e)).await;
                     }
-                    drop(slot);
-                };
-                running.spawn(served);
+                    drop(place);
+                });
                 continue;
             }
         };

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::inbound::{Inbound, Turn};
+use super::inbound::{Inbound, Protocol, Turn};
 use super::quota::{PeerRate, admitted, over_quota};
 use super::resolve::{runs, wrong_kind};
 use super::{ApiError, Core, Request, Target};
@@ -138,7 +138,7 @@ pub async fn serve_streams(
 ) {
     let inbound = Inbound::new(
         &core,
-        "stream",
+        Protocol::Stream,
         "streamed requests",
         intent::MAX_REQUEST_BYTES,
         rate,

@@ -12,7 +12,7 @@ use libp2p::PeerId;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::inbound::{Inbound, Turn};
+use super::inbound::{Inbound, Protocol, Turn};
 use super::quota::PeerRate;
 use super::tool::{Outcome, ToolAnswer, refused};
 use super::{ApiError, Core};
@@ -38,7 +38,7 @@ pub async fn serve_tools(
 ) {
     let inbound = Inbound::new(
         &core,
-        "tool",
+        Protocol::Tool,
         "tool calls",
         tool::MAX_REQUEST_BYTES,
         rate,

@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use libp2p::PeerId;
 use tokio::time::Instant;
 
-use super::inbound::{Inbound, Turn, standing};
+use super::inbound::{Inbound, Protocol, Turn, standing};
 use super::quota::{PeerRate, admitted};
 use super::serve::{
     Forwarded, answer_stream, decode_first, finish, local_entry, refuse, send, send_whole,
@@ -107,7 +107,7 @@ pub async fn serve_uploads(
 ) {
     let inbound = Inbound::new(
         &core,
-        "upload",
+        Protocol::Upload,
         "uploads",
         UploadRequest::MAX_BYTES,
         rate,
