@@ -9,8 +9,6 @@ mod common;
 use std::time::Duration;
 
 use atmosphere::capability::Share;
-use atmosphere::config::BackendKind;
-use atmosphere::echo::{Echo, Flavour};
 use atmosphere::network::frames;
 use atmosphere::node::Node;
 use atmosphere::wire::Message;
@@ -22,18 +20,6 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use common::hostile::bare_peer;
 use common::*;
-
-/// A node with the llama expert on an echo backend, in a mesh.
-async fn farm_node(dir: &std::path::Path) -> Node {
-    let farm = spawn_echo(Echo::new("farm-backend", Flavour::Openai, &["llama3.2"])).await;
-    start(mesh_config(
-        vec![backend("farm", BackendKind::Openai, farm, false)],
-        vec![farm_capabilities("farm").remove(0)],
-        dir,
-        Vec::new(),
-    ))
-    .await
-}
 
 /// A node with nothing of its own, joined to `via`, once it knows `what`.
 async fn honest_node(via: &Node, dir: &std::path::Path, what: &str) -> Node {

@@ -29,18 +29,6 @@ use serde_json::{Value, json};
 use common::hostile::{bare_peer, bare_swarm_keyed, key};
 use common::*;
 
-/// Node A: the llama expert (an `llm/chat` capability) on an echo backend.
-async fn farm_node(dir: &std::path::Path) -> Node {
-    let farm = spawn_echo(Echo::new("farm-backend", Flavour::Openai, &["llama3.2"])).await;
-    start(mesh_config(
-        vec![backend("farm", BackendKind::Openai, farm, false)],
-        vec![farm_capabilities("farm").remove(0)],
-        dir,
-        Vec::new(),
-    ))
-    .await
-}
-
 fn protocol() -> StreamProtocol {
     StreamProtocol::new(atmosphere::wire::STREAM_PROTOCOL)
 }

@@ -324,3 +324,21 @@ pub fn tools_server(share: atmosphere::capability::Share) -> atmosphere::config:
         ..atmosphere::config::McpConfig::stdio("tools", &python(), &[&tools_script()])
     }
 }
+
+/// A mesh node with the llama expert (an `llm/chat` capability) on an echo
+/// backend.
+pub async fn farm_node(dir: &std::path::Path) -> Node {
+    let farm = spawn_echo(Echo::new(
+        "farm-backend",
+        atmosphere::echo::Flavour::Openai,
+        &["llama3.2"],
+    ))
+    .await;
+    start(mesh_config(
+        vec![backend("farm", BackendKind::Openai, farm, false)],
+        vec![farm_capabilities("farm").remove(0)],
+        dir,
+        Vec::new(),
+    ))
+    .await
+}
