@@ -153,9 +153,11 @@ def check_once(nodes, questions):
             continue
         seen = {(c["id"], c.get("node_name")) for c in listed}
         peer_names.update({c["node"]: c.get("node_name") for c in listed})
-        for cap, owner in sorted(expected - seen):
+        # An origin whose name is not known yet lists as None: sorted as "".
+        by_name = lambda pair: (pair[0], pair[1] or "")
+        for cap, owner in sorted(expected - seen, key=by_name):
             problems.append(f"{n.service}: does not list {cap} of {owner}")
-        for cap, owner in sorted(seen):
+        for cap, owner in sorted(seen, key=by_name):
             if owner in down_names:
                 problems.append(f"{n.service}: still lists {cap} of {owner}, which is down")
     if problems:
